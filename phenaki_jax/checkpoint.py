@@ -1,0 +1,78 @@
+"""Orbax checkpoints that survive preemption (STYLE.md §8).
+
+One `Checkpointer` per run directory: periodic async saves, keep the latest N, the data
+position and RNG saved beside the model state (as JSON), SIGTERM/preemption noticed and saved,
+auto-resume from the latest *complete* checkpoint (orbax writes to a temporary directory and
+renames atomically, so a half-written checkpoint is never restored).
+"""
+import os
+import signal
+import threading
+from typing import Any, Optional
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+
+
+class Checkpointer:
+  """Thin wrapper over `ocp.CheckpointManager` with items 'state' (pytree) and 'meta' (JSON)."""
+
+  def __init__(self, directory: str, *, every_steps: int, keep: int = 3, async_save: bool = True):
+    self.directory = os.path.abspath(directory)
+    self.every_steps = every_steps
+    self.manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, save_interval_steps=1, create=True,
+            enable_async_checkpointing=async_save, cleanup_tmp_directories=True),
+        item_names=("state", "meta"))
+    self._preempted = threading.Event()
+
+  # ---- preemption -------------------------------------------------------------------------
+  def install_signal_handlers(self) -> None:
+    """SIGTERM (what TPU/GPU schedulers send before preemption) → save at the next step."""
+    def handler(signum, frame):
+      logging.warning("signal %d received: checkpointing at the next step and stopping", signum)
+      self._preempted.set()
+    if threading.current_thread() is threading.main_thread():
+      signal.signal(signal.SIGTERM, handler)
+
+  def preempted(self, step: int) -> bool:
+    return self._preempted.is_set() or self.manager.reached_preemption(step)
+
+  # ---- save / restore ---------------------------------------------------------------------
+  def latest_step(self) -> Optional[int]:
+    return self.manager.latest_step()
+
+  def should_save(self, step: int, final: bool = False) -> bool:
+    return final or self.preempted(step) or (self.every_steps > 0 and step % self.every_steps == 0)
+
+  def save(self, step: int, state: Any, meta: dict, *, force: bool = False) -> None:
+    if self.manager.latest_step() == step:
+      return
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+
+  def restore(self, abstract_state: Any, step: Optional[int] = None):
+    """Returns (state, meta) of `step` (default: latest) laid out like `abstract_state`."""
+    step = self.manager.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+    return restored["state"], restored["meta"]
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def abstract_like(tree: Any) -> Any:
+  """ShapeDtypeStructs (with shardings) mirroring a tree of jax arrays."""
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+      tree)

@@ -1,0 +1,152 @@
+"""Transformer building blocks shared by C-ViViT (paper §4.1) and MaskGIT (§4.2).
+
+Every parameter carries logical axis names (`nn.with_logical_partitioning`) so that
+`phenaki_jax.sharding` can map them onto a ('data', 'fsdp', 'model') mesh with a short rules
+table. Logical names used here:
+  embed   model width            mlp    MLP hidden width
+  heads   attention heads        kv     per-head width
+  vocab   codebook / vocabulary  layers the scanned layer axis
+Activations are constrained at block boundaries as ('batch', 'length', 'embed').
+"""
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+default_kernel_init = nn.initializers.xavier_uniform()
+
+
+def constrain(x: Array, axes: tuple) -> Array:
+  """Activation sharding constraint by logical names (no-op outside a mesh context)."""
+  return nn.with_logical_constraint(x, axes)
+
+
+def dense(features: int, axes: tuple, *, use_bias: bool = True, dtype=jnp.float32,
+          kernel_init=default_kernel_init, name: Optional[str] = None) -> nn.Dense:
+  """A Dense layer whose kernel is annotated with logical axes `axes` = (in, out)."""
+  return nn.Dense(
+      features, use_bias=use_bias, dtype=dtype, name=name,
+      kernel_init=nn.with_logical_partitioning(kernel_init, axes),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]))
+
+
+def layer_norm(dtype=jnp.float32, name: Optional[str] = None) -> nn.LayerNorm:
+  return nn.LayerNorm(
+      dtype=dtype, name=name,
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
+
+
+class Attention(nn.Module):
+  """Multi-head dot-product attention (self- or cross-).
+
+  `mask` is boolean, broadcastable to [B, heads, Q, K]; True = may attend.
+  """
+  num_heads: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, context: Optional[Array] = None,
+               mask: Optional[Array] = None) -> Array:
+    width = x.shape[-1]
+    if width % self.num_heads:
+      raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
+    head_dim = width // self.num_heads
+    context = x if context is None else context
+
+    def proj(name, inputs):
+      return nn.DenseGeneral(
+          (self.num_heads, head_dim), dtype=self.dtype, name=name,
+          kernel_init=nn.with_logical_partitioning(default_kernel_init, ("embed", "heads", "kv")),
+          bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("heads", "kv")))(inputs)
+
+    q = proj("query", x)        # [B, Q, H, Dh]
+    k = proj("key", context)    # [B, K, H, Dh]
+    v = proj("value", context)  # [B, K, H, Dh]
+    if mask is not None:
+      mask = jnp.broadcast_to(mask, (q.shape[0], self.num_heads, q.shape[1], k.shape[1]))
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask)  # [B, Q, H, Dh]
+    return nn.DenseGeneral(
+        width, axis=(-2, -1), dtype=self.dtype, name="out",
+        kernel_init=nn.with_logical_partitioning(default_kernel_init, ("heads", "kv", "embed")),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))(out)
+
+
+class MlpBlock(nn.Module):
+  mlp_dim: int
+  dropout: float = 0.0
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, deterministic: bool = True) -> Array:
+    width = x.shape[-1]
+    h = dense(self.mlp_dim, ("embed", "mlp"), dtype=self.dtype, name="fc1")(x)
+    h = nn.gelu(h)
+    h = constrain(h, ("batch", "length", "mlp"))
+    h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
+    return dense(width, ("mlp", "embed"), dtype=self.dtype, name="fc2")(h)
+
+
+class Block(nn.Module):
+  """Pre-LayerNorm transformer block: self-attention, optional cross-attention, MLP.
+
+  Call signature is scan-friendly: `(x, broadcast args) -> (x, None)`; `deterministic` is a
+  field so that scan/remat see only arrays.
+  """
+  num_heads: int
+  mlp_dim: int
+  dropout: float = 0.0
+  cross_attention: bool = False
+  deterministic: bool = True
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, mask: Optional[Array] = None, context: Optional[Array] = None,
+               context_mask: Optional[Array] = None):
+    deterministic = self.deterministic
+    x = constrain(x, ("batch", "length", "embed"))
+    h = layer_norm(self.dtype, name="ln_self")(x)
+    h = Attention(self.num_heads, self.dtype, name="self_attention")(h, mask=mask)
+    x = x + nn.Dropout(self.dropout)(h, deterministic=deterministic)
+    if self.cross_attention:
+      h = layer_norm(self.dtype, name="ln_cross")(x)
+      h = Attention(self.num_heads, self.dtype, name="cross_attention")(
+          h, context=context, mask=context_mask)
+      x = x + nn.Dropout(self.dropout)(h, deterministic=deterministic)
+    h = layer_norm(self.dtype, name="ln_mlp")(x)
+    h = MlpBlock(self.mlp_dim, self.dropout, self.dtype, name="mlp")(h, deterministic)
+    x = x + nn.Dropout(self.dropout)(h, deterministic=deterministic)
+    return constrain(x, ("batch", "length", "embed")), None
+
+
+class Transformer(nn.Module):
+  """`depth` Blocks, optionally as one `nn.scan` (fast compile) and/or `nn.remat`."""
+  depth: int
+  num_heads: int
+  mlp_dim: int
+  dropout: float = 0.0
+  cross_attention: bool = False
+  scan: bool = False
+  remat: bool = False
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, mask: Optional[Array] = None, context: Optional[Array] = None,
+               context_mask: Optional[Array] = None, deterministic: bool = True) -> Array:
+    block_cls = nn.remat(Block) if self.remat else Block
+    kwargs = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, dropout=self.dropout,
+                  cross_attention=self.cross_attention, deterministic=deterministic,
+                  dtype=self.dtype)
+    if self.scan:
+      stack = nn.scan(
+          block_cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+          in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=self.depth,  # x is the carry
+          metadata_params={nn.PARTITION_NAME: "layers"})(**kwargs, name="layers")
+      x, _ = stack(x, mask, context, context_mask)
+    else:
+      for i in range(self.depth):
+        x, _ = block_cls(**kwargs, name=f"block_{i}")(x, mask, context, context_mask)
+    return layer_norm(self.dtype, name="ln_final")(x)

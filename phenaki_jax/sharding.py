@@ -1,0 +1,90 @@
+"""Device mesh and parameter/activation shardings, declared once (STYLE.md §5).
+
+A mesh has the axes ('data', 'fsdp', 'model'). Parameters carry logical axis names (see
+`models/layers.py`); `LOGICAL_RULES` maps them to mesh axes. State is never materialised on one
+device: `create_sharded_state` evaluates the init function abstractly, derives shardings, and
+runs the real init under `jax.jit(..., out_shardings=...)`.
+"""
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "model")
+
+# logical axis → mesh axis (t5x/MaxText style). Unlisted names are replicated.
+LOGICAL_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("embed", "fsdp"),
+    ("mlp", "model"),
+    ("heads", "model"),
+    ("kv", None),
+    ("vocab", "model"),
+    ("layers", None),
+)
+
+
+def make_mesh(shape: Sequence[int] = (-1, 1, 1), devices=None) -> Mesh:
+  """Mesh over ('data', 'fsdp', 'model'); one entry may be -1 (all remaining devices)."""
+  devices = np.asarray(jax.devices() if devices is None else devices)
+  shape = list(shape)
+  if len(shape) != 3:
+    raise ValueError(f"config.mesh must have 3 entries (data, fsdp, model), got {shape}")
+  if shape.count(-1) > 1:
+    raise ValueError(f"config.mesh may have at most one -1, got {shape}")
+  known = int(np.prod([s for s in shape if s != -1]))
+  if -1 in shape:
+    if devices.size % known:
+      raise ValueError(f"config.mesh {shape} does not divide {devices.size} devices")
+    shape[shape.index(-1)] = devices.size // known
+  if int(np.prod(shape)) != devices.size:
+    raise ValueError(f"config.mesh {shape} needs {int(np.prod(shape))} devices, "
+                     f"have {devices.size}")
+  return Mesh(devices.reshape(shape), MESH_AXES)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) axis split over data×fsdp; other axes replicated."""
+  return NamedSharding(mesh, P(("data", "fsdp")))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def logical_shardings(abstract_boxed_tree: Any, mesh: Mesh, rules=LOGICAL_RULES) -> Any:
+  """Shardings for a tree that may hold `nn.Partitioned` boxes (unboxed structure)."""
+  specs = nn.get_partition_spec(abstract_boxed_tree)
+  return nn.logical_to_mesh_sharding(specs, mesh, rules)
+
+
+def create_sharded_state(init_fn: Callable[..., Any], mesh: Mesh, *args,
+                         rules=LOGICAL_RULES):
+  """Runs `init_fn(*args)` straight into its shardings. Returns (state, shardings).
+
+  `init_fn` may return boxed (`nn.Partitioned`) leaves; the state returned is unboxed.
+  """
+  abstract = jax.eval_shape(init_fn, *args)
+  shardings = logical_shardings(abstract, mesh, rules)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    state = jax.jit(lambda *a: nn.unbox(init_fn(*a)), out_shardings=shardings)(*args)
+  return state, shardings
+
+
+def abstract_state(init_fn: Callable[..., Any], mesh: Mesh, *args, rules=LOGICAL_RULES):
+  """ShapeDtypeStructs (with shardings) of the state, allocating nothing."""
+  abstract = jax.eval_shape(init_fn, *args)
+  shardings = logical_shardings(abstract, mesh, rules)
+  unboxed = nn.unbox(abstract)
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      unboxed, shardings), shardings
+
+
+def put_global_batch(batch: dict, mesh: Mesh) -> dict:
+  """Host-local numpy rows → global jax.Arrays split over data×fsdp (multi-host ready)."""
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in batch.items()}

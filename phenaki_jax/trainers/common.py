@@ -1,0 +1,65 @@
+"""Pieces both trainers share: work directory set-up, metric logging, NaN guard."""
+import json
+import os
+from typing import Iterable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+
+def setup_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Creates the work directory and writes config.json (the exact config of this run)."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, "config.json")
+  with open(path, "w") as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  logging.info("config written to %s", path)
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: is {workdir!r} a phenaki_jax work directory?")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def check_choice(config: ml_collections.ConfigDict, key: str, choices: Iterable) -> None:
+  value = config
+  for part in key.split("."):
+    value = value[part]
+  if value not in tuple(choices):
+    raise ValueError(f"config.{key}={value!r} is not one of {tuple(choices)}")
+
+
+def dtype_of(name: str):
+  if name not in ("float32", "bfloat16"):
+    raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {name!r}")
+  return jnp.dtype(name)
+
+
+def mean_metrics(history: list) -> dict:
+  """Averages a list of per-step scalar metric dicts (device arrays) on the host."""
+  history = jax.device_get(history)
+  return {k: float(np.mean([h[k] for h in history])) for k in history[0]}
+
+
+def guard_update(ok, new_tree, old_tree):
+  """Keeps the old state where the step's loss was not finite (jittable)."""
+  return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_tree, old_tree)
+
+
+def raise_if_bad(first_bad_step: int, latest_checkpoint) -> None:
+  if first_bad_step >= 0:
+    raise FloatingPointError(
+        f"non-finite loss at step {first_bad_step}; the update was skipped and training stopped. "
+        f"The last good checkpoint is step {latest_checkpoint} (unchanged). Lower the learning "
+        f"rate or check the data, then rerun the same command to resume.")
+
+
+def global_norm(tree) -> jax.Array:
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32)))
+                      for x in jax.tree.leaves(tree)))

@@ -1,0 +1,312 @@
+"""Stage 1: train the C-ViViT video tokenizer (Phenaki §4.1). One readable loop.
+
+  python -m phenaki_jax.train --config=configs/cvivit_b.py:tiny --workdir=workdirs/cvivit
+
+State: generator params + optimizer state, discriminator params + optimizer state, the EMA
+code usage used for dead-code restarts, the step, and the first step whose loss was not finite
+(−1 while all is well). The update step is one jitted pure function with explicit shardings;
+before `losses.adversarial_start_step` a cheaper step without the discriminator runs.
+"""
+import functools
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers, periodic_actions
+
+from phenaki_jax import checkpoint, losses, optim, sharding
+from phenaki_jax.data import shapes as shapes_lib
+from phenaki_jax.evaluators import recon as recon_metrics
+from phenaki_jax.models import cvivit, discriminator
+from phenaki_jax.models import quantizer as quantizer_lib
+from phenaki_jax.trainers import common
+
+
+# ---- Config ------------------------------------------------------------------------------------
+def build_model(config: ml_collections.ConfigDict) -> cvivit.CViViT:
+  m = dict(config.model)
+  m["dtype"] = common.dtype_of(m.get("dtype", "float32"))
+  return cvivit.get_model(config.model_size, **m)
+
+
+def validate_config(config: ml_collections.ConfigDict) -> cvivit.CViViT:
+  """Fails at start-up with the offending key named."""
+  common.check_choice(config, "data.source", ("shapes",))
+  model = build_model(config)
+  if config.data.resolution != model.image_size:
+    raise ValueError(f"config.data.resolution={config.data.resolution} but the {config.model_size}"
+                     f" C-ViViT takes {model.image_size}² frames")
+  try:
+    model.check_video_shape((1, config.data.num_frames, model.image_size, model.image_size, 3))
+  except ValueError as e:
+    raise ValueError(f"config.data.num_frames={config.data.num_frames}: {e}") from None
+  n_dev = jax.device_count()
+  if config.data.batch_size % n_dev and config.data.batch_size % jax.process_count() == 0:
+    pass  # batch rows are split over data×fsdp below; the mesh check reports misfits.
+  if not 0.0 <= config.data.image_rate <= 1.0:
+    raise ValueError(f"config.data.image_rate={config.data.image_rate} must be in [0, 1]")
+  losses.check_perceptual_config(config.losses)
+  return model
+
+
+def shapes_spec(config: ml_collections.ConfigDict) -> shapes_lib.ShapesSpec:
+  return shapes_lib.ShapesSpec(resolution=config.data.resolution,
+                               num_frames=config.data.num_frames)
+
+
+def make_batches(config: ml_collections.ConfigDict):
+  from phenaki_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  return pipeline.shapes_batches(
+      shapes_spec(config), batch_size=config.data.batch_size, seed=config.data.seed,
+      image_rate=config.data.image_rate, process_index=jax.process_index(),
+      process_count=jax.process_count())
+
+
+def eval_clips(config: ml_collections.ConfigDict) -> np.ndarray:
+  """Held-out reconstruction clips (the 'eval' split: never training clips). uint8 [N,F,H,W,3]."""
+  spec = shapes_spec(config)
+  return np.stack([shapes_lib.video_example(spec, config.data.seed, i, split="eval")["video"]
+                   for i in range(config.eval.num_clips)])
+
+
+# ---- State ---------------------------------------------------------------------------------------
+def make_init_fn(config, model, disc, tx, disc_tx):
+  video_shape = (1, config.data.num_frames, model.image_size, model.image_size, 3)
+
+  def init(rng):
+    model_rng, disc_rng = jax.random.split(rng)
+    video = jnp.zeros(video_shape, jnp.float32)
+    params = model.init(model_rng, video)["params"]
+    disc_params = disc.init(disc_rng, video)["params"]
+    return dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                disc_params=disc_params, disc_opt_state=disc_tx.init(disc_params),
+                code_usage=jnp.zeros((model.codebook_size,), jnp.float32),
+                first_bad_step=jnp.full((), -1, jnp.int32))
+  return init
+
+
+def make_optimizers(config):
+  tx = optim.make_optimizer(config.optim)
+  disc_tx = optax.chain(optax.clip_by_global_norm(config.optim.clip_norm),
+                        optax.adam(config.disc.lr, b1=config.disc.b1, b2=config.disc.b2))
+  return tx, disc_tx
+
+
+def abstract_state(config):
+  """The train state's ShapeDtypeStructs (allocating nothing) — used to restore checkpoints."""
+  model = build_model(config)
+  disc = discriminator.VideoDiscriminator(tuple(config.disc.channels))
+  tx, disc_tx = make_optimizers(config)
+  mesh = sharding.make_mesh(config.mesh)
+  return sharding.abstract_state(make_init_fn(config, model, disc, tx, disc_tx), mesh,
+                                 jax.random.PRNGKey(0))[0]
+
+
+# ---- Update step ---------------------------------------------------------------------------------
+def train_step(state, batch, rng, *, model, disc, tx, disc_tx, config, adversarial: bool):
+  step = state["step"]
+  rng = jax.random.fold_in(rng, step)
+  dropout_rng, restart_rng = jax.random.split(rng)
+  video = cvivit.to_model_range(batch["video"])                   # [B, F, H, W, 3] in [-1, 1]
+  w = config.losses
+
+  def disc_fn(params, x):
+    return disc.apply({"params": params}, x)
+
+  def generator_loss(params):
+    recon, q = model.apply({"params": params}, video, train=True, rngs={"dropout": dropout_rng})
+    l2 = losses.l2_loss(recon, video)
+    loss = w.l2 * l2 + w.vq * q.loss
+    metrics = {"l2": l2, "vq_loss": q.loss}
+    if adversarial:
+      g_adv = losses.generator_adversarial_loss(disc_fn(state["disc_params"], recon))
+      loss = loss + w.adversarial * g_adv
+      metrics["g_adversarial"] = g_adv
+    return loss, (recon, q, metrics)
+
+  (loss, (recon, q, metrics)), grads = jax.value_and_grad(generator_loss, has_aux=True)(
+      state["params"])
+  updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+  params = optax.apply_updates(state["params"], updates)
+
+  # Dead-code restarts (first call initialises the codebook from encoder outputs).
+  qc = config.quantizer
+  usage = qc.usage_decay * state["code_usage"] + (1 - qc.usage_decay) * q.counts
+  do_restart = (step % qc.restart_every == 0) & (step < qc.restart_until)
+  codebook = params["quantizer"]["codebook"]
+  z = jax.lax.stop_gradient(q.z).reshape(-1, q.z.shape[-1])
+  restarted = quantizer_lib.restart_dead_codes(codebook, usage, z, restart_rng,
+                                               qc.restart_threshold)
+  codebook = jnp.where(do_restart, restarted, codebook)
+  dead = usage < qc.restart_threshold
+  usage = jnp.where(do_restart & dead, 2 * qc.restart_threshold, usage)
+  params = {**params, "quantizer": {**params["quantizer"], "codebook": codebook}}
+
+  new_state = dict(state, params=params, opt_state=opt_state, code_usage=usage)
+  metrics.update(quantizer_lib.codebook_metrics(q.counts))
+  metrics["codes_restarted"] = jnp.where(do_restart, jnp.sum(dead), 0).astype(jnp.float32)
+
+  if adversarial:
+    fake = jax.lax.stop_gradient(recon)
+
+    def d_loss_fn(disc_params):
+      d = losses.discriminator_loss(disc_fn(disc_params, video), disc_fn(disc_params, fake))
+      r1 = losses.r1_penalty(lambda x: disc_fn(disc_params, x), video)
+      return d + 0.5 * w.r1_gamma * r1, (d, r1)
+
+    (_, (d_loss, r1)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(state["disc_params"])
+    d_updates, d_opt_state = disc_tx.update(d_grads, state["disc_opt_state"], state["disc_params"])
+    new_state["disc_params"] = optax.apply_updates(state["disc_params"], d_updates)
+    new_state["disc_opt_state"] = d_opt_state
+    metrics.update(d_loss=d_loss, r1=r1)
+
+  ok = jnp.isfinite(loss) & jnp.isfinite(metrics.get("d_loss", 0.0))
+  new_state = common.guard_update(ok, new_state, state)
+  new_state["step"] = step + 1
+  new_state["first_bad_step"] = jnp.where(
+      ok | (state["first_bad_step"] >= 0), state["first_bad_step"], step)
+  metrics.update(loss=loss, psnr=10 * jnp.log10(4.0 / jnp.maximum(metrics["l2"], 1e-10)),
+                 grad_norm=optax.global_norm(grads), param_norm=optax.global_norm(params),
+                 lr=optim.make_schedule(config.optim)(step))
+  return new_state, metrics
+
+
+# ---- Evaluation ----------------------------------------------------------------------------------
+def make_eval_fn(model):
+  @jax.jit
+  def reconstruct(params, video_uint8):
+    video = cvivit.to_model_range(video_uint8)
+    recon, q = model.apply({"params": params}, video)
+    return cvivit.to_uint8(recon), q.counts
+  return reconstruct
+
+
+def evaluate(params, clips: np.ndarray, reconstruct, batch_size: int) -> tuple:
+  """Held-out PSNR / SSIM (all frames and first frame alone) and codebook usage."""
+  recons, counts = [], 0.0
+  for i in range(0, len(clips), batch_size):
+    r, c = reconstruct(params, clips[i:i + batch_size])
+    recons.append(np.asarray(r))
+    counts = counts + np.asarray(c)
+  recon = np.concatenate(recons)
+  a, b = clips.astype(np.float32) / 255.0, recon.astype(np.float32) / 255.0
+  per_clip_psnr = np.asarray(recon_metrics.psnr(a, b, axis=(1, 2, 3, 4)))
+  metrics = {
+      "eval/psnr": float(np.mean(per_clip_psnr)),
+      "eval/psnr_first_frame": float(np.mean(recon_metrics.psnr(a[:, 0], b[:, 0], axis=(1, 2, 3)))),
+      "eval/ssim": float(recon_metrics.ssim(a, b)),
+      "eval/codebook_usage": float(np.mean(counts > 0)),
+  }
+  metrics["eval/codebook_perplexity"] = float(
+      quantizer_lib.codebook_metrics(jnp.asarray(counts))["codebook_perplexity"])
+  return metrics, recon
+
+
+def write_eval_media(workdir, step, clips, recon, writer, num_videos):
+  from phenaki_jax.data import video_io  # pylint: disable=g-import-not-at-top
+  out = os.path.join(workdir, "eval")
+  os.makedirs(out, exist_ok=True)
+  n = min(num_videos, len(clips))
+  pairs = np.stack([video_io.side_by_side(clips[i], recon[i]) for i in range(n)])
+  video_io.write_gif(os.path.join(out, f"recon_{step:07d}.gif"), np.concatenate(list(pairs), 1),
+                     fps=4, scale=4)
+  sheet = os.path.join(out, f"recon_{step:07d}.png")
+  video_io.contact_sheet(pairs, sheet, scale=3)
+  grid = np.concatenate([np.concatenate(list(p), axis=1) for p in pairs], axis=0)  # rows: clips
+  writer.write_images(step, {"eval/reconstructions": grid[None]})
+
+
+# ---- Main ----------------------------------------------------------------------------------------
+def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  model = validate_config(config)
+  common.setup_workdir(config, workdir)
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+
+  # ---- Mesh ----
+  mesh = sharding.make_mesh(config.mesh)
+  logging.info("mesh %s over %d devices", dict(mesh.shape), mesh.size)
+
+  # ---- Input pipeline ----
+  batches = make_batches(config)
+  clips = eval_clips(config)
+
+  # ---- Model & optimizer ----
+  disc = discriminator.VideoDiscriminator(tuple(config.disc.channels))
+  tx, disc_tx = make_optimizers(config)
+  init_fn = make_init_fn(config, model, disc, tx, disc_tx)
+
+  # ---- Shard & transfer ----
+  rng = jax.random.PRNGKey(config.seed)
+  init_rng, train_rng = jax.random.split(rng)
+  state, state_shardings = sharding.create_sharded_state(init_fn, mesh, init_rng)
+  n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
+  logging.info("C-ViViT %s: %.2fM parameters", config.model_size, n_params / 1e6)
+
+  # ---- Load checkpoint ----
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                 every_steps=config.checkpoint_every,
+                                 keep=config.keep_checkpoints)
+  ckpt.install_signal_handlers()
+  if ckpt.latest_step() is not None:
+    state, meta = ckpt.restore(checkpoint.abstract_like(state))
+    logging.info("resumed from step %d (%s)", int(state["step"]), meta)
+
+  # ---- Update step ----
+  batch_shardings = sharding.batch_sharding(mesh)
+  repl = sharding.replicated(mesh)
+
+  def jit_step(adversarial):
+    fn = functools.partial(train_step, model=model, disc=disc, tx=tx, disc_tx=disc_tx,
+                           config=config, adversarial=adversarial)
+    return jax.jit(fn, in_shardings=(state_shardings, batch_shardings, repl),
+                   out_shardings=(state_shardings, repl), donate_argnums=0)
+  step_fns = {False: jit_step(False), True: jit_step(True)}
+  use_adv = config.losses.adversarial > 0
+  reconstruct = make_eval_fn(model)
+
+  # ---- Train loop ----
+  step = int(state["step"])
+  total = config.total_steps
+  report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer)
+  history, eval_metrics = [], {}
+  start_time = time.time()
+  logging.info("training from step %d to %d", step, total)
+  with jax.set_mesh(mesh), metric_writers.ensure_flushes(writer):
+    for step, batch in batches.iterate(step):
+      if step >= total:
+        break
+      adversarial = use_adv and step >= config.losses.adversarial_start_step
+      global_batch = sharding.put_global_batch({"video": batch["video"]}, mesh)
+      state, metrics = step_fns[adversarial](state, global_batch, train_rng)
+      history.append(metrics)
+      done = step + 1
+      report(done, time.time())
+      last = (done >= total or (config.stop_after_steps and done >= config.stop_after_steps)
+              or (config.max_train_seconds and time.time() - start_time > config.max_train_seconds))
+      preempted = ckpt.preempted(done)
+
+      if done % config.log_every == 0 or last or preempted:
+        common.raise_if_bad(int(state["first_bad_step"]), ckpt.latest_step())
+        writer.write_scalars(done, common.mean_metrics(history))
+        history = []
+      if done % config.eval_every == 0 or last:
+        eval_metrics, recon = evaluate(state["params"], clips, reconstruct, config.eval.batch_size)
+        writer.write_scalars(done, eval_metrics)
+        write_eval_media(workdir, done, clips, recon, writer, config.eval.num_videos)
+      if ckpt.should_save(done, final=last or preempted):
+        common.raise_if_bad(int(state["first_bad_step"]), ckpt.latest_step())
+        ckpt.save(done, state, {"step": done, "data_seed": config.data.seed,
+                                "data_position": done})
+      if last or preempted:
+        break
+  ckpt.close()
+  if eval_metrics:
+    with open(os.path.join(workdir, "metrics.json"), "w") as f:
+      json.dump({"step": int(state["step"]), **eval_metrics}, f, indent=2)
+  return {"state": state, "eval": eval_metrics}
