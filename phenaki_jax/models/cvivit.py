@@ -34,7 +34,7 @@ SIZES = {
               codebook_size=4096, code_dim=32),
     "tiny": dict(image_size=32, patch_size=4, temporal_patch=2, max_time_steps=9, width=64,
                  spatial_depth=2, temporal_depth=2, num_heads=4, mlp_dim=256,
-                 codebook_size=512, code_dim=16, refine_channels=32),
+                 codebook_size=512, code_dim=16),
 }
 
 

@@ -57,11 +57,18 @@ class Attention(nn.Module):
     head_dim = width // self.num_heads
     context = x if context is None else context
 
+    # Explicit 3-D kernels (DenseGeneral would initialise them flat, which breaks the logical
+    # axis annotations).
+    in_init = nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2))
+    out_init = nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2)
+
     def proj(name, inputs):
-      return nn.DenseGeneral(
-          (self.num_heads, head_dim), dtype=self.dtype, name=name,
-          kernel_init=nn.with_logical_partitioning(default_kernel_init, ("embed", "heads", "kv")),
-          bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("heads", "kv")))(inputs)
+      kernel = self.param(name, nn.with_logical_partitioning(in_init, ("embed", "heads", "kv")),
+                          (inputs.shape[-1], self.num_heads, head_dim))
+      bias = self.param(f"{name}_bias", nn.with_logical_partitioning(
+          nn.initializers.zeros, ("heads", "kv")), (self.num_heads, head_dim))
+      return (jnp.einsum("bld,dhk->blhk", inputs.astype(self.dtype), kernel.astype(self.dtype))
+              + bias.astype(self.dtype))
 
     q = proj("query", x)        # [B, Q, H, Dh]
     k = proj("key", context)    # [B, K, H, Dh]
@@ -69,10 +76,12 @@ class Attention(nn.Module):
     if mask is not None:
       mask = jnp.broadcast_to(mask, (q.shape[0], self.num_heads, q.shape[1], k.shape[1]))
     out = jax.nn.dot_product_attention(q, k, v, mask=mask)  # [B, Q, H, Dh]
-    return nn.DenseGeneral(
-        width, axis=(-2, -1), dtype=self.dtype, name="out",
-        kernel_init=nn.with_logical_partitioning(default_kernel_init, ("heads", "kv", "embed")),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))(out)
+    out_kernel = self.param("out", nn.with_logical_partitioning(out_init, ("heads", "kv", "embed")),
+                            (self.num_heads, head_dim, width))
+    out_bias = self.param("out_bias", nn.with_logical_partitioning(
+        nn.initializers.zeros, ("embed",)), (width,))
+    return jnp.einsum("blhk,hkd->bld", out, out_kernel.astype(self.dtype)) + out_bias.astype(
+        self.dtype)
 
 
 class MlpBlock(nn.Module):

@@ -21,6 +21,7 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 
 from phenaki_jax import checkpoint, losses, optim, sharding
+from phenaki_jax.data import pipeline, tasks, video_io
 from phenaki_jax.data import shapes as shapes_lib
 from phenaki_jax.evaluators import recon as recon_metrics
 from phenaki_jax.models import cvivit, discriminator
@@ -60,12 +61,15 @@ def shapes_spec(config: ml_collections.ConfigDict) -> shapes_lib.ShapesSpec:
                                num_frames=config.data.num_frames)
 
 
-def make_batches(config: ml_collections.ConfigDict):
-  from phenaki_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  return pipeline.shapes_batches(
-      shapes_spec(config), batch_size=config.data.batch_size, seed=config.data.seed,
-      image_rate=config.data.image_rate, process_index=jax.process_index(),
-      process_count=jax.process_count())
+def make_batches(config: ml_collections.ConfigDict) -> pipeline.Batches:
+  """Shapes videos (and, if config.data.image_rate > 0, 1-frame images) as a pure f(step)."""
+  spec, seed = shapes_spec(config), config.data.seed
+  mixture = [(tasks.ShapesSource(spec, seed, "train"), 1.0 - config.data.image_rate)]
+  if config.data.image_rate > 0:
+    mixture.append((tasks.ShapesSource(spec, seed, "image"), config.data.image_rate))
+  return pipeline.Batches(mixture, config.data.batch_size, seed=seed,
+                          num_frames=config.data.num_frames, process_index=jax.process_index(),
+                          process_count=jax.process_count(), prefetch=config.data.prefetch)
 
 
 def eval_clips(config: ml_collections.ConfigDict) -> np.ndarray:
@@ -209,7 +213,6 @@ def evaluate(params, clips: np.ndarray, reconstruct, batch_size: int) -> tuple:
 
 
 def write_eval_media(workdir, step, clips, recon, writer, num_videos):
-  from phenaki_jax.data import video_io  # pylint: disable=g-import-not-at-top
   out = os.path.join(workdir, "eval")
   os.makedirs(out, exist_ok=True)
   n = min(num_videos, len(clips))

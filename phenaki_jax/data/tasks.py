@@ -1,0 +1,286 @@
+"""seqio Tasks and Mixtures of the Shapes data (Phenaki §3.3: joint image + video training).
+
+Registered names (the defaults, ``ShapesSpec()`` and seed 0):
+  * ``shapes_video``            videos of the seen triples; seqio splits 'train' and 'validation'
+                                (the 'eval' stream: same triples, never a training clip).
+  * ``shapes_video_heldout``    videos of the held-out triples (split 'validation').
+  * ``shapes_video_image_only`` videos in image-only colours (split 'validation').
+  * ``shapes_image``            1-frame images of every colour and shape (split 'train').
+  * ``shapes_mix``              80% ``shapes_video`` + 20% ``shapes_image`` (the paper's mix).
+``register_shapes_mixture`` adds other rates (paper Table 2: 100/0, 80/20, 50/50) or specs.
+
+Two layers, so that trainers need not import TensorFlow (slow to import, heavy on a 2-core CPU):
+  1. A plain-Python registry of random-access sources (``ShapesSource.example(index)``) and
+     mixture rates. ``data/pipeline.py`` reads it and builds each step's batch directly.
+  2. The same tasks registered with seqio (``seqio.TaskRegistry`` / ``seqio.MixtureRegistry``),
+     each backed by ``ShapesDataSource``, a ``seqio.FunctionDataSource`` whose tf.data dataset maps
+     an index range through the numpy renderer and which also offers ``example(index)``. This
+     happens on ``register_seqio()`` / ``get_seqio(name)``, or at import when seqio is already
+     imported, so ``import seqio; import phenaki_jax.data.tasks;
+     seqio.get_mixture_or_task('shapes_mix').get_dataset(...)`` works as usual.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import sys
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+from phenaki_jax.data import shapes as shapes_lib
+
+DEFAULT_SPEC = shapes_lib.ShapesSpec()
+DEFAULT_SEED = 0
+# Examples per seqio split: a finite "epoch" for tf.data users. Random access has no limit.
+SEQIO_EXAMPLES_PER_SPLIT = 1_000_000
+
+
+@dataclasses.dataclass(frozen=True)
+class ShapesSource:
+  """Random-access Shapes examples of one split: ``example(index)`` is a pure function.
+
+  Attributes:
+    spec: what the data looks like.
+    seed: the data seed (each (seed, split, index) is one fixed example).
+    split: a video split of ``shapes.SPLITS`` ('train', 'eval', 'heldout', 'image_only') or
+      'image' for 1-frame images.
+  """
+  spec: shapes_lib.ShapesSpec = DEFAULT_SPEC
+  seed: int = DEFAULT_SEED
+  split: str = 'train'
+
+  def __post_init__(self):
+    if self.split not in shapes_lib.SPLITS + ('image',):
+      raise ValueError(f'ShapesSource.split must be one of {shapes_lib.SPLITS + ("image",)}, '
+                       f'got {self.split!r}.')
+
+  @property
+  def is_image(self) -> bool:
+    return self.split == 'image'
+
+  @property
+  def num_frames(self) -> int:
+    return 1 if self.is_image else self.spec.num_frames
+
+  @property
+  def resolution(self) -> int:
+    return self.spec.resolution
+
+  def example(self, index: int, num_frames: Optional[int] = None) -> dict:
+    """Example ``index``: dict(video=uint8 [F, H, W, 3] (F = 1 for images), caption=str,
+    color, shape, and direction for videos). ``num_frames`` overrides the spec's (videos)."""
+    if self.is_image:
+      return shapes_lib.image_example(self.spec, self.seed, index)
+    return shapes_lib.video_example(self.spec, self.seed, index, self.split, num_frames)
+
+
+# ----------------------------------------------------------------------------------------------
+# Plain-Python registry (no TensorFlow).
+# ----------------------------------------------------------------------------------------------
+_TASKS = {}      # name -> {seqio split: ShapesSource}
+_MIXTURES = {}   # name -> ((task name, rate), ...)
+
+
+def register_shapes_task(name: str, splits: Mapping[str, ShapesSource]) -> str:
+  """Registers a task: seqio split name -> source. Re-registering the same thing is a no-op."""
+  splits = dict(splits)
+  if name in _MIXTURES or (name in _TASKS and _TASKS[name] != splits):
+    raise ValueError(f'A different task or mixture named {name!r} is already registered; '
+                     f'pick another name.')
+  _TASKS[name] = splits
+  if _seqio_loaded():
+    _register_task_with_seqio(name)
+  return name
+
+
+def register_shapes_tasks(prefix: str = 'shapes', spec: shapes_lib.ShapesSpec = DEFAULT_SPEC,
+                          seed: int = DEFAULT_SEED) -> dict:
+  """Registers ``{prefix}_video``, ``_video_heldout``, ``_video_image_only`` and ``_image``."""
+  names = {
+      'video': register_shapes_task(f'{prefix}_video', {
+          'train': ShapesSource(spec, seed, 'train'),
+          'validation': ShapesSource(spec, seed, 'eval')}),
+      'video_heldout': register_shapes_task(f'{prefix}_video_heldout', {
+          'validation': ShapesSource(spec, seed, 'heldout')}),
+      'video_image_only': register_shapes_task(f'{prefix}_video_image_only', {
+          'validation': ShapesSource(spec, seed, 'image_only')}),
+      'image': register_shapes_task(f'{prefix}_image', {
+          'train': ShapesSource(spec, seed, 'image')}),
+  }
+  return names
+
+
+def register_mixture(name: str, tasks_and_rates: Sequence[tuple]) -> str:
+  """Registers a mixture of registered tasks; zero rates are dropped, rates need not sum to 1."""
+  entries = tuple((str(task), float(rate)) for task, rate in tasks_and_rates if float(rate) != 0)
+  if not entries:
+    raise ValueError(f'Mixture {name!r} has no task with a positive rate: {tasks_and_rates!r}.')
+  for task, rate in entries:
+    if task not in _TASKS:
+      raise ValueError(f'Mixture {name!r} names task {task!r}, which is not registered; '
+                       f'known tasks: {sorted(_TASKS)}.')
+    if rate < 0 or not np.isfinite(rate):
+      raise ValueError(f'Mixture {name!r}: rate {rate} of {task!r} must be >= 0.')
+  if name in _TASKS or (name in _MIXTURES and _MIXTURES[name] != entries):
+    raise ValueError(f'A different task or mixture named {name!r} is already registered; '
+                     f'pick another name.')
+  _MIXTURES[name] = entries
+  if _seqio_loaded():
+    _register_mixture_with_seqio(name)
+  return name
+
+
+def register_shapes_mixture(name: str, video_rate: float = 0.8, image_rate: float = 0.2,
+                            spec: Optional[shapes_lib.ShapesSpec] = None,
+                            seed: int = DEFAULT_SEED) -> str:
+  """A mixture of Shapes videos and images at the given rates (e.g. 1.0/0.0, 0.8/0.2, 0.5/0.5).
+
+  With the default spec and seed it mixes ``shapes_video`` and ``shapes_image``; otherwise it
+  first registers ``{name}_video``/``{name}_image`` (and the eval tasks) for that spec and seed.
+  Returns the mixture name.
+  """
+  spec = DEFAULT_SPEC if spec is None else spec
+  if spec == DEFAULT_SPEC and seed == DEFAULT_SEED:
+    prefix = 'shapes'
+  else:
+    prefix = name
+  names = register_shapes_tasks(prefix, spec, seed)
+  return register_mixture(name, [(names['video'], video_rate), (names['image'], image_rate)])
+
+
+def task_names() -> list:
+  return sorted(_TASKS)
+
+
+def mixture_names() -> list:
+  return sorted(_MIXTURES)
+
+
+def get_sources(name: str, split: str = 'train') -> list:
+  """[(source, rate)] of a registered task (rate 1) or mixture, for one seqio split."""
+  if name in _TASKS:
+    entries = ((name, 1.0),)
+  elif name in _MIXTURES:
+    entries = _MIXTURES[name]
+  else:
+    raise ValueError(f'Unknown task or mixture {name!r}; registered tasks: {task_names()}, '
+                     f'mixtures: {mixture_names()}. Register it with register_shapes_mixture().')
+  out = []
+  for task, rate in entries:
+    if split not in _TASKS[task]:
+      raise ValueError(f'Task {task!r} has no split {split!r}; it has {sorted(_TASKS[task])}.')
+    out.append((_TASKS[task][split], rate))
+  return out
+
+
+# ----------------------------------------------------------------------------------------------
+# seqio (imports TensorFlow).
+# ----------------------------------------------------------------------------------------------
+def _seqio_loaded() -> bool:
+  return 'seqio' in sys.modules
+
+
+@functools.lru_cache(maxsize=None)
+def _seqio_classes():
+  """Builds the seqio-dependent pieces on first use (importing TensorFlow)."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  class ShapesDataSource(seqio.FunctionDataSource):
+    """A seqio FunctionDataSource over ``ShapesSource``s that also offers random access.
+
+    ``get_dataset(split)`` maps ``range(SEQIO_EXAMPLES_PER_SPLIT)`` through the numpy renderer
+    in index order (every index is an independent random draw, so the order needs no shuffle;
+    ``shuffle_files`` and ``seed`` are ignored and the data seed is the source's).
+    ``example(index, split='train')`` returns the same example as the dataset's ``index``-th.
+    """
+
+    def __init__(self, splits: Mapping[str, ShapesSource]):
+      self._sources = dict(splits)
+      super().__init__(
+          dataset_fn=self._dataset_fn_impl, splits=tuple(self._sources),
+          num_input_examples={s: SEQIO_EXAMPLES_PER_SPLIT for s in self._sources},
+          caching_permitted=False)
+
+    def shapes_source(self, split: str = 'train') -> ShapesSource:
+      if split not in self._sources:
+        raise ValueError(f'No split {split!r}; this source has {sorted(self._sources)}.')
+      return self._sources[split]
+
+    def example(self, index: int, split: str = 'train') -> dict:
+      return self.shapes_source(split).example(index)
+
+    def _dataset_fn_impl(self, split, shuffle_files, seed=None):
+      del shuffle_files, seed  # deterministic by index; see the class docstring
+      source = self.shapes_source(split)
+      res = source.resolution
+
+      def render(index):
+        ex = source.example(int(index))
+        return ex['video'], np.bytes_(ex['caption'].encode()), np.bool_(source.is_image)
+
+      def to_features(index):
+        video, caption, is_image = tf.numpy_function(
+            render, [index], (tf.uint8, tf.string, tf.bool), stateful=False)
+        return {'video': tf.ensure_shape(video, [None, res, res, 3]),  # [F, H, W, 3]
+                'caption': tf.ensure_shape(caption, []),
+                'is_image': tf.ensure_shape(is_image, [])}
+
+      return tf.data.Dataset.range(SEQIO_EXAMPLES_PER_SPLIT).map(
+          to_features, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+  output_features = {
+      'video': seqio.Feature(seqio.PassThroughVocabulary(256), add_eos=False, dtype=tf.uint8,
+                             rank=4),
+      'caption': seqio.Feature(seqio.PassThroughVocabulary(1), add_eos=False, dtype=tf.string,
+                               rank=0),
+      'is_image': seqio.Feature(seqio.PassThroughVocabulary(2), add_eos=False, dtype=tf.bool,
+                                rank=0),
+  }
+  return seqio, ShapesDataSource, output_features
+
+
+def _register_task_with_seqio(name: str):
+  seqio, data_source_cls, output_features = _seqio_classes()
+  if name in seqio.TaskRegistry.names():
+    existing = seqio.TaskRegistry.get(name).source
+    if getattr(existing, '_sources', None) == _TASKS[name]:
+      return
+    raise ValueError(f'seqio already has a different task named {name!r}.')
+  seqio.TaskRegistry.add(name, source=data_source_cls(_TASKS[name]), preprocessors=[],
+                         output_features=output_features, metric_fns=[])
+
+
+def _register_mixture_with_seqio(name: str):
+  seqio, _, _ = _seqio_classes()
+  for task, _ in _MIXTURES[name]:
+    _register_task_with_seqio(task)
+  if name in seqio.MixtureRegistry.names():
+    mixture = seqio.MixtureRegistry.get(name)
+    existing = tuple((t.name, float(mixture.get_rate(t))) for t in mixture.tasks)
+    if sorted(existing) == sorted(_MIXTURES[name]):
+      return
+    raise ValueError(f'seqio already has a different mixture named {name!r}.')
+  seqio.MixtureRegistry.add(name, list(_MIXTURES[name]))
+
+
+def register_seqio():
+  """Registers every task and mixture of this module with seqio (imports TensorFlow)."""
+  for name in list(_TASKS):
+    _register_task_with_seqio(name)
+  for name in list(_MIXTURES):
+    _register_mixture_with_seqio(name)
+
+
+def get_seqio(name: str):
+  """The seqio Task or Mixture ``name`` (registering this module's tasks first)."""
+  register_seqio()
+  seqio, _, _ = _seqio_classes()
+  return seqio.get_mixture_or_task(name)
+
+
+# Default registrations (plain Python; with seqio too when it is already imported).
+register_shapes_tasks('shapes', DEFAULT_SPEC, DEFAULT_SEED)
+register_shapes_mixture('shapes_mix', 0.8, 0.2)

@@ -1,0 +1,180 @@
+"""MaskGIT parallel decoding with classifier-free guidance (paper §4.2.2; MaskGIT §3.2, MUSE).
+
+`decode` is a pure, jittable function with static shapes (one `lax.fori_loop` over the steps):
+
+  start: positions to generate (`valid & ~fixed`) are [MASK]; fixed positions hold their given
+         tokens (e.g. the re-encoded context frames of a story continuation) and never change.
+  step i = 0..S-1:
+    1. logits = logits_fn(tokens)                                    # [B, N, K]
+    2. every masked position samples a code from softmax(logits / temperature), after optional
+       top-k / top-p filtering;
+    3. confidence = log p(sampled code) under the raw logits (no temperature, no filtering)
+                    + choice_temperature · (1 − (i+1)/S) · Gumbel noise   (annealed to 0);
+       positions that were not masked get +inf;
+    4. n_next = ⌊cos(π/2 · (i+1)/S) · n_generate⌋, capped at (currently masked − 1) so at least
+       one new token is committed per step while any remain; it is 0 after the last step;
+    5. the n_next least confident positions are re-masked, all others keep their sample.
+
+Randomness: step i uses `fold_in(rng, i)`, so the same rng gives the same output.
+
+Classifier-free guidance is composed outside `decode` by `guided_logits_fn`, which evaluates the
+conditional and unconditional model in one batched call and returns
+`uncond + cfg_scale · (cond − uncond)`: cfg_scale = 1 is the conditional model alone, 0 the
+unconditional model alone, > 1 extrapolates away from the unconditional prediction (this is the
+convention of the issue; the paper's videos use 12).
+"""
+from typing import Callable, Optional, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+LogitsFn = Callable[[Array], Array]
+
+
+def mask_schedule(num_steps: int) -> np.ndarray:
+  """Fraction of the to-be-generated tokens still masked after each step: f32 [num_steps]."""
+  if num_steps < 1:
+    raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+  progress = np.arange(1, num_steps + 1, dtype=np.float64) / num_steps
+  return np.maximum(np.cos(np.pi / 2 * progress), 0.0).astype(np.float32)
+
+
+def _rank(scores: Array) -> Array:
+  """Rank (0 = smallest) along the last axis; ties broken by position."""
+  order = jnp.argsort(scores, axis=-1, stable=True)
+  return jnp.argsort(order, axis=-1, stable=True)
+
+
+def filter_logits(logits: Array, top_k: int = 0, top_p: float = 1.0) -> Array:
+  """Sets logits outside the top-k codes and/or the top-p nucleus to -inf (last axis).
+
+  `top_k` (0 = off) must be a Python int and `top_p` (1.0 = off) a Python float.
+  """
+  num_codes = logits.shape[-1]
+  if top_k < 0:
+    raise ValueError(f"top_k must be >= 0, got {top_k}")
+  if not 0.0 < top_p <= 1.0:
+    raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+  if 0 < top_k < num_codes:
+    kth = jax.lax.top_k(logits, top_k)[0][..., -1:]  # [..., 1]
+    logits = jnp.where(logits < kth, -jnp.inf, logits)
+  if top_p < 1.0:
+    sorted_desc = -jnp.sort(-logits, axis=-1)  # [..., K]
+    probs = jax.nn.softmax(sorted_desc, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    num_keep = (mass_before < top_p).sum(-1, keepdims=True)  # >= 1: the top code is kept
+    threshold = jnp.take_along_axis(sorted_desc, num_keep - 1, axis=-1)  # [..., 1]
+    logits = jnp.where(logits < threshold, -jnp.inf, logits)
+  return logits
+
+
+def decode(logits_fn: LogitsFn, init_tokens: Array, fixed: Array, rng: Array, *,
+           num_steps: int, mask_token_id: int, temperature: Union[float, Array] = 1.0,
+           choice_temperature: Union[float, Array] = 4.5, top_k: int = 0, top_p: float = 1.0,
+           valid: Optional[Array] = None, return_trace: bool = False):
+  """Generates the non-fixed tokens by MaskGIT parallel decoding (see the module docstring).
+
+  Args:
+    logits_fn: tokens int32 [B, N] -> logits [B, N, K] (a closure over params and text; wrap
+      it with `guided_logits_fn` for classifier-free guidance).
+    init_tokens: int32 [B, N]; the values at fixed positions are kept, the rest ignored.
+    fixed: bool [B, N], positions whose tokens are given and never changed.
+    rng: PRNG key.
+    num_steps: number of decoding steps S (static).
+    mask_token_id: the [MASK] id (= K, the codebook size).
+    temperature: sampling temperature (> 0; may be a traced scalar).
+    choice_temperature: scale of the annealed Gumbel noise on the confidences (may be traced).
+    top_k: keep only the k most likely codes when sampling (0 = off; static).
+    top_p: nucleus sampling mass (1.0 = off; static).
+    valid: bool [B, N] or None (all valid). Invalid positions are neither generated nor
+      changed (like fixed ones); the model-side masking of them is up to `logits_fn`.
+    return_trace: also return the number of still-masked tokens after each step.
+  Returns:
+    tokens int32 [B, N] with no [MASK] left at valid positions, or with `return_trace`
+    (tokens, counts int32 [num_steps, B]).
+  """
+  if init_tokens.ndim != 2:
+    raise ValueError(f"init_tokens must be [B, N], got shape {init_tokens.shape}")
+  if fixed.shape != init_tokens.shape:
+    raise ValueError(f"fixed must be {init_tokens.shape}, got {fixed.shape}")
+  if valid is not None and valid.shape != init_tokens.shape:
+    raise ValueError(f"valid must be {init_tokens.shape}, got {valid.shape}")
+  ratios = jnp.asarray(mask_schedule(num_steps))  # [S]
+  noise_scale = jnp.asarray(1.0 - np.arange(1, num_steps + 1) / num_steps, jnp.float32)  # [S]
+  batch, num_tokens = init_tokens.shape
+
+  generate = ~fixed.astype(bool)
+  if valid is not None:
+    generate &= valid.astype(bool)  # [B, N]
+  tokens = jnp.where(generate, mask_token_id, init_tokens).astype(jnp.int32)  # [B, N]
+  num_generate = generate.sum(-1).astype(jnp.float32)  # [B]
+  trace = jnp.zeros((num_steps, batch), jnp.int32)
+
+  def step(i, carry):
+    tokens, masked, trace = carry  # [B, N], [B, N], [S, B]
+    rng_sample, rng_choice = jax.random.split(jax.random.fold_in(rng, i))
+    logits = logits_fn(tokens).astype(jnp.float32)  # [B, N, K]
+    if logits.shape[:2] != (batch, num_tokens):
+      raise ValueError(f"logits_fn returned {logits.shape}, expected [{batch}, {num_tokens}, K]")
+    sampled = jax.random.categorical(
+        rng_sample, filter_logits(logits / temperature, top_k, top_p), axis=-1)  # [B, N]
+    sampled = jnp.where(masked, sampled.astype(jnp.int32), tokens)
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    confidence = jnp.take_along_axis(log_probs, sampled[..., None], axis=-1)[..., 0]  # [B, N]
+    gumbel = jax.random.gumbel(rng_choice, confidence.shape)
+    confidence = confidence + choice_temperature * noise_scale[i] * gumbel
+    confidence = jnp.where(masked, confidence, jnp.inf)
+
+    num_masked = masked.sum(-1)  # [B]
+    num_next = jnp.floor(ratios[i] * num_generate).astype(jnp.int32)
+    num_next = jnp.maximum(jnp.minimum(num_next, num_masked - 1), 0)  # [B]
+    still_masked = (_rank(confidence) < num_next[:, None]) & masked  # [B, N]
+    tokens = jnp.where(still_masked, mask_token_id, sampled)
+    return tokens, still_masked, trace.at[i].set(still_masked.sum(-1).astype(jnp.int32))
+
+  tokens, _, trace = jax.lax.fori_loop(0, num_steps, step, (tokens, generate, trace))
+  return (tokens, trace) if return_trace else tokens
+
+
+def guided_logits_fn(apply_fn: Callable[..., Array], text: Array, text_mask: Array,
+                     null_text: Array, null_mask: Array, cfg_scale: Union[float, Array],
+                     **apply_kwargs) -> LogitsFn:
+  """Classifier-free guidance: a `logits_fn` returning uncond + cfg_scale · (cond − uncond).
+
+  Args:
+    apply_fn: (tokens [B', N], text [B', L, D], text_mask [B', L], **apply_kwargs) -> logits,
+      e.g. `functools.partial(model.apply, params)`.
+    text, text_mask: the conditioning prompt embeddings [B, L, D] and mask [B, L].
+    null_text, null_mask: the null (empty-prompt) embedding, broadcastable to text / text_mask
+      (e.g. [1, L, D] and [1, L]).
+    cfg_scale: guidance scale; 1 = conditional only, 0 = unconditional only. A Python 1.0 skips
+      the unconditional half (one call of batch B); otherwise one call of batch 2B.
+    **apply_kwargs: passed to `apply_fn`; array values are per-example [B, ...] and are
+      duplicated along the batch for the doubled call (e.g. `token_valid`), others passed as is.
+  """
+  try:
+    null_text = jnp.broadcast_to(null_text, text.shape)
+    null_mask = jnp.broadcast_to(null_mask, text_mask.shape)
+  except ValueError as e:
+    raise ValueError(f"null text {jnp.shape(null_text)} / mask {jnp.shape(null_mask)} do not "
+                     f"broadcast to text {text.shape} / mask {text_mask.shape}") from e
+
+  if isinstance(cfg_scale, (int, float)) and cfg_scale == 1.0:
+    return lambda tokens: apply_fn(tokens, text, text_mask, **apply_kwargs)
+
+  both_text = jnp.concatenate([text, null_text], axis=0)  # [2B, L, D]
+  both_mask = jnp.concatenate([text_mask, null_mask], axis=0)  # [2B, L]
+  both_kwargs = {
+      k: jnp.concatenate([v, v], axis=0) if isinstance(v, (jax.Array, np.ndarray)) else v
+      for k, v in apply_kwargs.items()}
+
+  def logits_fn(tokens: Array) -> Array:
+    batch = tokens.shape[0]
+    logits = apply_fn(jnp.concatenate([tokens, tokens], axis=0), both_text, both_mask,
+                      **both_kwargs)  # [2B, N, K]
+    cond, uncond = logits[:batch], logits[batch:]
+    return uncond + cfg_scale * (cond - uncond)
+
+  return logits_fn

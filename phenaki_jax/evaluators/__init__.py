@@ -1,0 +1,1 @@
+"""Evaluators: one module per metric (shapes.py: the analytic Shapes prompt-following scorer)."""

@@ -1,0 +1,296 @@
+"""The analytic Shapes prompt-following evaluator (DESIGN.md "The Shapes benchmark", issue 6).
+
+No learned weights: a generated video is read back with the Shapes rules themselves.
+
+Per frame:
+  * object pixels: brightness (max over RGB) >= max(``min_brightness``, 0.5 * the frame's peak);
+    the background is black. Only the largest 8-connected component is kept, so stray specks of
+    a generated frame do not move the bounding box or the centroid.
+  * colour votes: each object pixel goes to the palette colour nearest to it after fitting the
+    colour's brightness (residual of ``p - a*c`` with ``a`` clipped to [0.5, 1.2]), so darker
+    anti-aliased or slightly dim generated pixels still vote for their hue.
+  * coverage: brightness over the object's core level (median of the object pixels), clipped to
+    [0, 1], on the component grown by two pixels (the anti-aliased or blurred rim).
+  * centroid: the coverage-weighted mean, i.e. the area centroid to sub-pixel accuracy.
+  * shape, by analysis-by-synthesis: each of circle, square and apex-up triangle is rendered
+    anti-aliased with the object's area (sum of coverage) at its centroid, and the one with the
+    highest soft IoU (sum of min / sum of max) wins. This uses what the bounding-box fill ratio
+    uses (square ~1, circle ~pi/4, triangle ~1/2) and also where the mass is (corners, narrow top
+    vs. wide bottom), and it does not hinge on which rim pixels pass a threshold, which keeps
+    small, blurry or generated objects apart much better than the fill ratio alone.
+
+Per clip: colour = majority of all pixel votes; shape = majority of frame shapes (ties by summed
+IoU); direction = the dominant axis of the centroid velocity (least-squares slope over the frames
+with an object, in px/frame; image y grows downward, so 'up' is decreasing row), or None when the
+object moves slower than ``min_speed`` canvas sides per frame (0.32 px/frame at 32x32; the data
+moves 1.28) or is in fewer than two frames.
+
+Stories: every segment is scored as a clip against its own prompt (its direction also uses the
+previous segment's last frame, the step into the segment); the boundary jump is the raw
+distance (px) between the centroids of a segment's last frame and the next segment's first frame.
+It therefore includes one frame of intended motion (``ShapesSpec.speed_px``, 1.28 px at 32x32 for
+the ground truth); a missing object at a boundary counts as a jump of the canvas diagonal.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import numpy as np
+from scipy import ndimage
+
+from phenaki_jax.data import shapes as shapes_lib
+
+_PALETTE_NAMES = shapes_lib.COLORS
+_PALETTE = np.array([shapes_lib.PALETTE[c] for c in _PALETTE_NAMES], np.float32)  # [8, 3]
+_EIGHT_CONNECTED = np.ones((3, 3), bool)
+
+# Defaults, exposed so callers can tune them for very blurry models.
+MIN_BRIGHTNESS = 48.0      # a frame whose peak brightness is below this has no object
+MIN_SPEED = 0.01           # slower than this (canvas sides per frame) counts as not moving
+
+
+def _check_video(video) -> np.ndarray:
+  video = np.asarray(video)
+  if video.ndim == 3:
+    video = video[None]
+  if video.ndim != 4 or video.shape[-1] != 3:
+    raise ValueError(f'Expected a video [T, H, W, 3] (or a frame [H, W, 3]), got shape '
+                     f'{video.shape}.')
+  if np.issubdtype(video.dtype, np.floating):
+    raise ValueError(f'Expected uint8 frames in [0, 255], got {video.dtype}. Convert [0, 1] '
+                     f'floats with np.clip(video * 255, 0, 255).round().astype(np.uint8).')
+  if video.dtype != np.uint8:
+    video = np.clip(video, 0, 255).astype(np.uint8)
+  return video
+
+
+def _soft_template(shape: str, area: float, centroid, top: int, left: int, height: int,
+                   width: int, supersample: int = 4) -> np.ndarray:
+  """Coverage [height, width] of ``shape`` with the given area and area centroid (x, y)."""
+  size = float(np.sqrt(area / shapes_lib.SHAPE_AREA[shape]))
+  sub_y = (np.arange(height * supersample) + 0.5) / supersample + top - centroid[1]
+  sub_x = (np.arange(width * supersample) + 0.5) / supersample + left - centroid[0]
+  inside = shapes_lib.inside_shape(shape, sub_x[None, :], sub_y[:, None], size)
+  return inside.reshape(height, supersample, width, supersample).mean(axis=(1, 3))
+
+
+def analyze_frame(frame, min_brightness: float = MIN_BRIGHTNESS) -> dict:
+  """Reads one frame [H, W, 3] uint8.
+
+  Returns:
+    dict(present=bool, centroid=float [2] (x, y) or NaNs, shape=str or None,
+    shape_iou={shape: soft IoU with the fitted template}, color_votes=int [8] (palette order),
+    area=float (pixels of coverage), bbox=(r0, r1, c0, c1) of the thresholded object or None).
+  """
+  frame = _check_video(frame)[0]
+  height, width = frame.shape[:2]
+  brightness = frame.max(axis=-1).astype(np.float32)                  # [H, W]
+  peak = float(brightness.max())
+  empty = dict(present=False, centroid=np.full(2, np.nan), shape=None, shape_iou={},
+               color_votes=np.zeros(len(_PALETTE_NAMES), np.int64), area=0.0, bbox=None)
+  if peak < min_brightness:
+    return empty
+  mask = brightness >= max(min_brightness, 0.5 * peak)               # [H, W]
+  labels, num = ndimage.label(mask, structure=_EIGHT_CONNECTED)
+  if num > 1:
+    sizes = np.bincount(labels.ravel())[1:]
+    mask = labels == (1 + int(np.argmax(sizes)))
+  rows, cols = np.nonzero(mask)
+  r0, r1, c0, c1 = rows.min(), rows.max(), cols.min(), cols.max()
+
+  # Colour: scale-fitted nearest palette colour per pixel.
+  pixels = frame[mask].astype(np.float32)                            # [N, 3]
+  dots = pixels @ _PALETTE.T                                         # [N, 8]
+  scale = np.clip(dots / np.sum(_PALETTE ** 2, axis=1), 0.5, 1.2)    # [N, 8]
+  residual = np.sum((pixels[:, None, :] - scale[..., None] * _PALETTE[None]) ** 2, axis=-1)
+  votes = np.bincount(np.argmin(residual, axis=1), minlength=len(_PALETTE_NAMES))
+
+  # Soft coverage [H, W] of the object: brightness over its core level, on the component grown
+  # by two pixels (the anti-aliased or blurred rim), zero elsewhere.
+  grown = ndimage.binary_dilation(mask, structure=_EIGHT_CONNECTED, iterations=2)
+  full = float(np.median(brightness[mask]))
+  coverage = np.where(grown, np.clip(brightness / full, 0.0, 1.0), 0.0)
+  area = float(coverage.sum())
+  ys, xs = np.indices(coverage.shape, dtype=np.float64)
+  centroid = np.array([(coverage * (xs + 0.5)).sum() / area,
+                       (coverage * (ys + 0.5)).sum() / area])
+
+  # Shape: analysis by synthesis. Render each shape with the object's area at its centroid and
+  # compare the coverages (soft IoU) inside a window that holds both.
+  pad = int(np.ceil(0.6 * np.sqrt(area))) + 2
+  top, bottom = max(0, r0 - pad), min(height, r1 + pad + 1)
+  left, right = max(0, c0 - pad), min(width, c1 + pad + 1)
+  observed = coverage[top:bottom, left:right]                          # [h, w]
+  ious = {}
+  for name in shapes_lib.SHAPES:
+    template = _soft_template(name, area, centroid, top, left, bottom - top, right - left)
+    ious[name] = float(np.minimum(observed, template).sum() /
+                       np.maximum(observed, template).sum())
+  shape = max(ious, key=ious.get)
+  return dict(present=True, centroid=centroid, shape=shape, shape_iou=ious, color_votes=votes,
+              area=area, bbox=(int(r0), int(r1), int(c0), int(c1)))
+
+
+def _direction(centroids: np.ndarray, min_speed_px: float):
+  """Dominant-axis direction of the least-squares centroid velocity, or None."""
+  valid = ~np.isnan(centroids[:, 0])
+  t = np.nonzero(valid)[0].astype(np.float64)
+  if t.size < 2:
+    return None, np.zeros(2), np.zeros(2)
+  c = centroids[valid]                                                # [n, 2]
+  tc = t - t.mean()
+  velocity = (tc[:, None] * (c - c.mean(axis=0))).sum(axis=0) / (tc ** 2).sum()  # [2] px/frame
+  displacement = c[-1] - c[0]
+  if np.abs(velocity).max() < min_speed_px:
+    return None, velocity, displacement
+  vx, vy = velocity
+  if abs(vx) >= abs(vy):
+    return ('right' if vx > 0 else 'left'), velocity, displacement
+  return ('down' if vy > 0 else 'up'), velocity, displacement
+
+
+def _summarize(frames: Sequence[dict], width: int, min_speed: float,
+               motion_frames: Optional[Sequence[dict]] = None) -> dict:
+  """Clip-level reading from per-frame readings (direction from ``motion_frames``)."""
+  centroids = np.stack([f['centroid'] for f in frames])               # [T, 2]
+  votes = np.sum([f['color_votes'] for f in frames], axis=0)          # [8]
+  color = _PALETTE_NAMES[int(np.argmax(votes))] if votes.sum() else None
+  frame_shapes = [f['shape'] for f in frames]
+  shape = None
+  present = [s for s in frame_shapes if s is not None]
+  if present:
+    counts = {s: present.count(s) for s in set(present)}
+    iou_sum = {s: sum(f['shape_iou'].get(s, 0.0) for f in frames) for s in counts}
+    shape = max(counts, key=lambda s: (counts[s], iou_sum[s]))
+  motion = centroids if motion_frames is None else np.stack(
+      [f['centroid'] for f in motion_frames])
+  direction, velocity, displacement = _direction(motion, min_speed * width)
+  return dict(color=color, shape=shape, direction=direction, centroids=centroids,
+              velocity=velocity, displacement=displacement, frame_shapes=frame_shapes,
+              color_votes={c: int(v) for c, v in zip(_PALETTE_NAMES, votes)},
+              present=np.array([f['present'] for f in frames]))
+
+
+def analyze_video(video, min_brightness: float = MIN_BRIGHTNESS,
+                  min_speed: float = MIN_SPEED) -> dict:
+  """Reads a Shapes video [T, H, W, 3] uint8 (a single frame [H, W, 3] is a 1-frame video).
+
+  Returns:
+    dict(color=str or None, shape=str or None, direction=str or None (None for one frame, a
+    static or missing object), centroids=float [T, 2] (x, y; NaN where no object),
+    velocity=float [2] (least-squares px/frame), displacement=float [2] (last minus first
+    centroid, px), frame_shapes=list[str or None], color_votes={color: pixel count},
+    present=bool [T]).
+  """
+  video = _check_video(video)
+  frames = [analyze_frame(f, min_brightness) for f in video]
+  return _summarize(frames, video.shape[2], min_speed)
+
+
+def _score_analysis(analysis: dict, caption: str) -> dict:
+  color, shape, direction = shapes_lib.parse_caption(caption)
+  color_ok = analysis['color'] == color
+  shape_ok = analysis['shape'] == shape
+  direction_ok = None if direction is None else analysis['direction'] == direction
+  all_ok = color_ok and shape_ok and direction_ok is not False
+  return dict(color_ok=bool(color_ok), shape_ok=bool(shape_ok), direction_ok=direction_ok,
+              all_ok=bool(all_ok), caption=caption, pred_color=analysis['color'],
+              pred_shape=analysis['shape'], pred_direction=analysis['direction'])
+
+
+def score(video, caption: str, **analyze_kwargs) -> dict:
+  """Scores a video [T, H, W, 3] (or an image) against its caption.
+
+  Returns:
+    dict(color_ok, shape_ok, direction_ok (None for an image caption), all_ok, caption,
+    pred_color, pred_shape, pred_direction).
+  """
+  return _score_analysis(analyze_video(video, **analyze_kwargs), caption)
+
+
+def _segment_starts(num_frames: int, num_segments: int, frames_per_segment=None,
+                    segment_starts=None) -> list:
+  if (frames_per_segment is None) == (segment_starts is None):
+    raise ValueError('score_story needs exactly one of frames_per_segment (int or list) or '
+                     'segment_starts (first frame of each segment).')
+  if segment_starts is None:
+    if isinstance(frames_per_segment, (int, np.integer)):
+      lengths = [int(frames_per_segment)] * num_segments
+    else:
+      lengths = [int(n) for n in frames_per_segment]
+    segment_starts = list(np.cumsum([0] + lengths[:-1]))
+    if sum(lengths) != num_frames:
+      raise ValueError(f'Segments of {lengths} frames cover {sum(lengths)} frames, but the '
+                       f'video has {num_frames}.')
+  starts = [int(s) for s in segment_starts]
+  if len(starts) != num_segments or starts[0] != 0 or any(
+      b <= a for a, b in zip(starts, starts[1:])) or starts[-1] >= num_frames:
+    raise ValueError(f'Bad story segmentation {starts} for {num_segments} prompts and '
+                     f'{num_frames} frames: need increasing starts from 0, one per prompt.')
+  return starts
+
+
+def score_story(video, prompts: Sequence[str],
+                frames_per_segment: Optional[Union[int, Sequence[int]]] = None,
+                segment_starts: Optional[Sequence[int]] = None,
+                min_brightness: float = MIN_BRIGHTNESS, min_speed: float = MIN_SPEED) -> dict:
+  """Scores a story video [T, H, W, 3] whose segments follow ``prompts`` in turn.
+
+  Give either ``frames_per_segment`` (int, or one int per prompt, summing to T) or
+  ``segment_starts`` (the first frame of each segment; the last runs to the end). Colour and
+  shape of a segment are read from its own frames; its direction from its frames plus the
+  previous segment's last frame (the step into the segment is the segment's first motion).
+
+  Returns:
+    dict(segments=list of score() dicts, segment_ok=list[bool] (all three attributes right),
+    segment_accuracy=float, jumps=list[float] (px, one per boundary), mean_jump=float,
+    max_jump=float (0.0 for one segment), num_segments=int).
+  """
+  video = _check_video(video)
+  num_frames, height, width = video.shape[:3]
+  starts = _segment_starts(num_frames, len(prompts), frames_per_segment, segment_starts)
+  ends = starts[1:] + [num_frames]
+  frames = [analyze_frame(f, min_brightness) for f in video]
+  segments = []
+  for start, end, prompt in zip(starts, ends, prompts):
+    analysis = _summarize(frames[start:end], width, min_speed,
+                          motion_frames=frames[max(0, start - 1):end])
+    segments.append(_score_analysis(analysis, prompt))
+  jumps = []
+  for boundary in starts[1:]:
+    jump = float(np.linalg.norm(frames[boundary]['centroid'] - frames[boundary - 1]['centroid']))
+    jumps.append(jump if np.isfinite(jump) else float(np.hypot(height, width)))
+  segment_ok = [s['all_ok'] for s in segments]
+  return dict(segments=segments, segment_ok=segment_ok,
+              segment_accuracy=float(np.mean(segment_ok)), jumps=jumps,
+              mean_jump=float(np.mean(jumps)) if jumps else 0.0,
+              max_jump=float(np.max(jumps)) if jumps else 0.0, num_segments=len(prompts))
+
+
+def aggregate(scores: Sequence[dict]) -> dict:
+  """Accuracies over many ``score`` dicts and/or ``score_story`` dicts (plain floats, for JSON).
+
+  Returns (keys present when the inputs have them):
+    clips: color_accuracy, shape_accuracy, direction_accuracy (over captions with a direction),
+      all_accuracy, num_clips.
+    stories: segment_accuracy (over all segments), mean_jump (over all boundaries), max_jump,
+      num_stories, num_segments.
+  """
+  out = {}
+  clips = [s for s in scores if 'all_ok' in s]
+  stories = [s for s in scores if 'segment_ok' in s]
+  if clips:
+    for key in ('color', 'shape', 'direction', 'all'):
+      values = [s[f'{key}_ok'] for s in clips if s[f'{key}_ok'] is not None]
+      out[f'{key}_accuracy'] = float(np.mean(values)) if values else float('nan')
+    out['num_clips'] = len(clips)
+  if stories:
+    segment_ok = [ok for s in stories for ok in s['segment_ok']]
+    jumps = [j for s in stories for j in s['jumps']]
+    out['segment_accuracy'] = float(np.mean(segment_ok))
+    out['mean_jump'] = float(np.mean(jumps)) if jumps else 0.0
+    out['max_jump'] = float(np.max(jumps)) if jumps else 0.0
+    out['num_stories'] = len(stories)
+    out['num_segments'] = len(segment_ok)
+  return out

@@ -1,0 +1,149 @@
+"""Text-conditioned bidirectional MaskGIT transformer over C-ViViT video tokens (paper §4.2).
+
+The video is tokenised by the frozen C-ViViT into a grid of codes [t, h, w] (t = 1 + T/t_p time
+steps, t = 1 for an image), flattened time-major to N = t·h·w tokens. A masked subset of the
+tokens is replaced by [MASK] (id `codebook_size`); the transformer sees every token (it is
+bidirectional), attends to the text embeddings by cross-attention in every block, and predicts
+logits over the codebook at every position. Training (cosine mask ratio, loss on masked tokens
+only) lives in `phenaki_jax.masking`; sampling (parallel decoding, classifier-free guidance) in
+`phenaki_jax.decode`.
+
+Design choices:
+  * Positional embeddings are factorised over (t, h, w): the sum of three learned tables
+    [max_t, D], [h, D], [w, D]. Any t <= max_t works by slicing the time table, so an image
+    (t = 1) and a shorter clip need no padding.
+  * `token_valid` [B, N] marks real positions. Invalid positions (e.g. the padded later time steps
+    of an image example in a joint image/video batch) are masked out as attention keys for every
+    query, so nothing they hold can reach a valid position (attention is the only op that mixes
+    positions). Their own outputs are meaningless and must be ignored by the loss.
+  * Text embeddings [B, L, D_text] have their padding zeroed (`text_mask` False) and are either
+    projected once to the model width by a Dense (`project_text=True`, the default; cheaper for
+    small models) or fed directly to every block's cross-attention key/value projections
+    (`project_text=False`). The paper's 1.8B count is only reached the second way (per-block
+    K/V projections from the 4096-d T5-XXL embeddings); a shared projection gives ~1.65B.
+  * Output head: the Transformer's final LayerNorm followed by an untied Dense to K logits,
+    computed in float32.
+"""
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from phenaki_jax.models import layers
+
+Array = jax.Array
+
+# Paper configuration (appendix B): 8192 codes, 11 frames of 128x128 -> 6x16x16 = 1536 tokens.
+PAPER_CODEBOOK_SIZE = 8192
+PAPER_GRID = (6, 16, 16)
+
+SIZES = {
+    "tiny": dict(width=64, depth=2, num_heads=4, mlp_dim=256),
+    "B": dict(width=768, depth=12, num_heads=12, mlp_dim=3072),
+    "L": dict(width=1024, depth=24, num_heads=16, mlp_dim=4096),
+    # The paper's model (§4.2 / appendix B): 24 layers, width 2048, MLP 8192, 32 heads, 1.8B
+    # parameters with T5-XXL (4096-d) text attended directly by each block.
+    "1.8B": dict(width=2048, depth=24, num_heads=32, mlp_dim=8192, project_text=False),
+}
+
+
+def mask_token_id(codebook_size: int) -> int:
+  """The [MASK] token id for a codebook of `codebook_size` codes (ids 0..K-1 are codes)."""
+  return codebook_size
+
+
+class MaskGIT(nn.Module):
+  """Bidirectional transformer: video tokens [B, N] + text [B, L, D_text] -> logits [B, N, K]."""
+  codebook_size: int
+  grid: tuple[int, int, int]  # (max_time_steps, h, w) of the token grid
+  width: int
+  depth: int
+  num_heads: int
+  mlp_dim: int
+  dropout: float = 0.0
+  project_text: bool = True
+  scan: bool = False
+  remat: bool = False
+  dtype: Any = jnp.float32
+
+  @property
+  def mask_token_id(self) -> int:
+    return mask_token_id(self.codebook_size)
+
+  def num_time_steps(self, num_tokens: int) -> int:
+    """Time steps t of a flattened token sequence of length N = t·h·w (validated)."""
+    max_t, h, w = self.grid
+    if num_tokens % (h * w) or not 1 <= num_tokens // (h * w) <= max_t:
+      raise ValueError(
+          f"{num_tokens} tokens is not t*h*w with 1 <= t <= {max_t} for grid {self.grid}")
+    return num_tokens // (h * w)
+
+  @nn.compact
+  def __call__(self, tokens: Array, text: Array, text_mask: Array,
+               token_valid: Optional[Array] = None, *, train: bool = False) -> Array:
+    if tokens.ndim != 2:
+      raise ValueError(f"tokens must be [B, N], got shape {tokens.shape}")
+    batch, num_tokens = tokens.shape
+    if text.ndim != 3 or text.shape[0] != batch:
+      raise ValueError(f"text must be [B={batch}, L, D_text], got shape {text.shape}")
+    if text_mask.shape != text.shape[:2]:
+      raise ValueError(f"text_mask must be {text.shape[:2]}, got {text_mask.shape}")
+    if token_valid is not None and token_valid.shape != tokens.shape:
+      raise ValueError(f"token_valid must be {tokens.shape}, got {token_valid.shape}")
+    t = self.num_time_steps(num_tokens)
+    max_t, h, w = self.grid
+    deterministic = not train
+    init = nn.initializers.normal(stddev=0.02)
+
+    # Token + factorised (t, h, w) positional embeddings.
+    x = nn.Embed(
+        self.codebook_size + 1, self.width, dtype=self.dtype, name="token_embed",
+        embedding_init=nn.with_logical_partitioning(init, ("vocab", "embed")))(tokens)  # [B, N, D]
+    pos_t = self.param("pos_t", nn.with_logical_partitioning(init, (None, "embed")),
+                       (max_t, self.width))  # [max_t, D]
+    pos_h = self.param("pos_h", nn.with_logical_partitioning(init, (None, "embed")),
+                       (h, self.width))  # [h, D]
+    pos_w = self.param("pos_w", nn.with_logical_partitioning(init, (None, "embed")),
+                       (w, self.width))  # [w, D]
+    pos = pos_t[:t, None, None] + pos_h[None, :, None] + pos_w[None, None, :]  # [t, h, w, D]
+    x = (x + pos.reshape(num_tokens, self.width)[None]).astype(self.dtype)  # [B, N, D]
+    x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
+
+    # Text: zero the padding (so even an all-padding row is independent of its values), project.
+    text_mask = text_mask.astype(bool)
+    text = jnp.where(text_mask[..., None], text, 0).astype(self.dtype)  # [B, L, D_text]
+    if self.project_text:
+      text = layers.dense(self.width, (None, "embed"), dtype=self.dtype,
+                          name="text_proj")(text)  # [B, L, D]
+
+    self_mask = None if token_valid is None else token_valid.astype(bool)[:, None, None, :]
+    cross_mask = text_mask[:, None, None, :]  # [B, 1, 1, L]
+    x = layers.Transformer(
+        depth=self.depth, num_heads=self.num_heads, mlp_dim=self.mlp_dim, dropout=self.dropout,
+        cross_attention=True, scan=self.scan, remat=self.remat, dtype=self.dtype,
+        name="transformer")(x, self_mask, text, cross_mask, deterministic=deterministic)
+    # The Transformer ends in a LayerNorm; the head is an untied Dense, in float32.
+    logits = layers.dense(self.codebook_size, ("embed", "vocab"), dtype=jnp.float32,
+                          name="head")(x.astype(jnp.float32))  # [B, N, K]
+    return logits
+
+
+def get_model(size: str, **overrides) -> MaskGIT:
+  """A MaskGIT of a named size; `codebook_size`/`grid` default to the paper's (8192, (6,16,16))."""
+  if size not in SIZES:
+    raise ValueError(f"unknown MaskGIT size {size!r}; choose from {sorted(SIZES)}")
+  kwargs = dict(codebook_size=PAPER_CODEBOOK_SIZE, grid=PAPER_GRID)
+  kwargs.update(SIZES[size])
+  kwargs.update(overrides)
+  return MaskGIT(**kwargs)
+
+
+def count_params(model: MaskGIT, text_dim: int, text_len: int = 1) -> int:
+  """Number of parameters, from `jax.eval_shape` of init (nothing is allocated)."""
+  max_t, h, w = model.grid
+  tokens = jax.ShapeDtypeStruct((1, max_t * h * w), jnp.int32)
+  text = jax.ShapeDtypeStruct((1, text_len, text_dim), jnp.float32)
+  text_mask = jax.ShapeDtypeStruct((1, text_len), jnp.bool_)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), tokens, text, text_mask)
+  return sum(int(x.size) for x in jax.tree_util.tree_leaves(shapes["params"]))

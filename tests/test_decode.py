@@ -1,0 +1,169 @@
+"""Tests of MaskGIT parallel decoding and classifier-free guidance (paper §4.2.2)."""
+import functools
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from phenaki_jax import decode
+from phenaki_jax.models import maskgit
+
+K = 16
+GRID = (3, 4, 4)
+HW = GRID[1] * GRID[2]
+N = GRID[0] * HW
+BATCH, TEXT_LEN, TEXT_DIM = 2, 5, 8
+
+
+def numpy_init(model, *inputs, seed=0):
+  """`model.init`'s parameter tree filled from numpy (compiling init costs 20-30 s here; see
+  tests/test_maskgit.py)."""
+  abstract = jax.eval_shape(model.init, jax.random.key(0), *inputs)
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    if jax.tree_util.keystr(path).endswith("['scale']"):  # LayerNorm scales
+      return jnp.ones(leaf.shape, leaf.dtype)
+    return jnp.asarray(rng.normal(0.0, 0.2, leaf.shape), leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(draw, nn.unbox(abstract)["params"])
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  model = maskgit.MaskGIT(codebook_size=K, grid=GRID, width=32, depth=2, num_heads=4,
+                          mlp_dim=64)
+  rng = np.random.default_rng(0)
+  text = jnp.asarray(rng.normal(size=(BATCH, TEXT_LEN, TEXT_DIM)), jnp.float32)
+  text_mask = jnp.asarray([[True] * TEXT_LEN, [True] * 3 + [False] * 2])
+  params = numpy_init(model, jnp.zeros((BATCH, N), jnp.int32), text, text_mask)
+  return model, params, text, text_mask
+
+
+NUM_STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def decoder(tiny):
+  """The tiny model's decoder, jitted once; every test that uses it must reuse its shapes."""
+  model, _, text, text_mask = tiny
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def run(params, init, fixed, valid, rng):
+    logits_fn = lambda tokens: model.apply({"params": params}, tokens, text, text_mask, valid)
+    return decode.decode(logits_fn, init, fixed, rng, num_steps=NUM_STEPS, mask_token_id=K,
+                         valid=valid, return_trace=True)
+
+  return run
+
+
+def _expected_trace(num_generate, num_steps):
+  """The cosine schedule, computed independently in numpy (float32, like the decoder)."""
+  counts, masked = [], np.asarray(num_generate)
+  for i in range(num_steps):
+    ratio = np.float32(max(np.cos(np.pi / 2 * (i + 1) / num_steps), 0.0))
+    target = np.floor(ratio * np.float32(num_generate)).astype(np.int64)
+    masked = np.maximum(np.minimum(target, masked - 1), 0)
+    counts.append(masked)
+  return np.stack(counts)  # [S, B]
+
+
+def test_fixed_positions_and_schedule(tiny, decoder):
+  _, params, _, _ = tiny
+  rng = np.random.default_rng(1)
+  init = jnp.asarray(rng.integers(0, K, (BATCH, N)), jnp.int32)
+  fixed = np.zeros((BATCH, N), bool)
+  fixed[0, :HW] = True            # example 0: continuation, first time step given
+  valid = np.ones((BATCH, N), bool)
+  valid[1, 2 * HW:] = False       # example 1: only two time steps exist
+  out, trace = decoder(params, init, jnp.asarray(fixed), jnp.asarray(valid), jax.random.key(0))
+  out, trace, init = np.asarray(out), np.asarray(trace), np.asarray(init)
+  np.testing.assert_array_equal(out[fixed], init[fixed])   # fixed tokens never change
+  np.testing.assert_array_equal(out[~valid], init[~valid]) # invalid positions untouched
+  generated = out[valid & ~fixed]
+  assert ((generated >= 0) & (generated < K)).all()        # no [MASK] left
+  assert out.dtype == np.int32 and trace.shape == (NUM_STEPS, BATCH)
+  num_generate = (valid & ~fixed).sum(-1)                  # [32, 32]
+  np.testing.assert_array_equal(trace, _expected_trace(num_generate, NUM_STEPS))
+  assert (trace[-1] == 0).all()
+  assert (np.diff(np.concatenate([num_generate[None], trace]), axis=0) < 0).all()
+
+
+def test_seed_determinism_and_no_recompilation(tiny, decoder):
+  _, params, _, _ = tiny
+  init = jnp.zeros((BATCH, N), jnp.int32)
+  fixed = jnp.zeros((BATCH, N), bool)
+  valid = jnp.ones((BATCH, N), bool)
+  a, _ = decoder(params, init, fixed, valid, jax.random.key(7))
+  b, _ = decoder(params, init, fixed, valid, jax.random.key(7))
+  c, _ = decoder(params, init, fixed.at[:, :HW].set(True), valid, jax.random.key(8))
+  a, b, c = np.asarray(a), np.asarray(b), np.asarray(c)
+  np.testing.assert_array_equal(a, b)
+  assert (a[:, HW:] != c[:, HW:]).any()
+  np.testing.assert_array_equal(c[:, :HW], 0)
+  # `decoder` carries chex.assert_max_traces(n=1): a retrace on these calls would have raised.
+
+
+def test_decode_follows_the_logits_and_commits_a_token_per_step():
+  """A logits_fn certain of code (position mod K) is reproduced at every generated position
+  (through top-k/top-p filtering); with more steps than tokens to generate, at least one token
+  is committed per step until none is left."""
+  target = jnp.arange(N) % K  # [N]
+  logits_fn = lambda tokens: jnp.broadcast_to(
+      30.0 * jax.nn.one_hot(target, K), tokens.shape + (K,))
+  num_generate = np.array([5, N])
+  fixed = jnp.arange(N)[None, :] >= jnp.asarray(num_generate)[:, None]  # [B, N]
+  init = jnp.full((BATCH, N), K - 1, jnp.int32)
+  run = jax.jit(functools.partial(decode.decode, logits_fn, num_steps=8, mask_token_id=K,
+                                  top_k=3, top_p=0.9, return_trace=True))
+  out, trace = run(init, fixed, jax.random.key(0))
+  out, trace = np.asarray(out), np.asarray(trace)
+  np.testing.assert_array_equal(out, np.where(fixed, K - 1, np.broadcast_to(target, (BATCH, N))))
+  np.testing.assert_array_equal(trace, _expected_trace(num_generate, 8))
+  counts = trace[:, 0]  # 5 tokens over 8 steps
+  assert counts[-1] == 0 and (np.diff(np.concatenate([[5], counts]))[counts > 0] < 0).all()
+
+
+def test_filter_logits():
+  logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
+  kept = lambda x: np.isfinite(np.asarray(x))[0].tolist()
+  assert kept(decode.filter_logits(logits, top_k=2)) == [True, True, False, False]
+  assert kept(decode.filter_logits(logits, top_p=0.7)) == [True, True, False, False]
+  assert kept(decode.filter_logits(logits, top_p=0.5)) == [True, False, False, False]
+  assert kept(decode.filter_logits(logits, top_p=0.95)) == [True, True, True, False]
+  assert kept(decode.filter_logits(logits)) == [True] * 4
+  with pytest.raises(ValueError, match="top_p"):
+    decode.filter_logits(logits, top_p=0.0)
+
+
+def test_classifier_free_guidance(tiny):
+  model, params, text, text_mask = tiny
+  apply_fn = jax.jit(functools.partial(model.apply, {"params": params}))
+  null_text = jnp.zeros((1, TEXT_LEN, TEXT_DIM))
+  null_mask = jnp.zeros((1, TEXT_LEN), bool).at[:, 0].set(True)
+  tokens = jnp.asarray(np.random.default_rng(2).integers(0, K + 1, (BATCH, N)), jnp.int32)
+  valid = jnp.ones((BATCH, N), bool).at[0, HW:].set(False)
+
+  cond = np.asarray(apply_fn(tokens, text, text_mask, valid))
+  uncond = np.asarray(apply_fn(tokens, jnp.broadcast_to(null_text, text.shape),
+                               jnp.broadcast_to(null_mask, text_mask.shape), valid))
+  assert np.abs(cond - uncond).max() > 1e-4
+
+  @jax.jit
+  def guided(tokens, scale):  # a traced scale: one compile for every value
+    return decode.guided_logits_fn(apply_fn, text, text_mask, null_text, null_mask, scale,
+                                   token_valid=valid)(tokens)
+
+  np.testing.assert_allclose(guided(tokens, 0.0), uncond, atol=1e-5)
+  np.testing.assert_allclose(guided(tokens, 1.0), cond, atol=1e-5)
+  np.testing.assert_allclose(guided(tokens, 3.0), uncond + 3.0 * (cond - uncond), atol=1e-4)
+  conditional_only = decode.guided_logits_fn(apply_fn, text, text_mask, null_text, null_mask,
+                                             1.0, token_valid=valid)  # Python 1.0: one call
+  np.testing.assert_allclose(conditional_only(tokens), cond, atol=1e-5)
+  with pytest.raises(ValueError, match="broadcast"):
+    decode.guided_logits_fn(apply_fn, text, text_mask, jnp.zeros((1, 3, TEXT_DIM)),
+                            null_mask, 2.0)

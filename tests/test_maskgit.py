@@ -1,0 +1,156 @@
+"""Tests of the MaskGIT transformer (paper §4.2): shapes, image padding, text mask, sizes."""
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from phenaki_jax.models import maskgit
+
+K = 16
+GRID = (3, 4, 4)
+HW = GRID[1] * GRID[2]
+BATCH, TEXT_LEN, TEXT_DIM = 2, 5, 8
+
+
+def _inputs(t, seed=0):
+  rng = np.random.default_rng(seed)
+  tokens = jnp.asarray(rng.integers(0, K + 1, (BATCH, t * HW)), jnp.int32)  # [B, N]
+  text = jnp.asarray(rng.normal(size=(BATCH, TEXT_LEN, TEXT_DIM)), jnp.float32)  # [B, L, Dt]
+  text_mask = jnp.asarray([[True] * TEXT_LEN, [True] * 3 + [False] * 2])  # [B, L]
+  return tokens, text, text_mask
+
+
+def numpy_init(model, *inputs, seed=0):
+  """(abstract boxed variables, params): `model.init`'s tree filled from numpy.
+
+  Compiling `model.init` costs 20-30 s on this 2-core CPU (every random initializer is its own
+  threefry + erfinv kernel), so the tests draw comparable weights on the host and keep
+  `model.init` abstract (`jax.eval_shape`, which also yields the logical axis names).
+  """
+  abstract = jax.eval_shape(model.init, jax.random.key(0), *inputs)
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    if jax.tree_util.keystr(path).endswith("['scale']"):  # LayerNorm scales
+      return jnp.ones(leaf.shape, leaf.dtype)
+    return jnp.asarray(rng.normal(0.0, 0.2, leaf.shape), leaf.dtype)
+
+  return abstract, jax.tree_util.tree_map_with_path(draw, nn.unbox(abstract)["params"])
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  model = maskgit.MaskGIT(codebook_size=K, grid=GRID, width=32, depth=2, num_heads=4,
+                          mlp_dim=64)
+  abstract, params = numpy_init(model, *_inputs(GRID[0]))
+  # Every test passes token_valid (all True where unused) so that shapes, not call patterns,
+  # decide the compiles: one per time-step count t.
+  apply = jax.jit(lambda params, *args: model.apply({"params": params}, *args))
+  return model, abstract, params, apply
+
+
+def _image_valid():
+  """Example 0 is an image (only its first time step is real), example 1 a full video."""
+  valid = np.ones((BATCH, GRID[0] * HW), bool)
+  valid[0, HW:] = False
+  return jnp.asarray(valid)
+
+
+@pytest.mark.parametrize("t", [1, 2, 3])
+def test_output_shapes(tiny, t):
+  model, _, params, apply = tiny
+  tokens, text, text_mask = _inputs(t)
+  logits = apply(params, tokens, text, text_mask, jnp.ones(tokens.shape, bool))
+  assert logits.shape == (BATCH, t * HW, K) and logits.dtype == jnp.float32
+  assert np.isfinite(np.asarray(logits)).all()
+  assert model.mask_token_id == K == maskgit.mask_token_id(K)
+
+
+def test_rejects_bad_token_count(tiny):
+  model, _, params, _ = tiny
+  _, text, text_mask = _inputs(1)
+  for n in (HW + 1, 4 * HW):  # not a whole number of time steps; more than max_time_steps
+    with pytest.raises(ValueError, match="tokens"):
+      jax.eval_shape(functools.partial(model.apply, {"params": params}),
+                     jnp.zeros((BATCH, n), jnp.int32), text, text_mask)
+
+
+def test_image_example_ignores_padded_frames(tiny):
+  """Changing an image example's padded later-frame tokens changes none of its valid logits."""
+  _, _, params, apply = tiny
+  tokens, text, text_mask = _inputs(GRID[0])
+  valid = _image_valid()
+  other = tokens.at[0, HW:].set((tokens[0, HW:] + 7) % (K + 1))
+  a = np.asarray(apply(params, tokens, text, text_mask, valid))
+  b = np.asarray(apply(params, other, text, text_mask, valid))
+  np.testing.assert_allclose(a[0, :HW], b[0, :HW], atol=1e-6, rtol=0)
+  np.testing.assert_array_equal(a[1], b[1])
+  # With every position valid the later frames do reach the first (the check is meaningful).
+  every = jnp.ones_like(valid)
+  c = np.asarray(apply(params, tokens, text, text_mask, every))
+  d = np.asarray(apply(params, other, text, text_mask, every))
+  assert np.abs(c[0, :HW] - d[0, :HW]).max() > 1e-4
+
+
+def test_text_padding_changes_nothing(tiny):
+  _, _, params, apply = tiny
+  tokens, text, text_mask = _inputs(GRID[0])
+  valid = jnp.ones(tokens.shape, bool)
+  text_mask = text_mask.at[0].set(False)  # example 0: all padding (a null prompt); 1: partly
+  noise = jnp.asarray(np.random.default_rng(1).normal(size=text.shape) * 10, jnp.float32)
+  text_changed = jnp.where(text_mask[..., None], text, noise)
+  a = np.asarray(apply(params, tokens, text, text_mask, valid))
+  b = np.asarray(apply(params, tokens, text_changed, text_mask, valid))
+  np.testing.assert_array_equal(a, b)
+  # Changing a real text token does change the logits.
+  c = np.asarray(apply(params, tokens, text.at[1, 0].add(1.0), text_mask, valid))
+  assert np.abs(a[1] - c[1]).max() > 1e-4
+
+
+def test_scan_and_remat_match_the_unrolled_stack(tiny):
+  """`scan=True, remat=True` computes the same function, with the layers stacked on axis 0."""
+  _, _, params, apply = tiny
+  model = maskgit.MaskGIT(codebook_size=K, grid=GRID, width=32, depth=2, num_heads=4,
+                          mlp_dim=64, scan=True, remat=True)
+  tokens, text, text_mask = _inputs(GRID[0])
+  abstract = jax.eval_shape(model.init, jax.random.key(0), tokens, text, text_mask)
+  kernel = abstract["params"]["transformer"]["layers"]["mlp"]["fc1"]["kernel"]
+  assert kernel.names == ("layers", "embed", "mlp") and kernel.value.shape == (2, 32, 64)
+  blocks = params["transformer"]
+  stacked = dict(params, transformer={
+      "layers": jax.tree_util.tree_map(lambda *x: jnp.stack(x), blocks["block_0"],
+                                       blocks["block_1"]),
+      "ln_final": blocks["ln_final"]})
+  valid = _image_valid()
+  scanned = jax.jit(model.apply)({"params": stacked}, tokens, text, text_mask, valid)
+  np.testing.assert_allclose(scanned, apply(params, tokens, text, text_mask, valid), atol=1e-5)
+
+
+def test_logical_axis_names(tiny):
+  _, abstract, _, _ = tiny
+  specs = nn.get_partition_spec(abstract)["params"]
+  assert tuple(specs["token_embed"]["embedding"]) == ("vocab", "embed")
+  assert tuple(specs["pos_t"]) == (None, "embed")
+  assert tuple(specs["head"]["kernel"]) == ("embed", "vocab")
+  assert tuple(specs["text_proj"]["kernel"]) == (None, "embed")
+  shapes = jax.tree_util.tree_map(jnp.shape, nn.unbox(abstract))["params"]
+  assert shapes["token_embed"]["embedding"] == (K + 1, 32)
+  assert shapes["pos_t"] == (GRID[0], 32) and shapes["head"]["kernel"] == (32, K)
+
+
+def test_paper_size_has_1p8b_params():
+  """The '1.8B' size with K=8192, grid (6,16,16), T5-XXL text (4096-d): 1.8B ± 5%."""
+  model = maskgit.get_model("1.8B", scan=True)
+  assert (model.codebook_size, model.grid) == (8192, (6, 16, 16))
+  num_params = maskgit.count_params(model, text_dim=4096)  # jax.eval_shape: nothing allocated
+  assert abs(num_params / 1.8e9 - 1) < 0.05, num_params
+
+
+def test_get_model():
+  model = maskgit.get_model("tiny", codebook_size=K, grid=GRID)
+  assert (model.width, model.codebook_size, model.grid) == (64, K, GRID)
+  with pytest.raises(ValueError, match="unknown MaskGIT size"):
+    maskgit.get_model("XXL")

@@ -1,0 +1,132 @@
+"""The analytic Shapes evaluator: ~100% on ground truth, catches corrupted videos."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from phenaki_jax.data import shapes
+from phenaki_jax.evaluators import shapes as evaluator
+
+SPEC = shapes.ShapesSpec()
+
+
+def _clips(split, count, spec=SPEC, seed=11):
+  return [shapes.video_example(spec, seed, index, split) for index in range(count)]
+
+
+@pytest.mark.parametrize('split', shapes.SPLITS)
+def test_ground_truth_scores_perfectly(split):
+  scores = [evaluator.score(ex['video'], ex['caption']) for ex in _clips(split, 36)]
+  result = evaluator.aggregate(scores)
+  assert result == {'color_accuracy': 1.0, 'shape_accuracy': 1.0, 'direction_accuracy': 1.0,
+                    'all_accuracy': 1.0, 'num_clips': 36}, [s for s in scores if not s['all_ok']]
+
+
+def test_ground_truth_images_and_other_resolutions():
+  images = [shapes.image_example(SPEC, 3, index) for index in range(48)]
+  scores = [evaluator.score(ex['video'], ex['caption']) for ex in images]
+  assert all(s['all_ok'] and s['direction_ok'] is None for s in scores)
+  for res, frames in ((16, 5), (64, 11)):
+    spec = shapes.ShapesSpec(resolution=res, num_frames=frames)
+    scores = [evaluator.score(ex['video'], ex['caption']) for ex in _clips('train', 12, spec)]
+    assert evaluator.aggregate(scores)['all_accuracy'] == 1.0
+
+
+def test_analyze_video_reads_the_clip():
+  example = shapes.video_example(SPEC, 0, 2, 'heldout')
+  analysis = evaluator.analyze_video(example['video'])
+  assert (analysis['color'], analysis['shape'], analysis['direction']) == (
+      example['color'], example['shape'], example['direction'])
+  assert analysis['centroids'].shape == (9, 2) and analysis['present'].all()
+  step = np.array(shapes.DIRECTION_VECTORS[example['direction']]) * SPEC.speed_px
+  np.testing.assert_allclose(analysis['velocity'], step, atol=0.05)
+  empty = evaluator.analyze_video(np.zeros((9, 32, 32, 3), np.uint8))
+  assert empty['color'] is None and empty['shape'] is None and empty['direction'] is None
+  assert not evaluator.score(np.zeros((9, 32, 32, 3), np.uint8),
+                             'a red circle moves left')['all_ok']
+
+
+def test_robust_to_blur_and_noise():
+  rng = np.random.default_rng(0)
+  scores = []
+  for ex in _clips('eval', 30):
+    blurred = ndimage.gaussian_filter(ex['video'].astype(np.float32), (0, 1.0, 1.0, 0))
+    noisy = np.clip(blurred + rng.normal(0, 8, blurred.shape), 0, 255).astype(np.uint8)
+    scores.append(evaluator.score(noisy, ex['caption']))
+  assert evaluator.aggregate(scores)['all_accuracy'] >= 0.95
+
+
+def test_catches_wrong_color():
+  for ex in _clips('train', 24):
+    other = shapes.COLORS[(shapes.COLORS.index(ex['color']) + 3) % len(shapes.COLORS)]
+    coverage = ex['video'].max(axis=-1, keepdims=True) / max(shapes.PALETTE[ex['color']])
+    recolored = np.rint(coverage * np.array(shapes.PALETTE[other])).astype(np.uint8)
+    result = evaluator.score(recolored, ex['caption'])
+    assert not result['color_ok'] and result['pred_color'] == other
+    assert result['shape_ok'] and result['direction_ok'] and not result['all_ok']
+
+
+def test_catches_wrong_direction():
+  for ex in _clips('heldout', 24):
+    result = evaluator.score(ex['video'][::-1], ex['caption'])  # time-reversed
+    assert not result['direction_ok'] and not result['all_ok']
+    assert result['color_ok'] and result['shape_ok']
+  static = np.repeat(_clips('train', 1)[0]['video'][:1], 9, axis=0)
+  assert evaluator.analyze_video(static)['direction'] is None
+
+
+def test_catches_wrong_shape():
+  for ex in _clips('image_only', 24):
+    analysis = evaluator.analyze_video(ex['video'])
+    other = 'circle' if ex['shape'] == 'square' else 'square'  # a different mask, same motion
+    swapped = shapes.render_trajectory(SPEC, analysis['centroids'], [other] * 9, [ex['color']] * 9)
+    result = evaluator.score(swapped, ex['caption'])
+    assert not result['shape_ok'] and result['pred_shape'] == other
+    assert result['color_ok'] and result['direction_ok']
+
+
+@pytest.mark.parametrize('split', ['train', 'heldout', 'image_only'])
+def test_ground_truth_stories(split):
+  stories = []
+  for index in range(6):
+    prompts = shapes.random_story_prompts(SPEC, 5, index, 3, 9, split=split,
+                                          vary_appearance=index % 2 == 1)
+    story = shapes.story_example(SPEC, 5, index, prompts, 9)
+    stories.append(evaluator.score_story(story['video'], prompts, frames_per_segment=9))
+  result = evaluator.aggregate(stories)
+  assert result['segment_accuracy'] == 1.0 and result['num_segments'] == 18
+  # The raw jump is one frame of motion, well under 1/16 of the canvas.
+  assert abs(result['mean_jump'] - SPEC.speed_px) < 0.1
+  assert result['max_jump'] < SPEC.resolution / 16
+
+
+def test_story_catches_wrong_segments_and_jumps():
+  prompts = ['a red circle moves right', 'a red circle moves down', 'a red circle moves left']
+  story = shapes.story_example(SPEC, 0, 1, prompts, [9, 5, 5])
+  good = evaluator.score_story(story['video'], prompts, segment_starts=[0, 9, 14])
+  assert good['segment_ok'] == [True, True, True] and good['max_jump'] < 2
+  wrong = evaluator.score_story(story['video'], prompts[::-1], frames_per_segment=[9, 5, 5])
+  assert wrong['segment_ok'] == [False, True, False] and wrong['segment_accuracy'] == 1 / 3
+  # A teleport at the second boundary: the third segment restarts elsewhere.
+  far = shapes.story_example(SPEC, 0, 99, prompts, [9, 5, 5])
+  spliced = np.concatenate([story['video'][:14], far['video'][14:]])
+  jump = np.linalg.norm(story['centroids'][13] - far['centroids'][14])
+  result = evaluator.score_story(spliced, prompts, frames_per_segment=[9, 5, 5])
+  assert result['jumps'][1] == pytest.approx(jump, abs=0.2) and result['max_jump'] > 2
+  # Very short segments still read their direction (the step into the segment counts).
+  short = shapes.story_example(SPEC, 0, 2, prompts, [9, 2, 1])
+  assert evaluator.score_story(short['video'], prompts, [9, 2, 1])['segment_ok'] == [True] * 3
+  with pytest.raises(ValueError, match='cover 18 frames'):
+    evaluator.score_story(story['video'], prompts, frames_per_segment=6)
+
+
+def test_aggregate_mixes_clips_and_stories():
+  ex = _clips('train', 1)[0]
+  clip = evaluator.score(ex['video'], ex['caption'])
+  image = evaluator.score(ex['video'][:1], f'a {ex["color"]} {ex["shape"]}')
+  wrong = evaluator.score(ex['video'], 'a orange triangle moves left')
+  result = evaluator.aggregate([clip, image, wrong])
+  assert result['num_clips'] == 3 and result['direction_accuracy'] == 0.5  # the image has none
+  assert result['all_accuracy'] == pytest.approx(2 / 3)
+  with pytest.raises(ValueError, match='uint8'):
+    evaluator.analyze_video(ex['video'].astype(np.float32) / 255)
