@@ -18,14 +18,17 @@ from absl import logging
 class Checkpointer:
   """Thin wrapper over `ocp.CheckpointManager` with items 'state' (pytree) and 'meta' (JSON)."""
 
-  def __init__(self, directory: str, *, every_steps: int, keep: int = 3, async_save: bool = True):
+  def __init__(self, directory: str, *, every_steps: int = 0, keep: int = 3,
+               async_save: bool = True, read_only: bool = False):
+    """`read_only=True` for loaders (tokenizer, sampler): nothing in `directory` is touched."""
     self.directory = os.path.abspath(directory)
     self.every_steps = every_steps
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, save_interval_steps=1, create=True,
-            enable_async_checkpointing=async_save, cleanup_tmp_directories=True),
+            max_to_keep=keep, save_interval_steps=1, create=not read_only, read_only=read_only,
+            enable_async_checkpointing=async_save and not read_only,
+            cleanup_tmp_directories=not read_only),
         item_names=("state", "meta"))
     self._preempted = threading.Event()
 

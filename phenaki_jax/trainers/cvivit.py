@@ -75,7 +75,8 @@ def make_batches(config: ml_collections.ConfigDict) -> pipeline.Batches:
 def eval_clips(config: ml_collections.ConfigDict) -> np.ndarray:
   """Held-out reconstruction clips (the 'eval' split: never training clips). uint8 [N,F,H,W,3]."""
   spec = shapes_spec(config)
-  return np.stack([shapes_lib.video_example(spec, config.data.seed, i, split="eval")["video"]
+  # Index stride 7 (coprime with the 78 seen triples) spreads the clips over colours and shapes.
+  return np.stack([shapes_lib.video_example(spec, config.data.seed, 7 * i, split="eval")["video"]
                    for i in range(config.eval.num_clips)])
 
 

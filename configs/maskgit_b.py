@@ -1,0 +1,68 @@
+r"""Stage 2: the text-conditioned MaskGIT over frozen C-ViViT tokens (Phenaki §4.2, app. B).
+
+Variants:
+  configs/maskgit_b.py:tiny    CPU demo on Shapes: tiny MaskGIT, embedded MiniLM text encoder,
+                               80% video / 20% image mixture. Needs the tiny C-ViViT trained
+                               into config.tokenizer.workdir first.
+  configs/maskgit_b.py:paper   the paper: 1.8B MaskGIT (24 layers, width 2048, 32 heads),
+                               T5-XXL text, batch 512, cosine to 4M steps, 10K warm-up.
+
+  python -m phenaki_jax.train --config=configs/maskgit_b.py:tiny --workdir=workdirs/maskgit \
+      --config.tokenizer.workdir=workdirs/cvivit
+"""
+import ml_collections
+
+from phenaki_jax import optim, text
+
+
+def get_config(arg: str = "tiny"):
+  variant = arg or "tiny"
+  if variant not in ("tiny", "paper"):
+    raise ValueError(f"unknown variant {variant!r} of configs/maskgit_b.py; use tiny or paper")
+  tiny = variant == "tiny"
+  c = ml_collections.ConfigDict()
+  c.trainer = "maskgit"
+  c.seed = 0
+  c.mesh = (-1, 1, 1) if tiny else (-1, 16, 1)
+
+  c.model_size = "tiny" if tiny else "1.8B"
+  c.model = ml_collections.ConfigDict(dict(dropout=0.0, scan=not tiny, remat=not tiny,
+                                           dtype="float32" if tiny else "bfloat16"))
+
+  # The frozen stage-1 tokenizer: a C-ViViT work directory (its config.json + checkpoints).
+  c.tokenizer = ml_collections.ConfigDict(dict(workdir="workdirs/demo/cvivit", step=-1))
+
+  c.text_encoder = text.default_config()
+  if not tiny:
+    c.text_encoder.name = "t5"
+    c.text_encoder.size = "xxl"
+    c.text_encoder.checkpoint = ""   # set: HF google/t5-v1_1-xxl safetensors or a T5X checkpoint
+    c.text_encoder.max_length = 64
+    c.text_encoder.dtype = "bfloat16"
+  c.text_dropout = 0.1               # examples trained with the null caption (for CFG)
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "shapes"
+  c.data.video_rate = 0.8            # paper Table 2: 80% video, 20% image
+  c.data.image_rate = 0.2
+  c.data.batch_size = 16 if tiny else 512
+  c.data.seed = 1                    # a different stream from stage 1's
+  c.data.prefetch = 4
+  c.data.pretokenized = ""           # a directory written by `python -m phenaki_jax.tokenize`
+
+  c.total_steps = 4000 if tiny else 4_000_000
+  c.max_train_seconds = 0.0
+  c.optim = (optim.default_config(lr=1e-3, warmup_steps=200, decay_steps=4000,
+                                  end_lr_fraction=0.05, weight_decay=1e-4) if tiny else
+             optim.default_config(lr=1e-4, warmup_steps=10_000, decay_steps=4_000_000))
+  c.log_every = 50
+  c.eval_every = 1000 if tiny else 10_000
+  c.checkpoint_every = 500 if tiny else 5000
+  c.keep_checkpoints = 3
+  c.stop_after_steps = 0
+
+  # Samples written at eval steps (and the defaults of the sampler built from this run).
+  c.sample = ml_collections.ConfigDict(dict(
+      steps=12, cfg_scale=3.0, temperature=1.0, choice_temperature=4.5, top_k=0, top_p=1.0,
+      num_videos=4))
+  return c.lock()

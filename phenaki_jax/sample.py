@@ -1,0 +1,301 @@
+r"""Text-to-video sampling: the public API and CLI (Phenaki §4.2.2).
+
+  from phenaki_jax import sample
+  s = sample.Sampler.from_workdirs("workdirs/demo/cvivit", "workdirs/demo/maskgit")
+  video = s.generate("a red circle moves left")                    # uint8 [T, H, W, 3]
+  story = s.story(["a red circle moves left", "a red circle moves up"], frames_per_prompt=8)
+  clip = s.image_to_video(image, "a red circle moves down")
+  more = s.continue_video(video, "a red circle moves right", num_new_frames=8)
+
+CLI (repeat --prompt for a story, or --story_file with one prompt per line):
+  python -m phenaki_jax.sample --tokenizer_dir=workdirs/demo/cvivit \
+      --maskgit_dir=workdirs/demo/maskgit --prompt="a red circle moves left" \
+      --prompt="a red circle moves up" --out=workdirs/demo/story
+
+Story mode: the first segment is generated from all-[MASK]; for every next prompt the last
+`context_frames` frames (1 + k·t_p) are re-encoded by C-ViViT, their codes are placed at the
+first time steps as fixed tokens, and MaskGIT generates the remaining time steps under the new
+prompt; the decoded new frames are appended. Any number of segments; the returned video has
+exactly the number of frames asked for.
+"""
+import functools
+import json
+import math
+import os
+from typing import Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from phenaki_jax import decode as decode_lib
+from phenaki_jax import text as text_lib
+from phenaki_jax import tokenizer as tokenizer_lib
+from phenaki_jax.models import cvivit
+from phenaki_jax.models import maskgit as maskgit_lib
+
+DEFAULT_SAMPLE = dict(steps=12, cfg_scale=3.0, temperature=1.0, choice_temperature=4.5,
+                      top_k=0, top_p=1.0)
+
+
+class Sampler:
+  """Frozen C-ViViT + MaskGIT + text encoder; one jitted decode per (batch, time steps)."""
+
+  def __init__(self, tokenizer: tokenizer_lib.Tokenizer, model: maskgit_lib.MaskGIT, params,
+               text_encoder: text_lib.TextEncoder, defaults: Optional[dict] = None):
+    self.tokenizer = tokenizer
+    self.model = model
+    self.params = params
+    self.text_encoder = text_encoder
+    self.defaults = dict(DEFAULT_SAMPLE)
+    if defaults is not None:
+      self.defaults.update({k: v for k, v in dict(defaults).items() if k in DEFAULT_SAMPLE})
+    null_tokens, null_mask = text_encoder.null_embedding()
+    self._null = (jnp.asarray(null_tokens)[None], jnp.asarray(null_mask)[None])
+    self._fns = {}
+
+  # ---- loading ----------------------------------------------------------------------------
+  @classmethod
+  def from_workdirs(cls, tokenizer_dir: str, maskgit_dir: str,
+                    text_encoder: Optional[text_lib.TextEncoder] = None,
+                    step: Optional[int] = None) -> "Sampler":
+    """Loads the C-ViViT in `tokenizer_dir` and the MaskGIT in `maskgit_dir` (latest steps)."""
+    from phenaki_jax import checkpoint  # pylint: disable=g-import-not-at-top
+    from phenaki_jax.trainers import common  # pylint: disable=g-import-not-at-top
+    from phenaki_jax.trainers import maskgit as trainer  # pylint: disable=g-import-not-at-top
+    tok = tokenizer_lib.Tokenizer.from_workdir(tokenizer_dir)
+    config = common.load_config(maskgit_dir)
+    if config.get("trainer") != "maskgit":
+      raise ValueError(f"{maskgit_dir!r} holds a {config.get('trainer')!r} run, not a MaskGIT")
+    config.tokenizer.workdir = tokenizer_dir
+    if text_encoder is None:
+      text_encoder = text_lib.TextEncoder.from_config(
+          config.text_encoder, cache_dir=os.path.join(maskgit_dir, "text_cache"))
+    model = trainer.build_model(config, common.load_config(tokenizer_dir))
+    if (model.codebook_size != tok.codebook_size or model.grid[1] != tok.grid_size):
+      raise ValueError(f"the MaskGIT in {maskgit_dir} was trained on another tokenizer "
+                       f"(codebook {model.codebook_size}, grid {model.grid})")
+    ckpt = checkpoint.Checkpointer(os.path.join(maskgit_dir, "checkpoints"), read_only=True)
+    if ckpt.latest_step() is None:
+      raise FileNotFoundError(f"no MaskGIT checkpoint in {maskgit_dir}/checkpoints")
+    state, _ = ckpt.restore(trainer.abstract_state(config, text_encoder.max_length,
+                                                   text_encoder.dim), step)
+    ckpt.close()
+    return cls(tok, model, state["params"], text_encoder, config.sample)
+
+  # ---- geometry ---------------------------------------------------------------------------
+  @property
+  def max_frames(self) -> int:
+    return self.tokenizer.num_frames(self.model.grid[0])
+
+  @property
+  def temporal_patch(self) -> int:
+    return self.tokenizer.temporal_patch
+
+  def _options(self, **kw) -> dict:
+    opts = dict(self.defaults)
+    opts.update({k: v for k, v in kw.items() if v is not None})
+    return opts
+
+  # ---- the jitted core --------------------------------------------------------------------
+  def _generate_fn(self, steps: int, top_k: int, top_p: float):
+    key = (steps, top_k, top_p)
+    if key not in self._fns:
+      model, tok_model = self.model, self.tokenizer.model
+
+      def generate(params, tok_params, text, text_mask, null_text, null_mask, init_codes,
+                   fixed, rng, cfg_scale, temperature, choice_temperature):
+        b, t, h, w = init_codes.shape
+        apply_fn = functools.partial(model.apply, {"params": params})
+        logits_fn = decode_lib.guided_logits_fn(apply_fn, text, text_mask, null_text,
+                                                null_mask, cfg_scale)
+        tokens = decode_lib.decode(
+            logits_fn, init_codes.reshape(b, -1), fixed.reshape(b, -1), rng, num_steps=steps,
+            mask_token_id=model.mask_token_id, temperature=temperature,
+            choice_temperature=choice_temperature, top_k=top_k, top_p=top_p)
+        codes = tokens.reshape(b, t, h, w)
+        video = tok_model.apply({"params": tok_params}, codes, method=cvivit.CViViT.decode)
+        return codes, cvivit.to_uint8(video)
+
+      self._fns[key] = jax.jit(generate)
+    return self._fns[key]
+
+  def _run(self, prompts: Sequence[str], init_codes, fixed, seed: int, opts: dict):
+    """Generates codes [B, t, h, w] (fixed positions kept) and frames [B, F, H, W, 3]."""
+    text, text_mask = self.text_encoder.encode(list(prompts))
+    fn = self._generate_fn(int(opts["steps"]), int(opts["top_k"]), float(opts["top_p"]))
+    b = len(prompts)
+    null_text = jnp.broadcast_to(self._null[0], (b,) + self._null[0].shape[1:])
+    null_mask = jnp.broadcast_to(self._null[1], (b,) + self._null[1].shape[1:])
+    codes, video = fn(self.params, self.tokenizer.params, jnp.asarray(text),
+                      jnp.asarray(text_mask), null_text, null_mask,
+                      jnp.asarray(init_codes, jnp.int32), jnp.asarray(fixed, bool),
+                      jax.random.PRNGKey(seed), jnp.float32(opts["cfg_scale"]),
+                      jnp.float32(opts["temperature"]), jnp.float32(opts["choice_temperature"]))
+    return np.asarray(codes), np.asarray(video)
+
+  def _steps_for(self, num_frames: int) -> int:
+    """Time steps covering `num_frames` frames (first frame + ceil(rest / t_p) tubelets)."""
+    return 1 + math.ceil(max(num_frames - 1, 0) / self.temporal_patch)
+
+  def _check_window(self, time_steps: int, what: str) -> None:
+    if time_steps > self.model.grid[0]:
+      raise ValueError(f"{what} needs {time_steps} time steps but the model was trained with at "
+                       f"most {self.model.grid[0]} ({self.max_frames} frames)")
+
+  # ---- public API -------------------------------------------------------------------------
+  def generate(self, prompt: Union[str, Sequence[str]], num_frames: Optional[int] = None, *,
+               steps: Optional[int] = None, cfg_scale: Optional[float] = None,
+               temperature: Optional[float] = None, seed: int = 0, **kw) -> np.ndarray:
+    """Text → video. A str gives uint8 [T, H, W, 3]; a list of prompts one batch [B, T, ...]."""
+    single = isinstance(prompt, str)
+    prompts = [prompt] if single else list(prompt)
+    num_frames = self.max_frames if num_frames is None else int(num_frames)
+    if num_frames < 1:
+      raise ValueError(f"num_frames must be ≥ 1, got {num_frames}")
+    t = self._steps_for(num_frames)
+    self._check_window(t, f"{num_frames} frames")
+    opts = self._options(steps=steps, cfg_scale=cfg_scale, temperature=temperature, **kw)
+    h = w = self.tokenizer.grid_size
+    init = np.zeros((len(prompts), t, h, w), np.int32)
+    _, video = self._run(prompts, init, np.zeros_like(init, bool), seed, opts)
+    video = video[:, :num_frames]
+    return video[0] if single else video
+
+  def continue_video(self, video, prompt: Union[str, Sequence[str]], num_new_frames: int, *,
+                     context_frames: int = 5, seed: int = 0, **kw) -> np.ndarray:
+    """Appends `num_new_frames` frames that follow `prompt`, conditioned on the last
+    `context_frames` frames of `video` ([T, H, W, 3] or a batch [B, T, H, W, 3])."""
+    video = np.asarray(video)
+    single = video.ndim == 4
+    videos = video[None] if single else video
+    prompts = [prompt] * len(videos) if isinstance(prompt, str) else list(prompt)
+    if len(prompts) != len(videos):
+      raise ValueError(f"{len(prompts)} prompts for {len(videos)} videos")
+    tp = self.temporal_patch
+    if (context_frames - 1) % tp or context_frames < 1:
+      raise ValueError(f"context_frames must be 1 + k·{tp}, got {context_frames}")
+    if videos.shape[1] < context_frames:
+      raise ValueError(f"the video has {videos.shape[1]} frames, fewer than context_frames="
+                       f"{context_frames}")
+    context = videos[:, -context_frames:]
+    ctx_codes = np.asarray(self.tokenizer.encode(context))            # [B, t_c, h, w]
+    t_c = ctx_codes.shape[1]
+    t = t_c + math.ceil(num_new_frames / tp)
+    self._check_window(t, f"{context_frames} context + {num_new_frames} new frames")
+    b, _, h, w = ctx_codes.shape
+    init = np.zeros((b, t, h, w), np.int32)
+    init[:, :t_c] = ctx_codes
+    fixed = np.zeros_like(init, bool)
+    fixed[:, :t_c] = True
+    opts = self._options(**kw)
+    _, window = self._run(prompts, init, fixed, seed, opts)
+    new = window[:, context_frames:context_frames + num_new_frames]
+    out = np.concatenate([videos, new], axis=1)
+    return out[0] if single else out
+
+  def image_to_video(self, image, prompt: Union[str, Sequence[str]],
+                     num_frames: Optional[int] = None, *, seed: int = 0, **kw) -> np.ndarray:
+    """A video whose first frame is `image` ([H, W, 3] or [B, H, W, 3] uint8)."""
+    image = np.asarray(image)
+    single = image.ndim == 3
+    images = image[:, None] if not single else image[None, None]     # [B, 1, H, W, 3]
+    num_frames = self.max_frames if num_frames is None else int(num_frames)
+    out = self.continue_video(images, prompt, num_frames - 1, context_frames=1, seed=seed, **kw)
+    return out[0] if single else out
+
+  def story(self, prompts: Sequence, frames_per_prompt: Union[int, Sequence[int], None] = None,
+            context_frames: int = 5, *, seed: int = 0, progress=None, **kw) -> np.ndarray:
+    """One video following a list of prompts (a story) → uint8 [sum(frames_per_prompt), H, W, 3].
+
+    `prompts` may also be a batch of stories (a list of equal-length prompt lists) → [B, T, ...].
+    `frames_per_prompt` (default: the model's clip length) is an int or one int per prompt.
+    """
+    batched = len(prompts) > 0 and not isinstance(prompts[0], str)
+    stories = [list(p) for p in prompts] if batched else [list(prompts)]
+    num_segments = len(stories[0])
+    if num_segments == 0 or any(len(s) != num_segments for s in stories):
+      raise ValueError("every story needs the same, non-zero number of prompts")
+    if frames_per_prompt is None:
+      frames_per_prompt = self.max_frames
+    lengths = ([int(frames_per_prompt)] * num_segments if isinstance(frames_per_prompt, int)
+               else [int(n) for n in frames_per_prompt])
+    if len(lengths) != num_segments or min(lengths) < 1:
+      raise ValueError(f"frames_per_prompt must be a positive int or one per prompt, got "
+                       f"{frames_per_prompt}")
+    video = self.generate([s[0] for s in stories], lengths[0], seed=seed, **kw)
+    if progress:
+      progress(0, num_segments, [s[0] for s in stories])
+    for i in range(1, num_segments):
+      if video.shape[1] < context_frames:
+        raise ValueError(f"segment {i} needs {context_frames} context frames but the story has "
+                         f"{video.shape[1]}: lower context_frames or raise frames_per_prompt")
+      video = self.continue_video(video, [s[i] for s in stories], lengths[i],
+                                  context_frames=context_frames, seed=seed + i, **kw)
+      if progress:
+        progress(i, num_segments, [s[i] for s in stories])
+    return video if batched else video[0]
+
+
+# ---- CLI -------------------------------------------------------------------------------------------
+def _main(argv):
+  del argv
+  from absl import flags, logging  # pylint: disable=g-import-not-at-top
+  from phenaki_jax.data import video_io  # pylint: disable=g-import-not-at-top
+  f = flags.FLAGS
+  prompts = list(f.prompt or [])
+  if f.story_file:
+    with open(f.story_file) as fh:
+      prompts += [line.strip() for line in fh if line.strip()]
+  if not prompts:
+    raise SystemExit("give at least one --prompt (repeat it for a story) or --story_file")
+  sampler = Sampler.from_workdirs(f.tokenizer_dir, f.maskgit_dir)
+  kw = dict(steps=f.steps, cfg_scale=f.cfg_scale, temperature=f.temperature)
+
+  def progress(i, n, p):
+    logging.info("segment %d/%d done: %s", i + 1, n, p[0])
+    print(f"segment {i + 1}/{n}: {p[0]}", flush=True)
+
+  if len(prompts) == 1:
+    video = sampler.generate(prompts[0], f.num_frames, seed=f.seed, **kw)
+  else:
+    video = sampler.story(prompts, f.frames_per_prompt, f.context_frames, seed=f.seed,
+                          progress=progress, **kw)
+  os.makedirs(f.out, exist_ok=True)
+  paths = {
+      "mp4": video_io.write_mp4(os.path.join(f.out, "video.mp4"), video, fps=f.fps, scale=f.scale),
+      "gif": video_io.write_gif(os.path.join(f.out, "video.gif"), video, fps=f.fps, scale=f.scale),
+  }
+  video_io.contact_sheet(video[None], os.path.join(f.out, "contact_sheet.png"), scale=f.scale)
+  paths["png"] = os.path.join(f.out, "contact_sheet.png")
+  if f.save_npy:
+    paths["npy"] = os.path.join(f.out, "video.npy")
+    np.save(paths["npy"], video)
+  print(json.dumps({"prompts": prompts, "frames": int(video.shape[0]), "files": paths}))
+
+
+def _define_flags():
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string("tokenizer_dir", None, "C-ViViT work directory.")
+  flags.DEFINE_string("maskgit_dir", None, "MaskGIT work directory.")
+  flags.DEFINE_multi_string("prompt", None, "A prompt; repeat for a story.")
+  flags.DEFINE_string("story_file", None, "A file with one prompt per line.")
+  flags.DEFINE_integer("num_frames", None, "Frames of a single-prompt video.")
+  flags.DEFINE_integer("frames_per_prompt", None, "Frames per story segment.")
+  flags.DEFINE_integer("context_frames", 5, "Frames re-encoded as context between segments.")
+  flags.DEFINE_integer("steps", None, "Decoding steps (12–48).")
+  flags.DEFINE_float("cfg_scale", None, "Classifier-free guidance scale.")
+  flags.DEFINE_float("temperature", None, "Sampling temperature.")
+  flags.DEFINE_integer("seed", 0, "Random seed.")
+  flags.DEFINE_integer("fps", 4, "Frames per second of the written videos.")
+  flags.DEFINE_integer("scale", 4, "Integer upscaling of the written videos.")
+  flags.DEFINE_string("out", "samples", "Output directory.")
+  flags.DEFINE_bool("save_npy", False, "Also save the frames as video.npy.")
+  flags.mark_flags_as_required(["tokenizer_dir", "maskgit_dir"])
+
+
+if __name__ == "__main__":
+  from absl import app  # pylint: disable=g-import-not-at-top
+  _define_flags()
+  app.run(_main)

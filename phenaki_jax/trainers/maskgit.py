@@ -1,0 +1,267 @@
+"""Stage 2: train the text-conditioned MaskGIT on frozen C-ViViT tokens (Phenaki §4.2).
+
+  python -m phenaki_jax.train --config=configs/maskgit_b.py:tiny --workdir=workdirs/maskgit
+
+Per step: videos (and 1-frame images, from a mixture of sources) are tokenised by the frozen
+C-ViViT inside the jitted step (or read from a pre-tokenised directory), a cosine-scheduled
+random subset of the valid tokens is masked, 10% of the examples get the null caption, and the
+cross-entropy is taken on masked tokens only. An image example is a 1-frame video: only its
+first time step is valid, and its padded later steps are neither attended to nor scored.
+"""
+import functools
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers, periodic_actions
+
+from phenaki_jax import checkpoint, masking, optim, sharding, text, tokenizer as tokenizer_lib
+from phenaki_jax.data import pipeline, tasks, video_io
+from phenaki_jax.data import shapes as shapes_lib
+from phenaki_jax.models import cvivit
+from phenaki_jax.models import maskgit as maskgit_lib
+from phenaki_jax.trainers import common
+
+
+# ---- Config ------------------------------------------------------------------------------------
+def tokenizer_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  return common.load_config(config.tokenizer.workdir)
+
+
+def build_model(config: ml_collections.ConfigDict, tok_config=None) -> maskgit_lib.MaskGIT:
+  """The MaskGIT for this run; its grid and codebook come from the frozen tokenizer's config."""
+  from phenaki_jax.trainers import cvivit as cvivit_trainer  # pylint: disable=g-import-not-at-top
+  tok_config = tokenizer_config(config) if tok_config is None else tok_config
+  tok_model = cvivit_trainer.build_model(tok_config)
+  grid = (tok_model.time_steps(tok_config.data.num_frames), tok_model.grid_size,
+          tok_model.grid_size)
+  m = dict(config.model)
+  m["dtype"] = common.dtype_of(m.get("dtype", "float32"))
+  return maskgit_lib.get_model(config.model_size, codebook_size=tok_model.codebook_size,
+                               grid=grid, **m)
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  common.check_choice(config, "data.source", ("shapes",))
+  if not os.path.isdir(config.tokenizer.workdir):
+    raise ValueError(f"config.tokenizer.workdir={config.tokenizer.workdir!r} does not exist: "
+                     f"train the C-ViViT first (configs/cvivit_b.py) and point to its workdir")
+  if not 0.0 <= config.text_dropout < 1.0:
+    raise ValueError(f"config.text_dropout={config.text_dropout} must be in [0, 1)")
+  if config.data.video_rate < 0 or config.data.image_rate < 0 or (
+      config.data.video_rate + config.data.image_rate) <= 0:
+    raise ValueError("config.data.video_rate and config.data.image_rate must be ≥ 0 with a "
+                     "positive sum")
+  if config.data.video_rate == 0:
+    raise ValueError("config.data.video_rate=0 trains no video at all")
+
+
+def shapes_spec(tok_config) -> shapes_lib.ShapesSpec:
+  return shapes_lib.ShapesSpec(resolution=tok_config.data.resolution,
+                               num_frames=tok_config.data.num_frames)
+
+
+def make_batches(config, tok_config) -> pipeline.Batches:
+  spec, seed = shapes_spec(tok_config), config.data.seed
+  mixture = [(tasks.ShapesSource(spec, seed, "train"), config.data.video_rate)]
+  if config.data.image_rate > 0:
+    mixture.append((tasks.ShapesSource(spec, seed, "image"), config.data.image_rate))
+  return pipeline.Batches(mixture, config.data.batch_size, seed=seed,
+                          num_frames=tok_config.data.num_frames,
+                          process_index=jax.process_index(), process_count=jax.process_count(),
+                          prefetch=config.data.prefetch)
+
+
+def load_tokenizer(config) -> tokenizer_lib.Tokenizer:
+  step = config.tokenizer.step if config.tokenizer.step >= 0 else None
+  return tokenizer_lib.Tokenizer.from_workdir(config.tokenizer.workdir, step)
+
+
+# ---- State ---------------------------------------------------------------------------------------
+def make_init_fn(model, tx, text_len: int, text_dim: int):
+  def init(rng):
+    t, h, w = model.grid
+    tokens = jnp.zeros((1, t * h * w), jnp.int32)
+    params = model.init(rng, tokens, jnp.zeros((1, text_len, text_dim)),
+                        jnp.ones((1, text_len), bool))["params"]
+    return dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                first_bad_step=jnp.full((), -1, jnp.int32))
+  return init
+
+
+def abstract_state(config, text_len: int, text_dim: int):
+  model = build_model(config)
+  tx = optim.make_optimizer(config.optim)
+  mesh = sharding.make_mesh(config.mesh)
+  return sharding.abstract_state(make_init_fn(model, tx, text_len, text_dim), mesh,
+                                 jax.random.PRNGKey(0))[0]
+
+
+# ---- Update step ---------------------------------------------------------------------------------
+def valid_tokens(is_image, grid) -> jax.Array:
+  """bool [B, N]: every token of a video; only the first time step of an image."""
+  t = grid[0]
+  steps = jnp.where(is_image, 1, t)
+  return masking.valid_from_time_steps(steps, grid)
+
+
+def train_step(state, batch, null_text, tok_params, rng, *, model, tok_model, tx, config):
+  """batch: video uint8 [B,F,H,W,3], text f32 [B,L,D], text_mask bool [B,L], is_image bool [B]."""
+  step = state["step"]
+  rng = jax.random.fold_in(rng, step)
+  drop_rng, mask_rng, dropout_rng = jax.random.split(rng, 3)
+  b = batch["video"].shape[0]
+
+  codes = tok_model.apply({"params": tok_params}, cvivit.to_model_range(batch["video"]),
+                          method=cvivit.CViViT.encode)                # [B, t, h, w]
+  codes = jax.lax.stop_gradient(codes).reshape(b, -1)                # [B, N]
+  valid = valid_tokens(batch["is_image"], model.grid)                # [B, N]
+
+  # Classifier-free guidance: some examples see the null (empty) caption.
+  null_tokens, null_mask = null_text
+  drop = jax.random.bernoulli(drop_rng, config.text_dropout, (b,))
+  text_tokens = jnp.where(drop[:, None, None], null_tokens[None], batch["text"])
+  text_mask = jnp.where(drop[:, None], null_mask[None], batch["text_mask"])
+
+  mask = masking.sample_training_mask(mask_rng, valid)               # [B, N]
+  inputs = masking.apply_mask(codes, mask, model.mask_token_id)
+
+  def loss_fn(params):
+    logits = model.apply({"params": params}, inputs, text_tokens, text_mask, token_valid=valid,
+                         train=True, rngs={"dropout": dropout_rng})
+    loss, metrics = masking.masked_cross_entropy(logits, codes, mask)
+    return loss, (logits, metrics)
+
+  (loss, (logits, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+  updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+  params = optax.apply_updates(state["params"], updates)
+
+  # Per-source losses (no gradient): images are scored on first-frame tokens only.
+  logits = jax.lax.stop_gradient(logits)
+  is_image = batch["is_image"][:, None]
+  loss_video, _ = masking.masked_cross_entropy(logits, codes, mask & ~is_image)
+  loss_image, _ = masking.masked_cross_entropy(logits, codes, mask & is_image)
+
+  ok = jnp.isfinite(loss)
+  new_state = common.guard_update(ok, dict(state, params=params, opt_state=opt_state), state)
+  new_state["step"] = step + 1
+  new_state["first_bad_step"] = jnp.where(
+      ok | (state["first_bad_step"] >= 0), state["first_bad_step"], step)
+  metrics = dict(loss=loss, masked_accuracy=metrics["accuracy"],
+                 loss_video=loss_video, loss_image=loss_image,
+                 image_fraction=jnp.mean(batch["is_image"].astype(jnp.float32)),
+                 text_dropped=jnp.mean(drop.astype(jnp.float32)),
+                 mask_fraction=jnp.sum(mask) / jnp.maximum(jnp.sum(valid), 1),
+                 grad_norm=optax.global_norm(grads), param_norm=optax.global_norm(params),
+                 lr=optim.make_schedule(config.optim)(step))
+  return new_state, metrics
+
+
+# ---- Main ----------------------------------------------------------------------------------------
+EVAL_PROMPTS = ("a red square moves right", "a cyan triangle moves up",
+                "a white circle moves down", "a orange square moves left")
+
+
+def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  validate_config(config)
+  tok_config = tokenizer_config(config)
+  model = build_model(config, tok_config)
+  common.setup_workdir(config, workdir)
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+
+  # ---- Mesh ----
+  mesh = sharding.make_mesh(config.mesh)
+
+  # ---- Frozen tokenizer and text encoder ----
+  tok = load_tokenizer(config)
+  text_encoder = text.TextEncoder.from_config(config.text_encoder,
+                                              cache_dir=os.path.join(workdir, "text_cache"))
+  null_text = tuple(jnp.asarray(x) for x in text_encoder.null_embedding())
+  repl = sharding.replicated(mesh)
+  tok_params = jax.device_put(tok.params, repl)
+  null_text = jax.device_put(null_text, repl)
+
+  # ---- Input pipeline ----
+  batches = make_batches(config, tok_config)
+
+  # ---- Model & optimizer ----
+  tx = optim.make_optimizer(config.optim)
+  init_fn = make_init_fn(model, tx, text_encoder.max_length, text_encoder.dim)
+  rng = jax.random.PRNGKey(config.seed)
+  init_rng, train_rng = jax.random.split(rng)
+  state, state_shardings = sharding.create_sharded_state(init_fn, mesh, init_rng)
+  logging.info("MaskGIT %s: %.2fM parameters, grid %s, codebook %d", config.model_size,
+               sum(x.size for x in jax.tree.leaves(state["params"])) / 1e6, model.grid,
+               model.codebook_size)
+
+  # ---- Load checkpoint ----
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                 every_steps=config.checkpoint_every, keep=config.keep_checkpoints)
+  ckpt.install_signal_handlers()
+  if ckpt.latest_step() is not None:
+    state, meta = ckpt.restore(checkpoint.abstract_like(state))
+    logging.info("resumed from step %d (%s)", int(state["step"]), meta)
+
+  # ---- Update step ----
+  step_fn = jax.jit(
+      functools.partial(train_step, model=model, tok_model=tok.model, tx=tx, config=config),
+      in_shardings=(state_shardings, sharding.batch_sharding(mesh), repl, repl, repl),
+      out_shardings=(state_shardings, repl), donate_argnums=0)
+
+  # ---- Train loop ----
+  step = int(state["step"])
+  total = config.total_steps
+  report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer)
+  history = []
+  start_time = time.time()
+  with jax.set_mesh(mesh), metric_writers.ensure_flushes(writer):
+    for step, batch in batches.iterate(step):
+      if step >= total:
+        break
+      text_tokens, text_mask = text_encoder.encode(list(batch["caption"]))
+      global_batch = sharding.put_global_batch(
+          {"video": batch["video"], "is_image": batch["is_image"], "text": text_tokens,
+           "text_mask": text_mask}, mesh)
+      state, metrics = step_fn(state, global_batch, null_text, tok_params, train_rng)
+      history.append(metrics)
+      done = step + 1
+      report(done, time.time())
+      last = (done >= total or (config.stop_after_steps and done >= config.stop_after_steps)
+              or (config.max_train_seconds and time.time() - start_time > config.max_train_seconds))
+      preempted = ckpt.preempted(done)
+      if done % config.log_every == 0 or last or preempted:
+        common.raise_if_bad(int(state["first_bad_step"]), ckpt.latest_step())
+        writer.write_scalars(done, common.mean_metrics(history))
+        history = []
+      if ckpt.should_save(done, final=last or preempted):
+        common.raise_if_bad(int(state["first_bad_step"]), ckpt.latest_step())
+        ckpt.save(done, state, {"step": done, "data_seed": config.data.seed,
+                                "data_position": done})
+      if (done % config.eval_every == 0 or last) and config.sample.num_videos > 0:
+        write_samples(workdir, done, config, tok, model, state["params"], text_encoder, writer)
+      if last or preempted:
+        break
+  ckpt.close()
+  return {"state": state}
+
+
+def write_samples(workdir, step, config, tok, model, params, text_encoder, writer):
+  """A few text-to-video samples (the default prompts) as GIF and a contact sheet."""
+  from phenaki_jax import sample as sample_lib  # pylint: disable=g-import-not-at-top
+  sampler = sample_lib.Sampler(tok, model, params, text_encoder, config.sample)
+  prompts = list(EVAL_PROMPTS[:config.sample.num_videos])
+  videos = np.asarray(sampler.generate(prompts, seed=step))            # [B, T, H, W, 3]
+  out = os.path.join(workdir, "samples")
+  os.makedirs(out, exist_ok=True)
+  video_io.write_gif(os.path.join(out, f"samples_{step:07d}.gif"),
+                     np.concatenate(list(videos), axis=2), fps=4, scale=4)
+  grid = video_io.contact_sheet(videos, os.path.join(out, f"samples_{step:07d}.png"), scale=3)
+  writer.write_images(step, {"samples": np.asarray(grid)[None]})
+  with open(os.path.join(out, f"samples_{step:07d}.json"), "w") as f:
+    json.dump({"prompts": prompts}, f)
