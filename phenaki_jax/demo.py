@@ -19,8 +19,8 @@ import time
 from absl import app, flags, logging
 
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/demo", "Where everything is written.")
-_STAGE1_MIN = flags.DEFINE_float("stage1_minutes", 11.0, "Training budget of the C-ViViT.")
-_STAGE2_MIN = flags.DEFINE_float("stage2_minutes", 11.0, "Training budget of the MaskGIT.")
+_STAGE1_MIN = flags.DEFINE_float("stage1_minutes", 12.0, "Training budget of the C-ViViT.")
+_STAGE2_MIN = flags.DEFINE_float("stage2_minutes", 12.0, "Training budget of the MaskGIT.")
 _STORY = flags.DEFINE_multi_string(
     "story", ["a green circle moves right", "a green circle moves down",
               "a green circle moves left"], "The prompts of the demo story.")

@@ -64,7 +64,7 @@ def evaluate_shapes(sampler, spec: shapes_lib.ShapesSpec, *, samples_per_triple:
     if out_dir:
       video_io.contact_sheet(videos[:16], os.path.join(out_dir, f"{name}.png"), scale=3)
   stories = story_prompts(spec, num_stories)
-  frames_per_prompt = sampler.max_frames - context_frames + 1
+  frames_per_prompt = sampler.max_frames - context_frames  # new frames after the context
   lengths = [sampler.max_frames] + [frames_per_prompt] * 2
   videos = sampler.story(stories, lengths, context_frames, seed=seed, **sample_kw)
   scores = [shapes_eval.score_story(v, p, lengths) for v, p in zip(videos, stories)]

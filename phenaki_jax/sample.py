@@ -79,10 +79,10 @@ class Sampler:
     ckpt = checkpoint.Checkpointer(os.path.join(maskgit_dir, "checkpoints"), read_only=True)
     if ckpt.latest_step() is None:
       raise FileNotFoundError(f"no MaskGIT checkpoint in {maskgit_dir}/checkpoints")
-    state, _ = ckpt.restore(trainer.abstract_state(config, text_encoder.max_length,
-                                                   text_encoder.dim), step)
+    params = ckpt.restore_params(trainer.abstract_state(
+        config, text_encoder.max_length, text_encoder.dim)["params"], step)
     ckpt.close()
-    return cls(tok, model, state["params"], text_encoder, config.sample)
+    return cls(tok, model, params, text_encoder, config.sample)
 
   # ---- geometry ---------------------------------------------------------------------------
   @property

@@ -43,9 +43,9 @@ class Tokenizer:
     if ckpt.latest_step() is None:
       raise FileNotFoundError(f"no C-ViViT checkpoint in {workdir}/checkpoints: train it first "
                               f"(python -m phenaki_jax.train --config=... --workdir={workdir})")
-    state, _ = ckpt.restore(trainer.abstract_state(config), step)
+    params = ckpt.restore_params(trainer.abstract_state(config)["params"], step)
     ckpt.close()
-    return cls(model, state["params"])
+    return cls(model, params)
 
   # ---- geometry ---------------------------------------------------------------------------
   @property

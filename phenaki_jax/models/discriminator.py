@@ -1,6 +1,6 @@
 """StyleGAN-style video discriminator for C-ViViT's adversarial loss (paper §4.1).
 
-Residual 3-D conv blocks with leaky ReLU, average-pool downsampling (space by 2 each level,
+Residual (2+1)-D conv blocks with leaky ReLU, average-pool downsampling (space by 2 each level,
 time by 2 while more than one frame is left), a minibatch-stddev feature, then dense layers
 to one logit per video. Input: video [B, F, H, W, 3] in [-1, 1].
 """
@@ -19,14 +19,21 @@ def _downsample(x: Array) -> Array:
   return nn.avg_pool(x, (t, 2, 2), strides=(t, 2, 2), padding="SAME")
 
 
+def conv3d(features: int, dtype, x: Array) -> Array:
+  """A (2+1)-D 3×3×3 convolution: 1×3×3 in space, then 3×1×1 in time (far cheaper than a full
+  3-D kernel on CPUs, same receptive field)."""
+  x = nn.Conv(features, (1, 3, 3), dtype=dtype)(x)
+  return nn.Conv(features, (3, 1, 1), dtype=dtype)(x) if x.shape[1] > 1 else x
+
+
 class ResBlock(nn.Module):
   features: int
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    h = nn.leaky_relu(nn.Conv(x.shape[-1], (3, 3, 3), dtype=self.dtype)(x), 0.2)
-    h = nn.leaky_relu(nn.Conv(self.features, (3, 3, 3), dtype=self.dtype)(h), 0.2)
+    h = nn.leaky_relu(conv3d(x.shape[-1], self.dtype, x), 0.2)
+    h = nn.leaky_relu(conv3d(self.features, self.dtype, h), 0.2)
     h = _downsample(h)
     skip = nn.Conv(self.features, (1, 1, 1), use_bias=False, dtype=self.dtype)(_downsample(x))
     return (h + skip) / jnp.sqrt(2.0)
@@ -56,7 +63,7 @@ class VideoDiscriminator(nn.Module):
     for features in self.channels:
       x = ResBlock(features, self.dtype)(x)
     x = minibatch_stddev(x)
-    x = nn.leaky_relu(nn.Conv(self.channels[-1], (3, 3, 3), dtype=self.dtype)(x), 0.2)
+    x = nn.leaky_relu(conv3d(self.channels[-1], self.dtype, x), 0.2)
     x = jnp.mean(x, axis=1)                                       # pool time
     x = x.reshape((x.shape[0], -1))
     x = nn.leaky_relu(nn.Dense(self.channels[-1], dtype=self.dtype)(x), 0.2)

@@ -39,7 +39,7 @@ PAPER_CODEBOOK_SIZE = 8192
 PAPER_GRID = (6, 16, 16)
 
 SIZES = {
-    "tiny": dict(width=64, depth=2, num_heads=4, mlp_dim=256),
+    "tiny": dict(width=128, depth=3, num_heads=4, mlp_dim=384),
     "B": dict(width=768, depth=12, num_heads=12, mlp_dim=3072),
     "L": dict(width=1024, depth=24, num_heads=16, mlp_dim=4096),
     # The paper's model (§4.2 / appendix B): 24 layers, width 2048, MLP 8192, 32 heads, 1.8B

@@ -1,5 +1,6 @@
 """Pieces both trainers share: work directory set-up, metric logging, NaN guard."""
 import json
+import logging as logging_std
 import os
 from typing import Iterable
 
@@ -10,8 +11,22 @@ import numpy as np
 from absl import logging
 
 
+class _QuietLibraries(logging_std.Filter):
+  """Drops INFO chatter of orbax (dozens of lines per checkpoint); warnings still pass."""
+
+  def filter(self, record):
+    return record.levelno >= logging_std.WARNING or "/orbax/" not in record.pathname
+
+
+def quiet_library_logs() -> None:
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _QuietLibraries) for f in handler.filters):
+    handler.addFilter(_QuietLibraries())
+
+
 def setup_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Creates the work directory and writes config.json (the exact config of this run)."""
+  quiet_library_logs()
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, "config.json")
   with open(path, "w") as f:
@@ -52,12 +67,17 @@ def guard_update(ok, new_tree, old_tree):
   return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_tree, old_tree)
 
 
+def all_finite(tree) -> jax.Array:
+  """True iff every element of every leaf is finite (jittable; a scalar bool)."""
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
 def raise_if_bad(first_bad_step: int, latest_checkpoint) -> None:
   if first_bad_step >= 0:
     raise FloatingPointError(
-        f"non-finite loss at step {first_bad_step}; the update was skipped and training stopped. "
-        f"The last good checkpoint is step {latest_checkpoint} (unchanged). Lower the learning "
-        f"rate or check the data, then rerun the same command to resume.")
+        f"non-finite loss or update at step {first_bad_step}; the update was skipped and "
+        f"training stopped. The last good checkpoint is step {latest_checkpoint} (unchanged). "
+        f"Lower the learning rate or check the data, then rerun the same command to resume.")
 
 
 def global_norm(tree) -> jax.Array:

@@ -171,7 +171,10 @@ def train_step(state, batch, rng, *, model, disc, tx, disc_tx, config, adversari
     new_state["disc_opt_state"] = d_opt_state
     metrics.update(d_loss=d_loss, r1=r1)
 
-  ok = jnp.isfinite(loss) & jnp.isfinite(metrics.get("d_loss", 0.0))
+  # A finite loss can still give a non-finite update (overflowing gradients, a bad learning
+  # rate): check the new parameters too, so that no checkpoint ever holds them.
+  ok = (jnp.isfinite(loss) & jnp.isfinite(metrics.get("d_loss", 0.0))
+        & common.all_finite((new_state["params"], new_state["disc_params"])))
   new_state = common.guard_update(ok, new_state, state)
   new_state["step"] = step + 1
   new_state["first_bad_step"] = jnp.where(

@@ -112,14 +112,18 @@ def valid_tokens(is_image, grid) -> jax.Array:
 
 
 def train_step(state, batch, null_text, tok_params, rng, *, model, tok_model, tx, config):
-  """batch: video uint8 [B,F,H,W,3], text f32 [B,L,D], text_mask bool [B,L], is_image bool [B]."""
+  """batch: video uint8 [B,F,H,W,3] (or pre-tokenised codes int [B,t,h,w]), text f32 [B,L,D],
+  text_mask bool [B,L], is_image bool [B]."""
   step = state["step"]
   rng = jax.random.fold_in(rng, step)
   drop_rng, mask_rng, dropout_rng = jax.random.split(rng, 3)
-  b = batch["video"].shape[0]
+  b = batch["is_image"].shape[0]
 
-  codes = tok_model.apply({"params": tok_params}, cvivit.to_model_range(batch["video"]),
-                          method=cvivit.CViViT.encode)                # [B, t, h, w]
+  if "codes" in batch:
+    codes = batch["codes"].astype(jnp.int32)                         # [B, t, h, w]
+  else:
+    codes = tok_model.apply({"params": tok_params}, cvivit.to_model_range(batch["video"]),
+                            method=cvivit.CViViT.encode)              # [B, t, h, w]
   codes = jax.lax.stop_gradient(codes).reshape(b, -1)                # [B, N]
   valid = valid_tokens(batch["is_image"], model.grid)                # [B, N]
 
@@ -188,7 +192,12 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
   null_text = jax.device_put(null_text, repl)
 
   # ---- Input pipeline ----
-  batches = make_batches(config, tok_config)
+  if config.data.pretokenized:
+    from phenaki_jax import tokenize  # pylint: disable=g-import-not-at-top
+    batches = tokenize.PretokenizedBatches(config.data.pretokenized,
+                                           tokenize.expected_meta(config))
+  else:
+    batches = make_batches(config, tok_config)
 
   # ---- Model & optimizer ----
   tx = optim.make_optimizer(config.optim)
@@ -225,9 +234,10 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if step >= total:
         break
       text_tokens, text_mask = text_encoder.encode(list(batch["caption"]))
+      inputs = {"codes": batch["codes"]} if "codes" in batch else {"video": batch["video"]}
       global_batch = sharding.put_global_batch(
-          {"video": batch["video"], "is_image": batch["is_image"], "text": text_tokens,
-           "text_mask": text_mask}, mesh)
+          {**inputs, "is_image": batch["is_image"], "text": text_tokens, "text_mask": text_mask},
+          mesh)
       state, metrics = step_fn(state, global_batch, null_text, tok_params, train_rng)
       history.append(metrics)
       done = step + 1
