@@ -99,8 +99,9 @@ class Sampler:
     return opts
 
   # ---- the jitted core --------------------------------------------------------------------
-  def _generate_fn(self, steps: int, top_k: int, top_p: float):
-    key = (steps, top_k, top_p)
+  def _generate_fn(self, steps: int, top_k: int, top_p: float, guided: bool):
+    """guided=False: cfg_scale is 1 (conditional model only), one model call per step."""
+    key = (steps, top_k, top_p, guided)
     if key not in self._fns:
       model, tok_model = self.model, self.tokenizer.model
 
@@ -109,7 +110,7 @@ class Sampler:
         b, t, h, w = init_codes.shape
         apply_fn = functools.partial(model.apply, {"params": params})
         logits_fn = decode_lib.guided_logits_fn(apply_fn, text, text_mask, null_text,
-                                                null_mask, cfg_scale)
+                                                null_mask, cfg_scale if guided else 1.0)
         tokens = decode_lib.decode(
             logits_fn, init_codes.reshape(b, -1), fixed.reshape(b, -1), rng, num_steps=steps,
             mask_token_id=model.mask_token_id, temperature=temperature,
@@ -124,7 +125,8 @@ class Sampler:
   def _run(self, prompts: Sequence[str], init_codes, fixed, seed: int, opts: dict):
     """Generates codes [B, t, h, w] (fixed positions kept) and frames [B, F, H, W, 3]."""
     text, text_mask = self.text_encoder.encode(list(prompts))
-    fn = self._generate_fn(int(opts["steps"]), int(opts["top_k"]), float(opts["top_p"]))
+    fn = self._generate_fn(int(opts["steps"]), int(opts["top_k"]), float(opts["top_p"]),
+                           float(opts["cfg_scale"]) != 1.0)
     b = len(prompts)
     null_text = jnp.broadcast_to(self._null[0], (b,) + self._null[0].shape[1:])
     null_mask = jnp.broadcast_to(self._null[1], (b,) + self._null[1].shape[1:])

@@ -281,7 +281,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
   step = int(state["step"])
   total = config.total_steps
   report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer)
-  history, eval_metrics = [], {}
+  history, eval_metrics, train_metrics = [], {}, {}
   start_time = time.time()
   logging.info("training from step %d to %d", step, total)
   with jax.set_mesh(mesh), metric_writers.ensure_flushes(writer):
@@ -300,7 +300,8 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
       if done % config.log_every == 0 or last or preempted:
         common.raise_if_bad(int(state["first_bad_step"]), ckpt.latest_step())
-        writer.write_scalars(done, common.mean_metrics(history))
+        train_metrics = common.mean_metrics(history)
+        writer.write_scalars(done, train_metrics)
         history = []
       if done % config.eval_every == 0 or last:
         eval_metrics, recon = evaluate(state["params"], clips, reconstruct, config.eval.batch_size)
@@ -316,4 +317,5 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if eval_metrics:
     with open(os.path.join(workdir, "metrics.json"), "w") as f:
       json.dump({"step": int(state["step"]), **eval_metrics}, f, indent=2)
-  return {"state": state, "eval": eval_metrics}
+  return {"state": state, "eval": eval_metrics, "train": train_metrics,
+          "seconds": time.time() - start_time}

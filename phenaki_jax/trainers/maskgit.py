@@ -227,7 +227,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
   step = int(state["step"])
   total = config.total_steps
   report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer)
-  history = []
+  history, train_metrics = [], {}
   start_time = time.time()
   with jax.set_mesh(mesh), metric_writers.ensure_flushes(writer):
     for step, batch in batches.iterate(step):
@@ -247,7 +247,8 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
       preempted = ckpt.preempted(done)
       if done % config.log_every == 0 or last or preempted:
         common.raise_if_bad(int(state["first_bad_step"]), ckpt.latest_step())
-        writer.write_scalars(done, common.mean_metrics(history))
+        train_metrics = common.mean_metrics(history)
+        writer.write_scalars(done, train_metrics)
         history = []
       if ckpt.should_save(done, final=last or preempted):
         common.raise_if_bad(int(state["first_bad_step"]), ckpt.latest_step())
@@ -258,7 +259,8 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if last or preempted:
         break
   ckpt.close()
-  return {"state": state}
+  return {"state": state, "train": train_metrics,
+          "seconds": time.time() - start_time}
 
 
 def write_samples(workdir, step, config, tok, model, params, text_encoder, writer):

@@ -1,0 +1,54 @@
+r"""Paper Table 2 on Shapes: image/video mixture rates 0/100, 20/80, 50/50. For each, train the
+tiny MaskGIT on the same frozen C-ViViT for the same budget and report held-out and image-only
+prompt-following (the Shapes evaluator). Prints JSON. Takes 3 × (budget + ~2 min).
+
+  python benchmarks/mixture_ablation.py --tokenizer_dir=workdirs/demo/cvivit --seconds=720
+"""
+import json
+import os
+import sys
+import tempfile
+
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(__file__))
+import _common  # pylint: disable=g-import-not-at-top
+
+_TOK = flags.DEFINE_string("tokenizer_dir", "workdirs/demo/cvivit", "A trained C-ViViT workdir.")
+_SECONDS = flags.DEFINE_float("seconds", 720.0, "Training budget per mixture.")
+_RATES = flags.DEFINE_list("image_rates", ["0.0", "0.2", "0.5"], "Image fractions to compare.")
+
+
+def main(argv):
+  del argv
+  from phenaki_jax import evaluate, sample  # pylint: disable=g-import-not-at-top
+  from phenaki_jax.data import shapes  # pylint: disable=g-import-not-at-top
+  from phenaki_jax.trainers import common, maskgit  # pylint: disable=g-import-not-at-top
+  tok_config = common.load_config(_TOK.value)
+  spec = shapes.ShapesSpec(resolution=tok_config.data.resolution,
+                           num_frames=tok_config.data.num_frames)
+  rows = []
+  for rate in map(float, _RATES.value):
+    config = _common.load_config("maskgit_b", "tiny")
+    with config.unlocked():
+      config.tokenizer.workdir = _TOK.value
+      config.max_train_seconds = _SECONDS.value
+      config.sample.num_videos = 0
+      config.data.image_rate, config.data.video_rate = rate, 1.0 - rate
+    workdir = tempfile.mkdtemp(prefix=f"mix_{rate}_")
+    out = maskgit.main(config, workdir)
+    sampler = sample.Sampler.from_workdirs(_TOK.value, workdir)
+    res = evaluate.evaluate_shapes(sampler, spec, num_stories=4)
+    rows.append({"video_pct": round(100 * (1 - rate)), "image_pct": round(100 * rate),
+                 "steps": int(out["state"]["step"]),
+                 "seen_all": res["seen"]["all_accuracy"],
+                 "heldout_all": res["heldout"]["all_accuracy"],
+                 "image_only_all": res["image_only"]["all_accuracy"],
+                 "image_only_color": res["image_only"]["color_accuracy"]})
+    print(json.dumps(rows[-1]), flush=True)
+  print(json.dumps({"benchmark": "mixture_ablation", "rows": rows,
+                    "machine": _common.machine()}, indent=2))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,55 @@
+r"""Seconds per generated clip for 12/24/48 decoding steps, with and without CFG, and per story
+segment. Prints JSON.
+
+  python benchmarks/sampling.py --tokenizer_dir=workdirs/demo/cvivit \
+      --maskgit_dir=workdirs/demo/maskgit
+"""
+import json
+import sys
+import time
+
+import numpy as np
+from absl import app, flags
+
+sys.path.insert(0, __import__("os").path.dirname(__file__))
+import _common  # pylint: disable=g-import-not-at-top
+
+_TOK = flags.DEFINE_string("tokenizer_dir", "workdirs/demo/cvivit", "C-ViViT workdir.")
+_MG = flags.DEFINE_string("maskgit_dir", "workdirs/demo/maskgit", "MaskGIT workdir.")
+_BATCH = flags.DEFINE_integer("batch", 8, "Clips per call.")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per setting (median reported).")
+
+
+def median_seconds(fn, repeats):
+  fn()  # compile
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t)
+  return float(np.median(times))
+
+
+def main(argv):
+  del argv
+  from phenaki_jax import sample  # pylint: disable=g-import-not-at-top
+  sampler = sample.Sampler.from_workdirs(_TOK.value, _MG.value)
+  prompts = ["a red circle moves left"] * _BATCH.value
+  results = {}
+  for steps in (12, 24, 48):
+    for cfg in (1.0, 3.0):
+      s = median_seconds(lambda: sampler.generate(prompts, steps=steps, cfg_scale=cfg),
+                         _REPEATS.value)
+      results[f"steps{steps}_cfg{cfg:g}_s_per_clip"] = round(s / _BATCH.value, 4)
+  story = [prompts[0], "a red circle moves up", "a red circle moves right"]
+  new = sampler.max_frames - 4
+  s = median_seconds(lambda: sampler.story([story] * _BATCH.value,
+                                           [sampler.max_frames, new, new]), 3)
+  results["story_3_segments_s_per_story"] = round(s / _BATCH.value, 4)
+  results["story_s_per_segment"] = round(s / _BATCH.value / 3, 4)
+  print(json.dumps({"benchmark": "sampling", "batch": _BATCH.value, "results": results,
+                    "machine": _common.machine()}, indent=2))
+
+
+if __name__ == "__main__":
+  app.run(main)
