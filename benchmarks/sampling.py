@@ -42,7 +42,7 @@ def main(argv):
                          _REPEATS.value)
       results[f"steps{steps}_cfg{cfg:g}_s_per_clip"] = round(s / _BATCH.value, 4)
   story = [prompts[0], "a red circle moves up", "a red circle moves right"]
-  new = sampler.max_frames - 4
+  new = sampler.max_frames - 5  # 5 context frames
   s = median_seconds(lambda: sampler.story([story] * _BATCH.value,
                                            [sampler.max_frames, new, new]), 3)
   results["story_3_segments_s_per_story"] = round(s / _BATCH.value, 4)

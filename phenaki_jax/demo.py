@@ -79,7 +79,7 @@ def main(argv):
   # ---- Sampling and evaluation ----
   os.makedirs(eval_dir, exist_ok=True)
   sampler = sample.Sampler.from_workdirs(cvivit_dir, maskgit_dir)
-  story = sampler.story(_STORY.value, [sampler.max_frames] + [sampler.max_frames - 4] * (
+  story = sampler.story(_STORY.value, [sampler.max_frames] + [sampler.max_frames - 5] * (
       len(_STORY.value) - 1), context_frames=5, seed=0)
   files = {
       "story_mp4": video_io.write_mp4(os.path.join(eval_dir, "demo_story.mp4"), story, fps=4,

@@ -57,7 +57,10 @@ def evaluate_shapes(sampler, spec: shapes_lib.ShapesSpec, *, samples_per_triple:
   for name, prompts in prompt_sets(spec, samples_per_triple).items():
     videos = []
     for i in range(0, len(prompts), batch_size):
-      videos.append(sampler.generate(prompts[i:i + batch_size], seed=seed + i, **sample_kw))
+      chunk = prompts[i:i + batch_size]
+      # Every batch is padded to batch_size so that the decode compiles once for all of them.
+      padded = chunk + chunk[-1:] * (batch_size - len(chunk))
+      videos.append(sampler.generate(padded, seed=seed + i, **sample_kw)[:len(chunk)])
     videos = np.concatenate(videos)
     scores = [shapes_eval.score(v, p) for v, p in zip(videos, prompts)]
     results[name] = shapes_eval.aggregate(scores)

@@ -21,9 +21,10 @@ def _downsample(x: Array) -> Array:
 
 def conv3d(features: int, dtype, x: Array) -> Array:
   """A (2+1)-D 3×3×3 convolution: 1×3×3 in space, then 3×1×1 in time (far cheaper than a full
-  3-D kernel on CPUs, same receptive field)."""
+  3-D kernel on CPUs, same receptive field). The temporal conv runs for any frame count (on one
+  frame only its middle tap acts), so one set of parameters scores images and videos alike."""
   x = nn.Conv(features, (1, 3, 3), dtype=dtype)(x)
-  return nn.Conv(features, (3, 1, 1), dtype=dtype)(x) if x.shape[1] > 1 else x
+  return nn.Conv(features, (3, 1, 1), dtype=dtype)(x)
 
 
 class ResBlock(nn.Module):

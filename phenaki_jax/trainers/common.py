@@ -63,8 +63,12 @@ def mean_metrics(history: list) -> dict:
 
 
 def guard_update(ok, new_tree, old_tree):
-  """Keeps the old state where the step's loss was not finite (jittable)."""
-  return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_tree, old_tree)
+  """Keeps the old state where the step's loss was not finite (jittable; `ok` a bool scalar).
+
+  One `lax.cond` over the whole tree, not a `jnp.where` per leaf: the per-leaf selects tripled
+  the XLA compile time of the C-ViViT step on a 2-core CPU (≈125 s → ≈42 s).
+  """
+  return jax.lax.cond(ok, lambda: new_tree, lambda: old_tree)
 
 
 def all_finite(tree) -> jax.Array:

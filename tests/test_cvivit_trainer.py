@@ -1,0 +1,238 @@
+"""End-to-end tests of the C-ViViT trainer (`phenaki_jax.trainers.cvivit.main`), in process.
+
+A few steps lower the loss; a run stopped mid-way and resumed ends bit-identical to one never
+interrupted (DESIGN.md invariant 6: same data order, same RNG); the adversarial path trains the
+discriminator; a non-finite update stops the run naming the step and leaves the last checkpoint
+intact; bad configs fail at start-up naming their key; the public `Tokenizer` loads the result.
+
+Compiling dominates here, and each `main` call traces and compiles its step afresh: the runs
+share their compiled programs through the persistent compilation cache that conftest.py enables
+(the runs below differ from conftest's tiny C-ViViT only where the test needs it, so that its
+initialisation and evaluation programs are shared with the rest of the suite).
+"""
+import glob
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from phenaki_jax import checkpoint
+from phenaki_jax.trainers import cvivit as trainer
+
+from conftest import REPO, tiny_cvivit_config
+
+TOTAL = 40          # steps of the uninterrupted run
+STOP = 17           # where the interrupted run is stopped (not a checkpoint_every multiple)
+
+
+def base_config():
+  """The shrunken tiny config with dropout and frequent dead-code restarts, so that the RNG
+  matters at every step (the resume test checks it is reproduced)."""
+  c = tiny_cvivit_config()
+  c.model.dropout = 0.1
+  c.quantizer.restart_every = 3
+  c.total_steps = TOTAL
+  c.checkpoint_every = 5
+  c.log_every = 5
+  c.eval_every = 1000
+  c.eval.num_videos = 1
+  return c
+
+
+def read_scalars(workdir: str) -> dict:
+  """{tag: {step: value}} of the scalar summaries clu wrote to workdir's TensorBoard events."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (clu has imported it already)
+  out = {}
+  for path in sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*"))):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        if value.metadata.plugin_data.plugin_name == "scalars":
+          out.setdefault(value.tag, {})[event.step] = float(tf.make_ndarray(value.tensor))
+  return out
+
+
+def restore(workdir: str, like, step=None):
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=0)
+  try:
+    return ckpt.restore(checkpoint.abstract_like(like), step)
+  finally:
+    ckpt.close()
+
+
+def checkpoint_steps(workdir: str) -> list:
+  return sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+
+
+def assert_trees_equal(a, b):
+  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path))
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+
+
+def all_finite(tree) -> bool:
+  return all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(tree))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("uninterrupted"))
+  return workdir, trainer.main(base_config(), workdir)
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory, uninterrupted):  # after `uninterrupted`: reuses its compiles
+  workdir = str(tmp_path_factory.mktemp("resumed"))
+  config = base_config()
+  config.stop_after_steps = STOP
+  first = trainer.main(config, workdir)
+  steps_after_first = checkpoint_steps(workdir)
+  second = trainer.main(base_config(), workdir)
+  return workdir, first, steps_after_first, second
+
+
+# ---- Training -----------------------------------------------------------------------------------
+def test_few_steps_lower_the_loss(uninterrupted):
+  workdir, out = uninterrupted
+  scalars = read_scalars(workdir)
+  l2 = scalars["l2"]
+  assert sorted(l2) == list(range(5, TOTAL + 1, 5))        # means over each 5-step window
+  assert l2[TOTAL] < 0.7 * l2[5], l2
+  assert all(np.isfinite(v) for v in l2.values())
+  assert int(out["state"]["step"]) == TOTAL
+  assert int(out["state"]["first_bad_step"]) == -1
+  # Dead-code restarts ran (restart_every=3) and the held-out evaluation was written.
+  assert sum(scalars["codes_restarted"].values()) > 0
+  assert out["eval"]["eval/psnr"] > scalars["psnr"][5]
+  for key in ("eval/psnr", "eval/psnr_first_frame", "eval/ssim", "eval/codebook_usage",
+              "eval/codebook_perplexity"):
+    assert np.isfinite(out["eval"][key]), key
+  assert os.path.exists(os.path.join(workdir, "metrics.json"))
+  assert os.path.exists(os.path.join(workdir, "config.json"))
+  assert glob.glob(os.path.join(workdir, "eval", f"recon_{TOTAL:07d}.png"))
+
+
+def test_resume_is_bit_identical(uninterrupted, resumed):
+  """Invariant 6: stopped at step 17 and restarted, the run ends in exactly the state of the run
+  never interrupted (parameters, optimizer state, code usage, discriminator, step)."""
+  _, reference = uninterrupted
+  workdir, first, steps_after_first, second = resumed
+  assert int(first["state"]["step"]) == STOP
+  assert steps_after_first == [10, 15, STOP]       # keep 3; the stop forces a final save
+  assert int(second["state"]["step"]) == TOTAL
+  assert_trees_equal(second["state"], reference["state"])
+  assert second["eval"] == reference["eval"]
+  # The checkpoint on disk holds the same state, and the data position beside it.
+  state, meta = restore(workdir, reference["state"])
+  assert_trees_equal(state, reference["state"])
+  assert meta["data_position"] == TOTAL and meta["step"] == TOTAL
+  # Meaningful: the state at the stop differs from the final one.
+  assert not np.array_equal(np.asarray(first["state"]["params"]["quantizer"]["codebook"]),
+                            np.asarray(reference["state"]["params"]["quantizer"]["codebook"]))
+
+
+def test_adversarial_path_trains_the_discriminator(tmp_path):
+  config = tiny_cvivit_config()
+  config.losses.adversarial = 0.1
+  config.losses.adversarial_start_step = 0   # (from step 0: one step function to compile)
+  config.total_steps = 3
+  config.checkpoint_every = 1
+  config.log_every = 1
+  workdir = str(tmp_path)
+  out = trainer.main(config, workdir)
+  scalars = read_scalars(workdir)
+  for step in (1, 2, 3):
+    for key in ("d_loss", "r1", "g_adversarial", "l2"):
+      assert np.isfinite(scalars[key][step]), (key, step)
+  assert scalars["r1"][1] > 0 and scalars["d_loss"][1] > 0
+  # Steps 1 and 2 (after the checkpoint of step 1) moved every discriminator parameter.
+  assert checkpoint_steps(workdir) == [1, 2, 3]
+  before, _ = restore(workdir, out["state"], step=1)
+  for key in ("disc_params", "params"):
+    moved = [not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
+             zip(jax.tree.leaves(before[key]), jax.tree.leaves(out["state"][key]))]
+    assert all(moved) if key == "disc_params" else any(moved), key
+  assert all_finite(out["state"])
+
+
+def test_non_finite_update_stops_the_run_and_keeps_the_checkpoint(tmp_path, uninterrupted):
+  """An infinite learning rate makes step 40's update non-finite while its loss is finite: the
+  update is skipped, the run raises naming step 40, and no checkpoint with it is written."""
+  reference_dir, reference = uninterrupted
+  workdir = str(tmp_path / "run")
+  shutil.copytree(reference_dir, workdir)                   # resume the finished 40-step run
+  config = base_config()
+  config.optim.lr = float("inf")
+  config.total_steps = TOTAL + 10
+  config.checkpoint_every = 1
+  config.log_every = 1
+  with pytest.raises(FloatingPointError, match=rf"non-finite .* at step {TOTAL}\b"):
+    trainer.main(config, workdir)
+  assert checkpoint_steps(workdir)[-1] == TOTAL
+  state, meta = restore(workdir, reference["state"])
+  assert meta["step"] == TOTAL and all_finite(state)
+  assert_trees_equal(state, reference["state"])
+
+
+# ---- Start-up errors ----------------------------------------------------------------------------
+def test_misspelt_config_key_fails_with_its_name(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "phenaki_jax.train", "--config=configs/cvivit_b.py:tiny",
+       f"--workdir={tmp_path / 'run'}", "--config.data.batchsize=3"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode != 0
+  assert "batchsize" in result.stderr
+  assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("data.num_frames", 8, r"config\.data\.num_frames=8: C-ViViT takes 1 \+ k·2 frames"),
+    ("data.num_frames", 19, r"config\.data\.num_frames=19: .*exceed"),
+    ("data.resolution", 64, r"config\.data\.resolution=64"),
+    ("losses.image_perceptual", 0.1, r"config\.losses\.image_perceptual_checkpoint is empty"),
+    ("losses.video_perceptual", 1.0, r"config\.losses\.video_perceptual_checkpoint is empty"),
+    ("data.source", "webvid", r"config\.data\.source='webvid'"),
+    ("data.image_rate", 1.5, r"config\.data\.image_rate=1\.5"),
+])
+def test_bad_config_fails_at_start_up(tmp_path, key, value, message):
+  config = tiny_cvivit_config()
+  section, name = key.split(".")
+  config[section][name] = value
+  workdir = tmp_path / "run"
+  with pytest.raises(ValueError, match=message):
+    trainer.main(config, str(workdir))
+  assert not workdir.exists()                                # nothing started
+
+
+# ---- Public tokenizer API -----------------------------------------------------------------------
+def test_tokenizer_from_workdir(uninterrupted):
+  from phenaki_jax.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
+  workdir, out = uninterrupted
+  tok = Tokenizer.from_workdir(workdir)
+  assert_trees_equal(tok.params, out["state"]["params"])
+  assert (tok.temporal_patch, tok.grid_size, tok.image_size, tok.codebook_size) == (2, 8, 32, 64)
+  clips = trainer.eval_clips(base_config())                   # uint8 [4, 9, 32, 32, 3]
+  for frames in (1, 3, 9):
+    video = clips[:, :frames]
+    codes = tok.encode(video)
+    assert codes.shape == (4, tok.time_steps(frames), 8, 8) and codes.dtype == np.int32
+    assert 0 <= int(codes.min()) and int(codes.max()) < 64
+    decoded = tok.decode(codes)
+    assert decoded.shape == video.shape and decoded.dtype == np.uint8
+    if frames == 9:  # the trainer's held-out evaluation, through the public API
+      a, b = video.astype(np.float32) / 255, np.asarray(decoded, np.float32) / 255
+      psnr = np.mean(10 * np.log10(1 / np.mean((a - b) ** 2, axis=(1, 2, 3, 4))))
+      assert psnr == pytest.approx(out["eval"]["eval/psnr"], abs=0.05)
+  with pytest.raises(ValueError, match=r"1 \+ k·2 frames"):
+    tok.encode(clips[:, :4])
+  with pytest.raises(ValueError, match="expected 32×32 frames"):
+    tok.encode(clips[:, :3, :16, :16])
+  with pytest.raises(ValueError, match="uint8"):
+    tok.encode(clips[:, :3].astype(np.float32) / 255)
+  with pytest.raises(ValueError, match="codes must be"):
+    tok.decode(np.zeros((1, 2, 4, 4), np.int32))
+  with pytest.raises(ValueError, match="max_time_steps"):
+    tok.decode(np.zeros((1, 10, 8, 8), np.int32))

@@ -1,0 +1,274 @@
+"""Tests of the stage-2 trainer (`phenaki_jax/trainers/maskgit.py`, paper §4.2, issue 5).
+
+End to end through `main()` (the session fixture run `tiny_maskgit_dir` and a resumed copy):
+a short run learns (the masked-token loss falls well below the uniform baseline log K, and below
+the codes' unigram entropy), its logged text-dropout and image shares are the configured ones,
+and a run stopped and resumed ends bit-identical to the uninterrupted one. Through `train_step`
+directly: the text-dropout rate follows the config, the mixture draws its configured rates, and
+an image example's padded later frames change nothing. Plus the config checks at start-up.
+"""
+import functools
+import glob
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from phenaki_jax import checkpoint, optim, sharding
+from phenaki_jax import tokenizer as tokenizer_lib
+from phenaki_jax.trainers import common
+from phenaki_jax.trainers import maskgit as trainer
+
+import conftest
+
+
+def _read_scalars(workdir: str) -> dict:
+  """{tag: [(step, value)]} of the scalars in the run's TensorBoard event file(s)."""
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  from tensorboard.util import tensor_util  # pylint: disable=g-import-not-at-top
+  acc = event_accumulator.EventAccumulator(workdir, size_guidance={"tensors": 0, "scalars": 0})
+  acc.Reload()
+  out = {}
+  for tag in acc.Tags()["tensors"]:
+    values = [(e.step, tensor_util.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)]
+    if all(v.ndim == 0 for _, v in values):                   # not the sample images
+      out[tag] = [(step, float(v)) for step, v in values]
+  for tag in acc.Tags()["scalars"]:
+    out[tag] = [(e.step, float(e.value)) for e in acc.Scalars(tag)]
+  return out
+
+
+def _restore_state(workdir: str, config, text_dim: int, step=None):
+  """(state, meta) of a run's checkpoint, as numpy."""
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
+  state, meta = ckpt.restore(
+      trainer.abstract_state(config, config.text_encoder.max_length, text_dim), step)
+  ckpt.close()
+  return jax.device_get(state), meta
+
+
+# ---- a short run learns; stop + resume is bit-identical ------------------------------------------
+# The run is the session fixture `tiny_maskgit_dir`: 120 steps at lr 3e-3, batch 8, default text
+# dropout (10%) and mixture (80% video / 20% image); see conftest.tiny_maskgit_config.
+STEPS = conftest.MASKGIT_STEPS
+
+
+def test_short_run_lowers_masked_token_loss(tiny_maskgit_dir, tiny_cvivit_dir):
+  config = common.load_config(tiny_maskgit_dir)
+  scalars = _read_scalars(tiny_maskgit_dir)
+  loss = scalars["loss"]
+  assert [s for s, _ in loss] == list(range(20, STEPS + 1, 20))
+  first, last = loss[0][1], loss[-1][1]        # means over steps 1–20 and 101–120
+  tok = tokenizer_lib.Tokenizer.from_workdir(tiny_cvivit_dir)
+  uniform = math.log(tok.codebook_size)        # the loss of a uniform guess
+  assert np.isfinite(last)
+  assert last < 0.6 * uniform, (first, last, uniform)
+  assert last < 0.6 * first, (first, last)
+  acc = scalars["masked_accuracy"]
+  assert acc[-1][1] > acc[0][1] + 0.2, acc
+
+  # Stronger than "below uniform": on videos the model beats the codes' unigram entropy, i.e.
+  # it predicts masked codes from their context, not only from how frequent each code is.
+  video_only = config.copy_and_resolve_references()
+  video_only.data.image_rate = 0.0
+  batches = trainer.make_batches(video_only, trainer.tokenizer_config(config))
+  counts = np.zeros(tok.codebook_size)
+  for step in range(4):
+    codes = np.asarray(tok.encode(batches.batch(1000 + step)["video"]))   # [8, t, h, w]
+    counts += np.bincount(codes.ravel(), minlength=tok.codebook_size)
+  p = counts[counts > 0] / counts.sum()
+  unigram_entropy = float(-(p * np.log(p)).sum())
+  last_video = scalars["loss_video"][-1][1]
+  assert last_video < 0.9 * unigram_entropy, (last_video, unigram_entropy)
+
+
+def test_run_uses_the_configured_rates(tiny_maskgit_dir):
+  """Over the run's 120 steps × 8 examples, the logged share of null captions and of images is
+  the config's 10% and 20% (4σ binomial tolerance; 0.1 and 0.2 are 8σ apart)."""
+  config = common.load_config(tiny_maskgit_dir)
+  assert (config.text_dropout, config.data.video_rate, config.data.image_rate) == (0.1, 0.8, 0.2)
+  scalars = _read_scalars(tiny_maskgit_dir)
+  n = STEPS * config.data.batch_size
+  dropped = np.mean([v for _, v in scalars["text_dropped"]])   # equal-length log windows
+  images = np.mean([v for _, v in scalars["image_fraction"]])
+  assert _within(dropped, 0.1, n) and not _within(dropped, 0.2, n), dropped
+  assert _within(images, 0.2, n) and not _within(images, 0.1, n), images
+
+
+def test_resume_is_bit_identical(tiny_maskgit_dir, tiny_cvivit_dir, tmp_path):
+  """Run B stops after 50 steps (checkpoint + exit) and is resumed to 120 by the same command:
+  it ends in the state of the fixture run, never interrupted (DESIGN.md invariant 6)."""
+  workdir = str(tmp_path / "resumed")
+
+  def config_b(**overrides):
+    c = conftest.tiny_maskgit_config(tiny_cvivit_dir)
+    c.sample.num_videos = 0          # sampling reads the params only; skip it here
+    c.update(overrides)
+    return c
+
+  first = trainer.main(config_b(stop_after_steps=50), workdir)
+  assert int(first["state"]["step"]) == 50
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
+  assert ckpt.latest_step() == 50
+  ckpt.close()
+  second = trainer.main(config_b(), workdir)
+  state_b = jax.device_get(second["state"])
+  assert int(state_b["step"]) == STEPS
+
+  config_a = common.load_config(tiny_maskgit_dir)
+  text_dim = state_b["params"]["text_proj"]["kernel"].shape[0]     # MiniLM's width
+  state_a, meta_a = _restore_state(tiny_maskgit_dir, config_a, text_dim)
+  assert meta_a["step"] == STEPS
+
+  def assert_identical(a, b):
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+  assert_identical(state_a["params"], state_b["params"])
+  assert_identical(state_a["opt_state"], state_b["opt_state"])
+  # What a further restart of B would load agrees too.
+  disk_b, _ = _restore_state(workdir, config_a, text_dim)
+  assert_identical(disk_b["params"], state_a["params"])
+
+
+def _within(estimate, p, n, sigmas=4.0):
+  """|estimate − p| within `sigmas` binomial standard deviations of n draws."""
+  return abs(estimate - p) < sigmas * math.sqrt(p * (1 - p) / n)
+
+
+# ---- train_step directly --------------------------------------------------------------------------
+BATCH = 64
+TEXT_LEN, TEXT_DIM = 4, 8   # synthetic text embeddings: what they are does not matter here
+
+
+@pytest.fixture(scope="module")
+def step_env(tiny_cvivit_dir):
+  """The pieces `train_step` takes, for a batch of 64 (no MiniLM: synthetic text tokens).
+
+  The config differs from the default in its text-dropout rate (0.3, so that the measured rate
+  is known to follow the config) and its warm-up (1 step, so that updates are not zero).
+  """
+  config = conftest.tiny_maskgit_config(tiny_cvivit_dir)
+  config.data.batch_size = BATCH
+  config.text_dropout = 0.3
+  config.optim.warmup_steps = 1
+  tok_config = trainer.tokenizer_config(config)
+  tok = tokenizer_lib.Tokenizer.from_workdir(tiny_cvivit_dir)
+  model = trainer.build_model(config, tok_config)
+  tx = optim.make_optimizer(config.optim)
+  mesh = sharding.make_mesh((-1, 1, 1))
+  state, _ = sharding.create_sharded_state(
+      trainer.make_init_fn(model, tx, TEXT_LEN, TEXT_DIM), mesh, jax.random.PRNGKey(0))
+  null_text = (jnp.zeros((TEXT_LEN, TEXT_DIM)), jnp.asarray([True] + [False] * (TEXT_LEN - 1)))
+  batches = trainer.make_batches(config, tok_config)
+  rows = batches.batch(0)
+  rng = np.random.default_rng(0)
+  batch = dict(video=rows["video"], is_image=rows["is_image"],
+               text=rng.normal(size=(BATCH, TEXT_LEN, TEXT_DIM)).astype(np.float32),
+               text_mask=np.ones((BATCH, TEXT_LEN), bool))
+  step_fn = jax.jit(functools.partial(trainer.train_step, model=model, tok_model=tok.model,
+                                      tx=tx, config=config))
+  return dict(config=config, tok=tok, state=state, null_text=null_text, rows=rows,
+              batch=jax.tree.map(jnp.asarray, batch), step=step_fn)
+
+
+def _step(env, state, batch, seed):
+  return env["step"](state, batch, env["null_text"], env["tok"].params, jax.random.PRNGKey(seed))
+
+
+@pytest.fixture(scope="module")
+def warm_steps(step_env):
+  """The state after 8 steps on one batch, and each step's metrics."""
+  state, history = step_env["state"], []
+  for _ in range(8):
+    state, metrics = _step(step_env, state, step_env["batch"], 1)
+    history.append(jax.device_get(metrics))
+  assert int(state["step"]) == 8
+  return state, history
+
+
+def test_text_dropout_rate_follows_the_config(warm_steps):
+  """train_step at text_dropout=0.3: 8 steps × 64 examples get the null caption 30% of the time
+  (and that is not the default's 10%)."""
+  _, history = warm_steps
+  rate, n = float(np.mean([m["text_dropped"] for m in history])), len(history) * BATCH
+  assert _within(rate, 0.3, n), rate
+  assert not _within(rate, 0.1, n), rate
+  # A different draw every step (fold_in(rng, step)), not one fixed subset.
+  assert len({float(m["text_dropped"]) for m in history}) > 1
+
+
+@pytest.mark.parametrize("video_rate,image_rate", [(0.8, 0.2), (0.5, 0.5), (1.0, 0.0)])
+def test_mixture_rates_are_the_configured_ones(step_env, video_rate, image_rate):
+  config = step_env["config"].copy_and_resolve_references()
+  config.data.video_rate, config.data.image_rate = video_rate, image_rate
+  batches = trainer.make_batches(config, trainer.tokenizer_config(config))
+  # Which source fills each slot (cheap: nothing is rendered) over 100 batches of 64.
+  sources = [batches.slot(step, slot)[0] for step in range(100) for slot in range(BATCH)]
+  is_image = np.asarray([batches.is_image[s] for s in sources])
+  if image_rate == 0:
+    assert not is_image.any()
+  else:
+    assert _within(is_image.mean(), image_rate, len(is_image)), is_image.mean()
+    assert not _within(is_image.mean(), 0.35, len(is_image))     # tells 0.2 from 0.5
+
+
+def test_image_fraction_metric_and_image_examples(step_env, warm_steps):
+  """A rendered batch: images are 1-frame videos padded with zeros, with image captions; the
+  step's image_fraction is the batch's share of images and images have their own loss."""
+  rows = step_env["rows"]
+  images = rows["is_image"]
+  assert 0 < images.sum() < BATCH
+  assert not rows["video"][images, 1:].any()                     # padding is zeros
+  assert rows["video"][images, 0].any()
+  assert all("moves" not in c for c in rows["caption"][images])   # "a {color} {shape}"
+  assert all("moves" in c for c in rows["caption"][~images])
+  for metrics in warm_steps[1]:
+    assert float(metrics["image_fraction"]) == pytest.approx(images.mean())
+    assert np.isfinite(metrics["loss_image"]) and metrics["loss_image"] > 0
+
+
+def test_image_padded_frames_change_nothing(step_env, warm_steps):
+  """Noise in the padded later frames of the image examples leaves the step's metrics and the
+  updated parameters bit-identical; the same noise in one video example's frames does not."""
+  env, (state, _) = step_env, warm_steps
+  video = np.asarray(env["batch"]["video"])
+  is_image = np.asarray(env["batch"]["is_image"])
+  noise = np.random.default_rng(3).integers(0, 256, video[0, 1:].shape, np.uint8)
+
+  def run(v):
+    new_state, metrics = _step(env, state, dict(env["batch"], video=jnp.asarray(v)), 4)
+    return jax.device_get(new_state["params"]), jax.device_get(metrics)
+
+  params0, metrics0 = run(video)
+  padded = video.copy()
+  padded[is_image, 1:] = noise                                     # every image example
+  params1, metrics1 = run(padded)
+  for key in metrics0:
+    np.testing.assert_array_equal(metrics0[key], metrics1[key], err_msg=key)
+  jax.tree.map(np.testing.assert_array_equal, params0, params1)
+
+  changed = video.copy()
+  changed[np.flatnonzero(~is_image)[0], 1:] = noise                # one video example
+  params2, metrics2 = run(changed)
+  assert float(metrics2["loss"]) != float(metrics0["loss"])
+  assert not all(np.array_equal(a, b)
+                 for a, b in zip(jax.tree.leaves(params0), jax.tree.leaves(params2)))
+
+
+# ---- config checks -----------------------------------------------------------------------------
+@pytest.mark.parametrize("key,value,named", [
+    ("tokenizer.workdir", "/nonexistent/cvivit", "tokenizer.workdir"),
+    ("data.video_rate", 0.0, "video_rate"),
+    ("data.image_rate", -0.5, "image_rate"),
+    ("text_dropout", 1.0, "text_dropout"),
+    ("data.source", "webvid", "data.source"),
+])
+def test_config_errors_name_the_key(tiny_cvivit_dir, tmp_path, key, value, named):
+  config = conftest.tiny_maskgit_config(tiny_cvivit_dir)
+  parent, _, leaf = key.rpartition(".")
+  (config[parent] if parent else config)[leaf] = value
+  with pytest.raises(ValueError, match=named.replace(".", r"\.")):
+    trainer.main(config, str(tmp_path / "run"))
+  assert not glob.glob(str(tmp_path / "run" / "checkpoints" / "*"))
