@@ -11,6 +11,7 @@ share their compiled programs through the persistent compilation cache that conf
 initialisation and evaluation programs are shared with the rest of the suite).
 """
 import glob
+import json
 import os
 import shutil
 import subprocess
@@ -23,15 +24,15 @@ import pytest
 from phenaki_jax import checkpoint
 from phenaki_jax.trainers import cvivit as trainer
 
-from conftest import REPO, tiny_cvivit_config
+from conftest import REPO, _shared_run, tiny_cvivit_config
 
 TOTAL = 40          # steps of the uninterrupted run
 STOP = 17           # where the interrupted run is stopped (not a checkpoint_every multiple)
 
 
 def base_config():
-  """The shrunken tiny config with dropout and frequent dead-code restarts, so that the RNG
-  matters at every step (the resume test checks it is reproduced)."""
+  """conftest's shrunken tiny config plus dropout, so that the RNG matters at every step (the
+  resume test checks it is reproduced), and dead-code restarts every 3 steps."""
   c = tiny_cvivit_config()
   c.model.dropout = 0.1
   c.quantizer.restart_every = 3
@@ -55,10 +56,14 @@ def read_scalars(workdir: str) -> dict:
   return out
 
 
-def restore(workdir: str, like, step=None):
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=0)
+def restore(workdir: str, abstract, step=None):
+  """(state, meta) of the checkpoint `step` (default: latest) in workdir, laid out like
+  `abstract` (ShapeDtypeStructs, or arrays to mirror)."""
+  abstract = jax.tree.map(lambda x: x if isinstance(x, jax.ShapeDtypeStruct)
+                          else checkpoint.abstract_like(x), abstract)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
   try:
-    return ckpt.restore(checkpoint.abstract_like(like), step)
+    return ckpt.restore(abstract, step)
   finally:
     ckpt.close()
 
@@ -79,8 +84,15 @@ def all_finite(tree) -> bool:
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("uninterrupted"))
-  return workdir, trainer.main(base_config(), workdir)
+  """The 40-step run, trained once per test session (shared by the xdist workers): its workdir
+  and {'state': the final checkpoint's state, 'eval': its final evaluation}."""
+  workdir = _shared_run(tmp_path_factory, "cvivit_trainer_uninterrupted",
+                        lambda w: trainer.main(base_config(), w))
+  state, _ = restore(workdir, trainer.abstract_state(base_config()))
+  with open(os.path.join(workdir, "metrics.json")) as f:
+    metrics = json.load(f)
+  assert metrics.pop("step") == TOTAL
+  return workdir, {"state": state, "eval": metrics}
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +112,7 @@ def test_few_steps_lower_the_loss(uninterrupted):
   scalars = read_scalars(workdir)
   l2 = scalars["l2"]
   assert sorted(l2) == list(range(5, TOTAL + 1, 5))        # means over each 5-step window
-  assert l2[TOTAL] < 0.7 * l2[5], l2
+  assert l2[TOTAL] < 0.8 * l2[5], l2                        # 1.27 → 0.73 when written
   assert all(np.isfinite(v) for v in l2.values())
   assert int(out["state"]["step"]) == TOTAL
   assert int(out["state"]["first_bad_step"]) == -1

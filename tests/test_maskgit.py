@@ -151,6 +151,7 @@ def test_paper_size_has_1p8b_params():
 
 def test_get_model():
   model = maskgit.get_model("tiny", codebook_size=K, grid=GRID)
-  assert (model.width, model.codebook_size, model.grid) == (64, K, GRID)
+  assert (model.width, model.codebook_size, model.grid) == (
+      maskgit.SIZES["tiny"]["width"], K, GRID)
   with pytest.raises(ValueError, match="unknown MaskGIT size"):
     maskgit.get_model("XXL")
