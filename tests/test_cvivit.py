@@ -82,7 +82,7 @@ def encode(small):
   return fn
 
 
-# ---- Invariant 1: causality -----------------------------------------------------------------------
+# ---- Invariant 1: causality ----------------------------------------------------------------------
 @pytest.mark.parametrize("n", [0, 2, 4])
 def test_encoder_is_causal_bit_exact(encode, n):
   """Perturbing the frames after frame n changes no code or z of the steps covering frames <= n."""
@@ -118,7 +118,7 @@ def test_decoder_is_causal_bit_exact(small, encode, s):
   assert np.abs(b[:, last + 1:] - a[:, last + 1:]).max() > 1e-3
 
 
-# ---- Invariant 2: variable length -----------------------------------------------------------------
+# ---- Invariant 2: variable length ----------------------------------------------------------------
 @pytest.mark.parametrize("k", [0, 1, 2, 3])
 def test_variable_length(small, encode, k):
   """1 + k·t_p frames → codes [B, 1+k, h, w] → 1 + k·t_p frames; a short clip's codes are the
@@ -147,7 +147,7 @@ def test_geometry_helpers():
   assert [model.num_frames(t) for t in (1, 2, 3, 9)] == [1, 3, 5, 17]
 
 
-# ---- Invariant 3: token count ---------------------------------------------------------------------
+# ---- Invariant 3: token count --------------------------------------------------------------------
 def test_paper_config_gives_1536_codes():
   """11 frames of 128² → 6×16×16 = 1536 codes, abstractly (no compile of the 8192-code model)."""
   model = cvivit.get_model("B")
@@ -170,7 +170,7 @@ def test_paper_config_gives_1536_codes():
   assert params["enc_spatial"]["block_3"]["mlp"]["fc1"]["kernel"].shape == (512, 2048)
 
 
-# ---- Bad inputs -------------------------------------------------------------------------------------
+# ---- Bad inputs ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("shape, message", [
     ((1, 8, 32, 32, 3), r"1 \+ k·2 frames"),           # not 1 + k·t_p
     ((1, 4, 32, 32, 3), r"got 4"),
@@ -201,7 +201,7 @@ def test_unknown_size_and_field_raise():
     cvivit.get_model("tiny", widht=3)
 
 
-# ---- Gradients and the scanned/rematerialised variant ---------------------------------------------
+# ---- Gradients and the scanned/rematerialised variant --------------------------------------------
 def _recon_grads(model, params, video):
   """Gradient of the L2 reconstruction loss alone: its only path to the encoder is the
   straight-through estimator of the quantiser."""

@@ -73,9 +73,9 @@ def checkpoint_steps(workdir: str) -> list:
 
 
 def assert_trees_equal(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
   for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path))
-  assert jax.tree.structure(a) == jax.tree.structure(b)
 
 
 def all_finite(tree) -> bool:

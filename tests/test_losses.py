@@ -19,7 +19,7 @@ from conftest import load_config
 LOG2 = float(np.log(2.0))
 
 
-# ---- Adversarial terms ------------------------------------------------------------------------------
+# ---- Adversarial terms ---------------------------------------------------------------------------
 def test_generator_loss_on_known_logits():
   np.testing.assert_allclose(losses.generator_adversarial_loss(jnp.zeros(4)), LOG2, rtol=1e-6)
   # −log σ(x), averaged: x = 3 → log(1 + e^−3); x = −3 → log(1 + e^3).
@@ -66,7 +66,7 @@ def test_l2_loss():
   np.testing.assert_allclose(losses.l2_loss(a.astype(jnp.bfloat16) + 1, a), 1.0, rtol=1e-6)
 
 
-# ---- Perceptual configuration ----------------------------------------------------------------------
+# ---- Perceptual configuration --------------------------------------------------------------------
 @pytest.fixture
 def paper_losses():
   return load_config("cvivit_b", "B").losses
@@ -98,7 +98,7 @@ def test_tiny_config_needs_no_perceptual_weights():
   losses.check_perceptual_config(load_config("cvivit_b", "tiny").losses)
 
 
-# ---- Discriminator ----------------------------------------------------------------------------------
+# ---- Discriminator -------------------------------------------------------------------------------
 def test_video_discriminator_scores_images_and_videos():
   disc = discriminator.VideoDiscriminator(channels=(4, 8))
   rng = np.random.default_rng(0)
@@ -131,7 +131,7 @@ def test_minibatch_stddev_appends_one_channel():
   np.testing.assert_allclose(same[..., 3], 1e-4, rtol=1e-2)
 
 
-# ---- PSNR / SSIM ------------------------------------------------------------------------------------
+# ---- PSNR / SSIM ---------------------------------------------------------------------------------
 def test_psnr_known_values():
   a = np.full((2, 3, 8, 8, 3), 0.5, np.float32)
   np.testing.assert_allclose(recon.psnr(a, a + 0.1), 20.0, rtol=1e-5)       # MSE 0.01

@@ -59,7 +59,8 @@ def dtype_of(name: str):
 def mean_metrics(history: list) -> dict:
   """Averages a list of per-step scalar metric dicts (device arrays) on the host."""
   history = jax.device_get(history)
-  return {k: float(np.mean([h[k] for h in history])) for k in history[0]}
+  keys = sorted({k for h in history for k in h})  # a window may span adversarial_start_step
+  return {k: float(np.mean([h[k] for h in history if k in h])) for k in keys}
 
 
 def guard_update(ok, new_tree, old_tree):

@@ -152,7 +152,7 @@ def train_step(state, batch, null_text, tok_params, rng, *, model, tok_model, tx
   loss_video, _ = masking.masked_cross_entropy(logits, codes, mask & ~is_image)
   loss_image, _ = masking.masked_cross_entropy(logits, codes, mask & is_image)
 
-  ok = jnp.isfinite(loss)
+  ok = jnp.isfinite(loss) & common.all_finite(params)  # a finite loss can still overflow
   new_state = common.guard_update(ok, dict(state, params=params, opt_state=opt_state), state)
   new_state["step"] = step + 1
   new_state["first_bad_step"] = jnp.where(
