@@ -50,12 +50,13 @@ def get_config(arg: str = "B"):
   c.quantizer = ml_collections.ConfigDict(dict(
       restart_every=100, restart_until=100_000, usage_decay=0.99, restart_threshold=0.03))
 
-  c.total_steps = 1_000_000 if variant == "B" else 2_500
+  # tiny: 2700 steps ≈ 13.2 min at the 3.4 steps/s of a quiet 2-core CPU (BENCHMARKS.md).
+  c.total_steps = 1_000_000 if variant == "B" else 2_700
   c.max_train_seconds = 0.0         # > 0: stop (and checkpoint) after this wall-clock budget
   if variant == "B":
     c.optim = optim.default_config()
   else:
-    c.optim = optim.default_config(lr=2e-3, warmup_steps=200, decay_steps=2_500,
+    c.optim = optim.default_config(lr=2e-3, warmup_steps=200, decay_steps=2_700,
                                    end_lr_fraction=0.05, weight_decay=1e-4)
   c.log_every = 50
   c.eval_every = 1000 if variant == "tiny" else 5000
@@ -67,7 +68,7 @@ def get_config(arg: str = "B"):
     c.losses.image_perceptual = 0.0
     c.losses.video_perceptual = 0.0
     # The adversarial term costs ~1 s per step on a 2-core CPU (3-D convolutions and R1), more
-    # than the rest of the step three times over; the demo's 12-minute budget leaves it out.
+    # than the rest of the step three times over; the demo's stage-1 budget leaves it out.
     # Turn it on with --config.losses.adversarial=0.1 (it starts at adversarial_start_step).
     c.losses.adversarial = 0.0
   return c.lock()

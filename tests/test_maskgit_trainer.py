@@ -12,6 +12,7 @@ import glob
 import math
 import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,6 +20,7 @@ import pytest
 
 from phenaki_jax import checkpoint, optim, sharding
 from phenaki_jax import tokenizer as tokenizer_lib
+from phenaki_jax.models import maskgit as maskgit_lib
 from phenaki_jax.trainers import common
 from phenaki_jax.trainers import maskgit as trainer
 
@@ -272,3 +274,30 @@ def test_config_errors_name_the_key(tiny_cvivit_dir, tmp_path, key, value, named
   with pytest.raises(ValueError, match=named.replace(".", r"\.")):
     trainer.main(config, str(tmp_path / "run"))
   assert not glob.glob(str(tmp_path / "run" / "checkpoints" / "*"))
+
+
+def test_token_embeddings_can_start_from_the_codebook():
+  """token_embed_init="codebook": the K code rows are one linear map of the code vectors (so
+  alike codes start alike); the [MASK] row is not; the default init is not such a map."""
+  model = maskgit_lib.get_model("tiny", codebook_size=32, grid=(2, 2, 2), width=16, depth=1,
+                                num_heads=2, mlp_dim=32)
+  k, c = model.codebook_size, 4
+  codebook = np.array(jax.random.normal(jax.random.key(1), (k, c)))
+  codebook /= np.linalg.norm(codebook, axis=-1, keepdims=True)
+  tx = optim.make_optimizer(conftest.load_config("maskgit_b", "tiny").optim)
+
+  def table(cb):
+    state = jax.jit(lambda r: nn.unbox(trainer.make_init_fn(model, tx, 3, 8, cb)(r)))(
+        jax.random.key(0))
+    return np.asarray(state["params"]["token_embed"]["embedding"])
+
+  def residual(rows):
+    proj, res, *_ = np.linalg.lstsq(codebook, rows, rcond=None)
+    return float(np.abs(codebook @ proj - rows).max()), proj
+
+  from_codebook = table(codebook)
+  assert from_codebook.shape == (k + 1, model.width)
+  err, proj = residual(from_codebook[:k])
+  assert err < 1e-5 and 0.005 < proj.std() < 0.05, (err, proj.std())
+  assert not np.allclose(from_codebook[k], codebook[:1] @ proj, atol=1e-3)   # [MASK] row
+  assert residual(table(None)[:k])[0] > 1e-2

@@ -18,13 +18,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import flax.linen as nn
 from absl import logging
 from clu import metric_writers, periodic_actions
 
 from phenaki_jax import checkpoint, masking, optim, sharding, text, tokenizer as tokenizer_lib
 from phenaki_jax.data import pipeline, tasks, video_io
 from phenaki_jax.data import shapes as shapes_lib
-from phenaki_jax.models import cvivit
+from phenaki_jax.models import cvivit, quantizer
 from phenaki_jax.models import maskgit as maskgit_lib
 from phenaki_jax.trainers import common
 
@@ -49,6 +50,7 @@ def build_model(config: ml_collections.ConfigDict, tok_config=None) -> maskgit_l
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
   common.check_choice(config, "data.source", ("shapes",))
+  common.check_choice(config, "token_embed_init", ("normal", "codebook"))
   if not os.path.isdir(config.tokenizer.workdir):
     raise ValueError(f"config.tokenizer.workdir={config.tokenizer.workdir!r} does not exist: "
                      f"train the C-ViViT first (configs/cvivit_b.py) and point to its workdir")
@@ -84,12 +86,22 @@ def load_tokenizer(config) -> tokenizer_lib.Tokenizer:
 
 
 # ---- State ---------------------------------------------------------------------------------------
-def make_init_fn(model, tx, text_len: int, text_dim: int):
+def make_init_fn(model, tx, text_len: int, text_dim: int, codebook=None):
+  """`codebook` (the tokenizer's ℓ2-normalised code vectors [K, C], optional): the token
+  embeddings of the K codes start as a random projection of them, so codes that the C-ViViT
+  finds alike start alike (the [MASK] row keeps its random init)."""
   def init(rng):
     t, h, w = model.grid
     tokens = jnp.zeros((1, t * h * w), jnp.int32)
     params = model.init(rng, tokens, jnp.zeros((1, text_len, text_dim)),
                         jnp.ones((1, text_len), bool))["params"]
+    if codebook is not None:
+      box = params["token_embed"]["embedding"]
+      table = nn.unbox(box)                                           # [K + 1, D]
+      proj = 0.02 * jax.random.normal(jax.random.fold_in(rng, 7),
+                                      (codebook.shape[1], table.shape[1]), table.dtype)
+      table = table.at[:codebook.shape[0]].set(jnp.asarray(codebook, table.dtype) @ proj)
+      params = dict(params, token_embed=dict(embedding=box.replace_boxed(table)))
     return dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                 first_bad_step=jnp.full((), -1, jnp.int32))
   return init
@@ -201,7 +213,10 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # ---- Model & optimizer ----
   tx = optim.make_optimizer(config.optim)
-  init_fn = make_init_fn(model, tx, text_encoder.max_length, text_encoder.dim)
+  codebook = None
+  if config.token_embed_init == "codebook":
+    codebook = np.asarray(quantizer.l2_normalize(tok.params["quantizer"]["codebook"]))
+  init_fn = make_init_fn(model, tx, text_encoder.max_length, text_encoder.dim, codebook)
   rng = jax.random.PRNGKey(config.seed)
   init_rng, train_rng = jax.random.split(rng)
   state, state_shardings = sharding.create_sharded_state(init_fn, mesh, init_rng)

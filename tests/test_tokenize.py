@@ -1,0 +1,91 @@
+"""The pre-tokenise pass (`python -m phenaki_jax.tokenize`) and the trainer reading it (issue 5).
+
+The CLI writes, for steps [0, num_steps), the codes of exactly the batches the MaskGIT trainer
+would draw; a run with `config.data.pretokenized` pointing at them must train exactly as the run
+that tokenises inside its step (same codes, same captions, same order), and a directory written
+for another run is refused with the differing key named.
+"""
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from phenaki_jax import tokenize
+from phenaki_jax.trainers import maskgit as trainer
+
+import conftest
+
+STEPS = 12
+REPO = str(conftest.REPO)
+
+
+def _config(tokenizer_dir, pretokenized="", total_steps=STEPS, batch_size=None):
+  c = conftest.tiny_maskgit_config(tokenizer_dir, total_steps=STEPS)
+  c.sample.num_videos = 0
+  c.total_steps = total_steps
+  c.data.pretokenized = pretokenized
+  c.data.batch_size = batch_size or c.data.batch_size
+  return c
+
+
+@pytest.fixture(scope="module")
+def tokens_dir(tiny_cvivit_dir, tmp_path_factory):
+  """STEPS batches written by the CLI, with the fixture MaskGIT config's data settings."""
+  out = str(tmp_path_factory.mktemp("tokens") / "tokens")
+  c = _config(tiny_cvivit_dir)
+  proc = subprocess.run(
+      [sys.executable, "-m", "phenaki_jax.tokenize", "--config=configs/maskgit_b.py:tiny",
+       f"--config.tokenizer.workdir={tiny_cvivit_dir}",
+       f"--config.data.batch_size={c.data.batch_size}", f"--out={out}",
+       f"--num_steps={STEPS}"],
+      cwd=REPO, capture_output=True, text=True, timeout=600,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "wrote steps 0..11" in proc.stdout
+  return out
+
+
+def test_tokens_are_the_trainers_batches(tokens_dir, tiny_cvivit_dir):
+  c = _config(tiny_cvivit_dir)
+  with open(os.path.join(tokens_dir, "meta.json")) as f:
+    meta = json.load(f)
+  assert meta["num_steps"] == STEPS and meta["batch_size"] == c.data.batch_size
+  assert len(glob.glob(os.path.join(tokens_dir, "chunk_*.npz"))) == 1
+  stored = tokenize.PretokenizedBatches(tokens_dir, tokenize.expected_meta(c))
+  batches = trainer.make_batches(c, trainer.tokenizer_config(c))
+  tok = trainer.load_tokenizer(c)
+  for step in (0, 5, STEPS - 1):
+    want, got = batches.batch(step), stored.batch(step)
+    np.testing.assert_array_equal(got["codes"], np.asarray(tok.encode(want["video"])))
+    np.testing.assert_array_equal(got["is_image"], want["is_image"])
+    assert list(got["caption"]) == list(want["caption"])
+  with pytest.raises(ValueError, match="past the 12 pre-tokenised steps"):
+    stored.batch(STEPS)
+
+
+def test_trainer_on_tokens_matches_tokenising_inside_the_step(tokens_dir, tiny_cvivit_dir,
+                                                               tmp_path):
+  inline = trainer.main(_config(tiny_cvivit_dir), str(tmp_path / "inline"))
+  from_disk = trainer.main(_config(tiny_cvivit_dir, pretokenized=tokens_dir),
+                           str(tmp_path / "pretokenized"))
+  assert int(from_disk["state"]["step"]) == STEPS
+  a, b = jax.device_get(inline["state"]["params"]), jax.device_get(from_disk["state"]["params"])
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+  # The step count past the written steps fails with what to do.
+  with pytest.raises(ValueError, match="write more with --num_steps"):
+    trainer.main(_config(tiny_cvivit_dir, total_steps=STEPS + 2,
+                         pretokenized=tokens_dir), str(tmp_path / "pretokenized"))
+
+
+def test_tokens_of_another_run_are_refused(tokens_dir, tiny_cvivit_dir, tmp_path):
+  c = _config(tiny_cvivit_dir, pretokenized=tokens_dir, batch_size=4)
+  with pytest.raises(ValueError, match="batch_size=8, but this run has 4"):
+    trainer.main(c, str(tmp_path / "other"))
+  with pytest.raises(FileNotFoundError, match="has no meta.json"):
+    trainer.main(_config(tiny_cvivit_dir, pretokenized=str(tmp_path)),
+                 str(tmp_path / "other2"))
