@@ -76,6 +76,28 @@ def tiny_cvivit_config():
   return c
 
 
+def numpy_init(model, *inputs, seed=0):
+  """(abstract boxed variables, params): `model.init`'s tree filled from numpy.
+
+  Compiling `model.init` costs 20-30 s on this 2-core CPU (every random initializer is its own
+  threefry + erfinv kernel), so the tests draw comparable weights on the host and keep
+  `model.init` abstract (`jax.eval_shape`, which also yields the logical axis names).
+  """
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  abstract = jax.eval_shape(model.init, jax.random.key(0), *inputs)
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    if jax.tree_util.keystr(path).endswith("['scale']"):  # LayerNorm scales
+      return jnp.ones(leaf.shape, leaf.dtype)
+    return jnp.asarray(rng.normal(0.0, 0.2, leaf.shape), leaf.dtype)
+
+  return abstract, jax.tree_util.tree_map_with_path(draw, nn.unbox(abstract)["params"])
+
+
 MASKGIT_STEPS = 120
 
 

@@ -17,24 +17,12 @@ import pytest
 
 from phenaki_jax.models import cvivit
 
+import conftest
+
 BATCH = 2
 TP = 2                         # temporal patch of the tiny size
 SMALL = dict(width=32, mlp_dim=64, spatial_depth=1, temporal_depth=2, codebook_size=64,
              refine_channels=4)
-
-
-def numpy_init(model, video, seed=0):
-  """(abstract boxed variables, params): `model.init`'s tree filled from numpy (compiling
-  `model.init` costs far more than the tests themselves on this CPU)."""
-  abstract = jax.eval_shape(model.init, jax.random.key(0), video)
-  rng = np.random.default_rng(seed)
-
-  def draw(path, leaf):
-    if jax.tree_util.keystr(path).endswith("['scale']"):  # LayerNorm scales
-      return jnp.ones(leaf.shape, leaf.dtype)
-    return jnp.asarray(rng.normal(0.0, 0.2, leaf.shape), leaf.dtype)
-
-  return abstract, jax.tree_util.tree_map_with_path(draw, nn.unbox(abstract)["params"])
 
 
 def make_run(model):
@@ -57,7 +45,7 @@ def random_video(frames, seed=0, size=32):
 @pytest.fixture(scope="module")
 def small():
   model = cvivit.get_model("tiny", **SMALL)
-  abstract, params = numpy_init(model, random_video(1 + 2 * TP))
+  abstract, params = conftest.numpy_init(model, random_video(1 + 2 * TP))
   return model, abstract, params, make_run(model)
 
 

@@ -2,7 +2,6 @@
 import functools
 
 import chex
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,25 +10,13 @@ import pytest
 from phenaki_jax import decode
 from phenaki_jax.models import maskgit
 
+import conftest
+
 K = 16
 GRID = (3, 4, 4)
 HW = GRID[1] * GRID[2]
 N = GRID[0] * HW
 BATCH, TEXT_LEN, TEXT_DIM = 2, 5, 8
-
-
-def numpy_init(model, *inputs, seed=0):
-  """`model.init`'s parameter tree filled from numpy (compiling init costs 20-30 s here; see
-  tests/test_maskgit.py)."""
-  abstract = jax.eval_shape(model.init, jax.random.key(0), *inputs)
-  rng = np.random.default_rng(seed)
-
-  def draw(path, leaf):
-    if jax.tree_util.keystr(path).endswith("['scale']"):  # LayerNorm scales
-      return jnp.ones(leaf.shape, leaf.dtype)
-    return jnp.asarray(rng.normal(0.0, 0.2, leaf.shape), leaf.dtype)
-
-  return jax.tree_util.tree_map_with_path(draw, nn.unbox(abstract)["params"])
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +26,8 @@ def tiny():
   rng = np.random.default_rng(0)
   text = jnp.asarray(rng.normal(size=(BATCH, TEXT_LEN, TEXT_DIM)), jnp.float32)
   text_mask = jnp.asarray([[True] * TEXT_LEN, [True] * 3 + [False] * 2])
-  params = numpy_init(model, jnp.zeros((BATCH, N), jnp.int32), text, text_mask)
+  _, params = conftest.numpy_init(model, jnp.zeros((BATCH, N), jnp.int32), text,
+                                  text_mask)
   return model, params, text, text_mask
 
 

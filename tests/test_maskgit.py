@@ -9,6 +9,8 @@ import pytest
 
 from phenaki_jax.models import maskgit
 
+import conftest
+
 K = 16
 GRID = (3, 4, 4)
 HW = GRID[1] * GRID[2]
@@ -23,29 +25,11 @@ def _inputs(t, seed=0):
   return tokens, text, text_mask
 
 
-def numpy_init(model, *inputs, seed=0):
-  """(abstract boxed variables, params): `model.init`'s tree filled from numpy.
-
-  Compiling `model.init` costs 20-30 s on this 2-core CPU (every random initializer is its own
-  threefry + erfinv kernel), so the tests draw comparable weights on the host and keep
-  `model.init` abstract (`jax.eval_shape`, which also yields the logical axis names).
-  """
-  abstract = jax.eval_shape(model.init, jax.random.key(0), *inputs)
-  rng = np.random.default_rng(seed)
-
-  def draw(path, leaf):
-    if jax.tree_util.keystr(path).endswith("['scale']"):  # LayerNorm scales
-      return jnp.ones(leaf.shape, leaf.dtype)
-    return jnp.asarray(rng.normal(0.0, 0.2, leaf.shape), leaf.dtype)
-
-  return abstract, jax.tree_util.tree_map_with_path(draw, nn.unbox(abstract)["params"])
-
-
 @pytest.fixture(scope="module")
 def tiny():
   model = maskgit.MaskGIT(codebook_size=K, grid=GRID, width=32, depth=2, num_heads=4,
                           mlp_dim=64)
-  abstract, params = numpy_init(model, *_inputs(GRID[0]))
+  abstract, params = conftest.numpy_init(model, *_inputs(GRID[0]))
   # Every test passes token_valid (all True where unused) so that shapes, not call patterns,
   # decide the compiles: one per time-step count t.
   apply = jax.jit(lambda params, *args: model.apply({"params": params}, *args))
