@@ -254,3 +254,39 @@ def test_logical_axis_names(small):
   assert tuple(specs["enc_spatial"]["block_0"]["self_attention"]["query"]) == (
       "embed", "heads", "kv")
   assert tuple(specs["embed_tubelet"]["kernel"]) == (None, "embed")
+
+
+@pytest.mark.parametrize("radius", [0, 1, -1])
+def test_encoder_spatial_radius_bounds_where_a_change_reaches(radius):
+  """Changing one first-frame patch moves the codes' inputs z only within the encoder's spatial
+  radius (Chebyshev, in patches, times its one spatial layer) of it, at every time step (the
+  temporal transformer is per position); at radius 0 equal tubelet histories also give equal z
+  wherever they are."""
+  model = cvivit.get_model("tiny", **SMALL, encoder_spatial_radius=radius)
+  video = random_video(1 + TP, seed=3)
+  _, params = conftest.numpy_init(model, video)
+  z_fn = jax.jit(lambda p, v: model.apply({"params": p}, v, method=cvivit.CViViT.encode_to_z))
+  p, (i, j) = model.patch_size, (3, 5)
+  changed = video.at[:, 0, i * p:(i + 1) * p, j * p:(j + 1) * p].add(0.5)
+  moved = np.abs(np.asarray(z_fn(params, changed) - z_fn(params, video))).max(axis=(0, 4))
+  g = model.grid_size
+  rows, cols = np.meshgrid(np.arange(g), np.arange(g), indexing="ij")
+  near = np.maximum(np.abs(rows - i), np.abs(cols - j)) <= (radius if radius >= 0 else g)
+  assert (moved[0][near] > 1e-4).all()                  # the change reaches its neighbourhood
+  np.testing.assert_array_equal(moved[:, ~near], 0.0)  # and nothing beyond it, at any step
+  if radius == -1:
+    assert near.all()
+  if radius == 0:
+    # The same tubelet history at two places: copy patch (1, 1)'s pixels onto (6, 2).
+    v = np.array(video)
+    v[:, :, 6 * p:7 * p, 2 * p:3 * p] = v[:, :, p:2 * p, p:2 * p]
+    z = np.asarray(z_fn(params, jnp.asarray(v)))
+    np.testing.assert_allclose(z[:, :, 6, 2], z[:, :, 1, 1], rtol=1e-5, atol=1e-5)
+
+
+def test_negative_encoder_radius_fails_at_start_up():
+  from phenaki_jax.trainers import cvivit as trainer  # pylint: disable=g-import-not-at-top
+  config = conftest.load_config("cvivit_b", "tiny")
+  config.model.encoder_spatial_radius = -2
+  with pytest.raises(ValueError, match="config.model.encoder_spatial_radius=-2"):
+    trainer.validate_config(config)

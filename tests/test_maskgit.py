@@ -139,3 +139,31 @@ def test_get_model():
       maskgit.SIZES["tiny"]["width"], K, GRID)
   with pytest.raises(ValueError, match="unknown MaskGIT size"):
     maskgit.get_model("XXL")
+
+
+def test_tied_head_scores_codes_by_their_token_embeddings():
+  """head="tied": logits = f(x)·E[:K] + b, so two codes with equal embedding rows and biases get
+  equal logits everywhere, and changing one code's row moves only that code's logit."""
+  model = maskgit.MaskGIT(codebook_size=K, grid=GRID, width=32, depth=1, num_heads=4,
+                          mlp_dim=64, head="tied")
+  tokens, text, text_mask = _inputs(2)
+  _, params = conftest.numpy_init(model, tokens, text, text_mask)
+  assert "head" not in params and params["head_bias"].shape == (K,)
+  table = np.array(params["token_embed"]["embedding"])
+  table[5] = table[3]
+  bias = np.array(params["head_bias"])
+  bias[5] = bias[3]
+  params = dict(params, token_embed={"embedding": jnp.asarray(table)}, head_bias=jnp.asarray(bias))
+  # Codes 3 and 5 absent from the input, so only the head sees their rows.
+  tokens = jnp.where((tokens == 3) | (tokens == 5), 0, tokens)
+  apply = jax.jit(lambda p: model.apply({"params": p}, tokens, text, text_mask))
+  logits = np.asarray(apply(params))
+  assert logits.shape == (BATCH, 2 * HW, K)
+  np.testing.assert_allclose(logits[..., 5], logits[..., 3], rtol=1e-6, atol=1e-6)
+  table[7] += 1.0
+  moved = np.asarray(apply(dict(params, token_embed={"embedding": jnp.asarray(table)})))
+  changed = np.abs(moved - logits).max(axis=(0, 1)) > 1e-5
+  assert changed[7] and changed.sum() == 1
+  with pytest.raises(ValueError, match="head='untied'"):
+    maskgit.MaskGIT(codebook_size=K, grid=GRID, width=32, depth=1, num_heads=4, mlp_dim=64,
+                    head="untied").init(jax.random.key(0), tokens, text, text_mask)

@@ -18,6 +18,7 @@ import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from phenaki_jax.models import layers
 from phenaki_jax.models import quantizer as quantizer_lib
@@ -53,6 +54,13 @@ class CViViT(nn.Module):
   code_dim: int = 32
   commitment_cost: float = 0.25
   refine_channels: int = 0
+  # -1: the encoder's spatial transformer attends over the whole frame (the paper). r >= 0: each
+  # patch attends only to patches within Chebyshev distance r in each of the spatial_depth layers,
+  # so a code depends on the patches within spatial_depth·r of it (and, through the causal
+  # temporal transformer, on their past); at r = 0 the encoder also drops its spatial position
+  # embedding, so equal tubelet histories get equal codes wherever they are (its enc_pos_space
+  # parameter stays in the tree, unused). The decoder stays global.
+  encoder_spatial_radius: int = -1
   dropout: float = 0.0
   scan: bool = False
   remat: bool = False
@@ -118,13 +126,22 @@ class CViViT(nn.Module):
   # ---- shared pieces ----------------------------------------------------------------------
   def _space_time(self, x: Array, pos_space: Array, pos_time: Array,
                   spatial: nn.Module, temporal: nn.Module, spatial_first: bool,
-                  deterministic: bool) -> Array:
+                  deterministic: bool, spatial_radius: int = -1) -> Array:
     """Spatial and causal temporal transformers over x [B, t, h, w, D]."""
     b, t, h, w, d = x.shape
-    x = x + pos_space.reshape(1, 1, h, w, d) + pos_time[:t].reshape(1, t, 1, 1, d)
+    x = x + pos_time[:t].reshape(1, t, 1, 1, d)
+    if spatial_radius != 0:
+      x = x + pos_space.reshape(1, 1, h, w, d)
+    spatial_mask = None
+    if spatial_radius >= 0:
+      rows, cols = np.divmod(np.arange(h * w), w)
+      near = ((np.abs(rows[:, None] - rows[None, :]) <= spatial_radius)
+              & (np.abs(cols[:, None] - cols[None, :]) <= spatial_radius))
+      spatial_mask = jnp.asarray(near)[None, None]                   # [1, 1, h·w, h·w]
 
     def run_spatial(x):
-      y = spatial(x.reshape(b * t, h * w, d), deterministic=deterministic)  # [B·t, h·w, D]
+      y = spatial(x.reshape(b * t, h * w, d), mask=spatial_mask,
+                  deterministic=deterministic)                       # [B·t, h·w, D]
       return y.reshape(b, t, h, w, d)
 
     def run_temporal(x):
@@ -152,7 +169,8 @@ class CViViT(nn.Module):
                               pt=tp, p1=p, p2=p)                      # [B, T/tp, h, w, tp·p²·3]
       x = jnp.concatenate([x, self.embed_tubelet(rest)], axis=1)      # [B, t, h, w, D]
     x = self._space_time(x, self.enc_pos_space, self.enc_pos_time, self.enc_spatial,
-                         self.enc_temporal, spatial_first=True, deterministic=deterministic)
+                         self.enc_temporal, spatial_first=True, deterministic=deterministic,
+                         spatial_radius=self.encoder_spatial_radius)
     return self.to_code(x).astype(jnp.float32)                        # [B, t, h, w, C]
 
   def quantize(self, z: Array) -> quantizer_lib.QuantizerOutput:

@@ -63,6 +63,10 @@ class MaskGIT(nn.Module):
   mlp_dim: int
   dropout: float = 0.0
   project_text: bool = True
+  # "dense": an untied Dense head; "tied": MaskGIT's head, logits = Dense+GELU+LayerNorm(x) · the
+  # token embeddings of the K codes + a per-code bias, so codes with alike embeddings (e.g. from
+  # token_embed_init="codebook") get alike logits from the start.
+  head: str = "dense"
   scan: bool = False
   remat: bool = False
   dtype: Any = jnp.float32
@@ -97,9 +101,12 @@ class MaskGIT(nn.Module):
     init = nn.initializers.normal(stddev=0.02)
 
     # Token + factorised (t, h, w) positional embeddings.
-    x = nn.Embed(
+    if self.head not in ("dense", "tied"):
+      raise ValueError(f"head={self.head!r}: use 'dense' or 'tied'")
+    token_embed = nn.Embed(
         self.codebook_size + 1, self.width, dtype=self.dtype, name="token_embed",
-        embedding_init=nn.with_logical_partitioning(init, ("vocab", "embed")))(tokens)  # [B, N, D]
+        embedding_init=nn.with_logical_partitioning(init, ("vocab", "embed")))
+    x = token_embed(tokens)  # [B, N, D]
     pos_t = self.param("pos_t", nn.with_logical_partitioning(init, (None, "embed")),
                        (max_t, self.width))  # [max_t, D]
     pos_h = self.param("pos_h", nn.with_logical_partitioning(init, (None, "embed")),
@@ -123,10 +130,17 @@ class MaskGIT(nn.Module):
         depth=self.depth, num_heads=self.num_heads, mlp_dim=self.mlp_dim, dropout=self.dropout,
         cross_attention=True, scan=self.scan, remat=self.remat, dtype=self.dtype,
         name="transformer")(x, self_mask, text, cross_mask, deterministic=deterministic)
-    # The Transformer ends in a LayerNorm; the head is an untied Dense, in float32.
-    logits = layers.dense(self.codebook_size, ("embed", "vocab"), dtype=jnp.float32,
+    # The Transformer ends in a LayerNorm; the head runs in float32.
+    if self.head == "dense":
+      return layers.dense(self.codebook_size, ("embed", "vocab"), dtype=jnp.float32,
                           name="head")(x.astype(jnp.float32))  # [B, N, K]
-    return logits
+    h = layers.dense(self.width, ("embed", None), dtype=jnp.float32,
+                     name="head_transform")(x.astype(jnp.float32))
+    h = layers.layer_norm(jnp.float32, name="head_ln")(nn.gelu(h))  # [B, N, D]
+    table = token_embed.embedding[:self.codebook_size].astype(jnp.float32)  # [K, D], no [MASK]
+    bias = self.param("head_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
+                      (self.codebook_size,))
+    return jnp.einsum("bnd,kd->bnk", h, table) + bias  # [B, N, K]
 
 
 def get_model(size: str, **overrides) -> MaskGIT:

@@ -52,6 +52,9 @@ def validate_config(config: ml_collections.ConfigDict) -> cvivit.CViViT:
     pass  # batch rows are split over data×fsdp below; the mesh check reports misfits.
   if not 0.0 <= config.data.image_rate <= 1.0:
     raise ValueError(f"config.data.image_rate={config.data.image_rate} must be in [0, 1]")
+  if model.encoder_spatial_radius < -1:
+    raise ValueError(f"config.model.encoder_spatial_radius={model.encoder_spatial_radius}: use -1"
+                     " (whole-frame attention) or a radius >= 0 in patches")
   losses.check_perceptual_config(config.losses)
   return model
 
