@@ -59,7 +59,8 @@ class CViViT(nn.Module):
   # so a code depends on the patches within spatial_depth·r of it (and, through the causal
   # temporal transformer, on their past); at r = 0 the encoder also drops its spatial position
   # embedding, so equal tubelet histories get equal codes wherever they are (its enc_pos_space
-  # parameter stays in the tree, unused). The decoder stays global.
+  # parameter stays in the tree, unused, and the spatial layers' query/key get a zero gradient:
+  # each query has one allowed key). The decoder stays global.
   encoder_spatial_radius: int = -1
   dropout: float = 0.0
   scan: bool = False
