@@ -53,6 +53,9 @@ def mask_token_id(codebook_size: int) -> int:
   return codebook_size
 
 
+HEADS = ("dense", "tied")  # see MaskGIT.head
+
+
 class MaskGIT(nn.Module):
   """Bidirectional transformer: video tokens [B, N] + text [B, L, D_text] -> logits [B, N, K]."""
   codebook_size: int
@@ -101,8 +104,8 @@ class MaskGIT(nn.Module):
     init = nn.initializers.normal(stddev=0.02)
 
     # Token + factorised (t, h, w) positional embeddings.
-    if self.head not in ("dense", "tied"):
-      raise ValueError(f"head={self.head!r}: use 'dense' or 'tied'")
+    if self.head not in HEADS:
+      raise ValueError(f"head={self.head!r}: use one of {HEADS}")
     token_embed = nn.Embed(
         self.codebook_size + 1, self.width, dtype=self.dtype, name="token_embed",
         embedding_init=nn.with_logical_partitioning(init, ("vocab", "embed")))

@@ -51,6 +51,7 @@ def build_model(config: ml_collections.ConfigDict, tok_config=None) -> maskgit_l
 def validate_config(config: ml_collections.ConfigDict) -> None:
   common.check_choice(config, "data.source", ("shapes",))
   common.check_choice(config, "token_embed_init", ("normal", "codebook"))
+  common.check_choice(config, "model.head", maskgit_lib.HEADS)
   if not os.path.isdir(config.tokenizer.workdir):
     raise ValueError(f"config.tokenizer.workdir={config.tokenizer.workdir!r} does not exist: "
                      f"train the C-ViViT first (configs/cvivit_b.py) and point to its workdir")
