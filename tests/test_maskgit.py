@@ -167,3 +167,67 @@ def test_tied_head_scores_codes_by_their_token_embeddings():
   with pytest.raises(ValueError, match="head='untied'"):
     maskgit.MaskGIT(codebook_size=K, grid=GRID, width=32, depth=1, num_heads=4, mlp_dim=64,
                     head="untied").init(jax.random.key(0), tokens, text, text_mask)
+
+
+@pytest.fixture(scope="module")
+def grouped():
+  model = maskgit.MaskGIT(codebook_size=K, grid=GRID, width=32, depth=2, num_heads=4,
+                          mlp_dim=64, group=2)
+  abstract, params = conftest.numpy_init(model, *_inputs(GRID[0]))
+  apply = jax.jit(lambda params, *args: model.apply({"params": params}, *args))
+  return model, abstract, params, apply
+
+
+def test_grouped_tokens_round_trip_in_grid_order():
+  x = jnp.arange(2 * 3 * 4 * 4 * 5, dtype=jnp.float32).reshape(2, 3 * 4 * 4, 5)  # [B, N, C]
+  groups = maskgit._to_groups(x, 3, 4, 4, 2)                                      # pylint: disable=protected-access
+  assert groups.shape == (2, 3 * 2 * 2, 4 * 5)
+  # Time step 1, group (row 1, col 0) holds tokens (y, x) in {2, 3} x {0, 1}, row-major.
+  expected = [16 + y * 4 + x_ for y in (2, 3) for x_ in (0, 1)]
+  np.testing.assert_array_equal(groups[0, 4 + 2].reshape(4, 5), x[0, expected])
+  np.testing.assert_array_equal(maskgit._from_groups(groups, 3, 2, 2, 2), x)      # pylint: disable=protected-access
+
+
+@pytest.mark.parametrize("t", [1, 3])
+def test_grouped_model_scores_every_token(grouped, t):
+  """group=2: per-token logits [B, N, K]; the transformer sees N/4 positions; a token's logits
+  depend on its own group's other tokens and on other groups (through attention)."""
+  _, abstract, params, apply = grouped
+  shapes = jax.tree_util.tree_map(jnp.shape, nn.unbox(abstract))["params"]
+  assert shapes["pos_h"] == (GRID[1] // 2, 32) and shapes["head"]["kernel"] == (32, 4 * K)
+  assert shapes["group_in"]["kernel"] == (4 * 32, 32)
+  tokens, text, text_mask = _inputs(t)
+  valid = jnp.ones(tokens.shape, bool)
+  logits = np.asarray(apply(params, tokens, text, text_mask, valid))
+  assert logits.shape == (BATCH, t * HW, K) and np.isfinite(logits).all()
+  # Token (0, 0)'s group is tokens 0, 1, 4, 5 of each frame: changing token 5 changes the
+  # logits of all four (same position), and those of other groups (attention).
+  other = np.asarray(apply(params, tokens.at[:, 5].set((tokens[:, 5] + 3) % (K + 1)), text,
+                           text_mask, valid))
+  changed = np.abs(other - logits).max(axis=(0, 2)) > 1e-5                      # [N]
+  assert changed[[0, 1, 4, 5]].all() and changed[[2, 3, 8]].all()
+
+
+def test_grouped_image_example_ignores_padded_frames(grouped):
+  _, _, params, apply = grouped
+  tokens, text, text_mask = _inputs(GRID[0])
+  valid = _image_valid()
+  other = tokens.at[0, HW:].set((tokens[0, HW:] + 7) % (K + 1))
+  a = np.asarray(apply(params, tokens, text, text_mask, valid))
+  b = np.asarray(apply(params, other, text, text_mask, valid))
+  np.testing.assert_allclose(a[0, :HW], b[0, :HW], atol=1e-6, rtol=0)
+  every = jnp.ones_like(valid)
+  c = np.asarray(apply(params, tokens, text, text_mask, every))
+  d = np.asarray(apply(params, other, text, text_mask, every))
+  assert np.abs(c[0, :HW] - d[0, :HW]).max() > 1e-4
+
+
+@pytest.mark.parametrize("group, head, message", [
+    (3, "dense", "group=3 must be >= 1 and divide"), (0, "dense", "group=0"),
+    (2, "tied", "group=2 needs head='dense'")])
+def test_bad_group_is_rejected(group, head, message):
+  tokens, text, text_mask = _inputs(1)
+  model = maskgit.MaskGIT(codebook_size=K, grid=GRID, width=32, depth=1, num_heads=4,
+                          mlp_dim=64, group=group, head=head)
+  with pytest.raises(ValueError, match=message):
+    jax.eval_shape(model.init, jax.random.key(0), tokens, text, text_mask)

@@ -267,6 +267,8 @@ def test_image_padded_frames_change_nothing(step_env, warm_steps):
     ("text_dropout", 1.0, "text_dropout"),
     ("data.source", "webvid", "data.source"),
     ("model.head", "untied", "model.head"),
+    ("model.group", 3, "model.group"),
+    ("model.group", 0, "model.group"),
 ])
 def test_config_errors_name_the_key(tiny_cvivit_dir, tmp_path, key, value, named):
   config = conftest.tiny_maskgit_config(tiny_cvivit_dir)

@@ -23,6 +23,12 @@ Design choices:
     K/V projections from the 4096-d T5-XXL embeddings); a shared projection gives ~1.65B.
   * Output head: the Transformer's final LayerNorm followed by an untied Dense to K logits,
     computed in float32.
+  * `group` g > 1 (a CPU-scale option, not the paper's): the transformer runs over g×g groups of
+    neighbouring tokens instead of single tokens. A group's input is its g² token embeddings
+    concatenated and projected to the width; its output is projected to g² sets of K logits,
+    one per token. Inputs, outputs, masking and decoding stay per token (a group may hold masked
+    and given tokens at once), so nothing outside the model changes, but attention costs ~g⁴
+    less (the tiny Shapes grid 5×8×8 = 320 tokens becomes 80 positions).
 """
 from typing import Any, Optional
 
@@ -70,6 +76,8 @@ class MaskGIT(nn.Module):
   # token embeddings of the K codes + a per-code bias, so codes with alike embeddings (e.g. from
   # token_embed_init="codebook") get alike logits from the start.
   head: str = "dense"
+  # Tokens per side of the square groups the transformer runs over (1: one position per token).
+  group: int = 1
   scan: bool = False
   remat: bool = False
   dtype: Any = jnp.float32
@@ -100,16 +108,28 @@ class MaskGIT(nn.Module):
       raise ValueError(f"token_valid must be {tokens.shape}, got {token_valid.shape}")
     t = self.num_time_steps(num_tokens)
     max_t, h, w = self.grid
+    g = self.group
     deterministic = not train
     init = nn.initializers.normal(stddev=0.02)
 
     # Token + factorised (t, h, w) positional embeddings.
     if self.head not in HEADS:
       raise ValueError(f"head={self.head!r}: use one of {HEADS}")
+    if g < 1 or h % g or w % g:
+      raise ValueError(f"group={g} must be >= 1 and divide the token grid's {h}x{w}")
+    if g > 1 and self.head != "dense":
+      raise ValueError(f"group={g} needs head='dense' (a tied head scores single tokens)")
     token_embed = nn.Embed(
         self.codebook_size + 1, self.width, dtype=self.dtype, name="token_embed",
         embedding_init=nn.with_logical_partitioning(init, ("vocab", "embed")))
     x = token_embed(tokens)  # [B, N, D]
+    if g > 1:
+      # [B, t·h·w, D] -> [B, t·(h/g)·(w/g), g·g·D] -> [B, N/g², D]
+      x = _to_groups(x, t, h, w, g)
+      x = layers.dense(self.width, (None, "embed"), dtype=self.dtype, name="group_in")(x)
+      if token_valid is not None:
+        token_valid = _to_groups(token_valid[..., None], t, h, w, g).any(axis=-1)
+      h, w, num_tokens = h // g, w // g, num_tokens // (g * g)
     pos_t = self.param("pos_t", nn.with_logical_partitioning(init, (None, "embed")),
                        (max_t, self.width))  # [max_t, D]
     pos_h = self.param("pos_h", nn.with_logical_partitioning(init, (None, "embed")),
@@ -134,6 +154,10 @@ class MaskGIT(nn.Module):
         cross_attention=True, scan=self.scan, remat=self.remat, dtype=self.dtype,
         name="transformer")(x, self_mask, text, cross_mask, deterministic=deterministic)
     # The Transformer ends in a LayerNorm; the head runs in float32.
+    if self.head == "dense" and g > 1:
+      logits = layers.dense(g * g * self.codebook_size, ("embed", "vocab"), dtype=jnp.float32,
+                            name="head")(x.astype(jnp.float32))  # [B, N/g², g²·K]
+      return _from_groups(logits, t, h, w, g)  # [B, N, K]
     if self.head == "dense":
       return layers.dense(self.codebook_size, ("embed", "vocab"), dtype=jnp.float32,
                           name="head")(x.astype(jnp.float32))  # [B, N, K]
@@ -144,6 +168,21 @@ class MaskGIT(nn.Module):
     bias = self.param("head_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
                       (self.codebook_size,))
     return jnp.einsum("bnd,kd->bnk", h, table) + bias  # [B, N, K]
+
+
+def _to_groups(x: Array, t: int, h: int, w: int, g: int) -> Array:
+  """[B, t·h·w, C] (time-major) -> [B, t·(h/g)·(w/g), g·g·C]: each g×g group's tokens, in order."""
+  b, _, c = x.shape
+  x = x.reshape(b, t, h // g, g, w // g, g, c).transpose(0, 1, 2, 4, 3, 5, 6)
+  return x.reshape(b, t * (h // g) * (w // g), g * g * c)
+
+
+def _from_groups(x: Array, t: int, hg: int, wg: int, g: int) -> Array:
+  """Inverse of `_to_groups` for a group grid (t, hg, wg): [B, t·hg·wg, g·g·C] -> [B, N, C]."""
+  b = x.shape[0]
+  c = x.shape[-1] // (g * g)
+  x = x.reshape(b, t, hg, wg, g, g, c).transpose(0, 1, 2, 4, 3, 5, 6)
+  return x.reshape(b, t * hg * g * wg * g, c)
 
 
 def get_model(size: str, **overrides) -> MaskGIT:
