@@ -22,10 +22,10 @@ from absl import app, flags, logging
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/demo", "Where everything is written.")
 _STAGE1_MIN = flags.DEFINE_float(
     "stage1_minutes", 15.0, "Wall-clock cap on the C-ViViT's training (its config's "
-    "total_steps take ~12.5 min on a quiet 2-core CPU).")
+    "total_steps take ~14 min on a quiet 2-core CPU).")
 _STAGE2_MIN = flags.DEFINE_float(
     "stage2_minutes", 11.0, "Wall-clock cap on the MaskGIT's training (its config's "
-    "total_steps take ~11 min on a quiet 2-core CPU).")
+    "total_steps take ~10 min on a quiet 2-core CPU).")
 _STORY = flags.DEFINE_multi_string(
     "story", ["a green circle moves right", "a green circle moves down",
               "a green circle moves left"], "The prompts of the demo story.")
