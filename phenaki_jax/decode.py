@@ -21,7 +21,11 @@ Classifier-free guidance is composed outside `decode` by `guided_logits_fn`, whi
 conditional and unconditional model in one batched call and returns
 `uncond + cfg_scale · (cond − uncond)`: cfg_scale = 1 is the conditional model alone, 0 the
 unconditional model alone, > 1 extrapolates away from the unconditional prediction (this is the
-convention of the issue; the paper's videos use 12).
+convention of the issue; the paper's videos use 12). With `cfg_support` > 0 the guided
+logits are kept only for tokens the conditional model itself finds plausible — probability at
+least `cfg_support` times that of its most likely token — and the rest are excluded, so that
+guidance cannot promote a token merely because the unconditional model finds it even less
+likely (on Shapes, guidance otherwise put the later-frame background code into the first frame).
 """
 from typing import Callable, Optional, Union
 
@@ -140,7 +144,7 @@ def decode(logits_fn: LogitsFn, init_tokens: Array, fixed: Array, rng: Array, *,
 
 def guided_logits_fn(apply_fn: Callable[..., Array], text: Array, text_mask: Array,
                      null_text: Array, null_mask: Array, cfg_scale: Union[float, Array],
-                     **apply_kwargs) -> LogitsFn:
+                     cfg_support: Union[float, Array] = 0.0, **apply_kwargs) -> LogitsFn:
   """Classifier-free guidance: a `logits_fn` returning uncond + cfg_scale · (cond − uncond).
 
   Args:
@@ -151,6 +155,9 @@ def guided_logits_fn(apply_fn: Callable[..., Array], text: Array, text_mask: Arr
       (e.g. [1, L, D] and [1, L]).
     cfg_scale: guidance scale; 1 = conditional only, 0 = unconditional only. A Python 1.0 skips
       the unconditional half (one call of batch B); otherwise one call of batch 2B.
+    cfg_support: in [0, 1). Guided logits of tokens whose conditional probability is below
+      `cfg_support` × the conditional's highest probability (at that position) are set to the
+      lowest float, so they are never sampled. 0 keeps every token (plain guidance).
     **apply_kwargs: passed to `apply_fn`; array values are per-example [B, ...] and are
       duplicated along the batch for the doubled call (e.g. `token_valid`), others passed as is.
   """
@@ -175,6 +182,10 @@ def guided_logits_fn(apply_fn: Callable[..., Array], text: Array, text_mask: Arr
     logits = apply_fn(jnp.concatenate([tokens, tokens], axis=0), both_text, both_mask,
                       **both_kwargs)  # [2B, N, K]
     cond, uncond = logits[:batch], logits[batch:]
-    return uncond + cfg_scale * (cond - uncond)
+    guided = uncond + cfg_scale * (cond - uncond)
+    # log p_cond(k) - max_k' log p_cond(k') = cond_k - max cond (the normaliser cancels).
+    relative = cond - jnp.max(cond, axis=-1, keepdims=True)
+    keep = relative >= jnp.log(jnp.maximum(cfg_support, 1e-30))
+    return jnp.where(keep, guided, jnp.finfo(guided.dtype).min)
 
   return logits_fn

@@ -36,7 +36,7 @@ from phenaki_jax.models import cvivit
 from phenaki_jax.models import maskgit as maskgit_lib
 
 DEFAULT_SAMPLE = dict(steps=12, cfg_scale=3.0, temperature=1.0, choice_temperature=4.5,
-                      top_k=0, top_p=1.0)
+                      top_k=0, top_p=1.0, cfg_support=0.0)
 
 
 class Sampler:
@@ -106,11 +106,12 @@ class Sampler:
       model, tok_model = self.model, self.tokenizer.model
 
       def generate(params, tok_params, text, text_mask, null_text, null_mask, init_codes,
-                   fixed, rng, cfg_scale, temperature, choice_temperature):
+                   fixed, rng, cfg_scale, temperature, choice_temperature, cfg_support):
         b, t, h, w = init_codes.shape
         apply_fn = functools.partial(model.apply, {"params": params})
         logits_fn = decode_lib.guided_logits_fn(apply_fn, text, text_mask, null_text,
-                                                null_mask, cfg_scale if guided else 1.0)
+                                                null_mask, cfg_scale if guided else 1.0,
+                                                cfg_support)
         tokens = decode_lib.decode(
             logits_fn, init_codes.reshape(b, -1), fixed.reshape(b, -1), rng, num_steps=steps,
             mask_token_id=model.mask_token_id, temperature=temperature,
@@ -124,6 +125,8 @@ class Sampler:
 
   def _run(self, prompts: Sequence[str], init_codes, fixed, seed: int, opts: dict):
     """Generates codes [B, t, h, w] (fixed positions kept) and frames [B, F, H, W, 3]."""
+    if not 0.0 <= float(opts["cfg_support"]) < 1.0:
+      raise ValueError(f"cfg_support must be in [0, 1), got {opts['cfg_support']}")
     text, text_mask = self.text_encoder.encode(list(prompts))
     fn = self._generate_fn(int(opts["steps"]), int(opts["top_k"]), float(opts["top_p"]),
                            float(opts["cfg_scale"]) != 1.0)
@@ -134,7 +137,8 @@ class Sampler:
                       jnp.asarray(text_mask), null_text, null_mask,
                       jnp.asarray(init_codes, jnp.int32), jnp.asarray(fixed, bool),
                       jax.random.PRNGKey(seed), jnp.float32(opts["cfg_scale"]),
-                      jnp.float32(opts["temperature"]), jnp.float32(opts["choice_temperature"]))
+                      jnp.float32(opts["temperature"]), jnp.float32(opts["choice_temperature"]),
+                      jnp.float32(opts["cfg_support"]))
     return np.asarray(codes), np.asarray(video)
 
   def _steps_for(self, num_frames: int) -> int:
@@ -253,7 +257,8 @@ def _main(argv):
   if not prompts:
     raise SystemExit("give at least one --prompt (repeat it for a story) or --story_file")
   sampler = Sampler.from_workdirs(f.tokenizer_dir, f.maskgit_dir)
-  kw = dict(steps=f.steps, cfg_scale=f.cfg_scale, temperature=f.temperature)
+  kw = dict(steps=f.steps, cfg_scale=f.cfg_scale, temperature=f.temperature,
+            cfg_support=f.cfg_support)
 
   def progress(i, n, p):
     logging.info("segment %d/%d done: %s", i + 1, n, p[0])
@@ -289,6 +294,8 @@ def _define_flags():
   flags.DEFINE_integer("steps", None, "Decoding steps (12–48).")
   flags.DEFINE_float("cfg_scale", None, "Classifier-free guidance scale.")
   flags.DEFINE_float("temperature", None, "Sampling temperature.")
+  flags.DEFINE_float("cfg_support", None, "With guidance, sample only tokens whose conditional "
+                     "probability is at least this fraction of the most likely one's.")
   flags.DEFINE_integer("seed", 0, "Random seed.")
   flags.DEFINE_integer("fps", 4, "Frames per second of the written videos.")
   flags.DEFINE_integer("scale", 4, "Integer upscaling of the written videos.")

@@ -155,3 +155,19 @@ def test_classifier_free_guidance(tiny):
   with pytest.raises(ValueError, match="broadcast"):
     decode.guided_logits_fn(apply_fn, text, text_mask, jnp.zeros((1, 3, TEXT_DIM)),
                             null_mask, 2.0)
+
+  # cfg_support: guided logits survive only where the conditional probability is at least
+  # cfg_support × the conditional's highest probability at that position.
+  @jax.jit
+  def supported(tokens, support):
+    return decode.guided_logits_fn(apply_fn, text, text_mask, null_text, null_mask, 3.0, support,
+                                   token_valid=valid)(tokens)
+
+  plain = uncond + 3.0 * (cond - uncond)
+  np.testing.assert_allclose(supported(tokens, 0.0), plain, atol=1e-4)
+  out = np.asarray(supported(tokens, 0.2))
+  relative = cond - cond.max(axis=-1, keepdims=True)                 # log p / p_max
+  keep = relative >= np.log(0.2)
+  assert keep.any(axis=-1).all() and (~keep).any()
+  np.testing.assert_allclose(out[keep], plain[keep], atol=1e-4)
+  assert (out[~keep] == np.finfo(np.float32).min).all()

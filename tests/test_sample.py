@@ -58,8 +58,14 @@ def test_same_seed_same_video_and_no_recompile(tiny_sampler):
   assert not np.array_equal(a, c)
   compiled = lambda: sum(f._cache_size() for f in tiny_sampler._fns.values())
   before = compiled()
-  tiny_sampler.generate(P2, seed=7, cfg_scale=2.0, temperature=0.5)  # traced options
+  tiny_sampler.generate(P2, seed=7, cfg_scale=2.0, temperature=0.5,
+                        cfg_support=0.05)  # traced options
   assert compiled() == before
+
+
+def test_cfg_support_must_be_a_fraction(tiny_sampler):
+  with pytest.raises(ValueError, match="cfg_support must be in"):
+    tiny_sampler.generate(P1, cfg_support=1.0)
 
 
 def test_cfg_scale_zero_ignores_the_prompt(tiny_sampler):
