@@ -185,7 +185,7 @@ def guided_logits_fn(apply_fn: Callable[..., Array], text: Array, text_mask: Arr
     guided = uncond + cfg_scale * (cond - uncond)
     # log p_cond(k) - max_k' log p_cond(k') = cond_k - max cond (the normaliser cancels).
     relative = cond - jnp.max(cond, axis=-1, keepdims=True)
-    keep = relative >= jnp.log(jnp.maximum(cfg_support, 1e-30))
+    keep = relative >= jnp.log(cfg_support)  # log 0 = -inf: every token at cfg_support 0
     return jnp.where(keep, guided, jnp.finfo(guided.dtype).min)
 
   return logits_fn
