@@ -115,10 +115,7 @@ class MaskGIT(nn.Module):
     # Token + factorised (t, h, w) positional embeddings.
     if self.head not in HEADS:
       raise ValueError(f"head={self.head!r}: use one of {HEADS}")
-    if g < 1 or h % g or w % g:
-      raise ValueError(f"group={g} must be >= 1 and divide the token grid's {h}x{w}")
-    if g > 1 and self.head != "dense":
-      raise ValueError(f"group={g} needs head='dense' (a tied head scores single tokens)")
+    check_group(g, (h, w), self.head)
     token_embed = nn.Embed(
         self.codebook_size + 1, self.width, dtype=self.dtype, name="token_embed",
         embedding_init=nn.with_logical_partitioning(init, ("vocab", "embed")))
@@ -154,13 +151,10 @@ class MaskGIT(nn.Module):
         cross_attention=True, scan=self.scan, remat=self.remat, dtype=self.dtype,
         name="transformer")(x, self_mask, text, cross_mask, deterministic=deterministic)
     # The Transformer ends in a LayerNorm; the head runs in float32.
-    if self.head == "dense" and g > 1:
+    if self.head == "dense":
       logits = layers.dense(g * g * self.codebook_size, ("embed", "vocab"), dtype=jnp.float32,
                             name="head")(x.astype(jnp.float32))  # [B, N/g², g²·K]
-      return _from_groups(logits, t, h, w, g)  # [B, N, K]
-    if self.head == "dense":
-      return layers.dense(self.codebook_size, ("embed", "vocab"), dtype=jnp.float32,
-                          name="head")(x.astype(jnp.float32))  # [B, N, K]
+      return _from_groups(logits, t, h, w, g) if g > 1 else logits  # [B, N, K]
     h = layers.dense(self.width, ("embed", None), dtype=jnp.float32,
                      name="head_transform")(x.astype(jnp.float32))
     h = layers.layer_norm(jnp.float32, name="head_ln")(nn.gelu(h))  # [B, N, D]
@@ -168,6 +162,17 @@ class MaskGIT(nn.Module):
     bias = self.param("head_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
                       (self.codebook_size,))
     return jnp.einsum("bnd,kd->bnk", h, table) + bias  # [B, N, K]
+
+
+def check_group(group, grid_hw: tuple[int, int], head: str, prefix: str = "") -> None:
+  """Raises ValueError unless `group` is an int >= 1 dividing the token grid (h, w) and, when
+  > 1, the head is "dense" (a tied head scores single tokens). `prefix` names the setting."""
+  h, w = grid_hw
+  if not isinstance(group, int) or group < 1 or h % group or w % group:
+    raise ValueError(f"{prefix}group={group!r} must be >= 1 and divide the token grid's {h}x{w}")
+  if group > 1 and head != "dense":
+    raise ValueError(f"{prefix}group={group} needs {prefix}head='dense' (a tied head scores "
+                     f"single tokens)")
 
 
 def _to_groups(x: Array, t: int, h: int, w: int, g: int) -> Array:

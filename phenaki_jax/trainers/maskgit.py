@@ -44,12 +44,8 @@ def build_model(config: ml_collections.ConfigDict, tok_config=None) -> maskgit_l
           tok_model.grid_size)
   m = dict(config.model)
   m["dtype"] = common.dtype_of(m.get("dtype", "float32"))
-  group = m.get("group", 1)
-  if not isinstance(group, int) or group < 1 or grid[1] % group:
-    raise ValueError(f"config.model.group={group!r} must be a positive integer that divides the "
-                     f"tokenizer's {grid[1]}x{grid[2]} token grid")
-  if group > 1 and m.get("head", "dense") != "dense":
-    raise ValueError(f"config.model.group={group} needs config.model.head='dense'")
+  maskgit_lib.check_group(m.get("group", 1), grid[1:], m.get("head", "dense"),
+                          prefix="config.model.")
   return maskgit_lib.get_model(config.model_size, codebook_size=tok_model.codebook_size,
                                grid=grid, **m)
 
