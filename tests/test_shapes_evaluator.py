@@ -92,9 +92,11 @@ def test_ground_truth_stories(split):
     prompts = shapes.random_story_prompts(SPEC, 5, index, 3, 9, split=split,
                                           vary_appearance=index % 2 == 1)
     story = shapes.story_example(SPEC, 5, index, prompts, 9)
-    stories.append(evaluator.score_story(story['video'], prompts, frames_per_segment=9))
+    stories.append(evaluator.score_story(story['video'], prompts, frames_per_segment=9,
+                                         spec=SPEC))
   result = evaluator.aggregate(stories)
   assert result['segment_accuracy'] == 1.0 and result['num_segments'] == 18
+  assert result['feasible_fraction'] == 1.0 and result['feasible_segment_accuracy'] == 1.0
   # The raw jump is one frame of motion, well under 1/16 of the canvas.
   assert abs(result['mean_jump'] - SPEC.speed_px) < 0.1
   assert result['max_jump'] < SPEC.resolution / 16
@@ -118,6 +120,30 @@ def test_story_catches_wrong_segments_and_jumps():
   assert evaluator.score_story(short['video'], prompts, [9, 2, 1])['segment_ok'] == [True] * 3
   with pytest.raises(ValueError, match='cover 18 frames'):
     evaluator.score_story(story['video'], prompts, frames_per_segment=6)
+
+
+def test_story_feasibility():
+  (x0, x1), (y0, y1) = SPEC.centroid_bounds
+  step, mid = SPEC.speed_px, ((x0 + x1) / 2, (y0 + y1) / 2)
+  assert evaluator.segment_feasible(SPEC, mid, 'up', 4)
+  assert evaluator.segment_feasible(SPEC, (mid[0], y0 + 4 * step), 'up', 4)
+  assert not evaluator.segment_feasible(SPEC, (mid[0], y0 + step), 'up', 4)
+  assert not evaluator.segment_feasible(SPEC, (x1 - step, mid[1]), 'right', 4)
+  assert evaluator.segment_feasible(SPEC, (x1 - step, mid[1]), 'left', 4)
+  assert evaluator.segment_feasible(SPEC, (np.nan, np.nan), 'down', 4)  # no object: not excused
+  # A story whose first segment ends 10 px up from the bottom edge: 8 more steps up would leave
+  # the canvas (infeasible), 8 steps left from the right edge stay inside.
+  positions = shapes.trajectory(SPEC, (x1, y1), ['up'] * 9 + ['left'] * 8)
+  video = shapes.render_trajectory(SPEC, positions, ['circle'] * 17, ['red'] * 17)
+  up, left = 'a red circle moves up', 'a red circle moves left'
+  asked_up = evaluator.score_story(video, [up, up], [9, 8], spec=SPEC)
+  assert asked_up['segment_feasible'] == [True, False] and asked_up['segment_ok'] == [True, False]
+  asked_left = evaluator.score_story(video, [up, left], [9, 8], spec=SPEC)
+  assert asked_left['segment_feasible'] == [True, True] and asked_left['segment_ok'] == [True] * 2
+  result = evaluator.aggregate([asked_up, asked_left])
+  assert result['segment_accuracy'] == 0.75 and result['feasible_fraction'] == 0.75
+  assert result['feasible_segment_accuracy'] == 1.0
+  assert 'segment_feasible' not in evaluator.score_story(video, [up, left], [9, 8])
 
 
 def test_aggregate_mixes_clips_and_stories():

@@ -30,6 +30,14 @@ previous segment's last frame, the step into the segment); the boundary jump is 
 distance (px) between the centroids of a segment's last frame and the next segment's first frame.
 It therefore includes one frame of intended motion (``ShapesSpec.speed_px``, 1.28 px at 32x32 for
 the ground truth); a missing object at a boundary counts as a jump of the canvas diagonal.
+
+Story feasibility (diagnostic, when a ``ShapesSpec`` is given): the Shapes data never lets the
+object leave the canvas, so a later segment whose prompt asks for more motion than the canvas has
+left, from where the previous segment ended, cannot be followed without a jump. Such a segment is
+marked infeasible (its path's end is more than half a frame of motion outside the centroid
+bounds of ``ShapesSpec.centroid_bounds``); the first segment is always feasible (the model picks
+its start). The segment accuracy still counts every segment; the feasible-only accuracy is
+reported beside it.
 """
 
 from __future__ import annotations
@@ -231,21 +239,43 @@ def _segment_starts(num_frames: int, num_segments: int, frames_per_segment=None,
   return starts
 
 
+_DIRECTION_STEP = {'left': (-1.0, 0.0), 'right': (1.0, 0.0), 'up': (0.0, -1.0),
+                   'down': (0.0, 1.0)}
+
+
+def segment_feasible(spec: shapes_lib.ShapesSpec, start_centroid, direction: str,
+                     num_frames: int) -> bool:
+  """Whether ``num_frames`` steps of ``spec.speed_px`` in ``direction`` from ``start_centroid``
+  (x, y; the previous segment's last frame) keep the centroid inside the canvas's centroid
+  bounds, to within half a step. An unknown start (NaN: no object) counts as feasible."""
+  start = np.asarray(start_centroid, np.float64)
+  if not np.all(np.isfinite(start)):
+    return True
+  end = start + num_frames * spec.speed_px * np.asarray(_DIRECTION_STEP[direction])
+  tolerance = 0.5 * spec.speed_px
+  return all(lo - tolerance <= v <= hi + tolerance
+             for v, (lo, hi) in zip(end, spec.centroid_bounds))
+
+
 def score_story(video, prompts: Sequence[str],
                 frames_per_segment: Optional[Union[int, Sequence[int]]] = None,
                 segment_starts: Optional[Sequence[int]] = None,
-                min_brightness: float = MIN_BRIGHTNESS, min_speed: float = MIN_SPEED) -> dict:
+                min_brightness: float = MIN_BRIGHTNESS, min_speed: float = MIN_SPEED,
+                spec: Optional[shapes_lib.ShapesSpec] = None) -> dict:
   """Scores a story video [T, H, W, 3] whose segments follow ``prompts`` in turn.
 
   Give either ``frames_per_segment`` (int, or one int per prompt, summing to T) or
   ``segment_starts`` (the first frame of each segment; the last runs to the end). Colour and
   shape of a segment are read from its own frames; its direction from its frames plus the
   previous segment's last frame (the step into the segment is the segment's first motion).
+  With ``spec`` (the data's canvas and speed), each segment is also marked feasible or not (see
+  the module docstring).
 
   Returns:
     dict(segments=list of score() dicts, segment_ok=list[bool] (all three attributes right),
     segment_accuracy=float, jumps=list[float] (px, one per boundary), mean_jump=float,
-    max_jump=float (0.0 for one segment), num_segments=int).
+    max_jump=float (0.0 for one segment), num_segments=int, and with ``spec``
+    segment_feasible=list[bool]).
   """
   video = _check_video(video)
   num_frames, height, width = video.shape[:3]
@@ -262,10 +292,18 @@ def score_story(video, prompts: Sequence[str],
     jump = float(np.linalg.norm(frames[boundary]['centroid'] - frames[boundary - 1]['centroid']))
     jumps.append(jump if np.isfinite(jump) else float(np.hypot(height, width)))
   segment_ok = [s['all_ok'] for s in segments]
-  return dict(segments=segments, segment_ok=segment_ok,
-              segment_accuracy=float(np.mean(segment_ok)), jumps=jumps,
-              mean_jump=float(np.mean(jumps)) if jumps else 0.0,
-              max_jump=float(np.max(jumps)) if jumps else 0.0, num_segments=len(prompts))
+  out = dict(segments=segments, segment_ok=segment_ok,
+             segment_accuracy=float(np.mean(segment_ok)), jumps=jumps,
+             mean_jump=float(np.mean(jumps)) if jumps else 0.0,
+             max_jump=float(np.max(jumps)) if jumps else 0.0, num_segments=len(prompts))
+  if spec is not None:
+    feasible = [True]
+    for start, end, prompt in zip(starts[1:], ends[1:], prompts[1:]):
+      direction = shapes_lib.parse_caption(prompt)[2]
+      feasible.append(direction is None or segment_feasible(
+          spec, frames[start - 1]['centroid'], direction, end - start))
+    out['segment_feasible'] = feasible
+  return out
 
 
 def aggregate(scores: Sequence[dict]) -> dict:
@@ -275,7 +313,8 @@ def aggregate(scores: Sequence[dict]) -> dict:
     clips: color_accuracy, shape_accuracy, direction_accuracy (over captions with a direction),
       all_accuracy, num_clips.
     stories: segment_accuracy (over all segments), mean_jump (over all boundaries), max_jump,
-      num_stories, num_segments.
+      num_stories, num_segments; with feasibility marks (``score_story(..., spec=)``) also
+      feasible_fraction (of all segments) and feasible_segment_accuracy (over feasible ones).
   """
   out = {}
   clips = [s for s in scores if 'all_ok' in s]
@@ -293,4 +332,9 @@ def aggregate(scores: Sequence[dict]) -> dict:
     out['max_jump'] = float(np.max(jumps)) if jumps else 0.0
     out['num_stories'] = len(stories)
     out['num_segments'] = len(segment_ok)
+    if all('segment_feasible' in s for s in stories):
+      feasible = [f for s in stories for f in s['segment_feasible']]
+      kept = [ok for ok, f in zip(segment_ok, feasible) if f]
+      out['feasible_fraction'] = float(np.mean(feasible))
+      out['feasible_segment_accuracy'] = float(np.mean(kept)) if kept else float('nan')
   return out
