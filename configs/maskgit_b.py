@@ -74,14 +74,19 @@ def get_config(arg: str = "tiny"):
   c.checkpoint_every = 1000 if tiny else 5000
   c.keep_checkpoints = 3
   c.stop_after_steps = 0
+  # A finished run counts the codes of this many training examples at the first and at later
+  # time steps (workdir/code_support.npz) for the sampler's restrict_codes; 0 = skip.
+  c.code_support_clips = 2048
 
   # Samples written at eval steps (and the defaults of the sampler built from this run).
   # cfg_support > 0 samples, under guidance, only tokens the conditional model gives at least
   # that fraction of its top probability (decode.py). On Shapes 0.01 removes a speckled first
   # frame that guidance causes, but read-back shape accuracy fell (0.62 vs 0.74), so it is off.
+  # restrict_codes: sample at the first time step only codes seen there in training, and at
+  # later steps only codes seen there (workdir/code_support.npz; no file = no restriction).
   # tiny: 24 decoding steps (the demo's models, full Shapes evaluation: seen 0.81 / held-out
   # 0.75 / story segments 0.61 against 0.74 / 0.58 / 0.69 at 12 steps; BENCHMARKS.md).
   c.sample = ml_collections.ConfigDict(dict(
       steps=24 if tiny else 12, cfg_scale=3.0, temperature=1.0, choice_temperature=4.5, top_k=0,
-      top_p=1.0, cfg_support=0.0, num_videos=4))
+      top_p=1.0, cfg_support=0.0, restrict_codes=True, num_videos=4))
   return c.lock()

@@ -189,3 +189,12 @@ def guided_logits_fn(apply_fn: Callable[..., Array], text: Array, text_mask: Arr
     return jnp.where(keep, guided, jnp.finfo(guided.dtype).min)
 
   return logits_fn
+
+
+def restricted_logits_fn(logits_fn: LogitsFn, allowed: Array) -> LogitsFn:
+  """`logits_fn` with the codes that `allowed` (bool [N, K], or broadcastable to the logits
+  [B, N, K]) forbids at a position set to the lowest float, so they are never sampled."""
+  def restricted(tokens: Array) -> Array:
+    logits = logits_fn(tokens)
+    return jnp.where(allowed, logits, jnp.finfo(logits.dtype).min)
+  return restricted

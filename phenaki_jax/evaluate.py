@@ -106,8 +106,8 @@ def main(argv):
                                num_frames=tok_config.data.num_frames)
   if f.out:
     os.makedirs(f.out, exist_ok=True)
-  kw = {k: v for k, v in dict(steps=f.steps, cfg_scale=f.cfg_scale,
-                              temperature=f.temperature).items() if v is not None}
+  kw = {k: v for k, v in dict(steps=f.steps, cfg_scale=f.cfg_scale, temperature=f.temperature,
+                              restrict_codes=f.restrict_codes).items() if v is not None}
   results = evaluate_shapes(sampler, spec, samples_per_triple=f.samples_per_triple,
                             num_stories=f.num_stories, seed=f.seed, out_dir=f.out or "", **kw)
   text = json.dumps(results, indent=2)
@@ -128,6 +128,8 @@ if __name__ == "__main__":
   flags.DEFINE_integer("steps", None, "Decoding steps.")
   flags.DEFINE_float("cfg_scale", None, "Classifier-free guidance scale.")
   flags.DEFINE_float("temperature", None, "Sampling temperature.")
+  flags.DEFINE_boolean("restrict_codes", None, "Sample each time step only from the codes seen "
+                       "there in training (the MaskGIT workdir's code_support.npz).")
   flags.DEFINE_integer("seed", 0, "Random seed.")
   flags.mark_flags_as_required(["tokenizer_dir", "maskgit_dir"])
   app.run(main)

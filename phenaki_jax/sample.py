@@ -36,14 +36,26 @@ from phenaki_jax.models import cvivit
 from phenaki_jax.models import maskgit as maskgit_lib
 
 DEFAULT_SAMPLE = dict(steps=12, cfg_scale=3.0, temperature=1.0, choice_temperature=4.5,
-                      top_k=0, top_p=1.0, cfg_support=0.0)
+                      top_k=0, top_p=1.0, cfg_support=0.0, restrict_codes=True)
 
 
 class Sampler:
   """Frozen C-ViViT + MaskGIT + text encoder; one jitted decode per (batch, time steps)."""
 
   def __init__(self, tokenizer: tokenizer_lib.Tokenizer, model: maskgit_lib.MaskGIT, params,
-               text_encoder: text_lib.TextEncoder, defaults: Optional[dict] = None):
+               text_encoder: text_lib.TextEncoder, defaults: Optional[dict] = None,
+               code_support=None):
+    """`code_support` (optional, [2, K] counts or bools: codes seen at the first / at later time
+    steps in training, e.g. the MaskGIT workdir's code_support.npz): with the option
+    `restrict_codes`, each time step samples only codes of its row. A row with no code allows
+    every code."""
+    if code_support is not None:
+      code_support = np.asarray(code_support) > 0
+      if code_support.shape != (2, model.codebook_size):
+        raise ValueError(f"code_support must be [2, {model.codebook_size}] (first / later time "
+                         f"steps × codes), got {code_support.shape}")
+      code_support = np.where(code_support.any(axis=1, keepdims=True), code_support, True)
+    self.code_support = code_support
     self.tokenizer = tokenizer
     self.model = model
     self.params = params
@@ -82,7 +94,12 @@ class Sampler:
     params = ckpt.restore_params(trainer.abstract_state(
         config, text_encoder.max_length, text_encoder.dim)["params"], step)
     ckpt.close()
-    return cls(tok, model, params, text_encoder, config.sample)
+    code_support = None
+    support_path = os.path.join(maskgit_dir, trainer.CODE_SUPPORT_FILE)
+    if os.path.exists(support_path):
+      with np.load(support_path) as z:
+        code_support = z["counts"]
+    return cls(tok, model, params, text_encoder, config.sample, code_support)
 
   # ---- geometry ---------------------------------------------------------------------------
   @property
@@ -106,12 +123,13 @@ class Sampler:
       model, tok_model = self.model, self.tokenizer.model
 
       def generate(params, tok_params, text, text_mask, null_text, null_mask, init_codes,
-                   fixed, rng, cfg_scale, temperature, choice_temperature, cfg_support):
+                   fixed, rng, cfg_scale, temperature, choice_temperature, cfg_support, allowed):
         b, t, h, w = init_codes.shape
         apply_fn = functools.partial(model.apply, {"params": params})
         logits_fn = decode_lib.guided_logits_fn(apply_fn, text, text_mask, null_text,
                                                 null_mask, cfg_scale if guided else 1.0,
                                                 cfg_support)
+        logits_fn = decode_lib.restricted_logits_fn(logits_fn, allowed[None])
         tokens = decode_lib.decode(
             logits_fn, init_codes.reshape(b, -1), fixed.reshape(b, -1), rng, num_steps=steps,
             mask_token_id=model.mask_token_id, temperature=temperature,
@@ -138,8 +156,19 @@ class Sampler:
                       jnp.asarray(init_codes, jnp.int32), jnp.asarray(fixed, bool),
                       jax.random.PRNGKey(seed), jnp.float32(opts["cfg_scale"]),
                       jnp.float32(opts["temperature"]), jnp.float32(opts["choice_temperature"]),
-                      jnp.float32(opts["cfg_support"]))
+                      jnp.float32(opts["cfg_support"]),
+                      jnp.asarray(self._allowed(np.shape(init_codes)[1],
+                                                bool(opts["restrict_codes"]))))
     return np.asarray(codes), np.asarray(video)
+
+  def _allowed(self, time_steps: int, restrict: bool) -> np.ndarray:
+    """bool [time_steps·h·w, K]: the codes each position may take (all without restriction)."""
+    h, w = self.model.grid[1:]
+    k = self.model.codebook_size
+    if not restrict or self.code_support is None:
+      return np.ones((time_steps * h * w, k), bool)
+    rows = np.repeat(np.minimum(np.arange(time_steps), 1), h * w)      # 0 first, 1 later
+    return self.code_support[rows]
 
   def _steps_for(self, num_frames: int) -> int:
     """Time steps covering `num_frames` frames (first frame + ceil(rest / t_p) tubelets)."""
@@ -258,7 +287,7 @@ def _main(argv):
     raise SystemExit("give at least one --prompt (repeat it for a story) or --story_file")
   sampler = Sampler.from_workdirs(f.tokenizer_dir, f.maskgit_dir)
   kw = dict(steps=f.steps, cfg_scale=f.cfg_scale, temperature=f.temperature,
-            cfg_support=f.cfg_support)
+            cfg_support=f.cfg_support, restrict_codes=f.restrict_codes)
 
   def progress(i, n, p):
     logging.info("segment %d/%d done: %s", i + 1, n, p[0])
@@ -296,6 +325,8 @@ def _define_flags():
   flags.DEFINE_float("temperature", None, "Sampling temperature.")
   flags.DEFINE_float("cfg_support", None, "With guidance, sample only tokens whose conditional "
                      "probability is at least this fraction of the most likely one's.")
+  flags.DEFINE_boolean("restrict_codes", None, "Sample at the first and at later time steps only "
+                       "codes seen there in training (the MaskGIT workdir's code_support.npz).")
   flags.DEFINE_integer("seed", 0, "Random seed.")
   flags.DEFINE_integer("fps", 4, "Frames per second of the written videos.")
   flags.DEFINE_integer("scale", 4, "Integer upscaling of the written videos.")

@@ -121,6 +121,7 @@ def tiny_maskgit_config(tokenizer_dir: str, total_steps: int = MASKGIT_STEPS):
   c.eval_every = total_steps
   c.log_every = 20
   c.sample.num_videos = 1
+  c.code_support_clips = 128
   return c
 
 

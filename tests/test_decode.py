@@ -116,6 +116,15 @@ def test_decode_follows_the_logits_and_commits_a_token_per_step():
   assert counts[-1] == 0 and (np.diff(np.concatenate([[5], counts]))[counts > 0] < 0).all()
 
 
+def test_restricted_logits_fn():
+  logits = jnp.arange(12.0).reshape(1, 3, 4)
+  allowed = jnp.array([[True, False, True, False], [False] * 3 + [True], [True] * 4])
+  out = decode.restricted_logits_fn(lambda tokens: logits, allowed[None])(jnp.zeros((1, 3)))
+  low = jnp.finfo(jnp.float32).min
+  np.testing.assert_array_equal(out, jnp.where(allowed[None], logits, low))
+  assert (out[0, 1, :3] == low).all() and out[0, 1, 3] == 7.0
+
+
 def test_filter_logits():
   logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
   kept = lambda x: np.isfinite(np.asarray(x))[0].tolist()

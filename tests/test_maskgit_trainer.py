@@ -269,6 +269,7 @@ def test_image_padded_frames_change_nothing(step_env, warm_steps):
     ("model.head", "untied", "model.head"),
     ("model.group", 3, "model.group"),
     ("model.group", 0, "model.group"),
+    ("code_support_clips", -1, "code_support_clips"),
 ])
 def test_config_errors_name_the_key(tiny_cvivit_dir, tmp_path, key, value, named):
   config = conftest.tiny_maskgit_config(tiny_cvivit_dir)
@@ -277,6 +278,39 @@ def test_config_errors_name_the_key(tiny_cvivit_dir, tmp_path, key, value, named
   with pytest.raises(ValueError, match=named.replace(".", r"\.")):
     trainer.main(config, str(tmp_path / "run"))
   assert not glob.glob(str(tmp_path / "run" / "checkpoints" / "*"))
+
+
+def test_code_counts_split_first_and_later_time_steps():
+  codes = np.array([[[[1, 2]], [[3, 3]]],          # a video: first step 1, 2; later 3, 3
+                    [[[4, 4]], [[0, 0]]]])          # an image: its later step is padding
+  counts = trainer.code_counts(codes, np.array([False, True]), 5)
+  np.testing.assert_array_equal(counts, [[0, 1, 1, 0, 2], [0, 0, 0, 2, 0]])
+
+
+def test_finished_run_writes_its_code_support(tiny_maskgit_dir, tiny_cvivit_dir, tmp_path):
+  """code_support.npz counts the codes of the run's first `code_support_clips` examples: every
+  first-step token of every clip, every later-step token of the videos only — the same counts
+  as encoding that stream again."""
+  config = common.load_config(tiny_maskgit_dir)
+  tok = tokenizer_lib.Tokenizer.from_workdir(tiny_cvivit_dir)
+  with np.load(os.path.join(tiny_maskgit_dir, trainer.CODE_SUPPORT_FILE)) as z:
+    counts, clips = z["counts"], int(z["clips"])
+  assert counts.shape == (2, tok.codebook_size) and clips == config.code_support_clips
+  batches = trainer.make_batches(config, trainer.tokenizer_config(config))
+  steps = clips // config.data.batch_size
+  expected = np.zeros_like(counts)
+  images = 0
+  for step in range(steps):
+    batch = batches.batch(step)
+    codes = np.asarray(tok.encode(batch["video"]))                     # [8, t, h, w]
+    is_image = np.asarray(batch["is_image"], bool)
+    images += int(is_image.sum())
+    np.add.at(expected[0], codes[:, 0].ravel(), 1)
+    np.add.at(expected[1], codes[~is_image, 1:].ravel(), 1)
+  np.testing.assert_array_equal(counts, expected)
+  t, h, w = trainer.build_model(config).grid
+  assert counts[0].sum() == clips * h * w
+  assert counts[1].sum() == (clips - images) * (t - 1) * h * w and 0 < images < clips
 
 
 def test_token_embeddings_can_start_from_the_codebook():

@@ -79,6 +79,35 @@ def test_cfg_scale_zero_ignores_the_prompt(tiny_sampler):
   assert not np.array_equal(c, d)
 
 
+def test_restrict_codes_samples_only_the_codes_seen_at_each_time_step(tiny_sampler):
+  """With a code support allowing code a at the first time step and b, c later, every sampled
+  token obeys it; restrict_codes=False ignores it; the fixture's own support was loaded."""
+  from phenaki_jax import sample  # pylint: disable=g-import-not-at-top
+  s = tiny_sampler
+  k = s.model.codebook_size
+  assert s.code_support is not None and s.code_support.shape == (2, k)
+  assert s.code_support[0].any() and s.code_support[1].any()
+  support = np.zeros((2, k), np.int64)
+  support[0, 5] = 3
+  support[1, [7, 9]] = 1
+  r = sample.Sampler(s.tokenizer, s.model, s.params, s.text_encoder, s.defaults, support)
+  h, w = s.model.grid[1:]
+  init = np.zeros((2,) + s.model.grid, np.int32)
+  fixed = np.zeros(init.shape, bool)
+  codes, _ = r._run([P1, P2], init, fixed, 0, r._options())
+  assert (codes[:, 0] == 5).all()
+  assert np.isin(codes[:, 1:], [7, 9]).all() and len(np.unique(codes[:, 1:])) == 2
+  free, _ = r._run([P1, P2], init, fixed, 0, r._options(restrict_codes=False))
+  assert len(np.unique(free)) > 3
+  # A row with no code at all allows every code (nothing to restrict to); a wrong shape fails.
+  empty_later = support.copy()
+  empty_later[1] = 0
+  e = sample.Sampler(s.tokenizer, s.model, s.params, s.text_encoder, s.defaults, empty_later)
+  assert e.code_support[1].all() and e.code_support[0].sum() == 1
+  with pytest.raises(ValueError, match="code_support must be"):
+    sample.Sampler(s.tokenizer, s.model, s.params, s.text_encoder, s.defaults, support[:1])
+
+
 def _window(sampler, prompt, context_codes, seed, scramble=False):
   """`Sampler._run` on a 5-step window whose first time steps are the fixed context codes."""
   b, t_c, h, w = context_codes.shape

@@ -65,6 +65,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                      "positive sum")
   if config.data.video_rate == 0:
     raise ValueError("config.data.video_rate=0 trains no video at all")
+  if config.code_support_clips < 0:
+    raise ValueError(f"config.code_support_clips={config.code_support_clips} must be ≥ 0 "
+                     f"(0 skips the code support)")
 
 
 def shapes_spec(tok_config) -> shapes_lib.ShapesSpec:
@@ -81,6 +84,45 @@ def make_batches(config, tok_config) -> pipeline.Batches:
                           num_frames=tok_config.data.num_frames,
                           process_index=jax.process_index(), process_count=jax.process_count(),
                           prefetch=config.data.prefetch)
+
+
+# ---- Code support: which codes the tokenizer emits at the first and at later time steps --------
+CODE_SUPPORT_FILE = "code_support.npz"
+
+
+def code_counts(codes, is_image, codebook_size: int) -> np.ndarray:
+  """int64 [2, K]: how often each code appears at the first time step (row 0) and at later time
+  steps (row 1) of `codes` int [B, t, h, w]; an image (`is_image` bool [B]) only has a first."""
+  codes = np.asarray(codes)
+  is_image = np.asarray(is_image, bool)
+  counts = np.zeros((2, codebook_size), np.int64)
+  np.add.at(counts[0], codes[:, 0].ravel(), 1)
+  np.add.at(counts[1], codes[~is_image, 1:].ravel(), 1)
+  return counts
+
+
+def write_code_support(config, workdir: str, tok: tokenizer_lib.Tokenizer, batches) -> str:
+  """Counts the codes of the first `config.code_support_clips` training examples (the run's own
+  stream: tokenised videos and images, or the pre-tokenised codes) and writes them to
+  `workdir/code_support.npz` (`counts` [2, K]). The sampler can then restrict each time step
+  to codes that occur there (`sample.restrict_codes`): the C-ViViT's first frame is a 2-D patch
+  embedding and its later steps are tubelets, so they use largely different codes."""
+  counts = np.zeros((2, tok.codebook_size), np.int64)
+  step = seen = 0
+  last_step = getattr(batches, "meta", {}).get("num_steps")   # pre-tokenised data may end
+  while seen < config.code_support_clips and (last_step is None or step < last_step):
+    batch = batches.batch(step)
+    codes = batch["codes"] if "codes" in batch else np.asarray(tok.encode(batch["video"]))
+    counts += code_counts(codes, batch["is_image"], tok.codebook_size)
+    seen += len(codes)
+    step += 1
+  path = os.path.join(workdir, CODE_SUPPORT_FILE)
+  with open(path + ".tmp", "wb") as f:
+    np.savez(f, counts=counts, clips=np.int64(seen))
+  os.replace(path + ".tmp", path)
+  logging.info("code support from %d clips: %d codes at the first time step, %d later (%s)",
+               seen, int((counts[0] > 0).sum()), int((counts[1] > 0).sum()), path)
+  return path
 
 
 def load_tokenizer(config) -> tokenizer_lib.Tokenizer:
@@ -246,6 +288,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
   total = config.total_steps
   report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer)
   history, train_metrics = [], {}
+  stopped_early = False
   start_time = time.time()
   with jax.set_mesh(mesh), metric_writers.ensure_flushes(writer):
     for step, batch in batches.iterate(step):
@@ -275,8 +318,12 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if (done % config.eval_every == 0 or last) and config.sample.num_videos > 0:
         write_samples(workdir, done, config, tok, model, state["params"], text_encoder, writer)
       if last or preempted:
+        stopped_early = preempted and not last
         break
   ckpt.close()
+  # A finished run (not a preempted one) records which codes occur where, for the sampler.
+  if config.code_support_clips > 0 and jax.process_index() == 0 and not stopped_early:
+    write_code_support(config, workdir, tok, batches)
   return {"state": state, "train": train_metrics,
           "seconds": time.time() - start_time}
 
