@@ -26,6 +26,23 @@ def valid_from_time_steps(num_valid_steps: Array, grid: tuple[int, int, int]) ->
   return step[None, :] < jnp.asarray(num_valid_steps)[:, None]  # [B, N]
 
 
+def sample_prefix_given(rng: Array, is_image: Array, rate: float,
+                        grid: tuple[int, int, int]) -> Array:
+  """Frame-prediction examples: bool [B, t·h·w], True at the positions given as context.
+
+  With probability `rate` a video example (not an image) keeps its first s time steps given,
+  s uniform in 1..t-1 (at least one time step is left to predict); other examples get nothing.
+  """
+  t = grid[0]
+  batch = is_image.shape[0]
+  if t < 2:  # a single time step: nothing can be given and something still predicted
+    return jnp.zeros((batch, t * grid[1] * grid[2]), bool)
+  pick_rng, s_rng = jax.random.split(rng)
+  prefix = jax.random.bernoulli(pick_rng, rate, (batch,)) & ~is_image.astype(bool)
+  given_steps = jnp.where(prefix, jax.random.randint(s_rng, (batch,), 1, t), 0)
+  return valid_from_time_steps(given_steps, grid)
+
+
 def _rank(scores: Array) -> Array:
   """Rank (0 = smallest) of every entry along the last axis; ties broken by position."""
   order = jnp.argsort(scores, axis=-1, stable=True)

@@ -231,6 +231,27 @@ def test_image_fraction_metric_and_image_examples(step_env, warm_steps):
     assert np.isfinite(metrics["loss_image"]) and metrics["loss_image"] > 0
 
 
+def test_prefix_rate_leaves_first_time_steps_of_videos_unmasked(step_env):
+  """prefix_rate=1: every video keeps its first 1..t-1 time steps given, so about half of the
+  valid tokens can be masked (mask fraction ≈ 0.637 × 0.5 + the images' share) instead of the
+  cosine schedule's 0.637 mean; the step still trains (finite loss)."""
+  env = step_env
+  config = env["config"].copy_and_resolve_references()
+  config.prefix_rate = 1.0
+  model = trainer.build_model(config, trainer.tokenizer_config(config))
+  step_fn = jax.jit(functools.partial(trainer.train_step, model=model, tok_model=env["tok"].model,
+                                      tx=optim.make_optimizer(config.optim), config=config))
+  plain, prefixed = [], []
+  for seed in range(4):
+    _, m = _step(env, env["state"], env["batch"], seed)
+    plain.append(float(m["mask_fraction"]))
+    _, m = step_fn(env["state"], env["batch"], env["null_text"], env["tok"].params,
+                   jax.random.PRNGKey(seed))
+    prefixed.append(float(m["mask_fraction"]))
+    assert np.isfinite(m["loss"])
+  assert np.mean(prefixed) < np.mean(plain) - 0.15, (prefixed, plain)
+
+
 def test_image_padded_frames_change_nothing(step_env, warm_steps):
   """Noise in the padded later frames of the image examples leaves the step's metrics and the
   updated parameters bit-identical; the same noise in one video example's frames does not."""
@@ -270,6 +291,7 @@ def test_image_padded_frames_change_nothing(step_env, warm_steps):
     ("model.group", 3, "model.group"),
     ("model.group", 0, "model.group"),
     ("code_support_clips", -1, "code_support_clips"),
+    ("prefix_rate", 1.5, "prefix_rate"),
 ])
 def test_config_errors_name_the_key(tiny_cvivit_dir, tmp_path, key, value, named):
   config = conftest.tiny_maskgit_config(tiny_cvivit_dir)

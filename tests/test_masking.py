@@ -57,6 +57,26 @@ def test_mask_is_deterministic_per_rng():
   assert (np.asarray(a) != np.asarray(c)).any()
 
 
+def test_prefix_given_is_whole_first_time_steps_of_videos():
+  grid = (5, 2, 3)
+  is_image = jnp.array([False] * 300 + [True] * 100)
+  given = np.asarray(masking.sample_prefix_given(jax.random.PRNGKey(0), is_image, 0.5, grid))
+  per_step = given.reshape(400, 5, 6)
+  assert (per_step.all(-1) == per_step.any(-1)).all()          # whole time steps only
+  steps = per_step.any(-1).sum(-1)                             # s per example
+  # A prefix: the given time steps are the first s.
+  np.testing.assert_array_equal(per_step.any(-1), np.arange(5)[None] < steps[:, None])
+  assert (steps[300:] == 0).all()                              # images: never
+  video = steps[:300]
+  assert video.max() == 4                                      # always something to predict
+  assert abs((video > 0).mean() - 0.5) < 0.1                   # the rate
+  assert set(video[video > 0]) == {1, 2, 3, 4}                 # s uniform over 1..t-1
+  none = masking.sample_prefix_given(jax.random.PRNGKey(0), is_image, 0.0, grid)
+  assert not np.asarray(none).any()
+  single = masking.sample_prefix_given(jax.random.PRNGKey(0), is_image, 1.0, (1, 2, 3))
+  assert not np.asarray(single).any()
+
+
 def test_apply_mask():
   tokens = jnp.arange(6, dtype=jnp.int32).reshape(2, 3)
   mask = jnp.array([[True, False, False], [False, False, True]])

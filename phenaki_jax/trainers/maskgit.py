@@ -65,6 +65,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                      "positive sum")
   if config.data.video_rate == 0:
     raise ValueError("config.data.video_rate=0 trains no video at all")
+  if not 0.0 <= config.prefix_rate <= 1.0:
+    raise ValueError(f"config.prefix_rate={config.prefix_rate} must be in [0, 1]")
   if config.code_support_clips < 0:
     raise ValueError(f"config.code_support_clips={config.code_support_clips} must be ≥ 0 "
                      f"(0 skips the code support)")
@@ -190,7 +192,14 @@ def train_step(state, batch, null_text, tok_params, rng, *, model, tok_model, tx
   text_tokens = jnp.where(drop[:, None, None], null_tokens[None], batch["text"])
   text_mask = jnp.where(drop[:, None], null_mask[None], batch["text_mask"])
 
-  mask = masking.sample_training_mask(mask_rng, valid)               # [B, N]
+  maskable = valid
+  if config.prefix_rate > 0:
+    # Frame prediction: a share of the videos keep their first s time steps (1 ≤ s < t) given,
+    # as story mode and image-to-video give the context; the mask is drawn over the rest.
+    mask_rng, prefix_rng = jax.random.split(mask_rng)
+    maskable = valid & ~masking.sample_prefix_given(prefix_rng, batch["is_image"],
+                                                    config.prefix_rate, model.grid)
+  mask = masking.sample_training_mask(mask_rng, maskable)            # [B, N]
   inputs = masking.apply_mask(codes, mask, model.mask_token_id)
 
   def loss_fn(params):
