@@ -239,10 +239,6 @@ def _segment_starts(num_frames: int, num_segments: int, frames_per_segment=None,
   return starts
 
 
-_DIRECTION_STEP = {'left': (-1.0, 0.0), 'right': (1.0, 0.0), 'up': (0.0, -1.0),
-                   'down': (0.0, 1.0)}
-
-
 def segment_feasible(spec: shapes_lib.ShapesSpec, start_centroid, direction: str,
                      num_frames: int) -> bool:
   """Whether ``num_frames`` steps of ``spec.speed_px`` in ``direction`` from ``start_centroid``
@@ -251,7 +247,7 @@ def segment_feasible(spec: shapes_lib.ShapesSpec, start_centroid, direction: str
   start = np.asarray(start_centroid, np.float64)
   if not np.all(np.isfinite(start)):
     return True
-  end = start + num_frames * spec.speed_px * np.asarray(_DIRECTION_STEP[direction])
+  end = start + num_frames * spec.speed_px * np.asarray(shapes_lib.DIRECTION_VECTORS[direction])
   tolerance = 0.5 * spec.speed_px
   return all(lo - tolerance <= v <= hi + tolerance
              for v, (lo, hi) in zip(end, spec.centroid_bounds))
