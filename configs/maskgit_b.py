@@ -64,6 +64,12 @@ def get_config(arg: str = "tiny"):
   # tiny: batch 8 buys twice the updates of 16 in the demo's budget, which learned more on a
   # 2-core CPU (BENCHMARKS.md); 3600 steps (group 2) ≈ 10 min there.
   c.data.batch_size = 8 if tiny else 512
+  # Turn clips (story-mode training): this share of the video examples is a clip whose object
+  # turns after its first turn_context_frames frames, captioned with the new direction; those
+  # frames' time steps are given (never masked), as the re-encoded context of a story
+  # continuation is. Not in the paper (its stories come from plain clips); 0 = off.
+  c.data.turn_rate = 0.0
+  c.data.turn_context_frames = 5
   c.data.seed = 1                    # a different stream from stage 1's
   c.data.prefetch = 4
   c.data.pretokenized = ""           # a directory written by `python -m phenaki_jax.tokenize`

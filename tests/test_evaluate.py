@@ -92,6 +92,26 @@ def test_evaluate_shapes(tiny_sampler, tmp_path):
   assert story_lines == evaluate.story_prompts(SPEC, 2)[0]
 
 
+def test_evaluate_shapes_pools_seeds(tiny_sampler):
+  """num_seeds=2 samples everything twice: pooled clip and segment counts double, the first
+  repeat is the single-seed evaluation, and the pooled accuracy is the mean of the two."""
+  kw = dict(samples_per_triple=1, num_stories=1, batch_size=32, steps=STEPS)
+  one = evaluate.evaluate_shapes(tiny_sampler, SPEC, **kw)
+  two = evaluate.evaluate_shapes(tiny_sampler, SPEC, num_seeds=2, **kw)
+  assert one["num_seeds"] == 1 and two["num_seeds"] == 2
+  for name in ("seen", "heldout", "image_only"):
+    assert two[name]["num_clips"] == 2 * one[name]["num_clips"]
+    first, second = two[name]["per_seed_all_accuracy"]
+    assert first == pytest.approx(one[name]["all_accuracy"])
+    assert two[name]["all_accuracy"] == pytest.approx((first + second) / 2)
+    assert "per_seed_all_accuracy" not in one[name]
+  assert two["story"]["num_segments"] == 2 * one["story"]["num_segments"]
+  assert two["story"]["per_seed_segment_accuracy"][0] == pytest.approx(
+      one["story"]["segment_accuracy"])
+  with pytest.raises(ValueError, match="num_seeds"):
+    evaluate.evaluate_shapes(tiny_sampler, SPEC, num_seeds=0, **kw)
+
+
 def test_cli_prints_and_writes_json(tiny_cvivit_dir, tiny_maskgit_dir, tmp_path):
   out = tmp_path / "eval"
   proc = subprocess.run(

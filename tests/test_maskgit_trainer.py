@@ -252,6 +252,46 @@ def test_prefix_rate_leaves_first_time_steps_of_videos_unmasked(step_env):
   assert np.mean(prefixed) < np.mean(plain) - 0.15, (prefixed, plain)
 
 
+def test_given_time_steps_of_context_frames():
+  np.testing.assert_array_equal(trainer.given_time_steps([0, 5, 1, 3, 7], 2, 9), [0, 3, 1, 2, 4])
+  for bad in ([4], [9], [11]):                   # not whole time steps / nothing left to predict
+    with pytest.raises(ValueError, match="turn_context_frames"):
+      trainer.given_time_steps(bad, 2, 9)
+
+
+def test_turn_clips_are_in_the_batches_and_their_context_is_never_masked(step_env):
+  """turn_rate=0.5: about half of the video slots are turn clips, whose rows carry their
+  context_frames; a step whose videos all have t-1 given time steps can mask at most one time
+  step of them (mask fraction bounded by the exact share), instead of ≈ 0.64 of all tokens."""
+  env = step_env
+  config = env["config"].copy_and_resolve_references()
+  config.data.turn_rate = 0.5
+  batches = trainer.make_batches(config, trainer.tokenizer_config(config))
+  turn_source = [s.split for s in batches.sources].index("turn")
+  slots = [batches.slot(step, slot)[0] for step in range(50) for slot in range(BATCH)]
+  videos = [s for s in slots if not batches.is_image[s]]
+  assert _within(np.mean([s == turn_source for s in videos]), 0.5, len(videos))
+  rows = batches.batch(0)
+  turned = rows["context_frames"] > 0
+  assert turned.any() and not (turned & rows["is_image"]).any()
+  assert set(rows["context_frames"][turned].tolist()) == {config.data.turn_context_frames}
+
+  model = trainer.build_model(config, trainer.tokenizer_config(config))
+  t, h, w = model.grid
+  step_fn = jax.jit(functools.partial(trainer.train_step, model=model, tok_model=env["tok"].model,
+                                      tx=optim.make_optimizer(config.optim), config=config))
+  is_image = np.asarray(env["batch"]["is_image"])
+  given = np.where(is_image, 0, t - 1).astype(np.int32)
+  bound = (is_image.size * h * w) / (((~is_image).sum() * t + is_image.sum()) * h * w)
+  for seed in range(3):
+    _, m = step_fn(env["state"], dict(env["batch"], given_steps=jnp.asarray(given)),
+                   env["null_text"], env["tok"].params, jax.random.PRNGKey(seed))
+    assert 0 < float(m["mask_fraction"]) <= bound + 1e-6, (float(m["mask_fraction"]), bound)
+    assert np.isfinite(m["loss"])
+    _, plain = _step(env, env["state"], env["batch"], seed)
+    assert float(plain["mask_fraction"]) > bound + 0.1
+
+
 def test_image_padded_frames_change_nothing(step_env, warm_steps):
   """Noise in the padded later frames of the image examples leaves the step's metrics and the
   updated parameters bit-identical; the same noise in one video example's frames does not."""
@@ -292,12 +332,21 @@ def test_image_padded_frames_change_nothing(step_env, warm_steps):
     ("model.group", 0, "model.group"),
     ("code_support_clips", -1, "code_support_clips"),
     ("prefix_rate", 1.5, "prefix_rate"),
+    ("data.turn_rate", 1.0, "turn_rate"),
 ])
 def test_config_errors_name_the_key(tiny_cvivit_dir, tmp_path, key, value, named):
   config = conftest.tiny_maskgit_config(tiny_cvivit_dir)
   parent, _, leaf = key.rpartition(".")
   (config[parent] if parent else config)[leaf] = value
   with pytest.raises(ValueError, match=named.replace(".", r"\.")):
+    trainer.main(config, str(tmp_path / "run"))
+  assert not glob.glob(str(tmp_path / "run" / "checkpoints" / "*"))
+
+
+def test_turn_context_that_is_not_whole_time_steps_fails_at_start(tiny_cvivit_dir, tmp_path):
+  config = conftest.tiny_maskgit_config(tiny_cvivit_dir)
+  config.data.turn_rate, config.data.turn_context_frames = 0.2, 2
+  with pytest.raises(ValueError, match=r"turn_context_frames"):
     trainer.main(config, str(tmp_path / "run"))
   assert not glob.glob(str(tmp_path / "run" / "checkpoints" / "*"))
 

@@ -24,8 +24,10 @@ def test_batch_contents():
   assert batch['video'].shape == (32, 9, 32, 32, 3) and batch['video'].dtype == np.uint8
   assert batch['caption'].shape == (32,) and batch['is_image'].dtype == np.bool_
   assert {k: v[0] for k, v in batches.shapes.items()} == {
-      'video': (32, 9, 32, 32, 3), 'caption': (32,), 'is_image': (32,)}
+      'video': (32, 9, 32, 32, 3), 'caption': (32,), 'is_image': (32,),
+      'context_frames': (32,)}
   assert 0 < batch['is_image'].sum() < 32
+  assert batch['context_frames'].dtype == np.int32 and not batch['context_frames'].any()
   for video, caption, is_image in zip(batch['video'], batch['caption'], batch['is_image']):
     color, shape, direction = shapes.parse_caption(caption)
     assert (direction is None) == is_image

@@ -170,6 +170,39 @@ def test_story_continues_where_it_was():
     shapes.story_example(SPEC, 0, 0, ['a red circle moves right'] * 3, 9)
 
 
+def test_turn_clips_turn_after_their_context():
+  """A turn clip moves in its first direction up to frame context_frames - 1 and in its
+  caption's direction from there, one step per frame, inside the canvas; both its triples are
+  training triples; the first direction is not always the same."""
+  firsts = set()
+  for index in range(24):
+    ex = shapes.turn_example(SPEC, 0, index, 5)
+    video = ex['video']
+    assert video.shape == (9, 32, 32, 3) and ex['context_frames'] == 5
+    color, shape, direction = shapes.parse_caption(ex['caption'])
+    assert (color, shape, direction) == (ex['color'], ex['shape'], ex['direction'])
+    assert ex['first_direction'] != direction
+    assert (color, shape, direction) in shapes.train_triples(SPEC)
+    assert (color, shape, ex['first_direction']) in shapes.train_triples(SPEC)
+    assert _dominant_color(video) == shapes.PALETTE[color]
+    steps = np.diff(_centroids(video), axis=0)                     # [8, 2]
+    expected = [shapes.DIRECTION_VECTORS[d] for d in [ex['first_direction']] * 4 + [direction] * 4]
+    np.testing.assert_allclose(steps, np.array(expected) * SPEC.speed_px, atol=0.1)
+    border = np.concatenate([video[:, 0], video[:, -1], video[:, :, 0], video[:, :, -1]], axis=1)
+    assert border.max() == 0
+    firsts.add((direction, ex['first_direction']))
+  assert len(firsts) >= 9                       # of the 12 (direction, first direction) pairs
+  np.testing.assert_array_equal(shapes.turn_example(SPEC, 0, 7, 5)['video'],
+                                shapes.turn_example(SPEC, 0, 7, 5)['video'])
+  three = shapes.turn_example(SPEC, 0, 7, 3)
+  steps = np.diff(_centroids(three['video']), axis=0)
+  np.testing.assert_allclose(
+      steps[2], np.array(shapes.DIRECTION_VECTORS[three['direction']]) * SPEC.speed_px, atol=0.1)
+  for bad in (0, 9):
+    with pytest.raises(ValueError, match='context_frames'):
+      shapes.turn_example(SPEC, 0, 0, bad)
+
+
 def test_random_story_prompts_fit():
   for split in ('train', 'heldout', 'image_only'):
     for index in range(5):

@@ -117,7 +117,8 @@ class Batches:
     """Shapes and dtypes of this process's batch (e.g. for jax.eval_shape)."""
     b = self.local_batch_size
     return {'video': ((b, self.num_frames) + tuple(self.frame_shape), np.uint8),
-            'caption': ((b,), np.str_), 'is_image': ((b,), np.bool_)}
+            'caption': ((b,), np.str_), 'is_image': ((b,), np.bool_),
+            'context_frames': ((b,), np.int32)}
 
   def slot(self, step: int, slot: int) -> tuple:
     """(source number, example index) of one slot of the global batch at ``step``."""
@@ -129,13 +130,16 @@ class Batches:
     """This process's rows of global batch ``step``, a pure function of (seed, step).
 
     Returns:
-      dict(video=uint8 [B, F, H, W, 3], caption=str [B], is_image=bool [B]), B the local batch.
+      dict(video=uint8 [B, F, H, W, 3], caption=str [B], is_image=bool [B],
+      context_frames=int32 [B] (an example's own ``context_frames``, e.g. a turn clip's frames
+      before its turn; 0 for the rest)), B the local batch.
     """
     if int(step) < 0:
       raise ValueError(f'step must be >= 0, got {step}.')
     b = self.local_batch_size
     video = np.zeros((b, self.num_frames) + tuple(self.frame_shape), np.uint8)  # [B, F, H, W, 3]
     captions, is_image = [], np.zeros((b,), np.bool_)                             # [B]
+    context = np.zeros((b,), np.int32)                                            # [B]
     first = self.process_index * b
     for row in range(b):
       source, index = self.slot(step, first + row)
@@ -151,7 +155,9 @@ class Batches:
                            f'expected {self.num_frames}.')
       video[row, :frames.shape[0]] = frames
       captions.append(example['caption'])
-    return dict(video=video, caption=np.array(captions, dtype=np.str_), is_image=is_image)
+      context[row] = int(example.get('context_frames', 0))
+    return dict(video=video, caption=np.array(captions, dtype=np.str_), is_image=is_image,
+                context_frames=context)
 
   def iterate(self, start_step: int = 0, num_steps: Optional[int] = None) -> Iterator[tuple]:
     """Yields (step, batch(step)) from ``start_step`` on, computed ``prefetch`` steps ahead.

@@ -53,7 +53,7 @@ SPLITS = ('train', 'eval', 'heldout', 'image_only')
 
 # Distinct seed streams: an example is drawn from np.random.default_rng([seed, stream, index]).
 _STREAM = {'train': 0, 'eval': 1, 'heldout': 2, 'image_only': 3, 'image': 4, 'story': 5,
-           'story_prompts': 6}
+           'story_prompts': 6, 'turn': 7}
 
 # Extents of the shapes around their area centroid, in units of the object size s (the side of
 # the square, the diameter of the circle, the side of the equilateral, apex-up triangle):
@@ -390,6 +390,44 @@ def video_example(spec: ShapesSpec, seed: int, index: int, split: str = 'train',
   video = render_video(spec, color, shape, direction, start, num_frames)
   return dict(video=video, caption=caption(color, shape, direction), color=color, shape=shape,
               direction=direction)
+
+
+def turn_example(spec: ShapesSpec, seed: int, index: int, context_frames: int,
+                 num_frames: Optional[int] = None) -> dict:
+  """Turn clip ``index``: a story-mode training example (a pure function of its arguments).
+
+  The object moves in a first direction over frames ``1 .. context_frames - 1`` and in the
+  caption's direction from frame ``context_frames`` on, continuing from where it was: the
+  window a story continuation samples in, whose first ``context_frames`` frames are the
+  previous segment's end. The caption's triple is ``train_triples(spec)[index % n]``; the first
+  direction is drawn from the other three among those whose triple is a training triple too
+  (held-out motion never appears). The path stays inside the canvas.
+
+  Returns:
+    dict(video=uint8 [F, H, W, 3], caption=str (the turn's triple), color, shape, direction,
+    first_direction=str, context_frames=int).
+  """
+  num_frames = spec.num_frames if num_frames is None else int(num_frames)
+  if not 1 <= int(context_frames) < num_frames:
+    raise ValueError(f'context_frames must be in [1, {num_frames}) for {num_frames}-frame '
+                     f'turn clips, got {context_frames!r}.')
+  triples = train_triples(spec)
+  color, shape, direction = triples[int(index) % len(triples)]
+  firsts = [d for d in DIRECTIONS if d != direction and (color, shape, d) in triples]
+  if not firsts:
+    raise ValueError(f'No training triple ({color}, {shape}, ·) moves in a direction other '
+                     f'than {direction!r}; hold out fewer triples to train turns.')
+  rng = _rng(seed, 'turn', index)
+  first = firsts[int(rng.integers(len(firsts)))]
+  directions = [first] * int(context_frames) + [direction] * (num_frames - int(context_frames))
+  start = _fitting_start(spec, rng, directions)
+  if start is None:
+    raise ValueError(f'A {num_frames}-frame turn clip at {spec.speed_px:.2f} px/frame does not '
+                     f'fit inside the {spec.resolution}px canvas; use fewer frames.')
+  positions = trajectory(spec, start, directions)                     # [F, 2]
+  video = render_trajectory(spec, positions, [shape] * num_frames, [color] * num_frames)
+  return dict(video=video, caption=caption(color, shape, direction), color=color, shape=shape,
+              direction=direction, first_direction=first, context_frames=int(context_frames))
 
 
 def image_example(spec: ShapesSpec, seed: int, index: int) -> dict:

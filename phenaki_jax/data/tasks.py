@@ -44,17 +44,24 @@ class ShapesSource:
   Attributes:
     spec: what the data looks like.
     seed: the data seed (each (seed, split, index) is one fixed example).
-    split: a video split of ``shapes.SPLITS`` ('train', 'eval', 'heldout', 'image_only') or
-      'image' for 1-frame images.
+    split: a video split of ``shapes.SPLITS`` ('train', 'eval', 'heldout', 'image_only'),
+      'image' for 1-frame images, or 'turn' for story-mode turn clips (``shapes.turn_example``:
+      their examples carry ``context_frames``, which the native pipeline passes on as a batch
+      field; the seqio tasks do not).
+    context_frames: frames before the turn of a 'turn' clip (ignored by other splits).
   """
   spec: shapes_lib.ShapesSpec = DEFAULT_SPEC
   seed: int = DEFAULT_SEED
   split: str = 'train'
+  context_frames: int = 5
 
   def __post_init__(self):
-    if self.split not in shapes_lib.SPLITS + ('image',):
-      raise ValueError(f'ShapesSource.split must be one of {shapes_lib.SPLITS + ("image",)}, '
-                       f'got {self.split!r}.')
+    splits = shapes_lib.SPLITS + ('image', 'turn')
+    if self.split not in splits:
+      raise ValueError(f'ShapesSource.split must be one of {splits}, got {self.split!r}.')
+    if self.split == 'turn' and not 1 <= self.context_frames < self.spec.num_frames:
+      raise ValueError(f'ShapesSource.context_frames must be in [1, {self.spec.num_frames}) '
+                       f'for turn clips, got {self.context_frames!r}.')
 
   @property
   def is_image(self) -> bool:
@@ -73,6 +80,9 @@ class ShapesSource:
     color, shape, and direction for videos). ``num_frames`` overrides the spec's (videos)."""
     if self.is_image:
       return shapes_lib.image_example(self.spec, self.seed, index)
+    if self.split == 'turn':
+      return shapes_lib.turn_example(self.spec, self.seed, index, self.context_frames,
+                                     num_frames)
     return shapes_lib.video_example(self.spec, self.seed, index, self.split, num_frames)
 
 

@@ -67,6 +67,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError("config.data.video_rate=0 trains no video at all")
   if not 0.0 <= config.prefix_rate <= 1.0:
     raise ValueError(f"config.prefix_rate={config.prefix_rate} must be in [0, 1]")
+  if not 0.0 <= config.data.turn_rate < 1.0:
+    raise ValueError(f"config.data.turn_rate={config.data.turn_rate} must be in [0, 1) (the "
+                     f"share of the video examples that are turn clips)")
+  if config.data.turn_rate > 0 and config.data.pretokenized:
+    raise ValueError("config.data.turn_rate > 0 needs rendered Shapes data: pre-tokenised "
+                     "data (config.data.pretokenized) has no turn clips; set one of them off")
   if config.code_support_clips < 0:
     raise ValueError(f"config.code_support_clips={config.code_support_clips} must be ≥ 0 "
                      f"(0 skips the code support)")
@@ -77,9 +83,27 @@ def shapes_spec(tok_config) -> shapes_lib.ShapesSpec:
                                num_frames=tok_config.data.num_frames)
 
 
+def given_time_steps(context_frames, temporal_patch: int, num_frames: int) -> np.ndarray:
+  """int32 [B]: the time steps that `context_frames` [B] given frames fill (0 for 0 frames).
+
+  A context must be whole time steps, 1 + k·t_p frames with 1 + k·t_p < num_frames, so that
+  something is left to predict."""
+  frames = np.asarray(context_frames, np.int64)
+  bad = (frames > 0) & (((frames - 1) % temporal_patch != 0) | (frames >= num_frames))
+  if bad.any():
+    raise ValueError(f"context frames {sorted(set(frames[bad].tolist()))} are not whole time "
+                     f"steps of a {num_frames}-frame clip: use 1 + k·{temporal_patch} frames, "
+                     f"fewer than {num_frames} (config.data.turn_context_frames)")
+  return np.where(frames > 0, 1 + (frames - 1) // temporal_patch, 0).astype(np.int32)
+
+
 def make_batches(config, tok_config) -> pipeline.Batches:
   spec, seed = shapes_spec(tok_config), config.data.seed
-  mixture = [(tasks.ShapesSource(spec, seed, "train"), config.data.video_rate)]
+  turn = config.data.turn_rate
+  mixture = [(tasks.ShapesSource(spec, seed, "train"), config.data.video_rate * (1.0 - turn))]
+  if turn > 0:
+    mixture.append((tasks.ShapesSource(spec, seed, "turn", config.data.turn_context_frames),
+                    config.data.video_rate * turn))
   if config.data.image_rate > 0:
     mixture.append((tasks.ShapesSource(spec, seed, "image"), config.data.image_rate))
   return pipeline.Batches(mixture, config.data.batch_size, seed=seed,
@@ -193,6 +217,9 @@ def train_step(state, batch, null_text, tok_params, rng, *, model, tok_model, tx
   text_mask = jnp.where(drop[:, None], null_mask[None], batch["text_mask"])
 
   maskable = valid
+  if "given_steps" in batch:
+    # Turn clips (config.data.turn_rate): their first time steps are the story context, given.
+    maskable = maskable & ~masking.valid_from_time_steps(batch["given_steps"], model.grid)
   if config.prefix_rate > 0:
     # Frame prediction: a share of the videos keep their first s time steps (1 ≤ s < t) given,
     # as story mode and image-to-video give the context; the mask is drawn over the rest.
@@ -264,6 +291,9 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                            tokenize.expected_meta(config))
   else:
     batches = make_batches(config, tok_config)
+  if config.data.turn_rate > 0:  # fail at start-up, not at the first turn clip
+    given_time_steps([config.data.turn_context_frames], tok.temporal_patch,
+                     tok_config.data.num_frames)
 
   # ---- Model & optimizer ----
   tx = optim.make_optimizer(config.optim)
@@ -305,6 +335,9 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
         break
       text_tokens, text_mask = text_encoder.encode(list(batch["caption"]))
       inputs = {"codes": batch["codes"]} if "codes" in batch else {"video": batch["video"]}
+      if config.data.turn_rate > 0:
+        inputs["given_steps"] = given_time_steps(batch["context_frames"], tok.temporal_patch,
+                                                 tok_config.data.num_frames)
       global_batch = sharding.put_global_batch(
           {**inputs, "is_image": batch["is_image"], "text": text_tokens, "text_mask": text_mask},
           mesh)
