@@ -5,6 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 WORKDIR ?= workdirs/demo
+# Extra flags for the demo, e.g. DEMO_FLAGS="--stage2_steps=7200 --stage2_minutes=25".
+DEMO_FLAGS ?=
 
 .PHONY: demo test install clean
 
@@ -20,7 +22,7 @@ $(STAMP): setup.py
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m phenaki_jax.demo --workdir=$(WORKDIR)
+	$(BIN)/python -m phenaki_jax.demo --workdir=$(WORKDIR) $(DEMO_FLAGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --timeout=900 tests

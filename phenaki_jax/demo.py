@@ -26,9 +26,14 @@ _STAGE1_MIN = flags.DEFINE_float(
 _STAGE2_MIN = flags.DEFINE_float(
     "stage2_minutes", 11.0, "Wall-clock cap on the MaskGIT's training (its config's "
     "total_steps take ~10 min on a quiet 2-core CPU).")
+_STAGE2_STEPS = flags.DEFINE_integer(
+    "stage2_steps", 0, "MaskGIT training steps (its cosine decays over them); 0 = the config's "
+    "3600. Raise --stage2_minutes with it: 7200 steps take ~22 min on a 2-core CPU.",
+    lower_bound=0)
 _EVAL_SEEDS = flags.DEFINE_integer(
     "eval_seeds", 2, "Seeds the Shapes evaluator samples every prompt set with (pooled): one "
-    "seed's figures move by about ±0.06, and each seed costs ~1.3 min on a 2-core CPU.")
+    "seed's figures move by about ±0.06, and each seed costs ~1 min on a 2-core CPU.",
+    lower_bound=1)
 _STORY = flags.DEFINE_multi_string(
     "story", ["a green circle moves right", "a green circle moves down",
               "a green circle moves left"], "The prompts of the demo story.")
@@ -75,11 +80,18 @@ def main(argv):
   print(f"[stage 1] C-ViViT held-out reconstruction: {json.dumps(stage1)}", flush=True)
 
   # ---- Stage 2: MaskGIT ----
+  if _done(maskgit_dir) and _STAGE2_STEPS.value:
+    planned = cvivit_trainer.common.load_config(maskgit_dir).total_steps
+    if planned != _STAGE2_STEPS.value:
+      raise ValueError(f"--stage2_steps={_STAGE2_STEPS.value}, but {maskgit_dir} already holds a "
+                       f"finished MaskGIT run of {planned} steps: pass another --workdir")
   if not _done(maskgit_dir):
     config = load_config("maskgit_b", "tiny")
     with config.unlocked():
       config.max_train_seconds = 60 * _STAGE2_MIN.value
       config.tokenizer.workdir = cvivit_dir
+      if _STAGE2_STEPS.value:
+        config.total_steps = config.optim.decay_steps = _STAGE2_STEPS.value
     out = maskgit_trainer.main(config, maskgit_dir)
     _mark_done(maskgit_dir, {"step": int(out["state"]["step"])})
   print(f"[stage 2] MaskGIT trained in {maskgit_dir}", flush=True)
