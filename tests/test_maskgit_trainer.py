@@ -343,9 +343,12 @@ def test_config_errors_name_the_key(tiny_cvivit_dir, tmp_path, key, value, named
   assert not glob.glob(str(tmp_path / "run" / "checkpoints" / "*"))
 
 
-def test_turn_context_that_is_not_whole_time_steps_fails_at_start(tiny_cvivit_dir, tmp_path):
+@pytest.mark.parametrize("frames", [0, 2, 99])
+def test_turn_context_that_is_not_whole_time_steps_fails_at_start(tiny_cvivit_dir, tmp_path,
+                                                                  frames):
+  """0 frames, a context that splits a time step, and one that leaves nothing to predict."""
   config = conftest.tiny_maskgit_config(tiny_cvivit_dir)
-  config.data.turn_rate, config.data.turn_context_frames = 0.2, 2
+  config.data.turn_rate, config.data.turn_context_frames = 0.2, frames
   with pytest.raises(ValueError, match=r"turn_context_frames"):
     trainer.main(config, str(tmp_path / "run"))
   assert not glob.glob(str(tmp_path / "run" / "checkpoints" / "*"))

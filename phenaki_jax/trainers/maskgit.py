@@ -285,15 +285,18 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
   null_text = jax.device_put(null_text, repl)
 
   # ---- Input pipeline ----
+  if config.data.turn_rate > 0:  # fail at start-up, naming the key, not at the first turn clip
+    if config.data.turn_context_frames < 1:
+      raise ValueError(f"config.data.turn_context_frames={config.data.turn_context_frames} "
+                       f"must be >= 1")
+    given_time_steps([config.data.turn_context_frames], tok.temporal_patch,
+                     tok_config.data.num_frames)
   if config.data.pretokenized:
     from phenaki_jax import tokenize  # pylint: disable=g-import-not-at-top
     batches = tokenize.PretokenizedBatches(config.data.pretokenized,
                                            tokenize.expected_meta(config))
   else:
     batches = make_batches(config, tok_config)
-  if config.data.turn_rate > 0:  # fail at start-up, not at the first turn clip
-    given_time_steps([config.data.turn_context_frames], tok.temporal_patch,
-                     tok_config.data.num_frames)
 
   # ---- Model & optimizer ----
   tx = optim.make_optimizer(config.optim)
