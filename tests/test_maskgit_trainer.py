@@ -291,6 +291,15 @@ def test_turn_clips_are_in_the_batches_and_their_context_is_never_masked(step_en
     _, plain = _step(env, env["state"], env["batch"], seed)
     assert float(plain["mask_fraction"]) > bound + 0.1
 
+  # With frame prediction on as well, the turn context stays given (prefix_rate adds to it).
+  config.prefix_rate = 1.0
+  both_fn = jax.jit(functools.partial(trainer.train_step, model=model, tok_model=env["tok"].model,
+                                      tx=optim.make_optimizer(config.optim), config=config))
+  for seed in range(3):
+    _, m = both_fn(env["state"], dict(env["batch"], given_steps=jnp.asarray(given)),
+                   env["null_text"], env["tok"].params, jax.random.PRNGKey(seed))
+    assert 0 < float(m["mask_fraction"]) <= bound + 1e-6, (float(m["mask_fraction"]), bound)
+
 
 def test_image_padded_frames_change_nothing(step_env, warm_steps):
   """Noise in the padded later frames of the image examples leaves the step's metrics and the

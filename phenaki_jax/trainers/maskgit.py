@@ -224,8 +224,8 @@ def train_step(state, batch, null_text, tok_params, rng, *, model, tok_model, tx
     # Frame prediction: a share of the videos keep their first s time steps (1 ≤ s < t) given,
     # as story mode and image-to-video give the context; the mask is drawn over the rest.
     mask_rng, prefix_rng = jax.random.split(mask_rng)
-    maskable = valid & ~masking.sample_prefix_given(prefix_rng, batch["is_image"],
-                                                    config.prefix_rate, model.grid)
+    maskable = maskable & ~masking.sample_prefix_given(prefix_rng, batch["is_image"],
+                                                       config.prefix_rate, model.grid)
   mask = masking.sample_training_mask(mask_rng, maskable)            # [B, N]
   inputs = masking.apply_mask(codes, mask, model.mask_token_id)
 
