@@ -89,7 +89,8 @@ def masked_cross_entropy(logits: Array, targets: Array, mask: Array, *,
     mask: bool [B, N], True where the input token was masked (loss positions).
     label_smoothing: mass spread uniformly over the K codes (0 = none).
   Returns:
-    (loss scalar f32, dict(accuracy=masked-token accuracy, num_masked=int32 count)).
+    (loss scalar f32, dict(accuracy=masked-token accuracy, num_masked=int32 count,
+    token_nll=f32 [B, N] per-token negative log-likelihood, smoothed like the loss)).
   """
   if logits.shape[:-1] != targets.shape or targets.shape != mask.shape:
     raise ValueError(f"shapes disagree: logits {logits.shape}, targets {targets.shape}, "
@@ -103,5 +104,13 @@ def masked_cross_entropy(logits: Array, targets: Array, mask: Array, *,
   denom = jnp.maximum(num_masked, 1).astype(jnp.float32)
   loss = jnp.where(mask, nll, 0.0).sum() / denom
   correct = (jnp.argmax(logits, axis=-1) == targets) & mask
-  metrics = dict(accuracy=correct.sum() / denom, num_masked=num_masked.astype(jnp.int32))
+  metrics = dict(accuracy=correct.sum() / denom, num_masked=num_masked.astype(jnp.int32),
+                 token_nll=nll)
   return loss, metrics
+
+
+def masked_mean(values: Array, mask: Array) -> Array:
+  """Mean of `values` where `mask` is True (0 if nothing is), as `masked_cross_entropy`
+  normalises: e.g. the loss of a subset from its per-token `token_nll`."""
+  mask = mask.astype(bool)
+  return jnp.where(mask, values, 0.0).sum() / jnp.maximum(mask.sum(), 1).astype(jnp.float32)

@@ -284,6 +284,21 @@ def test_encoder_spatial_radius_bounds_where_a_change_reaches(radius):
     np.testing.assert_allclose(z[:, :, 6, 2], z[:, :, 1, 1], rtol=1e-5, atol=1e-5)
 
 
+def test_radius_zero_runs_one_patch_sequences_equal_to_the_masked_frame():
+  """At radius 0 the encoder's spatial layers run on one-patch sequences; with the same
+  parameters, the full-frame attention masked to each patch itself gives the same values."""
+  model = cvivit.get_model("tiny", **SMALL, encoder_spatial_radius=0)
+  video = random_video(1 + TP, seed=5)
+  _, params = conftest.numpy_init(model, video)
+  spatial = nn.Module.bind(model, {"params": params}).enc_spatial
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 64, model.width)), jnp.float32)
+  own = jnp.eye(64, dtype=bool)[None, None]                           # each patch sees itself
+  masked = spatial(x, mask=own)
+  per_patch = spatial(x.reshape(-1, 1, model.width)).reshape(x.shape)
+  np.testing.assert_allclose(per_patch, masked, rtol=1e-6, atol=1e-6)
+  assert float(jnp.abs(spatial(x) - masked).max()) > 1e-3       # unmasked attention differs
+
+
 def test_negative_encoder_radius_fails_at_start_up():
   from phenaki_jax.trainers import cvivit as trainer  # pylint: disable=g-import-not-at-top
   config = conftest.load_config("cvivit_b", "tiny")

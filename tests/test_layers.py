@@ -39,6 +39,21 @@ def test_matches_jax_dot_product_attention_values_and_gradients(masked):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("masked", [False, True])
+def test_one_key_gives_its_value_like_the_reference(masked):
+  """A single key (the C-ViViT's radius-0 spatial layers): every query gets that key's value,
+  masked or not, as `jax.nn.dot_product_attention` gives; no gradient reaches q or k."""
+  q, k, v = _qkv(seed=3, q=4, k=1)
+  mask = jnp.zeros((2, 1, 4, 1), bool) if masked else None
+  full = None if mask is None else jnp.broadcast_to(mask, (2, 3, 4, 1))
+  out = layers.dot_product_attention(q, k, v, mask)
+  np.testing.assert_allclose(out, jax.nn.dot_product_attention(q, k, v, mask=full), rtol=1e-6)
+  np.testing.assert_array_equal(out, jnp.broadcast_to(v, out.shape))
+  gq, gk, gv = jax.grad(lambda *a: jnp.sum(layers.dot_product_attention(*a, mask) ** 2),
+                        argnums=(0, 1, 2))(q, k, v)
+  assert not np.asarray(gq).any() and not np.asarray(gk).any() and np.asarray(gv).any()
+
+
 def test_large_scores_do_not_overflow_and_bfloat16_keeps_its_dtype():
   q, k, v = _qkv(seed=2)
   out = layers.dot_product_attention(q * 100.0, k * 100.0, v)

@@ -210,6 +210,23 @@ def test_grouped_model_scores_every_token(grouped, t):
   assert changed[[0, 1, 4, 5]].all() and changed[[2, 3, 8]].all()
 
 
+@pytest.mark.parametrize("t", [1, 3])
+def test_group_order_logits_are_the_token_order_logits_permuted(grouped, t):
+  """token_order=False (the trainer's loss) returns the same logits as the default, in
+  `group_order`; group_order puts each 2×2 group's tokens together, groups in raster order."""
+  model, _, params, _ = grouped
+  tokens, text, text_mask = _inputs(t)
+  run = jax.jit(lambda p, order: model.apply({"params": p}, tokens, text, text_mask,
+                                             token_order=order), static_argnums=1)
+  by_token, by_group = np.asarray(run(params, True)), np.asarray(run(params, False))
+  np.testing.assert_array_equal(model.group_order(jnp.asarray(by_token)), by_group)
+  ids = np.asarray(model.group_order(jnp.arange(t * HW)[None]))[0]
+  w = GRID[2]
+  assert list(ids[:8]) == [0, 1, w, w + 1, 2, 3, w + 2, w + 3]
+  assert sorted(ids) == list(range(t * HW))
+  assert not np.array_equal(by_token, by_group)
+
+
 @pytest.mark.parametrize("group, head, message", [
     (3, "dense", "group=3 must be >= 1 and divide"), (0, "dense", "group=0"),
     (2, "tied", "group=2 needs head='dense'")])

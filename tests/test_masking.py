@@ -100,6 +100,12 @@ def test_masked_cross_entropy_value_and_zero_gradient_off_mask():
   assert int(metrics["num_masked"]) == m.sum()
   correct = (np.asarray(logits).argmax(-1) == np.asarray(targets))[m]
   np.testing.assert_allclose(float(metrics["accuracy"]), correct.mean(), rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(metrics["token_nll"]), nll, rtol=1e-5)
+  # The loss of a subset from the per-token values, normalised the same way.
+  half = m & (np.arange(10) < 5)
+  np.testing.assert_allclose(float(masking.masked_mean(metrics["token_nll"], jnp.asarray(half))),
+                             nll[half].mean(), rtol=1e-5)
+  assert float(masking.masked_mean(metrics["token_nll"], jnp.zeros((3, 10), bool))) == 0.0
   for smoothing in (0.0, 0.1):
     grads = jax.jit(jax.grad(
         lambda x: masking.masked_cross_entropy(x, targets, mask, label_smoothing=smoothing)[0]

@@ -51,6 +51,11 @@ def dot_product_attention(q: Array, k: Array, v: Array, mask: Optional[Array] = 
   the tiny MaskGIT on a 2-core CPU, where the elementwise passes over the [B, H, Q, K] scores,
   not the matmuls, are the cost (BENCHMARKS.md). Scores and their exponentials are float32.
   """
+  if k.shape[1] == 1:
+    # One key (e.g. the tiny C-ViViT's patch-local spatial layers): its weight is 1 whatever the
+    # score or mask, so the output is its value (exactly what the general path computes) and the
+    # query and key get no gradient; this skips the batched 1×1 matmuls.
+    return jnp.broadcast_to(v, q.shape[:3] + v.shape[3:]).astype(v.dtype)
   scale = 1.0 / np.sqrt(q.shape[-1])
   scores = jnp.einsum("bqhd,bkhd->bhqk", q, k,
                       preferred_element_type=jnp.float32) * scale     # [B, H, Q, K]

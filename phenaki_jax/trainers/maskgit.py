@@ -229,21 +229,24 @@ def train_step(state, batch, null_text, tok_params, rng, *, model, tok_model, tx
   mask = masking.sample_training_mask(mask_rng, maskable)            # [B, N]
   inputs = masking.apply_mask(codes, mask, model.mask_token_id)
 
+  # The loss is a sum over tokens, so it takes the logits in the model's group order (no
+  # transpose of the logits or their gradient) with the targets and mask permuted to match.
+  codes_g, mask_g = model.group_order(codes), model.group_order(mask)
+
   def loss_fn(params):
     logits = model.apply({"params": params}, inputs, text_tokens, text_mask, token_valid=valid,
-                         train=True, rngs={"dropout": dropout_rng})
-    loss, metrics = masking.masked_cross_entropy(logits, codes, mask)
-    return loss, (logits, metrics)
+                         train=True, rngs={"dropout": dropout_rng}, token_order=False)
+    return masking.masked_cross_entropy(logits, codes_g, mask_g)
 
-  (loss, (logits, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
 
   # Per-source losses (no gradient): images are scored on first-frame tokens only.
-  logits = jax.lax.stop_gradient(logits)
+  token_nll = jax.lax.stop_gradient(metrics["token_nll"])
   is_image = batch["is_image"][:, None]
-  loss_video, _ = masking.masked_cross_entropy(logits, codes, mask & ~is_image)
-  loss_image, _ = masking.masked_cross_entropy(logits, codes, mask & is_image)
+  loss_video = masking.masked_mean(token_nll, mask_g & ~is_image)
+  loss_image = masking.masked_mean(token_nll, mask_g & is_image)
 
   ok = jnp.isfinite(loss) & common.all_finite(params)  # a finite loss can still overflow
   new_state = common.guard_update(ok, dict(state, params=params, opt_state=opt_state), state)
