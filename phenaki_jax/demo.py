@@ -24,11 +24,11 @@ _STAGE1_MIN = flags.DEFINE_float(
     "stage1_minutes", 15.0, "Wall-clock cap on the C-ViViT's training (its config's "
     "total_steps take ~14 min on a quiet 2-core CPU).")
 _STAGE2_MIN = flags.DEFINE_float(
-    "stage2_minutes", 11.0, "Wall-clock cap on the MaskGIT's training (its config's "
-    "total_steps take ~10 min on a quiet 2-core CPU).")
+    "stage2_minutes", 12.0, "Wall-clock cap on the MaskGIT's training (its config's "
+    "total_steps take ~11 min on a quiet 2-core CPU).")
 _STAGE2_STEPS = flags.DEFINE_integer(
     "stage2_steps", 0, "MaskGIT training steps (its cosine decays over them); 0 = the config's "
-    "3600. Raise --stage2_minutes with it: 7200 steps take ~22 min on a 2-core CPU.",
+    "4000. Raise --stage2_minutes with it: 7200 steps take ~20 min on a 2-core CPU.",
     lower_bound=0)
 _EVAL_SEEDS = flags.DEFINE_integer(
     "eval_seeds", 2, "Seeds the Shapes evaluator samples every prompt set with (pooled): one "
