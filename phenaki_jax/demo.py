@@ -22,7 +22,7 @@ from absl import app, flags, logging
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/demo", "Where everything is written.")
 _STAGE1_MIN = flags.DEFINE_float(
     "stage1_minutes", 15.0, "Wall-clock cap on the C-ViViT's training (its config's "
-    "total_steps take ~14 min on a quiet 2-core CPU).")
+    "total_steps take ~13 min on a quiet 2-core CPU).")
 _STAGE2_MIN = flags.DEFINE_float(
     "stage2_minutes", 12.0, "Wall-clock cap on the MaskGIT's training (its config's "
     "total_steps take ~11 min on a quiet 2-core CPU).")
