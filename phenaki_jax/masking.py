@@ -100,17 +100,15 @@ def masked_cross_entropy(logits: Array, targets: Array, mask: Array, *,
   nll = -jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
   if label_smoothing:
     nll = (1.0 - label_smoothing) * nll - label_smoothing * logp.mean(-1)  # [B, N]
-  num_masked = mask.sum()
-  denom = jnp.maximum(num_masked, 1).astype(jnp.float32)
-  loss = jnp.where(mask, nll, 0.0).sum() / denom
-  correct = (jnp.argmax(logits, axis=-1) == targets) & mask
-  metrics = dict(accuracy=correct.sum() / denom, num_masked=num_masked.astype(jnp.int32),
+  loss = masked_mean(nll, mask)
+  correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+  metrics = dict(accuracy=masked_mean(correct, mask), num_masked=mask.sum().astype(jnp.int32),
                  token_nll=nll)
   return loss, metrics
 
 
 def masked_mean(values: Array, mask: Array) -> Array:
-  """Mean of `values` where `mask` is True (0 if nothing is), as `masked_cross_entropy`
-  normalises: e.g. the loss of a subset from its per-token `token_nll`."""
+  """Mean of `values` where `mask` is True (0 if nothing is): `masked_cross_entropy`'s
+  normalisation, e.g. the loss of a subset from its per-token `token_nll`."""
   mask = mask.astype(bool)
   return jnp.where(mask, values, 0.0).sum() / jnp.maximum(mask.sum(), 1).astype(jnp.float32)
