@@ -1,6 +1,19 @@
-"""AdamW with warm-up + cosine decay and global-norm clipping (Phenaki appendix A/B)."""
+"""Optimizers: AdamW (the paper's) or Muon, with warm-up + cosine decay and global-norm clipping.
+
+`name="adamw"` is Phenaki's optimizer (appendix A/B). `name="muon"` (optax.contrib.muon) updates
+the transformer blocks' weight matrices — attention query/key/value/out and MLP kernels — with
+orthogonalised Nesterov momentum, and everything else (embeddings, codebook, input/output
+projections, biases, norms) with AdamW (also with Nesterov momentum, as optax's Muon does). The
+Muon updates are scaled to AdamW's typical RMS (`muon_rms` · √max(fan_in, fan_out); "Muon is
+Scalable for LLM Training", Liu et al. 2025), so one lr and weight decay serve both parts.
+"""
+import jax
 import ml_collections
 import optax
+from optax import contrib as optax_contrib
+
+OPTIMIZERS = ("adamw", "muon")
+_ATTENTION = ("self_attention", "cross_attention")
 
 
 def make_schedule(cfg: ml_collections.ConfigDict) -> optax.Schedule:
@@ -11,17 +24,53 @@ def make_schedule(cfg: ml_collections.ConfigDict) -> optax.Schedule:
       end_value=cfg.lr * cfg.end_lr_fraction)
 
 
+def muon_dimension_numbers(params):
+  """Which parameters Muon orthogonalises, and as which matrix (None = AdamW).
+
+  Attention projections [..., d_in, heads, head_dim] are [d_in] → [heads·head_dim] matrices and
+  output projections [..., heads, head_dim, d_out] are [heads·head_dim] → [d_out]; MLP kernels
+  [..., d_in, d_out]. Leading axes (layers stacked by `nn.scan`) are batch axes: one matrix per
+  layer.
+  """
+  def rule(path, x):
+    # Dict keys only: at init the parameters may still be boxed (`nn.Partitioned`), which adds
+    # an attribute entry (`.value`) to the path.
+    names = [p.key for p in path if isinstance(p, jax.tree_util.DictKey)]
+    parent, leaf = (names[-2] if len(names) > 1 else ""), names[-1]
+    n = x.ndim
+    if parent in _ATTENTION and leaf in ("query", "key", "value") and n >= 3:
+      return optax_contrib.MuonDimensionNumbers(reduction_axis=n - 3, output_axis=(n - 2, n - 1))
+    if parent in _ATTENTION and leaf == "out" and n >= 3:
+      return optax_contrib.MuonDimensionNumbers(reduction_axis=(n - 3, n - 2), output_axis=n - 1)
+    if parent in ("fc1", "fc2") and leaf == "kernel" and n >= 2:
+      return optax_contrib.MuonDimensionNumbers(reduction_axis=n - 2, output_axis=n - 1)
+    return None
+  return jax.tree_util.tree_map_with_path(rule, params)
+
+
 def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """cfg: lr, warmup_steps, decay_steps, end_lr_fraction, b1, b2, weight_decay, clip_norm."""
-  return optax.chain(
-      optax.clip_by_global_norm(cfg.clip_norm),
-      optax.adamw(make_schedule(cfg), b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay))
+  """cfg: name, lr, warmup_steps, decay_steps, end_lr_fraction, b1, b2, weight_decay, clip_norm
+  (muon also muon_beta, muon_rms, muon_ns_steps: Newton–Schulz iterations)."""
+  name = cfg.get("name", "adamw")
+  schedule = make_schedule(cfg)
+  if name == "adamw":
+    opt = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
+  elif name == "muon":
+    opt = optax_contrib.muon(
+        schedule, ns_steps=cfg.muon_ns_steps, beta=cfg.muon_beta, weight_decay=cfg.weight_decay,
+        adam_b1=cfg.b1, adam_b2=cfg.b2, adam_weight_decay=cfg.weight_decay,
+        consistent_rms=cfg.muon_rms, muon_weight_dimension_numbers=muon_dimension_numbers)
+  else:
+    raise ValueError(f"config.optim.name={name!r} is not an optimizer here; use one of "
+                     f"{OPTIMIZERS}")
+  return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), opt)
 
 
 def default_config(**overrides) -> ml_collections.ConfigDict:
   """The paper's optimizer (C-ViViT: lr 1e-4, 100K warm-up, cosine to 1M steps)."""
   cfg = ml_collections.ConfigDict(dict(
-      lr=1e-4, warmup_steps=100_000, decay_steps=1_000_000, end_lr_fraction=0.0,
-      b1=0.9, b2=0.99, weight_decay=1e-4, clip_norm=10.0))
+      name="adamw", lr=1e-4, warmup_steps=100_000, decay_steps=1_000_000, end_lr_fraction=0.0,
+      b1=0.9, b2=0.99, weight_decay=1e-4, clip_norm=10.0, muon_beta=0.95, muon_rms=0.2,
+      muon_ns_steps=5))
   cfg.update(overrides)
   return cfg

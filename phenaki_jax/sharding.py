@@ -57,6 +57,12 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def logical_shardings(abstract_boxed_tree: Any, mesh: Mesh, rules=LOGICAL_RULES) -> Any:
   """Shardings for a tree that may hold `nn.Partitioned` boxes (unboxed structure)."""
+  # A box around a subtree without arrays (optax's MaskedNode, e.g. Muon's state for the
+  # parameters AdamW updates) has nothing to shard: keep it unboxed, as `nn.unbox` does.
+  is_box = lambda x: isinstance(x, nn.Partitioned)
+  abstract_boxed_tree = jax.tree.map(
+      lambda x: x.value if is_box(x) and not jax.tree.leaves(x.value) else x,
+      abstract_boxed_tree, is_leaf=is_box)
   specs = nn.get_partition_spec(abstract_boxed_tree)
   return nn.logical_to_mesh_sharding(specs, mesh, rules)
 
