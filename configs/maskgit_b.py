@@ -62,9 +62,8 @@ def get_config(arg: str = "tiny"):
   c.data.video_rate = 0.8            # paper Table 2: 80% video, 20% image
   c.data.image_rate = 0.2
   # tiny: batch 8 buys twice the updates of 16 in the demo's budget, which learned more on a
-  # 2-core CPU (BENCHMARKS.md); 4000 steps (group 2) ≈ 10.5–11 min there. Seen-prompt accuracy
-  # rises with the steps (3600: 0.76, 7200: 0.94; BENCHMARKS.md): the demo's 30 minutes hold
-  # 4000 (batch 4 for 6000 steps in the same time learned less: 0.64).
+  # 2-core CPU (BENCHMARKS.md); batch 4 for 1.5× the steps learned less. Seen-prompt accuracy
+  # rises with the steps (AdamW 3600: 0.76, 7200: 0.94; BENCHMARKS.md).
   c.data.batch_size = 8 if tiny else 512
   # Turn clips (story-mode training): this share of the video examples is a clip whose object
   # turns after its first turn_context_frames frames, captioned with the new direction; those
@@ -76,13 +75,16 @@ def get_config(arg: str = "tiny"):
   c.data.prefetch = 4
   c.data.pretokenized = ""           # a directory written by `python -m phenaki_jax.tokenize`
 
-  c.total_steps = 4000 if tiny else 4_000_000
+  # tiny: Muon (optim.py; AdamW on embeddings, head and norms) reaches AdamW's 4000-step loss in
+  # about half the steps; a step costs ~1.3× (Newton–Schulz on small matrices). 4800 steps
+  # ≈ 16–17 min on a 2-core CPU, which the shorter Muon stage 1 leaves in the demo's 30 minutes.
+  c.total_steps = 4800 if tiny else 4_000_000
   c.max_train_seconds = 0.0
-  c.optim = (optim.default_config(lr=1e-3, warmup_steps=200, decay_steps=4000,
+  c.optim = (optim.default_config(name="muon", lr=1e-3, warmup_steps=200, decay_steps=4800,
                                   end_lr_fraction=0.05, weight_decay=1e-4) if tiny else
              optim.default_config(lr=1e-4, warmup_steps=10_000, decay_steps=4_000_000))
   c.log_every = 50
-  c.eval_every = 4000 if tiny else 10_000
+  c.eval_every = 4800 if tiny else 10_000
   c.checkpoint_every = 1000 if tiny else 5000
   c.keep_checkpoints = 3
   c.stop_after_steps = 0
