@@ -50,7 +50,7 @@ def get_config(arg: str = "B"):
   c.quantizer = ml_collections.ConfigDict(dict(
       restart_every=100, restart_until=100_000, usage_decay=0.99, restart_threshold=0.03))
 
-  # tiny: 1500 Muon steps ≈ 7 min on a quiet 2-core CPU; AdamW needed 3000 (≈ 13 min) for
+  # tiny: 1500 Muon steps ≈ 7–8 min on a quiet 2-core CPU; AdamW needed 3000 (≈ 13 min) for
   # 30.3 dB, Muon reaches 30.3 dB at step 1000 and 32.7 dB at 2000 (BENCHMARKS.md).
   c.total_steps = 1_000_000 if variant == "B" else 1_500
   c.max_train_seconds = 0.0         # > 0: stop (and checkpoint) after this wall-clock budget

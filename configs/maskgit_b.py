@@ -77,7 +77,7 @@ def get_config(arg: str = "tiny"):
 
   # tiny: Muon (optim.py; AdamW on embeddings, head and norms) reaches AdamW's 4000-step loss in
   # about half the steps; a step costs ~1.3× (Newton–Schulz on small matrices). 4800 steps
-  # ≈ 16–17 min on a 2-core CPU, which the shorter Muon stage 1 leaves in the demo's 30 minutes.
+  # ≈ 17.5 min on a quiet 2-core CPU, what the shorter Muon stage 1 leaves in the demo's 30 min.
   c.total_steps = 4800 if tiny else 4_000_000
   c.max_train_seconds = 0.0
   c.optim = (optim.default_config(name="muon", lr=1e-3, warmup_steps=200, decay_steps=4800,

@@ -22,10 +22,10 @@ from absl import app, flags, logging
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/demo", "Where everything is written.")
 _STAGE1_MIN = flags.DEFINE_float(
     "stage1_minutes", 10.0, "Wall-clock cap on the C-ViViT's training (its config's "
-    "total_steps take ~7 min on a quiet 2-core CPU).")
+    "total_steps take ~8 min on a quiet 2-core CPU).")
 _STAGE2_MIN = flags.DEFINE_float(
     "stage2_minutes", 18.0, "Wall-clock cap on the MaskGIT's training (its config's "
-    "total_steps take ~17 min on a quiet 2-core CPU).")
+    "total_steps take ~17.5 min on a quiet 2-core CPU).")
 _STAGE2_STEPS = flags.DEFINE_integer(
     "stage2_steps", 0, "MaskGIT training steps (its cosine decays over them); 0 = the config's "
     "4800. Raise --stage2_minutes with it: a step takes ~0.21 s on a 2-core CPU.",
