@@ -7,6 +7,8 @@ projections, biases, norms) with AdamW (also with Nesterov momentum, as optax's 
 Muon updates are scaled to AdamW's typical RMS (`muon_rms` · √max(fan_in, fan_out); "Muon is
 Scalable for LLM Training", Liu et al. 2025), so one lr and weight decay serve both parts.
 """
+import functools
+
 import jax
 import ml_collections
 import optax
@@ -24,11 +26,13 @@ def make_schedule(cfg: ml_collections.ConfigDict) -> optax.Schedule:
       end_value=cfg.lr * cfg.end_lr_fraction)
 
 
-def muon_dimension_numbers(params):
+def muon_dimension_numbers(params, per_head: bool = False):
   """Which parameters Muon orthogonalises, and as which matrix (None = AdamW).
 
   Attention projections [..., d_in, heads, head_dim] are [d_in] → [heads·head_dim] matrices and
-  output projections [..., heads, head_dim, d_out] are [heads·head_dim] → [d_out]; MLP kernels
+  output projections [..., heads, head_dim, d_out] are [heads·head_dim] → [d_out]; with
+  `per_head`, each head's [d_in] → [head_dim] and [head_dim] → [d_out] is its own matrix (the
+  head axis a batch axis: less Newton–Schulz work when head_dim < d). MLP kernels
   [..., d_in, d_out]. Leading axes (layers stacked by `nn.scan`) are batch axes: one matrix per
   layer.
   """
@@ -39,9 +43,11 @@ def muon_dimension_numbers(params):
     parent, leaf = (names[-2] if len(names) > 1 else ""), names[-1]
     n = x.ndim
     if parent in _ATTENTION and leaf in ("query", "key", "value") and n >= 3:
-      return optax_contrib.MuonDimensionNumbers(reduction_axis=n - 3, output_axis=(n - 2, n - 1))
+      return optax_contrib.MuonDimensionNumbers(
+          reduction_axis=n - 3, output_axis=n - 1 if per_head else (n - 2, n - 1))
     if parent in _ATTENTION and leaf == "out" and n >= 3:
-      return optax_contrib.MuonDimensionNumbers(reduction_axis=(n - 3, n - 2), output_axis=n - 1)
+      return optax_contrib.MuonDimensionNumbers(
+          reduction_axis=n - 2 if per_head else (n - 3, n - 2), output_axis=n - 1)
     if parent in ("fc1", "fc2") and leaf == "kernel" and n >= 2:
       return optax_contrib.MuonDimensionNumbers(reduction_axis=n - 2, output_axis=n - 1)
     return None
@@ -50,7 +56,7 @@ def muon_dimension_numbers(params):
 
 def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """cfg: name, lr, warmup_steps, decay_steps, end_lr_fraction, b1, b2, weight_decay, clip_norm
-  (muon also muon_beta, muon_rms, muon_ns_steps: Newton–Schulz iterations)."""
+  (muon also muon_beta, muon_rms, muon_ns_steps: Newton–Schulz iterations, muon_per_head)."""
   name = cfg.get("name", "adamw")
   schedule = make_schedule(cfg)
   if name == "adamw":
@@ -59,7 +65,8 @@ def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformati
     opt = optax_contrib.muon(
         schedule, ns_steps=cfg.muon_ns_steps, beta=cfg.muon_beta, weight_decay=cfg.weight_decay,
         adam_b1=cfg.b1, adam_b2=cfg.b2, adam_weight_decay=cfg.weight_decay,
-        consistent_rms=cfg.muon_rms, muon_weight_dimension_numbers=muon_dimension_numbers)
+        consistent_rms=cfg.muon_rms, muon_weight_dimension_numbers=functools.partial(
+            muon_dimension_numbers, per_head=cfg.get("muon_per_head", False)))
   else:
     raise ValueError(f"config.optim.name={name!r} is not an optimizer here; use one of "
                      f"{OPTIMIZERS}")
@@ -71,6 +78,6 @@ def default_config(**overrides) -> ml_collections.ConfigDict:
   cfg = ml_collections.ConfigDict(dict(
       name="adamw", lr=1e-4, warmup_steps=100_000, decay_steps=1_000_000, end_lr_fraction=0.0,
       b1=0.9, b2=0.99, weight_decay=1e-4, clip_norm=10.0, muon_beta=0.95, muon_rms=0.2,
-      muon_ns_steps=5))
+      muon_ns_steps=5, muon_per_head=False))
   cfg.update(overrides)
   return cfg

@@ -50,6 +50,42 @@ def test_muon_takes_the_transformer_matrices_and_nothing_else():
   assert (tuple(out.reduction_axis), out.output_axis) == ((0, 1), 2)    # [heads, head_dim, d]
 
 
+def test_muon_per_head_makes_each_head_its_own_matrix():
+  """per_head: query/key/value [d, heads, head_dim] are heads × [d → head_dim] matrices and out
+  [heads, head_dim, d] is heads × [head_dim → d] (the head axis left to batch); MLP unchanged."""
+  params = nn.unbox(_tiny_maskgit(scan=False))
+  whole = _selected(optim.muon_dimension_numbers(params))
+  heads = _selected(optim.muon_dimension_numbers(params, per_head=True))
+  assert set(heads) == set(whole)
+  q, out = (heads[f"transformer/block_0/cross_attention/{n}"] for n in ("query", "out"))
+  assert (q.reduction_axis, q.output_axis) == (0, 2)
+  assert (out.reduction_axis, out.output_axis) == (1, 2)
+  fc1 = "transformer/block_0/mlp/fc1/kernel"
+  assert heads[fc1] == whole[fc1]
+  # Through the optimizer, on a query gradient whose two heads are nearly the same: per head,
+  # each head's columns are orthonormal among themselves, so the two heads' updates stay alike;
+  # as one matrix, all columns are made orthogonal, the heads' included.
+  shape = params["transformer"]["block_0"]["self_attention"]["query"].shape    # [16, 2, 8]
+  g0 = jax.random.normal(jax.random.PRNGKey(0), (shape[0], shape[2]))
+  g = jnp.stack([g0, g0 + 0.1 * jax.random.normal(jax.random.PRNGKey(1), g0.shape)], axis=1)
+  p = {"self_attention": {"query": jnp.zeros_like(g)}}
+  cfg = dict(name="muon", lr=0.01, warmup_steps=0, decay_steps=10, end_lr_fraction=1.0,
+             weight_decay=0.0, clip_norm=1e9)
+
+  def cross_head(per_head):
+    tx = optim.make_optimizer(optim.default_config(muon_per_head=per_head, **cfg))
+    u = tx.update({"self_attention": {"query": g}}, tx.init(p), p)[0]["self_attention"]["query"]
+    m = np.asarray(u).reshape(shape[0], -1)
+    gram = m.T @ m / np.mean(np.diag(m.T @ m))
+    return np.abs(gram[:shape[2], shape[2]:]).max(), np.abs(gram[:shape[2], :shape[2]] -
+                                                             np.eye(shape[2])).max()
+
+  cross, within = cross_head(True)
+  assert cross > 0.9 and within < 0.35, (cross, within)
+  cross, _ = cross_head(False)
+  assert cross < 0.5, cross
+
+
 def test_muon_on_scanned_layers_keeps_the_layer_axis_as_a_batch_axis():
   params = nn.unbox(_tiny_maskgit(scan=True))
   selected = _selected(optim.muon_dimension_numbers(params))
