@@ -31,6 +31,15 @@ def _tiny_maskgit(scan: bool):
                     jnp.ones((1, 3), bool))["params"]
 
 
+def _one_update(name: str, params, grads, lr=0.01, **overrides):
+  """The first update at a constant lr, without weight decay or clipping."""
+  cfg = optim.default_config(name=name, lr=lr, warmup_steps=0, decay_steps=10,
+                             end_lr_fraction=1.0, weight_decay=0.0, clip_norm=1e9, **overrides)
+  tx = optim.make_optimizer(cfg)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  return updates
+
+
 def test_muon_takes_the_transformer_matrices_and_nothing_else():
   """Attention query/key/value/out and MLP kernels of every block (self- and cross-attention);
   not embeddings, the head, biases or norms. The same whether the parameters are still boxed
@@ -69,13 +78,10 @@ def test_muon_per_head_makes_each_head_its_own_matrix():
   g0 = jax.random.normal(jax.random.PRNGKey(0), (shape[0], shape[2]))
   g = jnp.stack([g0, g0 + 0.1 * jax.random.normal(jax.random.PRNGKey(1), g0.shape)], axis=1)
   p = {"self_attention": {"query": jnp.zeros_like(g)}}
-  cfg = dict(name="muon", lr=0.01, warmup_steps=0, decay_steps=10, end_lr_fraction=1.0,
-             weight_decay=0.0, clip_norm=1e9)
 
   def cross_head(per_head):
-    tx = optim.make_optimizer(optim.default_config(muon_per_head=per_head, **cfg))
-    u = tx.update({"self_attention": {"query": g}}, tx.init(p), p)[0]["self_attention"]["query"]
-    m = np.asarray(u).reshape(shape[0], -1)
+    u = _one_update("muon", p, {"self_attention": {"query": g}}, muon_per_head=per_head)
+    m = np.asarray(u["self_attention"]["query"]).reshape(shape[0], -1)
     gram = m.T @ m / np.mean(np.diag(m.T @ m))
     return np.abs(gram[:shape[2], shape[2]:]).max(), np.abs(gram[:shape[2], :shape[2]] -
                                                              np.eye(shape[2])).max()
@@ -96,14 +102,6 @@ def test_muon_on_scanned_layers_keeps_the_layer_axis_as_a_batch_axis():
       leaf = leaf[key]
     axes = np.atleast_1d(d.reduction_axis).tolist() + np.atleast_1d(d.output_axis).tolist()
     assert 0 not in axes and sorted(axes) == list(range(1, leaf.ndim)), (name, leaf.shape, d)
-
-
-def _one_update(name: str, params, grads, lr=0.01):
-  cfg = optim.default_config(name=name, lr=lr, warmup_steps=0, decay_steps=10,
-                             end_lr_fraction=1.0, weight_decay=0.0, clip_norm=1e9)
-  tx = optim.make_optimizer(cfg)
-  updates, _ = tx.update(grads, tx.init(params), params)
-  return updates
 
 
 def test_muon_orthogonalises_matrix_updates_and_adamw_updates_the_rest():
