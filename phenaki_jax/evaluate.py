@@ -14,8 +14,9 @@ JSON with colour / shape / direction / all-three accuracy on
               and the way back are fixed before sampling, so some segments ask the object to
               leave the canvas from where the model put it (the data never does that):
               feasible_fraction says how many segments were possible, and
-              feasible_segment_accuracy scores those alone (a diagnostic; the target is on
-              segment_accuracy, over all segments).
+              feasible_segment_accuracy and feasible_mean_jump / feasible_max_jump score
+              those alone (diagnostics; the targets are on segment_accuracy and the jumps
+              over all segments and boundaries).
 """
 import json
 import os

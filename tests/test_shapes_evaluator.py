@@ -143,6 +143,16 @@ def test_story_feasibility():
   result = evaluator.aggregate([asked_up, asked_left])
   assert result['segment_accuracy'] == 0.75 and result['feasible_fraction'] == 0.75
   assert result['feasible_segment_accuracy'] == 1.0
+  # The boundary into the infeasible segment drops out of the feasible jump figures: splice a
+  # teleport into that one only and the feasible mean keeps the one-step jump of the other.
+  far = np.roll(video[9:], -12, axis=2)                     # the second segment 12 px further left
+  teleported = evaluator.score_story(np.concatenate([video[:9], far]), [up, up], [9, 8], spec=SPEC)
+  assert teleported['segment_feasible'] == [True, False] and teleported['jumps'][0] > 10
+  result = evaluator.aggregate([teleported, asked_left])
+  assert result['max_jump'] > 10 and result['mean_jump'] > 5
+  assert result['feasible_mean_jump'] == pytest.approx(asked_left['jumps'][0])
+  assert result['feasible_max_jump'] == pytest.approx(asked_left['jumps'][0])
+  assert abs(result['feasible_mean_jump'] - SPEC.speed_px) < 0.1
   assert 'segment_feasible' not in evaluator.score_story(video, [up, left], [9, 8])
 
 

@@ -310,7 +310,8 @@ def aggregate(scores: Sequence[dict]) -> dict:
       all_accuracy, num_clips.
     stories: segment_accuracy (over all segments), mean_jump (over all boundaries), max_jump,
       num_stories, num_segments; with feasibility marks (``score_story(..., spec=)``) also
-      feasible_fraction (of all segments) and feasible_segment_accuracy (over feasible ones).
+      feasible_fraction (of all segments), feasible_segment_accuracy (over feasible ones) and
+      feasible_mean_jump / feasible_max_jump (over the boundaries into feasible segments).
   """
   out = {}
   clips = [s for s in scores if 'all_ok' in s]
@@ -333,4 +334,9 @@ def aggregate(scores: Sequence[dict]) -> dict:
       kept = [ok for ok, f in zip(segment_ok, feasible) if f]
       out['feasible_fraction'] = float(np.mean(feasible))
       out['feasible_segment_accuracy'] = float(np.mean(kept)) if kept else float('nan')
+      # Boundary b leads into segment b + 1: its jump counts when that segment is feasible.
+      kept_jumps = [j for s in stories
+                    for j, f in zip(s['jumps'], s['segment_feasible'][1:]) if f]
+      out['feasible_mean_jump'] = float(np.mean(kept_jumps)) if kept_jumps else float('nan')
+      out['feasible_max_jump'] = float(np.max(kept_jumps)) if kept_jumps else float('nan')
   return out
