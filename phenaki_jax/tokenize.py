@@ -5,7 +5,8 @@ r"""Pre-tokenise stage-2 training data with the frozen C-ViViT (saves compute at
 
 Writes, for training steps [0, num_steps), exactly the batches the MaskGIT trainer would draw
 (same mixture, seed and order), as chunks `chunk_{first_step:08d}.npz` (no pickle) holding
-codes int32 [S, B, t, h, w], is_image bool [S, B] and caption str [S, B], plus `meta.json`. The
+codes int32 [S, B, t, h, w], is_image bool [S, B], caption str [S, B] and context_frames int32
+[S, B] (a turn clip's given frames, 0 for the rest), plus `meta.json`. The
 trainer reads them when `config.data.pretokenized` names the directory; resuming stays exact
 because batches are addressed by step.
 """
@@ -17,11 +18,13 @@ from absl import app, flags
 from ml_collections import config_flags
 
 CHUNK = 100
+# What a meta.json written before a key existed holds for it (the key's old, fixed behaviour).
+_META_DEFAULTS = {"turn_rate": 0.0}
 
 
 
 class PretokenizedBatches:
-  """Reads what `main` wrote: `batch(step)` → dict(codes, is_image, caption)."""
+  """Reads what `main` wrote: `batch(step)` → dict(codes, is_image, caption, context_frames)."""
 
   def __init__(self, directory: str, expect: dict):
     path = os.path.join(directory, "meta.json")
@@ -31,9 +34,10 @@ class PretokenizedBatches:
     with open(path) as f:
       self.meta = json.load(f)
     for key, value in expect.items():
-      if self.meta.get(key) != value:
+      written = self.meta.get(key, _META_DEFAULTS.get(key))
+      if written != value:
         raise ValueError(f"config.data.pretokenized={directory!r} was written with {key}="
-                         f"{self.meta.get(key)!r}, but this run has {value!r}")
+                         f"{written!r}, but this run has {value!r}")
     self.directory = directory
     self._cache = (None, None)
 
@@ -56,9 +60,13 @@ class PretokenizedBatches:
 
 
 def expected_meta(config) -> dict:
-  return {"tokenizer_workdir": os.path.abspath(config.tokenizer.workdir),
+  meta = {"tokenizer_workdir": os.path.abspath(config.tokenizer.workdir),
           "batch_size": config.data.batch_size, "seed": config.data.seed,
-          "video_rate": config.data.video_rate, "image_rate": config.data.image_rate}
+          "video_rate": config.data.video_rate, "image_rate": config.data.image_rate,
+          "turn_rate": config.data.turn_rate}
+  if config.data.turn_rate > 0:
+    meta["turn_context_frames"] = config.data.turn_context_frames
+  return meta
 
 
 def main(argv):
@@ -75,15 +83,16 @@ def main(argv):
   encode = jax.jit(lambda p, v: tok.model.apply({"params": p}, cvivit.to_model_range(v),
                                                 method=cvivit.CViViT.encode))
   for first in range(0, num_steps, CHUNK):
-    codes, is_image, captions = [], [], []
+    codes, is_image, captions, context = [], [], [], []
     for step in range(first, min(first + CHUNK, num_steps)):
       b = batches.batch(step)
       codes.append(np.asarray(encode(tok.params, b["video"])))
       is_image.append(b["is_image"])
       captions.append(np.asarray(b["caption"], dtype=str))
+      context.append(b["context_frames"])
     path = os.path.join(out, f"chunk_{first:08d}.npz")
     np.savez(path + ".tmp.npz", codes=np.stack(codes), is_image=np.stack(is_image),
-             caption=np.stack(captions))
+             caption=np.stack(captions), context_frames=np.stack(context))
     os.replace(path + ".tmp.npz", path)
     print(f"wrote steps {first}..{first + len(codes) - 1} to {path}", flush=True)
   with open(os.path.join(out, "meta.json"), "w") as f:

@@ -63,7 +63,12 @@ def test_tokens_are_the_trainers_batches(tokens_dir, tiny_cvivit_dir):
     want, got = batches.batch(step), stored.batch(step)
     np.testing.assert_array_equal(got["codes"], np.asarray(tok.encode(want["video"])))
     np.testing.assert_array_equal(got["is_image"], want["is_image"])
+    np.testing.assert_array_equal(got["context_frames"], want["context_frames"])
     assert list(got["caption"]) == list(want["caption"])
+  # The tiny config trains on turn clips; their given frames travel with the codes.
+  assert c.data.turn_rate > 0 and meta["turn_context_frames"] == c.data.turn_context_frames
+  context = np.concatenate([stored.batch(step)["context_frames"] for step in range(STEPS)])
+  assert set(np.unique(context)) == {0, c.data.turn_context_frames}
   with pytest.raises(ValueError, match="past the 12 pre-tokenised steps"):
     stored.batch(STEPS)
 
@@ -86,6 +91,21 @@ def test_tokens_of_another_run_are_refused(tokens_dir, tiny_cvivit_dir, tmp_path
   c = _config(tiny_cvivit_dir, pretokenized=tokens_dir, batch_size=4)
   with pytest.raises(ValueError, match="batch_size=8, but this run has 4"):
     trainer.main(c, str(tmp_path / "other"))
+  plain = _config(tiny_cvivit_dir, pretokenized=tokens_dir)
+  plain.data.turn_rate = 0.0
+  with pytest.raises(ValueError, match="turn_rate=0.2, but this run has 0.0"):
+    trainer.main(plain, str(tmp_path / "plain"))
+  # A directory written before turn clips could be pre-tokenised (no turn_rate in its meta.json)
+  # holds plain clips: it serves a run without turn clips and is refused to one with them.
+  old = tmp_path / "old_tokens"
+  old.mkdir()
+  with open(os.path.join(tokens_dir, "meta.json")) as f:
+    meta = json.load(f)
+  del meta["turn_rate"], meta["turn_context_frames"]
+  (old / "meta.json").write_text(json.dumps(meta))
+  tokenize.PretokenizedBatches(str(old), tokenize.expected_meta(plain))
+  with pytest.raises(ValueError, match="turn_rate=0.0, but this run has 0.2"):
+    tokenize.PretokenizedBatches(str(old), tokenize.expected_meta(_config(tiny_cvivit_dir)))
   with pytest.raises(FileNotFoundError, match="has no meta.json"):
     trainer.main(_config(tiny_cvivit_dir, pretokenized=str(tmp_path)),
                  str(tmp_path / "other2"))

@@ -70,9 +70,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if not 0.0 <= config.data.turn_rate < 1.0:
     raise ValueError(f"config.data.turn_rate={config.data.turn_rate} must be in [0, 1) (the "
                      f"share of the video examples that are turn clips)")
-  if config.data.turn_rate > 0 and config.data.pretokenized:
-    raise ValueError("config.data.turn_rate > 0 needs rendered Shapes data: pre-tokenised "
-                     "data (config.data.pretokenized) has no turn clips; set one of them off")
   if config.code_support_clips < 0:
     raise ValueError(f"config.code_support_clips={config.code_support_clips} must be ≥ 0 "
                      f"(0 skips the code support)")
