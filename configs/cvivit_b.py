@@ -32,6 +32,9 @@ def get_config(arg: str = "B"):
   c.data.num_frames = 11 if variant == "B" else 9
   c.data.batch_size = 128 if variant == "B" else 8
   c.data.image_rate = 0.0           # fraction of 1-frame image examples in stage 1
+  # Images as static clips (the image over every frame, trained as a video) instead of 1-frame
+  # videos. Not the paper's; see configs/maskgit_b.py.
+  c.data.static_images = False
   c.data.seed = 0
   c.data.prefetch = 4
 

@@ -61,6 +61,12 @@ def get_config(arg: str = "tiny"):
   c.data.source = "shapes"
   c.data.video_rate = 0.8            # paper Table 2: 80% video, 20% image
   c.data.image_rate = 0.2
+  # Images as static clips: the image repeated over every frame, trained as a video (loss on all
+  # its tokens), instead of the paper's 1-frame video with loss on its first-frame tokens only.
+  # With 1-frame images no later time step ever shows a colour that only images have (Shapes'
+  # orange), so neither the C-ViViT's tubelet codes nor the MaskGIT's later-step predictions
+  # can render it; static clips show it there, still without motion.
+  c.data.static_images = False
   # tiny: batch 8 buys twice the updates of 16 in the demo's budget, which learned more on a
   # 2-core CPU (BENCHMARKS.md); batch 4 for 1.5× the steps learned less. Seen-prompt accuracy
   # rises with the steps (AdamW 3600: 0.76, 7200: 0.94; BENCHMARKS.md).

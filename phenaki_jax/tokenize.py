@@ -19,7 +19,7 @@ from ml_collections import config_flags
 
 CHUNK = 100
 # What a meta.json written before a key existed holds for it (the key's old, fixed behaviour).
-_META_DEFAULTS = {"turn_rate": 0.0}
+_META_DEFAULTS = {"turn_rate": 0.0, "static_images": False}
 
 
 
@@ -63,7 +63,7 @@ def expected_meta(config) -> dict:
   meta = {"tokenizer_workdir": os.path.abspath(config.tokenizer.workdir),
           "batch_size": config.data.batch_size, "seed": config.data.seed,
           "video_rate": config.data.video_rate, "image_rate": config.data.image_rate,
-          "turn_rate": config.data.turn_rate}
+          "turn_rate": config.data.turn_rate, "static_images": bool(config.data.static_images)}
   if config.data.turn_rate > 0:
     meta["turn_context_frames"] = config.data.turn_context_frames
   return meta

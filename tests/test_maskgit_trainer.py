@@ -216,6 +216,21 @@ def test_mixture_rates_are_the_configured_ones(step_env, video_rate, image_rate)
     assert not _within(is_image.mean(), 0.35, len(is_image))     # tells 0.2 from 0.5
 
 
+def test_static_images_config(step_env):
+  """config.data.static_images: the trainer's images become static clips trained as videos
+  (every frame the image, not flagged, so their loss and code support cover every time step)."""
+  config = step_env["config"].copy_and_resolve_references()
+  config.data.static_images = True
+  rows = trainer.make_batches(config, trainer.tokenizer_config(config)).batch(0)
+  images = np.array(["moves" not in c for c in rows["caption"]])
+  np.testing.assert_array_equal(rows["caption"], step_env["rows"]["caption"])
+  assert images.any() and not rows["is_image"].any()
+  static = rows["video"][images]                                  # [N, F, H, W, 3]
+  np.testing.assert_array_equal(static, np.repeat(step_env["rows"]["video"][images][:, :1],
+                                                  static.shape[1], axis=1))
+  assert static[:, -1].any()
+
+
 def test_image_fraction_metric_and_image_examples(step_env, warm_steps):
   """A rendered batch: images are 1-frame videos padded with zeros, with image captions; the
   step's image_fraction is the batch's share of images and images have their own loss."""

@@ -4,7 +4,9 @@
 (seed, step): for every slot of the global batch a numpy Generator seeded by
 ``(seed, step, slot)`` draws the source by the mixture rates (Phenaki §3.3: 80% video, 20% image
 by default) and then an example index, and the source renders ``example(index)``. Images are
-1-frame videos padded with zero frames to ``num_frames`` and flagged ``is_image``.
+1-frame videos padded with zero frames to ``num_frames`` and flagged ``is_image`` (the paper's
+way), or with ``static_images=True`` static clips: the image repeated over all ``num_frames``,
+trained as a video (not flagged).
 
 Why random access over the seqio sources instead of iterating their tf.data datasets:
   * Exact, O(1) resume (DESIGN.md invariant 6). A restarted run asks for ``batch(step)`` and gets
@@ -63,6 +65,9 @@ class Batches:
     num_frames: frames per example; None = the first video source's ``num_frames``.
     split: the seqio split of the named tasks to read ('train' for training).
     video_only: drop the image sources (the default for C-ViViT stage 1).
+    static_images: images become static clips (the frame repeated ``num_frames`` times, not
+      flagged ``is_image``) instead of zero-padded 1-frame videos. Not the paper's; it lets every
+      time step see what only images show (e.g. Shapes' image-only colour).
     process_index, process_count: this host's rows of the global batch (default: one process).
     prefetch: batches computed ahead by ``iterate``.
     num_threads: background threads of ``iterate``.
@@ -71,7 +76,7 @@ class Batches:
   def __init__(self, mixture: Union[str, Sequence[tuple]], global_batch_size: int,
                seed: int = 0, num_frames: Optional[int] = None, split: str = 'train',
                video_only: bool = False, process_index: int = 0, process_count: int = 1,
-               prefetch: int = 4, num_threads: int = 1):
+               prefetch: int = 4, num_threads: int = 1, static_images: bool = False):
     sources = _resolve_sources(mixture, split)
     if video_only:
       sources = [(s, r) for s, r in sources if not getattr(s, 'is_image', False)]
@@ -94,6 +99,7 @@ class Batches:
     self._cumulative = np.cumsum(self.rates)
     self._cumulative[-1] = 1.0
     self.is_image = [bool(getattr(s, 'is_image', False)) for s in self.sources]
+    self.static_images = bool(static_images)
     self.global_batch_size = int(global_batch_size)
     self.seed = int(seed)
     self.process_index, self.process_count = int(process_index), int(process_count)
@@ -146,7 +152,10 @@ class Batches:
       if self.is_image[source]:
         example = self.sources[source].example(index)
         frames = example['video'][:self.num_frames]                                # [1, H, W, 3]
-        is_image[row] = True
+        if self.static_images:
+          frames = np.repeat(frames[:1], self.num_frames, axis=0)                  # [F, H, W, 3]
+        else:
+          is_image[row] = True
       else:
         example = self.sources[source].example(index, num_frames=self.num_frames)
         frames = example['video']                                                  # [F, H, W, 3]

@@ -65,14 +65,16 @@ def shapes_spec(config: ml_collections.ConfigDict) -> shapes_lib.ShapesSpec:
 
 
 def make_batches(config: ml_collections.ConfigDict) -> pipeline.Batches:
-  """Shapes videos (and, if config.data.image_rate > 0, 1-frame images) as a pure f(step)."""
+  """Shapes videos (and, if config.data.image_rate > 0, 1-frame images or, with
+  config.data.static_images, static clips of them) as a pure f(step)."""
   spec, seed = shapes_spec(config), config.data.seed
   mixture = [(tasks.ShapesSource(spec, seed, "train"), 1.0 - config.data.image_rate)]
   if config.data.image_rate > 0:
     mixture.append((tasks.ShapesSource(spec, seed, "image"), config.data.image_rate))
   return pipeline.Batches(mixture, config.data.batch_size, seed=seed,
                           num_frames=config.data.num_frames, process_index=jax.process_index(),
-                          process_count=jax.process_count(), prefetch=config.data.prefetch)
+                          process_count=jax.process_count(), prefetch=config.data.prefetch,
+                          static_images=config.data.static_images)
 
 
 def eval_clips(config: ml_collections.ConfigDict) -> np.ndarray:

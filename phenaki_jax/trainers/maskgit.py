@@ -106,7 +106,7 @@ def make_batches(config, tok_config) -> pipeline.Batches:
   return pipeline.Batches(mixture, config.data.batch_size, seed=seed,
                           num_frames=tok_config.data.num_frames,
                           process_index=jax.process_index(), process_count=jax.process_count(),
-                          prefetch=config.data.prefetch)
+                          prefetch=config.data.prefetch, static_images=config.data.static_images)
 
 
 # ---- Code support: which codes the tokenizer emits at the first and at later time steps --------
