@@ -65,8 +65,9 @@ def get_config(arg: str = "tiny"):
   # its tokens), instead of the paper's 1-frame video with loss on its first-frame tokens only.
   # With 1-frame images no later time step ever shows a colour that only images have (Shapes'
   # orange), so neither the C-ViViT's tubelet codes nor the MaskGIT's later-step predictions
-  # can render it; static clips show it there, still without motion. tiny: on (image-only
-  # colour 0.00 -> 0.80, one draw; BENCHMARKS.md); the paper configs keep 1-frame images.
+  # can render it; static clips show it there, still without motion (they count as videos in
+  # the logged image_fraction / loss_image). tiny: on (image-only colour 0.00 -> 0.80, one
+  # draw; BENCHMARKS.md); the paper configs keep 1-frame images.
   c.data.static_images = tiny
   # tiny: batch 8 buys twice the updates of 16 in the demo's budget, which learned more on a
   # 2-core CPU (BENCHMARKS.md); batch 4 for 1.5× the steps learned less. Seen-prompt accuracy
@@ -76,8 +77,8 @@ def get_config(arg: str = "tiny"):
   # turns after its first turn_context_frames frames, captioned with the new direction; those
   # frames' time steps are given (never masked), as the re-encoded context of a story
   # continuation is. Not in the paper (its stories come from plain clips); 0 = off. tiny: 0.2
-  # (with Muon, two draws each way: story segments 0.76-0.78 -> 0.81-0.88, mean boundary jump
-  # ~4 -> ~2.2-2.5 px, held-out unchanged; BENCHMARKS.md).
+  # (with Muon, two draws each way: story segments 0.76-0.78 -> 0.81-0.86, mean boundary jump
+  # ~4 -> ~2.5 px, held-out unchanged; BENCHMARKS.md).
   c.data.turn_rate = 0.2 if tiny else 0.0
   c.data.turn_context_frames = 5
   c.data.seed = 1                    # a different stream from stage 1's

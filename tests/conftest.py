@@ -106,13 +106,16 @@ def tiny_maskgit_config(tokenizer_dir: str, total_steps: int = MASKGIT_STEPS):
 
   120 steps at lr 3e-3 (10 warm-up steps, cosine to the end): long enough for the loss to fall
   well below log K (test_maskgit_trainer.py reads this run's logs), short enough to cost little
-  more than its compilation. Text dropout and the image/video mixture are the defaults.
+  more than its compilation. Text dropout and the image/video mixture are the defaults; images
+  stay 1-frame videos (the paper's way, whose image path the trainer tests check), not the tiny
+  default's static clips (tested on their own in test_pipeline.py and test_maskgit_trainer.py).
   """
   c = load_config("maskgit_b", "tiny")
   c.tokenizer.workdir = str(tokenizer_dir)
   c.model.update(dict(width=32, depth=1, num_heads=2, mlp_dim=64))
   c.data.batch_size = 8
   c.data.prefetch = 2
+  c.data.static_images = False
   c.optim.lr = 3e-3
   c.optim.warmup_steps = 10
   c.optim.decay_steps = total_steps

@@ -41,7 +41,8 @@ def tokens_dir(tiny_cvivit_dir, tmp_path_factory):
   proc = subprocess.run(
       [sys.executable, "-m", "phenaki_jax.tokenize", "--config=configs/maskgit_b.py:tiny",
        f"--config.tokenizer.workdir={tiny_cvivit_dir}",
-       f"--config.data.batch_size={c.data.batch_size}", f"--out={out}",
+       f"--config.data.batch_size={c.data.batch_size}",
+       f"--config.data.static_images={c.data.static_images}", f"--out={out}",
        f"--num_steps={STEPS}"],
       cwd=REPO, capture_output=True, text=True, timeout=600,
       env=dict(os.environ, JAX_PLATFORMS="cpu"))
