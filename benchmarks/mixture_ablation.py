@@ -22,6 +22,8 @@ _TOK = flags.DEFINE_string("tokenizer_dir", "workdirs/demo/cvivit", "A trained C
 _SECONDS = flags.DEFINE_float("seconds", 660.0, "Training budget per mixture.")
 _STEPS = flags.DEFINE_integer("steps", 0, "> 0: train this many steps per mixture instead.")
 _RATES = flags.DEFINE_list("image_rates", ["0.0", "0.2", "0.5"], "Image fractions to compare.")
+_STATIC = flags.DEFINE_bool("static_images", None, "Images as static clips (true) or as the "
+                            "paper's 1-frame videos (false); unset = the tiny config's (static).")
 
 
 def main(argv):
@@ -43,11 +45,14 @@ def main(argv):
         config.max_train_seconds = _SECONDS.value
       config.sample.num_videos = 0
       config.data.image_rate, config.data.video_rate = rate, 1.0 - rate
+      if _STATIC.value is not None:
+        config.data.static_images = _STATIC.value
     workdir = tempfile.mkdtemp(prefix=f"mix_{rate}_")
     out = maskgit.main(config, workdir)
     sampler = sample.Sampler.from_workdirs(_TOK.value, workdir)
     res = evaluate.evaluate_shapes(sampler, spec, num_stories=4)
     rows.append({"video_pct": round(100 * (1 - rate)), "image_pct": round(100 * rate),
+                 "static_images": bool(config.data.static_images),
                  "steps": int(out["state"]["step"]), "train_seconds": round(out["seconds"], 1),
                  "seen_all": res["seen"]["all_accuracy"],
                  "heldout_color": res["heldout"]["color_accuracy"],
