@@ -66,8 +66,8 @@ def get_config(arg: str = "tiny"):
   # With 1-frame images no later time step ever shows a colour that only images have (Shapes'
   # orange), so neither the C-ViViT's tubelet codes nor the MaskGIT's later-step predictions
   # can render it; static clips show it there, still without motion (they count as videos in
-  # the logged image_fraction / loss_image). tiny: on (image-only colour 0.00 -> 0.80, one
-  # draw; BENCHMARKS.md); the paper configs keep 1-frame images.
+  # the logged image_fraction / loss_image). tiny: on (image-only colour 0.00 -> 0.80-0.83, two
+  # MaskGIT draws; BENCHMARKS.md); the paper configs keep 1-frame images.
   c.data.static_images = tiny
   # tiny: batch 8 buys twice the updates of 16 in the demo's budget, which learned more on a
   # 2-core CPU (BENCHMARKS.md); batch 4 for 1.5× the steps learned less. Seen-prompt accuracy
