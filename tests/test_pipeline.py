@@ -40,8 +40,9 @@ def test_batch_contents():
 
 def test_static_images():
   """static_images=True: the same draws, each image repeated over every frame and not flagged."""
+  batches = pipeline.Batches('shapes_mix', 32, seed=1, static_images=True)
   padded = pipeline.Batches('shapes_mix', 32, seed=1).batch(0)
-  static = pipeline.Batches('shapes_mix', 32, seed=1, static_images=True).batch(0)
+  static = batches.batch(0)
   assert not static['is_image'].any() and np.array_equal(static['caption'], padded['caption'])
   images = padded['is_image']
   assert images.sum() > 0
@@ -49,13 +50,13 @@ def test_static_images():
   repeated = np.repeat(padded['video'][images][:, :1], 9, axis=1)     # [N, 9, H, W, 3]
   np.testing.assert_array_equal(static['video'][images], repeated)
   # Over a few steps the static clips show the image-only colour at every frame.
-  batches = pipeline.Batches('shapes_mix', 32, seed=1, static_images=True)
   orange = [b['video'][row] for b in map(batches.batch, range(8))
             for row, c in enumerate(b['caption']) if shapes.parse_caption(c)[0] == 'orange']
   assert orange
   color = np.array(shapes.PALETTE['orange'], np.uint8)
   for clip in orange:                                                   # [9, H, W, 3]
     assert np.all(clip == color, axis=-1).any(axis=(1, 2)).all()
+
 
 def test_pure_function_of_seed_and_step():
   a = pipeline.Batches('shapes_mix', 8, seed=5)
