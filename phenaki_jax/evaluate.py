@@ -133,7 +133,8 @@ def main(argv):
   if f.out:
     os.makedirs(f.out, exist_ok=True)
   kw = {k: v for k, v in dict(steps=f.steps, cfg_scale=f.cfg_scale, temperature=f.temperature,
-                              restrict_codes=f.restrict_codes).items() if v is not None}
+                              restrict_codes=f.restrict_codes,
+                              continue_cfg_scale=f.continue_cfg_scale).items() if v is not None}
   results = evaluate_shapes(sampler, spec, samples_per_triple=f.samples_per_triple,
                             num_stories=f.num_stories, seed=f.seed, num_seeds=f.num_seeds,
                             out_dir=f.out or "", **kw)
@@ -154,6 +155,8 @@ if __name__ == "__main__":
   flags.DEFINE_integer("num_stories", 12, "3-prompt stories to sample.")
   flags.DEFINE_integer("steps", None, "Decoding steps.")
   flags.DEFINE_float("cfg_scale", None, "Classifier-free guidance scale.")
+  flags.DEFINE_float("continue_cfg_scale", None, "Guidance scale of the story segments after "
+                     "the first.")
   flags.DEFINE_float("temperature", None, "Sampling temperature.")
   flags.DEFINE_boolean("restrict_codes", None, "Sample each time step only from the codes seen "
                        "there in training (the MaskGIT workdir's code_support.npz).")

@@ -15,8 +15,9 @@ CLI (repeat --prompt for a story, or --story_file with one prompt per line):
 Story mode: the first segment is generated from all-[MASK]; for every next prompt the last
 `context_frames` frames (1 + k·t_p) are re-encoded by C-ViViT, their codes are placed at the
 first time steps as fixed tokens, and MaskGIT generates the remaining time steps under the new
-prompt; the decoded new frames are appended. Any number of segments; the returned video has
-exactly the number of frames asked for.
+prompt (guided with the option `continue_cfg_scale` when set, else `cfg_scale`); the decoded
+new frames are appended. Any number of segments; the returned video has exactly the number of
+frames asked for.
 """
 import functools
 import json
@@ -35,8 +36,14 @@ from phenaki_jax import tokenizer as tokenizer_lib
 from phenaki_jax.models import cvivit
 from phenaki_jax.models import maskgit as maskgit_lib
 
+# continue_cfg_scale: the guidance scale when continuing a video from a context of two or more
+# frames (story segments after the first, continue_video); None = cfg_scale. The unconditional
+# branch then sees the context's motion too, so a high scale pushes the new frames away from
+# it: on Shapes the first new frame lands behind the last context frame and overshoots the new
+# direction (BENCHMARKS.md, tenth session).
 DEFAULT_SAMPLE = dict(steps=12, cfg_scale=3.0, temperature=1.0, choice_temperature=4.5,
-                      top_k=0, top_p=1.0, cfg_support=0.0, restrict_codes=True)
+                      top_k=0, top_p=1.0, cfg_support=0.0, restrict_codes=True,
+                      continue_cfg_scale=None)
 
 
 class Sampler:
@@ -201,7 +208,11 @@ class Sampler:
   def continue_video(self, video, prompt: Union[str, Sequence[str]], num_new_frames: int, *,
                      context_frames: int = 5, seed: int = 0, **kw) -> np.ndarray:
     """Appends `num_new_frames` frames that follow `prompt`, conditioned on the last
-    `context_frames` frames of `video` ([T, H, W, 3] or a batch [B, T, H, W, 3])."""
+    `context_frames` frames of `video` ([T, H, W, 3] or a batch [B, T, H, W, 3]).
+
+    With more than one context frame the guidance scale is the option `continue_cfg_scale`
+    when it is set (not None), else `cfg_scale`; a single frame (image-to-video) carries no
+    motion and uses `cfg_scale`."""
     video = np.asarray(video)
     single = video.ndim == 4
     videos = video[None] if single else video
@@ -225,6 +236,8 @@ class Sampler:
     fixed = np.zeros_like(init, bool)
     fixed[:, :t_c] = True
     opts = self._options(**kw)
+    if context_frames > 1 and opts["continue_cfg_scale"] is not None:
+      opts["cfg_scale"] = opts["continue_cfg_scale"]
     _, window = self._run(prompts, init, fixed, seed, opts)
     new = window[:, context_frames:context_frames + num_new_frames]
     out = np.concatenate([videos, new], axis=1)
@@ -287,7 +300,8 @@ def _main(argv):
     raise SystemExit("give at least one --prompt (repeat it for a story) or --story_file")
   sampler = Sampler.from_workdirs(f.tokenizer_dir, f.maskgit_dir)
   kw = dict(steps=f.steps, cfg_scale=f.cfg_scale, temperature=f.temperature,
-            cfg_support=f.cfg_support, restrict_codes=f.restrict_codes)
+            cfg_support=f.cfg_support, restrict_codes=f.restrict_codes,
+            continue_cfg_scale=f.continue_cfg_scale)
 
   def progress(i, n, p):
     logging.info("segment %d/%d done: %s", i + 1, n, p[0])
@@ -322,6 +336,8 @@ def _define_flags():
   flags.DEFINE_integer("context_frames", 5, "Frames re-encoded as context between segments.")
   flags.DEFINE_integer("steps", None, "Decoding steps (12–48).")
   flags.DEFINE_float("cfg_scale", None, "Classifier-free guidance scale.")
+  flags.DEFINE_float("continue_cfg_scale", None, "Guidance scale of the story segments after "
+                     "the first (default: the run's, else --cfg_scale).")
   flags.DEFINE_float("temperature", None, "Sampling temperature.")
   flags.DEFINE_float("cfg_support", None, "With guidance, sample only tokens whose conditional "
                      "probability is at least this fraction of the most likely one's.")

@@ -108,8 +108,9 @@ def test_restrict_codes_samples_only_the_codes_seen_at_each_time_step(tiny_sampl
     sample.Sampler(s.tokenizer, s.model, s.params, s.text_encoder, s.defaults, support[:1])
 
 
-def _window(sampler, prompt, context_codes, seed, scramble=False):
-  """`Sampler._run` on a 5-step window whose first time steps are the fixed context codes."""
+def _window(sampler, prompt, context_codes, seed, scramble=False, **opts):
+  """`Sampler._run` on a 5-step window whose first time steps are the fixed context codes
+  (sampling options: the sampler's defaults updated by `opts`)."""
   b, t_c, h, w = context_codes.shape
   init = np.zeros((b, sampler.model.grid[0], h, w), np.int32)
   if scramble:  # what the non-fixed positions hold must not matter
@@ -118,7 +119,13 @@ def _window(sampler, prompt, context_codes, seed, scramble=False):
   init[:, :t_c] = context_codes
   fixed = np.zeros(init.shape, bool)
   fixed[:, :t_c] = True
-  return sampler._run([prompt] * b, init, fixed, seed, sampler._options())
+  return sampler._run([prompt] * b, init, fixed, seed, sampler._options(**opts))
+
+
+def _continue_scale(sampler):
+  """The guidance scale continue_video uses by default (multi-frame context)."""
+  opts = sampler._options()
+  return opts["cfg_scale"] if opts["continue_cfg_scale"] is None else opts["continue_cfg_scale"]
 
 
 def test_continuation_holds_the_context_codes_fixed(tiny_sampler):
@@ -129,10 +136,11 @@ def test_continuation_holds_the_context_codes_fixed(tiny_sampler):
   context_codes = np.asarray(s.tokenizer.encode(video[None, -5:]))   # [1, 3, 8, 8]
   assert context_codes.shape == (1, 3, 8, 8)
 
-  codes, window = _window(s, P2, context_codes, seed=7)
+  codes, window = _window(s, P2, context_codes, seed=7, cfg_scale=_continue_scale(s))
   np.testing.assert_array_equal(codes[:, :3], context_codes)         # fixed positions unchanged
   assert codes.min() >= 0 and codes.max() < s.model.codebook_size   # no [MASK] left
-  codes_scrambled, window_scrambled = _window(s, P2, context_codes, seed=7, scramble=True)
+  codes_scrambled, window_scrambled = _window(s, P2, context_codes, seed=7, scramble=True,
+                                              cfg_scale=_continue_scale(s))
   np.testing.assert_array_equal(codes_scrambled, codes)
   np.testing.assert_array_equal(window_scrambled, window)
 
@@ -156,9 +164,48 @@ def test_story_has_the_requested_frames_and_is_a_chain_of_continuations(tiny_sam
   np.testing.assert_array_equal(story, expected)
   # Its last segment's context codes are the re-encoding of the 5 frames before it.
   context_codes = np.asarray(s.tokenizer.encode(story[None, 8:13]))
-  codes, window = _window(s, P3, context_codes, seed=2)
+  codes, window = _window(s, P3, context_codes, seed=2, cfg_scale=_continue_scale(s))
   np.testing.assert_array_equal(codes[:, :3], context_codes)
   np.testing.assert_array_equal(story[13:], window[0, 5:9])
+
+
+def test_continuations_use_continue_cfg_scale(tiny_sampler):
+  """A multi-frame context is continued with guidance `continue_cfg_scale` (None: cfg_scale);
+  the first story segment and image-to-video (one context frame) keep `cfg_scale`."""
+  from phenaki_jax import sample  # pylint: disable=g-import-not-at-top
+  s = tiny_sampler
+  assert s.defaults["continue_cfg_scale"] == 1.0        # the tiny config's (configs/maskgit_b.py)
+  video = s.generate(P1, seed=0)
+  context_codes = np.asarray(s.tokenizer.encode(video[None, -5:]))
+  windows = {scale: _window(s, P2, context_codes, seed=5, cfg_scale=scale)[1][0, 5:9]
+             for scale in (0.0, 3.0)}
+  assert not np.array_equal(windows[0.0], windows[3.0])  # the scale matters here
+  # A sampler whose default is None continues at cfg_scale (same jitted functions).
+  plain = sample.Sampler(s.tokenizer, s.model, s.params, s.text_encoder,
+                         {**s.defaults, "continue_cfg_scale": None}, s.code_support)
+  plain._fns = s._fns  # pylint: disable=protected-access
+  for scale in (0.0, 3.0):
+    out = s.continue_video(video, P2, 4, context_frames=5, seed=5, continue_cfg_scale=scale)
+    np.testing.assert_array_equal(out[FRAMES:], windows[scale])
+    out = plain.continue_video(video, P2, 4, context_frames=5, seed=5, cfg_scale=scale)
+    np.testing.assert_array_equal(out[FRAMES:], windows[scale])
+  # A story: the first segment at cfg_scale, the next at continue_cfg_scale.
+  story = s.story([P1, P2], [9, 4], context_frames=5, seed=0, cfg_scale=3.0,
+                  continue_cfg_scale=0.0)
+  np.testing.assert_array_equal(story[:9], s.generate(P1, 9, seed=0, cfg_scale=3.0))
+  np.testing.assert_array_equal(story[9:], _windows_at(s, story[:9], seed=1, cfg_scale=0.0))
+  # Image-to-video (a 1-frame context) ignores continue_cfg_scale.
+  image_codes = np.asarray(s.tokenizer.encode(video[None, :1]))
+  guided = _window(s, P2, image_codes, seed=4, cfg_scale=3.0)[1][0, 1:]
+  assert not np.array_equal(guided, _window(s, P2, image_codes, seed=4, cfg_scale=0.0)[1][0, 1:])
+  np.testing.assert_array_equal(
+      s.image_to_video(video[0], P2, seed=4, cfg_scale=3.0, continue_cfg_scale=0.0)[1:], guided)
+
+
+def _windows_at(sampler, video, seed, **opts):
+  """The 4 new frames of a window continuing `video`'s last 5 frames under P2."""
+  context_codes = np.asarray(sampler.tokenizer.encode(video[None, -5:]))
+  return _window(sampler, P2, context_codes, seed=seed, **opts)[1][0, 5:9]
 
 
 def test_image_to_video(tiny_sampler):
