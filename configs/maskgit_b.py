@@ -113,12 +113,15 @@ def get_config(arg: str = "tiny"):
   # later steps only codes seen there (workdir/code_support.npz; no file = no restriction).
   # tiny: 24 decoding steps (the demo's models, full Shapes evaluation: seen 0.81 / held-out
   # 0.75 / story segments 0.61 against 0.74 / 0.58 / 0.69 at 12 steps; BENCHMARKS.md).
+  # top_k: sample each token from its k most likely codes (0 = all). tiny: 3 — sampling the
+  # tail of every token independently broke object outlines; seen prompts 0.89 -> 0.93 and
+  # 0.88 -> 0.91 (two MaskGIT draws, 4 seeds each), held-out and image-only up too.
   # continue_cfg_scale: guidance of story segments after the first (None = cfg_scale). tiny: 1
   # (no guidance): under guidance the unconditional branch continues the context's motion, so
   # cond − uncond, scaled by 3, pushed the first new frame back along the old direction and past
-  # the new one; the mean boundary jump fell from 2.21 to 1.72 px (4 seeds; BENCHMARKS.md).
+  # the new one; mean boundary jump 2.2 -> 1.7 px and 2.0 -> 1.6 px (two draws; BENCHMARKS.md).
   c.sample = ml_collections.ConfigDict(dict(
-      steps=24 if tiny else 12, cfg_scale=3.0, temperature=1.0, choice_temperature=4.5, top_k=0,
-      top_p=1.0, cfg_support=0.0, restrict_codes=True, num_videos=4,
+      steps=24 if tiny else 12, cfg_scale=3.0, temperature=1.0, choice_temperature=4.5,
+      top_k=3 if tiny else 0, top_p=1.0, cfg_support=0.0, restrict_codes=True, num_videos=4,
       continue_cfg_scale=1.0 if tiny else None))
   return c.lock()

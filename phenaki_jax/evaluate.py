@@ -134,7 +134,8 @@ def main(argv):
     os.makedirs(f.out, exist_ok=True)
   kw = {k: v for k, v in dict(steps=f.steps, cfg_scale=f.cfg_scale, temperature=f.temperature,
                               restrict_codes=f.restrict_codes,
-                              continue_cfg_scale=f.continue_cfg_scale).items() if v is not None}
+                              continue_cfg_scale=f.continue_cfg_scale,
+                              top_k=f.top_k).items() if v is not None}
   results = evaluate_shapes(sampler, spec, samples_per_triple=f.samples_per_triple,
                             num_stories=f.num_stories, seed=f.seed, num_seeds=f.num_seeds,
                             out_dir=f.out or "", **kw)
@@ -158,6 +159,7 @@ if __name__ == "__main__":
   flags.DEFINE_float("continue_cfg_scale", None, "Guidance scale of the story segments after "
                      "the first.")
   flags.DEFINE_float("temperature", None, "Sampling temperature.")
+  flags.DEFINE_integer("top_k", None, "Sample each token from its k most likely codes (0 = all).")
   flags.DEFINE_boolean("restrict_codes", None, "Sample each time step only from the codes seen "
                        "there in training (the MaskGIT workdir's code_support.npz).")
   flags.DEFINE_integer("seed", 0, "Random seed.")

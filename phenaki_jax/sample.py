@@ -301,7 +301,7 @@ def _main(argv):
   sampler = Sampler.from_workdirs(f.tokenizer_dir, f.maskgit_dir)
   kw = dict(steps=f.steps, cfg_scale=f.cfg_scale, temperature=f.temperature,
             cfg_support=f.cfg_support, restrict_codes=f.restrict_codes,
-            continue_cfg_scale=f.continue_cfg_scale)
+            continue_cfg_scale=f.continue_cfg_scale, top_k=f.top_k)
 
   def progress(i, n, p):
     logging.info("segment %d/%d done: %s", i + 1, n, p[0])
@@ -339,6 +339,7 @@ def _define_flags():
   flags.DEFINE_float("continue_cfg_scale", None, "Guidance scale of the story segments after "
                      "the first (default: the run's, else --cfg_scale).")
   flags.DEFINE_float("temperature", None, "Sampling temperature.")
+  flags.DEFINE_integer("top_k", None, "Sample each token from its k most likely codes (0 = all).")
   flags.DEFINE_float("cfg_support", None, "With guidance, sample only tokens whose conditional "
                      "probability is at least this fraction of the most likely one's.")
   flags.DEFINE_boolean("restrict_codes", None, "Sample at the first and at later time steps only "

@@ -125,6 +125,14 @@ def test_restricted_logits_fn():
   assert (out[0, 1, :3] == low).all() and out[0, 1, 3] == 7.0
 
 
+def test_kth_largest_matches_lax_top_k():
+  """The argmax passes give lax.top_k's k-th value, ties counted (k ≤ 16) and beyond."""
+  x = jnp.round(jax.random.normal(jax.random.PRNGKey(0), (3, 7, 40)) * 2)   # many ties
+  x = x.at[0, 0].set(-jnp.inf).at[0, 0, 5].set(1.0)                         # one finite value
+  for k in (1, 2, 3, 5, 16, 17, 40):
+    np.testing.assert_array_equal(decode.kth_largest(x, k), jax.lax.top_k(x, k)[0][..., -1:])
+
+
 def test_filter_logits():
   logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
   kept = lambda x: np.isfinite(np.asarray(x))[0].tolist()
