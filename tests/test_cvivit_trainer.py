@@ -170,6 +170,53 @@ def test_adversarial_path_trains_the_discriminator(tmp_path):
   assert all_finite(out["state"])
 
 
+def test_one_frame_images_train_as_one_frame_videos(uninterrupted):
+  """With 1-frame images in stage 1 (image_rate > 0, static_images off) an image row is
+  zero-padded to the clip length and flagged is_image; its loss is its 1-frame video's: what
+  the padding holds changes neither the loss nor the update, and the L2 and VQ terms equal the
+  model's own on the frame alone. Video rows keep the plain loss."""
+  import functools  # pylint: disable=g-import-not-at-top
+  from phenaki_jax import losses  # pylint: disable=g-import-not-at-top
+  from phenaki_jax.models import cvivit, discriminator  # pylint: disable=g-import-not-at-top
+  config = tiny_cvivit_config()
+  config.data.image_rate, config.data.static_images = 0.5, False
+  assert trainer.first_frame_images(config)
+  model = trainer.validate_config(config)
+  disc = discriminator.VideoDiscriminator(tuple(config.disc.channels))
+  tx, disc_tx = trainer.make_optimizers(config)
+  state = uninterrupted[1]["state"]                 # step 40: no dead-code restart this step
+  step_fn = lambda adversarial: jax.jit(functools.partial(
+      trainer.train_step, model=model, disc=disc, tx=tx, disc_tx=disc_tx, config=config,
+      adversarial=adversarial))
+  train_step = step_fn(False)
+  rng = jax.random.PRNGKey(1)
+  clips = trainer.eval_clips(config)                                  # [4, 9, 32, 32, 3] uint8
+  images = np.zeros_like(clips)
+  images[:, 0] = clips[:, 0]
+  noisy = images.copy()
+  noisy[:, 1:] = np.random.default_rng(0).integers(0, 256, noisy[:, 1:].shape, dtype=np.uint8)
+  flags = np.ones(len(clips), bool)
+  new_a, m_a = train_step(state, {"video": images, "is_image": flags}, rng)
+  new_b, m_b = train_step(state, {"video": noisy, "is_image": flags}, rng)
+  for key in ("l2", "vq_loss", "loss", "codebook_usage"):
+    np.testing.assert_allclose(m_a[key], m_b[key], rtol=1e-6, err_msg=key)
+  for a, b in zip(jax.tree.leaves(new_a["params"]), jax.tree.leaves(new_b["params"])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+
+  def plain_loss(video):
+    x = cvivit.to_model_range(video)
+    recon, q = model.apply({"params": state["params"]}, x)
+    return float(losses.l2_loss(recon, x)), float(q.loss)
+
+  l2, vq = plain_loss(clips[:, :1])                       # the images as 1-frame videos
+  np.testing.assert_allclose([m_a["l2"], m_a["vq_loss"]], [l2, vq], rtol=2e-5)
+  _, m_v = train_step(state, {"video": clips, "is_image": ~flags}, rng)
+  np.testing.assert_allclose([m_v["l2"], m_v["vq_loss"]], plain_loss(clips), rtol=2e-5)
+  # The adversarial path runs on the same batches (the discriminator sees real padding).
+  _, m_adv = step_fn(True)(state, {"video": images, "is_image": flags}, rng)
+  assert all(np.isfinite(float(m_adv[k])) for k in ("d_loss", "g_adversarial", "r1"))
+
+
 def test_non_finite_update_stops_the_run_and_keeps_the_checkpoint(tmp_path, uninterrupted):
   """An infinite learning rate makes step 40's update non-finite while its loss is finite: the
   update is skipped, the run raises naming step 40, and no checkpoint with it is written."""

@@ -9,7 +9,7 @@ whose usage (an exponential moving average of its assignment counts) falls below
 moved onto a random encoder output of the current batch (VideoGPT-style restarts). With all
 usages starting at zero, the first restart initialises the codebook from encoder outputs.
 """
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import flax.linen as nn
 import jax
@@ -53,12 +53,23 @@ class VectorQuantizer(nn.Module):
     similarity = jnp.einsum("...c,kc->...k", z, codebook)     # [..., K]
     codes = jnp.argmax(similarity, axis=-1).astype(jnp.int32)  # [...]
     e = jnp.take(codebook, codes, axis=0)                      # [..., C]
-    codebook_loss = jnp.mean(jnp.sum((jax.lax.stop_gradient(z) - e) ** 2, axis=-1))
-    commitment = jnp.mean(jnp.sum((z - jax.lax.stop_gradient(e)) ** 2, axis=-1))
-    loss = codebook_loss + self.commitment_cost * commitment
+    loss = vq_loss(z, e, self.commitment_cost)
     quantized = z + jax.lax.stop_gradient(e - z)
     counts = jnp.zeros((self.codebook_size,), jnp.float32).at[codes.reshape(-1)].add(1.0)
     return QuantizerOutput(quantized, codes, loss, z, counts)
+
+
+def vq_loss(z: Array, e: Array, commitment_cost: float, weights: Optional[Array] = None) -> Array:
+  """L_VQ = ||sg(z) − e||² + β·||z − sg(e)||² of encoder outputs z and their code vectors e
+  ([..., C]), averaged over the positions [...] — weighted by `weights` [...] when given (e.g. 0
+  on the padding frames of an image in a video batch)."""
+  codebook_sq = jnp.sum((jax.lax.stop_gradient(z) - e) ** 2, axis=-1)
+  commitment_sq = jnp.sum((z - jax.lax.stop_gradient(e)) ** 2, axis=-1)
+  if weights is None:
+    return jnp.mean(codebook_sq) + commitment_cost * jnp.mean(commitment_sq)
+  total = jnp.maximum(jnp.sum(weights), 1e-6)
+  return (jnp.sum(weights * codebook_sq) + commitment_cost * jnp.sum(weights * commitment_sq)
+          ) / total
 
 
 def codebook_metrics(counts: Array) -> dict:

@@ -6,6 +6,11 @@ State: generator params + optimizer state, discriminator params + optimizer stat
 code usage used for dead-code restarts, the step, and the first step whose loss was not finite
 (−1 while all is well). The update step is one jitted pure function with explicit shardings;
 before `losses.adversarial_start_step` a cheaper step without the discriminator runs.
+
+Images (`data.image_rate` > 0): with `data.static_images` an image is a static clip trained as
+a video; otherwise it is a 1-frame video, zero-padded to the batch's clip length, whose loss
+(L2, VQ, code counts) covers only its first frame and first time step, so it trains exactly as
+the 1-frame video would (the causal encoder and decoder give frame 0 from frame 0 alone).
 """
 import functools
 import json
@@ -119,23 +124,48 @@ def abstract_state(config):
 
 
 # ---- Update step ---------------------------------------------------------------------------------
+def first_frame_images(config: ml_collections.ConfigDict) -> bool:
+  """Whether the batches hold zero-padded 1-frame images (flagged is_image) to train as images."""
+  return config.data.image_rate > 0 and not config.data.static_images
+
+
 def train_step(state, batch, rng, *, model, disc, tx, disc_tx, config, adversarial: bool):
   step = state["step"]
   rng = jax.random.fold_in(rng, step)
   dropout_rng, restart_rng = jax.random.split(rng)
   video = cvivit.to_model_range(batch["video"])                   # [B, F, H, W, 3] in [-1, 1]
   w = config.losses
+  # 1-frame images in the batch (zero-padded to F frames, flagged is_image) train as 1-frame
+  # videos: their loss sees only frame 0 and the first time step's codes, which the causal
+  # encoder and decoder compute from frame 0 alone; the discriminator sees their real padding.
+  masked = first_frame_images(config)
+  if masked:
+    t = 1 + (video.shape[1] - 1) // model.temporal_patch             # time steps
+    image = batch["is_image"].astype(bool)[:, None]                       # [B, 1]
+    frame_keep = ~image | (jnp.arange(video.shape[1]) == 0)[None]         # [B, F]
+    step_keep = (~image | (jnp.arange(t) == 0)[None]).astype(jnp.float32)  # [B, t]
 
   def disc_fn(params, x):
     return disc.apply({"params": params}, x)
 
+  def disc_input(recon):
+    return jnp.where(frame_keep[:, :, None, None, None], recon, video) if masked else recon
+
   def generator_loss(params):
     recon, q = model.apply({"params": params}, video, train=True, rngs={"dropout": dropout_rng})
-    l2 = losses.l2_loss(recon, video)
-    loss = w.l2 * l2 + w.vq * q.loss
-    metrics = {"l2": l2, "vq_loss": q.loss}
+    if masked:
+      pixel_w = frame_keep.astype(jnp.float32)[:, :, None, None, None]
+      l2 = (jnp.sum(pixel_w * (recon.astype(jnp.float32) - video) ** 2)
+            / (jnp.sum(pixel_w) * np.prod(video.shape[2:])))
+      e = jnp.take(quantizer_lib.l2_normalize(params["quantizer"]["codebook"]), q.codes, axis=0)
+      vq = quantizer_lib.vq_loss(q.z, e, model.commitment_cost,
+                                 jnp.broadcast_to(step_keep[:, :, None, None], q.codes.shape))
+    else:
+      l2, vq = losses.l2_loss(recon, video), q.loss
+    loss = w.l2 * l2 + w.vq * vq
+    metrics = {"l2": l2, "vq_loss": vq}
     if adversarial:
-      g_adv = losses.generator_adversarial_loss(disc_fn(state["disc_params"], recon))
+      g_adv = losses.generator_adversarial_loss(disc_fn(state["disc_params"], disc_input(recon)))
       loss = loss + w.adversarial * g_adv
       metrics["g_adversarial"] = g_adv
     return loss, (recon, q, metrics)
@@ -147,7 +177,11 @@ def train_step(state, batch, rng, *, model, disc, tx, disc_tx, config, adversari
 
   # Dead-code restarts (first call initialises the codebook from encoder outputs).
   qc = config.quantizer
-  usage = qc.usage_decay * state["code_usage"] + (1 - qc.usage_decay) * q.counts
+  counts = q.counts
+  if masked:  # the padding frames' codes are not the data's
+    counts = jnp.zeros_like(counts).at[q.codes.reshape(-1)].add(
+        jnp.broadcast_to(step_keep[:, :, None, None], q.codes.shape).reshape(-1))
+  usage = qc.usage_decay * state["code_usage"] + (1 - qc.usage_decay) * counts
   do_restart = (step % qc.restart_every == 0) & (step < qc.restart_until)
   codebook = params["quantizer"]["codebook"]
   z = jax.lax.stop_gradient(q.z).reshape(-1, q.z.shape[-1])
@@ -159,11 +193,11 @@ def train_step(state, batch, rng, *, model, disc, tx, disc_tx, config, adversari
   params = {**params, "quantizer": {**params["quantizer"], "codebook": codebook}}
 
   new_state = dict(state, params=params, opt_state=opt_state, code_usage=usage)
-  metrics.update(quantizer_lib.codebook_metrics(q.counts))
+  metrics.update(quantizer_lib.codebook_metrics(counts))
   metrics["codes_restarted"] = jnp.where(do_restart, jnp.sum(dead), 0).astype(jnp.float32)
 
   if adversarial:
-    fake = jax.lax.stop_gradient(recon)
+    fake = jax.lax.stop_gradient(disc_input(recon))
 
     def d_loss_fn(disc_params):
       d = losses.discriminator_loss(disc_fn(disc_params, video), disc_fn(disc_params, fake))
@@ -294,7 +328,8 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if step >= total:
         break
       adversarial = use_adv and step >= config.losses.adversarial_start_step
-      global_batch = sharding.put_global_batch({"video": batch["video"]}, mesh)
+      global_batch = sharding.put_global_batch(
+          {"video": batch["video"], "is_image": batch["is_image"]}, mesh)
       state, metrics = step_fns[adversarial](state, global_batch, train_rng)
       history.append(metrics)
       done = step + 1
