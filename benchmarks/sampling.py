@@ -18,6 +18,7 @@ _TOK = flags.DEFINE_string("tokenizer_dir", "workdirs/demo/cvivit", "C-ViViT wor
 _MG = flags.DEFINE_string("maskgit_dir", "workdirs/demo/maskgit", "MaskGIT workdir.")
 _BATCH = flags.DEFINE_integer("batch", 8, "Clips per call.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per setting (median reported).")
+_TOP_K = flags.DEFINE_integer("top_k", None, "Top-k of every call (default: the run's).")
 
 
 def median_seconds(fn, repeats):
@@ -34,6 +35,8 @@ def main(argv):
   del argv
   from phenaki_jax import sample  # pylint: disable=g-import-not-at-top
   sampler = sample.Sampler.from_workdirs(_TOK.value, _MG.value)
+  if _TOP_K.value is not None:
+    sampler.defaults["top_k"] = _TOP_K.value
   prompts = ["a red circle moves left"] * _BATCH.value
   results = {}
   for steps in (12, 24, 48):
@@ -48,6 +51,7 @@ def main(argv):
   results["story_3_segments_s_per_story"] = round(s / _BATCH.value, 4)
   results["story_s_per_segment"] = round(s / _BATCH.value / 3, 4)
   print(json.dumps({"benchmark": "sampling", "batch": _BATCH.value, "results": results,
+                    "sampling_defaults": sampler._options(),  # pylint: disable=protected-access
                     "machine": _common.machine()}, indent=2))
 
 
