@@ -193,19 +193,15 @@ def test_continuations_use_continue_cfg_scale(tiny_sampler):
   story = s.story([P1, P2], [9, 4], context_frames=5, seed=0, cfg_scale=3.0,
                   continue_cfg_scale=0.0)
   np.testing.assert_array_equal(story[:9], s.generate(P1, 9, seed=0, cfg_scale=3.0))
-  np.testing.assert_array_equal(story[9:], _windows_at(s, story[:9], seed=1, cfg_scale=0.0))
+  story_context = np.asarray(s.tokenizer.encode(story[None, 4:9]))
+  np.testing.assert_array_equal(
+      story[9:], _window(s, P2, story_context, seed=1, cfg_scale=0.0)[1][0, 5:9])
   # Image-to-video (a 1-frame context) ignores continue_cfg_scale.
   image_codes = np.asarray(s.tokenizer.encode(video[None, :1]))
   guided = _window(s, P2, image_codes, seed=4, cfg_scale=3.0)[1][0, 1:]
   assert not np.array_equal(guided, _window(s, P2, image_codes, seed=4, cfg_scale=0.0)[1][0, 1:])
   np.testing.assert_array_equal(
       s.image_to_video(video[0], P2, seed=4, cfg_scale=3.0, continue_cfg_scale=0.0)[1:], guided)
-
-
-def _windows_at(sampler, video, seed, **opts):
-  """The 4 new frames of a window continuing `video`'s last 5 frames under P2."""
-  context_codes = np.asarray(sampler.tokenizer.encode(video[None, -5:]))
-  return _window(sampler, P2, context_codes, seed=seed, **opts)[1][0, 5:9]
 
 
 def test_image_to_video(tiny_sampler):

@@ -15,6 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from phenaki_jax import masking
+
 Array = jax.Array
 
 
@@ -55,21 +57,26 @@ class VectorQuantizer(nn.Module):
     e = jnp.take(codebook, codes, axis=0)                      # [..., C]
     loss = vq_loss(z, e, self.commitment_cost)
     quantized = z + jax.lax.stop_gradient(e - z)
-    counts = jnp.zeros((self.codebook_size,), jnp.float32).at[codes.reshape(-1)].add(1.0)
+    counts = code_counts(codes, self.codebook_size)
     return QuantizerOutput(quantized, codes, loss, z, counts)
 
 
-def vq_loss(z: Array, e: Array, commitment_cost: float, weights: Optional[Array] = None) -> Array:
+def vq_loss(z: Array, e: Array, commitment_cost: float, mask: Optional[Array] = None) -> Array:
   """L_VQ = ||sg(z) − e||² + β·||z − sg(e)||² of encoder outputs z and their code vectors e
-  ([..., C]), averaged over the positions [...] — weighted by `weights` [...] when given (e.g. 0
-  on the padding frames of an image in a video batch)."""
+  ([..., C]), averaged over the positions [...] — only where `mask` [...] is True when given
+  (e.g. not on the padding frames of an image in a video batch)."""
   codebook_sq = jnp.sum((jax.lax.stop_gradient(z) - e) ** 2, axis=-1)
   commitment_sq = jnp.sum((z - jax.lax.stop_gradient(e)) ** 2, axis=-1)
-  if weights is None:
+  if mask is None:
     return jnp.mean(codebook_sq) + commitment_cost * jnp.mean(commitment_sq)
-  total = jnp.maximum(jnp.sum(weights), 1e-6)
-  return (jnp.sum(weights * codebook_sq) + commitment_cost * jnp.sum(weights * commitment_sq)
-          ) / total
+  return (masking.masked_mean(codebook_sq, mask)
+          + commitment_cost * masking.masked_mean(commitment_sq, mask))
+
+
+def code_counts(codes: Array, codebook_size: int, mask: Optional[Array] = None) -> Array:
+  """[K] assignments of each code among `codes` [...] (only where `mask` is True, when given)."""
+  ones = 1.0 if mask is None else mask.reshape(-1).astype(jnp.float32)
+  return jnp.zeros((codebook_size,), jnp.float32).at[codes.reshape(-1)].add(ones)
 
 
 def codebook_metrics(counts: Array) -> dict:

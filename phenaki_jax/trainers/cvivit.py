@@ -25,7 +25,7 @@ import optax
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from phenaki_jax import checkpoint, losses, optim, sharding
+from phenaki_jax import checkpoint, losses, masking, optim, sharding
 from phenaki_jax.data import pipeline, tasks, video_io
 from phenaki_jax.data import shapes as shapes_lib
 from phenaki_jax.evaluators import recon as recon_metrics
@@ -143,10 +143,13 @@ def train_step(state, batch, rng, *, model, disc, tx, disc_tx, config, adversari
     t = 1 + (video.shape[1] - 1) // model.temporal_patch             # time steps
     image = batch["is_image"].astype(bool)[:, None]                       # [B, 1]
     frame_keep = ~image | (jnp.arange(video.shape[1]) == 0)[None]         # [B, F]
-    step_keep = (~image | (jnp.arange(t) == 0)[None]).astype(jnp.float32)  # [B, t]
+    step_keep = ~image | (jnp.arange(t) == 0)[None]                       # [B, t]
 
   def disc_fn(params, x):
     return disc.apply({"params": params}, x)
+
+  def code_keep(codes):  # [B, t, h, w]: the positions whose codes are the data's
+    return jnp.broadcast_to(step_keep[:, :, None, None], codes.shape)
 
   def disc_input(recon):
     return jnp.where(frame_keep[:, :, None, None, None], recon, video) if masked else recon
@@ -154,12 +157,10 @@ def train_step(state, batch, rng, *, model, disc, tx, disc_tx, config, adversari
   def generator_loss(params):
     recon, q = model.apply({"params": params}, video, train=True, rngs={"dropout": dropout_rng})
     if masked:
-      pixel_w = frame_keep.astype(jnp.float32)[:, :, None, None, None]
-      l2 = (jnp.sum(pixel_w * (recon.astype(jnp.float32) - video) ** 2)
-            / (jnp.sum(pixel_w) * np.prod(video.shape[2:])))
+      sq = (recon.astype(jnp.float32) - video) ** 2                       # [B, F, H, W, 3]
+      l2 = masking.masked_mean(sq, jnp.broadcast_to(frame_keep[:, :, None, None, None], sq.shape))
       e = jnp.take(quantizer_lib.l2_normalize(params["quantizer"]["codebook"]), q.codes, axis=0)
-      vq = quantizer_lib.vq_loss(q.z, e, model.commitment_cost,
-                                 jnp.broadcast_to(step_keep[:, :, None, None], q.codes.shape))
+      vq = quantizer_lib.vq_loss(q.z, e, model.commitment_cost, code_keep(q.codes))
     else:
       l2, vq = losses.l2_loss(recon, video), q.loss
     loss = w.l2 * l2 + w.vq * vq
@@ -177,10 +178,8 @@ def train_step(state, batch, rng, *, model, disc, tx, disc_tx, config, adversari
 
   # Dead-code restarts (first call initialises the codebook from encoder outputs).
   qc = config.quantizer
-  counts = q.counts
-  if masked:  # the padding frames' codes are not the data's
-    counts = jnp.zeros_like(counts).at[q.codes.reshape(-1)].add(
-        jnp.broadcast_to(step_keep[:, :, None, None], q.codes.shape).reshape(-1))
+  counts = (quantizer_lib.code_counts(q.codes, model.codebook_size, code_keep(q.codes)) if masked
+            else q.counts)  # the padding frames' codes are not the data's
   usage = qc.usage_decay * state["code_usage"] + (1 - qc.usage_decay) * counts
   do_restart = (step % qc.restart_every == 0) & (step < qc.restart_until)
   codebook = params["quantizer"]["codebook"]
