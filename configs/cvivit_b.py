@@ -38,6 +38,13 @@ def get_config(arg: str = "B"):
   # drew it in the first frame only; BENCHMARKS.md).
   c.data.image_rate = 0.1 if variant == "tiny" else 0.0
   c.data.static_images = variant == "tiny"
+  # Turn clips: this share of the video examples turns after its first turn_context_frames
+  # frames (shapes.turn_example), the motion a story continuation produces. Plain Shapes clips
+  # never change direction, so without them the tokenizer has never encoded a turn. 0 = off.
+  # On Shapes 0.2 halves the centroid error of a turn's first frame through encode/decode
+  # (0.31 -> 0.15 px, same PSNR), but its one end-to-end draw was no better (BENCHMARKS.md).
+  c.data.turn_rate = 0.0
+  c.data.turn_context_frames = 5
   c.data.seed = 0
   c.data.prefetch = 4
 

@@ -255,6 +255,7 @@ def test_misspelt_config_key_fails_with_its_name(tmp_path):
     ("losses.video_perceptual", 1.0, r"config\.losses\.video_perceptual_checkpoint is empty"),
     ("data.source", "webvid", r"config\.data\.source='webvid'"),
     ("data.image_rate", 1.5, r"config\.data\.image_rate=1\.5"),
+    ("data.turn_rate", 1.0, r"config\.data\.turn_rate=1\.0"),
 ])
 def test_bad_config_fails_at_start_up(tmp_path, key, value, message):
   config = tiny_cvivit_config()
@@ -264,6 +265,33 @@ def test_bad_config_fails_at_start_up(tmp_path, key, value, message):
   with pytest.raises(ValueError, match=message):
     trainer.main(config, str(workdir))
   assert not workdir.exists()                                # nothing started
+
+
+def test_turn_clips_enter_the_stage_one_stream():
+  """data.turn_rate: that share of the video rows are turn clips (the object changes direction
+  after turn_context_frames frames); 0 keeps the plain stream."""
+  from phenaki_jax.evaluators import shapes as shapes_eval  # pylint: disable=g-import-not-at-top
+  config = tiny_cvivit_config()
+  config.data.turn_rate, config.data.turn_context_frames = 0.5, 5
+  trainer.validate_config(config)
+  batches = trainer.make_batches(config)
+  rows = [batches.batch(step) for step in range(6)]
+  context = np.concatenate([r["context_frames"] for r in rows])
+  is_turn = context == 5
+  assert set(np.unique(context)) == {0, 5}
+  assert 0.2 < is_turn.mean() < 0.7, is_turn.mean()
+  videos = np.concatenate([r["video"] for r in rows])[is_turn]
+  for video in videos[:4]:
+    centroids = np.array([shapes_eval.analyze_frame(f)["centroid"] for f in video])
+    before, after = centroids[4] - centroids[3], centroids[6] - centroids[5]
+    assert np.linalg.norm(before) > 1.0 and np.linalg.norm(after) > 1.0
+    assert before @ after < 0.5 * np.linalg.norm(before) * np.linalg.norm(after)  # turned
+  config.data.turn_context_frames = config.data.num_frames
+  with pytest.raises(ValueError, match=r"config\.data\.turn_context_frames=9 must be in \[1, 9\)"):
+    trainer.validate_config(config)
+  config.data.turn_rate = 0.0
+  plain = trainer.make_batches(config).batch(0)
+  assert not plain["context_frames"].any()
 
 
 # ---- Public tokenizer API -----------------------------------------------------------------------

@@ -57,6 +57,13 @@ def validate_config(config: ml_collections.ConfigDict) -> cvivit.CViViT:
     pass  # batch rows are split over data×fsdp below; the mesh check reports misfits.
   if not 0.0 <= config.data.image_rate <= 1.0:
     raise ValueError(f"config.data.image_rate={config.data.image_rate} must be in [0, 1]")
+  if not 0.0 <= config.data.turn_rate < 1.0:
+    raise ValueError(f"config.data.turn_rate={config.data.turn_rate} must be in [0, 1) (the "
+                     f"share of the video examples that are turn clips)")
+  frames = config.data.num_frames
+  if config.data.turn_rate > 0 and not 1 <= config.data.turn_context_frames < frames:
+    raise ValueError(f"config.data.turn_context_frames={config.data.turn_context_frames} must be "
+                     f"in [1, {frames}) (frames before the turn)")
   if model.encoder_spatial_radius < -1:
     raise ValueError(f"config.model.encoder_spatial_radius={model.encoder_spatial_radius}: use -1"
                      " (whole-frame attention) or a radius >= 0 in patches")
@@ -70,10 +77,15 @@ def shapes_spec(config: ml_collections.ConfigDict) -> shapes_lib.ShapesSpec:
 
 
 def make_batches(config: ml_collections.ConfigDict) -> pipeline.Batches:
-  """Shapes videos (and, if config.data.image_rate > 0, 1-frame images or, with
-  config.data.static_images, static clips of them) as a pure f(step)."""
+  """Shapes videos (a config.data.turn_rate share of them turn clips; and, if
+  config.data.image_rate > 0, 1-frame images or, with config.data.static_images, static clips
+  of them) as a pure f(step)."""
   spec, seed = shapes_spec(config), config.data.seed
-  mixture = [(tasks.ShapesSource(spec, seed, "train"), 1.0 - config.data.image_rate)]
+  video_rate, turn = 1.0 - config.data.image_rate, config.data.turn_rate
+  mixture = [(tasks.ShapesSource(spec, seed, "train"), video_rate * (1.0 - turn))]
+  if turn > 0:
+    mixture.append((tasks.ShapesSource(spec, seed, "turn", config.data.turn_context_frames),
+                    video_rate * turn))
   if config.data.image_rate > 0:
     mixture.append((tasks.ShapesSource(spec, seed, "image"), config.data.image_rate))
   return pipeline.Batches(mixture, config.data.batch_size, seed=seed,
