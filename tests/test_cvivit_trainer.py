@@ -217,6 +217,39 @@ def test_one_frame_images_train_as_one_frame_videos(uninterrupted):
   assert all(np.isfinite(float(m_adv[k])) for k in ("d_loss", "g_adversarial", "r1"))
 
 
+def test_temporal_l2_term(uninterrupted):
+  """losses.temporal_l2 > 0 adds that weight times the L2 of the frame-to-frame differences
+  (reconstruction against input) to the loss; a 1-frame image's padding does not enter it."""
+  import functools  # pylint: disable=g-import-not-at-top
+  from phenaki_jax import losses  # pylint: disable=g-import-not-at-top
+  from phenaki_jax.models import cvivit, discriminator  # pylint: disable=g-import-not-at-top
+  config = tiny_cvivit_config()
+  config.losses.temporal_l2 = 0.5
+  model = trainer.validate_config(config)
+  disc = discriminator.VideoDiscriminator(tuple(config.disc.channels))
+  tx, disc_tx = trainer.make_optimizers(config)
+  state = uninterrupted[1]["state"]
+  train_step = jax.jit(functools.partial(trainer.train_step, model=model, disc=disc, tx=tx,
+                                         disc_tx=disc_tx, config=config, adversarial=False))
+  clips = trainer.eval_clips(config)
+  videos = np.zeros(len(clips), bool)
+  _, m = train_step(state, {"video": clips, "is_image": videos}, jax.random.PRNGKey(1))
+  x = cvivit.to_model_range(clips)
+  recon, q = model.apply({"params": state["params"]}, x)
+  want = float(np.mean((np.diff(np.asarray(recon), axis=1) - np.diff(np.asarray(x), axis=1)) ** 2))
+  assert want > 0
+  np.testing.assert_allclose(m["temporal_l2"], want, rtol=2e-5)
+  np.testing.assert_allclose(
+      m["loss"], float(losses.l2_loss(recon, x)) + float(q.loss) + 0.5 * want, rtol=2e-5)
+  # 1-frame images: no frame pair is the data's, so the term is 0 whatever the padding holds.
+  config.data.image_rate, config.data.static_images = 0.5, False
+  image_step = jax.jit(functools.partial(trainer.train_step, model=model, disc=disc, tx=tx,
+                                         disc_tx=disc_tx, config=config, adversarial=False))
+  noisy = np.random.default_rng(0).integers(0, 256, clips.shape, dtype=np.uint8)
+  _, m_img = image_step(state, {"video": noisy, "is_image": ~videos}, jax.random.PRNGKey(1))
+  assert float(m_img["temporal_l2"]) == 0.0
+
+
 def test_non_finite_update_stops_the_run_and_keeps_the_checkpoint(tmp_path, uninterrupted):
   """An infinite learning rate makes step 40's update non-finite while its loss is finite: the
   update is skipped, the run raises naming step 40, and no checkpoint with it is written."""
@@ -256,6 +289,7 @@ def test_misspelt_config_key_fails_with_its_name(tmp_path):
     ("data.source", "webvid", r"config\.data\.source='webvid'"),
     ("data.image_rate", 1.5, r"config\.data\.image_rate=1\.5"),
     ("data.turn_rate", 1.0, r"config\.data\.turn_rate=1\.0"),
+    ("losses.temporal_l2", -1.0, r"config\.losses\.temporal_l2=-1\.0"),
 ])
 def test_bad_config_fails_at_start_up(tmp_path, key, value, message):
   config = tiny_cvivit_config()

@@ -57,6 +57,8 @@ def validate_config(config: ml_collections.ConfigDict) -> cvivit.CViViT:
     pass  # batch rows are split over data×fsdp below; the mesh check reports misfits.
   if not 0.0 <= config.data.image_rate <= 1.0:
     raise ValueError(f"config.data.image_rate={config.data.image_rate} must be in [0, 1]")
+  if config.losses.temporal_l2 < 0:
+    raise ValueError(f"config.losses.temporal_l2={config.losses.temporal_l2} must be >= 0")
   if not 0.0 <= config.data.turn_rate < 1.0:
     raise ValueError(f"config.data.turn_rate={config.data.turn_rate} must be in [0, 1) (the "
                      f"share of the video examples that are turn clips)")
@@ -177,6 +179,15 @@ def train_step(state, batch, rng, *, model, disc, tx, disc_tx, config, adversari
       l2, vq = losses.l2_loss(recon, video), q.loss
     loss = w.l2 * l2 + w.vq * vq
     metrics = {"l2": l2, "vq_loss": vq}
+    if w.temporal_l2 > 0:  # L2 of the frame-to-frame changes (within and across tubelets)
+      d = jnp.diff(recon.astype(jnp.float32), axis=1) - jnp.diff(video, axis=1)
+      if masked:
+        keep = frame_keep[:, 1:] & frame_keep[:, :-1]                     # [B, F-1]
+        tl2 = masking.masked_mean(d * d, jnp.broadcast_to(keep[:, :, None, None, None], d.shape))
+      else:
+        tl2 = jnp.mean(d * d)
+      loss = loss + w.temporal_l2 * tl2
+      metrics["temporal_l2"] = tl2
     if adversarial:
       g_adv = losses.generator_adversarial_loss(disc_fn(state["disc_params"], disc_input(recon)))
       loss = loss + w.adversarial * g_adv
