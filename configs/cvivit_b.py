@@ -52,8 +52,8 @@ def get_config(arg: str = "B"):
       l2=1.0, vq=1.0,
       # L2 of the frame-to-frame differences (not in the paper; 0 = off): a cheap motion term
       # for configs without the I3D video-perceptual loss. On Shapes 1.0 halves the tubelet
-      # stutter (motion squeezed inside a 2-frame tubelet) at 30.5 vs 30.9 dB, but its one
-      # end-to-end draw followed fewer prompts (BENCHMARKS.md).
+      # stutter (motion squeezed inside a 2-frame tubelet) at 30.5 vs 30.9 dB, but MaskGITs
+      # on it followed fewer prompts (seen 0.86 / 0.89, two draws; BENCHMARKS.md).
       temporal_l2=0.0,
       adversarial=0.1, adversarial_start_step=20_000 if variant == "B" else 2_000,
       r1_gamma=10.0,
