@@ -93,6 +93,21 @@ _TASKS = {}      # name -> {seqio split: ShapesSource}
 _MIXTURES = {}   # name -> ((task name, rate), ...)
 
 
+def shapes_mixture(spec: shapes_lib.ShapesSpec, seed: int, *, video_rate: float,
+                   image_rate: float, turn_rate: float = 0.0,
+                   turn_context_frames: int = 5) -> list:
+  """[(ShapesSource, rate)] for a trainer's native pipeline: plain training clips, a
+  ``turn_rate`` share of the videos as turn clips (turning after ``turn_context_frames``
+  frames), and images when ``image_rate`` > 0."""
+  mixture = [(ShapesSource(spec, seed, 'train'), video_rate * (1.0 - turn_rate))]
+  if turn_rate > 0:
+    mixture.append((ShapesSource(spec, seed, 'turn', turn_context_frames),
+                    video_rate * turn_rate))
+  if image_rate > 0:
+    mixture.append((ShapesSource(spec, seed, 'image'), image_rate))
+  return mixture
+
+
 def register_shapes_task(name: str, splits: Mapping[str, ShapesSource]) -> str:
   """Registers a task: seqio split name -> source. Re-registering the same thing is a no-op."""
   splits = dict(splits)

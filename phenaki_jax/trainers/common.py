@@ -50,6 +50,13 @@ def check_choice(config: ml_collections.ConfigDict, key: str, choices: Iterable)
     raise ValueError(f"config.{key}={value!r} is not one of {tuple(choices)}")
 
 
+def check_turn_rate(config: ml_collections.ConfigDict) -> None:
+  """config.data.turn_rate is the share of the video examples that are turn clips: [0, 1)."""
+  if not 0.0 <= config.data.turn_rate < 1.0:
+    raise ValueError(f"config.data.turn_rate={config.data.turn_rate} must be in [0, 1) (the "
+                     f"share of the video examples that are turn clips)")
+
+
 def dtype_of(name: str):
   if name not in ("float32", "bfloat16"):
     raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {name!r}")

@@ -59,9 +59,7 @@ def validate_config(config: ml_collections.ConfigDict) -> cvivit.CViViT:
     raise ValueError(f"config.data.image_rate={config.data.image_rate} must be in [0, 1]")
   if config.losses.temporal_l2 < 0:
     raise ValueError(f"config.losses.temporal_l2={config.losses.temporal_l2} must be >= 0")
-  if not 0.0 <= config.data.turn_rate < 1.0:
-    raise ValueError(f"config.data.turn_rate={config.data.turn_rate} must be in [0, 1) (the "
-                     f"share of the video examples that are turn clips)")
+  common.check_turn_rate(config)
   frames = config.data.num_frames
   if config.data.turn_rate > 0 and not 1 <= config.data.turn_context_frames < frames:
     raise ValueError(f"config.data.turn_context_frames={config.data.turn_context_frames} must be "
@@ -83,13 +81,10 @@ def make_batches(config: ml_collections.ConfigDict) -> pipeline.Batches:
   config.data.image_rate > 0, 1-frame images or, with config.data.static_images, static clips
   of them) as a pure f(step)."""
   spec, seed = shapes_spec(config), config.data.seed
-  video_rate, turn = 1.0 - config.data.image_rate, config.data.turn_rate
-  mixture = [(tasks.ShapesSource(spec, seed, "train"), video_rate * (1.0 - turn))]
-  if turn > 0:
-    mixture.append((tasks.ShapesSource(spec, seed, "turn", config.data.turn_context_frames),
-                    video_rate * turn))
-  if config.data.image_rate > 0:
-    mixture.append((tasks.ShapesSource(spec, seed, "image"), config.data.image_rate))
+  mixture = tasks.shapes_mixture(spec, seed, video_rate=1.0 - config.data.image_rate,
+                                 image_rate=config.data.image_rate,
+                                 turn_rate=config.data.turn_rate,
+                                 turn_context_frames=config.data.turn_context_frames)
   return pipeline.Batches(mixture, config.data.batch_size, seed=seed,
                           num_frames=config.data.num_frames, process_index=jax.process_index(),
                           process_count=jax.process_count(), prefetch=config.data.prefetch,
@@ -162,6 +157,10 @@ def train_step(state, batch, rng, *, model, disc, tx, disc_tx, config, adversari
   def disc_fn(params, x):
     return disc.apply({"params": params}, x)
 
+  def frame_mean(values, keep):  # values [B, F', H, W, 3], mean over the frames keep [B, F'] holds
+    return masking.masked_mean(values, jnp.broadcast_to(keep[:, :, None, None, None],
+                                                        values.shape))
+
   def code_keep(codes):  # [B, t, h, w]: the positions whose codes are the data's
     return jnp.broadcast_to(step_keep[:, :, None, None], codes.shape)
 
@@ -172,7 +171,7 @@ def train_step(state, batch, rng, *, model, disc, tx, disc_tx, config, adversari
     recon, q = model.apply({"params": params}, video, train=True, rngs={"dropout": dropout_rng})
     if masked:
       sq = (recon.astype(jnp.float32) - video) ** 2                       # [B, F, H, W, 3]
-      l2 = masking.masked_mean(sq, jnp.broadcast_to(frame_keep[:, :, None, None, None], sq.shape))
+      l2 = frame_mean(sq, frame_keep)
       e = jnp.take(quantizer_lib.l2_normalize(params["quantizer"]["codebook"]), q.codes, axis=0)
       vq = quantizer_lib.vq_loss(q.z, e, model.commitment_cost, code_keep(q.codes))
     else:
@@ -181,11 +180,8 @@ def train_step(state, batch, rng, *, model, disc, tx, disc_tx, config, adversari
     metrics = {"l2": l2, "vq_loss": vq}
     if w.temporal_l2 > 0:  # L2 of the frame-to-frame changes (within and across tubelets)
       d = jnp.diff(recon.astype(jnp.float32), axis=1) - jnp.diff(video, axis=1)
-      if masked:
-        keep = frame_keep[:, 1:] & frame_keep[:, :-1]                     # [B, F-1]
-        tl2 = masking.masked_mean(d * d, jnp.broadcast_to(keep[:, :, None, None, None], d.shape))
-      else:
-        tl2 = jnp.mean(d * d)
+      tl2 = (frame_mean(d * d, frame_keep[:, 1:] & frame_keep[:, :-1]) if masked
+             else jnp.mean(d * d))                                        # pairs of data frames
       loss = loss + w.temporal_l2 * tl2
       metrics["temporal_l2"] = tl2
     if adversarial:

@@ -67,9 +67,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError("config.data.video_rate=0 trains no video at all")
   if not 0.0 <= config.prefix_rate <= 1.0:
     raise ValueError(f"config.prefix_rate={config.prefix_rate} must be in [0, 1]")
-  if not 0.0 <= config.data.turn_rate < 1.0:
-    raise ValueError(f"config.data.turn_rate={config.data.turn_rate} must be in [0, 1) (the "
-                     f"share of the video examples that are turn clips)")
+  common.check_turn_rate(config)
   if config.code_support_clips < 0:
     raise ValueError(f"config.code_support_clips={config.code_support_clips} must be ≥ 0 "
                      f"(0 skips the code support)")
@@ -96,13 +94,10 @@ def given_time_steps(context_frames, temporal_patch: int, num_frames: int) -> np
 
 def make_batches(config, tok_config) -> pipeline.Batches:
   spec, seed = shapes_spec(tok_config), config.data.seed
-  turn = config.data.turn_rate
-  mixture = [(tasks.ShapesSource(spec, seed, "train"), config.data.video_rate * (1.0 - turn))]
-  if turn > 0:
-    mixture.append((tasks.ShapesSource(spec, seed, "turn", config.data.turn_context_frames),
-                    config.data.video_rate * turn))
-  if config.data.image_rate > 0:
-    mixture.append((tasks.ShapesSource(spec, seed, "image"), config.data.image_rate))
+  mixture = tasks.shapes_mixture(spec, seed, video_rate=config.data.video_rate,
+                                 image_rate=config.data.image_rate,
+                                 turn_rate=config.data.turn_rate,
+                                 turn_context_frames=config.data.turn_context_frames)
   return pipeline.Batches(mixture, config.data.batch_size, seed=seed,
                           num_frames=tok_config.data.num_frames,
                           process_index=jax.process_index(), process_count=jax.process_count(),
