@@ -8,9 +8,9 @@ r"""The end-to-end demo on the embedded default (Shapes data, tiny configs, Mini
    WORKDIR/maskgit;
 3. samples a 3-prompt story video and a contact sheet of generated clips, and runs the Shapes
    prompt-following evaluator (JSON) into WORKDIR/eval.
-Each stage trains for its config's steps (sized for a quiet 2-core CPU) under a wall-clock cap,
-and is skipped when already done, so an interrupted demo resumes where it stopped (the
-trainers resume from their checkpoints).
+Each stage trains for its config's steps (sized for a quiet 2-core CPU; --stage1_steps and
+--stage2_steps train longer) under a wall-clock cap, and is skipped when already done, so an
+interrupted demo resumes where it stopped (the trainers resume from their checkpoints).
 """
 import importlib.util
 import json
@@ -21,15 +21,19 @@ from absl import app, flags, logging
 
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/demo", "Where everything is written.")
 _STAGE1_MIN = flags.DEFINE_float(
-    "stage1_minutes", 10.0, "Wall-clock cap on the C-ViViT's training (its config's "
-    "total_steps take ~8 min on a quiet 2-core CPU).")
+    "stage1_minutes", 10.0, "Wall-clock cap on the C-ViViT's training (its config's 1500 "
+    "steps take ~8 min on a quiet 2-core CPU). Not given: 10 min scaled by "
+    "--stage1_steps / 1500.")
+_STAGE1_STEPS = flags.DEFINE_integer(
+    "stage1_steps", 0, "C-ViViT training steps (its cosine decays over them); 0 = the config's "
+    "1500.", lower_bound=0)
 _STAGE2_MIN = flags.DEFINE_float(
-    "stage2_minutes", 18.0, "Wall-clock cap on the MaskGIT's training (its config's "
-    "total_steps take ~17.5 min on a quiet 2-core CPU).")
+    "stage2_minutes", 18.0, "Wall-clock cap on the MaskGIT's training (its config's 5600 "
+    "steps take ~17.5 min on a quiet 2-core CPU). Not given: 18 min scaled by "
+    "--stage2_steps / 5600.")
 _STAGE2_STEPS = flags.DEFINE_integer(
     "stage2_steps", 0, "MaskGIT training steps (its cosine decays over them); 0 = the config's "
-    "5600. Raise --stage2_minutes with it: a step takes ~0.19 s on a 2-core CPU.",
-    lower_bound=0)
+    "5600.", lower_bound=0)
 _EVAL_SEEDS = flags.DEFINE_integer(
     "eval_seeds", 2, "Seeds the Shapes evaluator samples every prompt set with (pooled): one "
     "seed's figures move by about ±0.06, and each seed costs ~1 min on a 2-core CPU.",
@@ -58,6 +62,29 @@ def _mark_done(workdir: str, info: dict) -> None:
     json.dump(info, f, indent=2)
 
 
+def stage_config(name: str, workdir: str, steps: int, minutes: float,
+                 minutes_given: bool = True):
+  """The tiny config of one demo stage: `steps` training steps (0 = the config's), its cosine
+  decaying over them, under a wall-clock cap of `minutes` (scaled by steps / the config's
+  steps unless `minutes_given`). A run already started in `workdir` must have planned the
+  same number of steps: resuming it with others would change its schedule midway."""
+  config = load_config(name, "tiny")
+  total = steps or config.total_steps
+  if not minutes_given:
+    minutes *= total / config.total_steps
+  if os.path.exists(os.path.join(workdir, "config.json")):
+    from phenaki_jax.trainers import common  # pylint: disable=g-import-not-at-top
+    planned = common.load_config(workdir).total_steps
+    if planned != total:
+      flag = "stage1_steps" if name == "cvivit_b" else "stage2_steps"
+      raise ValueError(f"{workdir} holds a run of {planned} training steps, and this demo asks "
+                       f"for {total}: pass --{flag}={planned} to use it, or another --workdir")
+  with config.unlocked():
+    config.total_steps = config.optim.decay_steps = total
+    config.max_train_seconds = 60 * minutes
+  return config
+
+
 def main(argv):
   del argv
   from phenaki_jax import evaluate, sample  # pylint: disable=g-import-not-at-top
@@ -69,10 +96,9 @@ def main(argv):
   t0 = time.time()
 
   # ---- Stage 1: C-ViViT ----
+  config = stage_config("cvivit_b", cvivit_dir, _STAGE1_STEPS.value, _STAGE1_MIN.value,
+                        _STAGE1_MIN.present)
   if not _done(cvivit_dir):
-    config = load_config("cvivit_b", "tiny")
-    with config.unlocked():
-      config.max_train_seconds = 60 * _STAGE1_MIN.value
     out = cvivit_trainer.main(config, cvivit_dir)
     _mark_done(cvivit_dir, out["eval"])
   with open(os.path.join(cvivit_dir, "DONE")) as f:
@@ -80,18 +106,11 @@ def main(argv):
   print(f"[stage 1] C-ViViT held-out reconstruction: {json.dumps(stage1)}", flush=True)
 
   # ---- Stage 2: MaskGIT ----
-  if _done(maskgit_dir) and _STAGE2_STEPS.value:
-    planned = cvivit_trainer.common.load_config(maskgit_dir).total_steps
-    if planned != _STAGE2_STEPS.value:
-      raise ValueError(f"--stage2_steps={_STAGE2_STEPS.value}, but {maskgit_dir} already holds a "
-                       f"finished MaskGIT run of {planned} steps: pass another --workdir")
+  config = stage_config("maskgit_b", maskgit_dir, _STAGE2_STEPS.value, _STAGE2_MIN.value,
+                        _STAGE2_MIN.present)
   if not _done(maskgit_dir):
-    config = load_config("maskgit_b", "tiny")
     with config.unlocked():
-      config.max_train_seconds = 60 * _STAGE2_MIN.value
       config.tokenizer.workdir = cvivit_dir
-      if _STAGE2_STEPS.value:
-        config.total_steps = config.optim.decay_steps = _STAGE2_STEPS.value
     out = maskgit_trainer.main(config, maskgit_dir)
     _mark_done(maskgit_dir, {"step": int(out["state"]["step"])})
   print(f"[stage 2] MaskGIT trained in {maskgit_dir}", flush=True)
