@@ -22,15 +22,15 @@ from absl import app, flags, logging
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/demo", "Where everything is written.")
 _STAGE1_MIN = flags.DEFINE_float(
     "stage1_minutes", 10.0, "Wall-clock cap on the C-ViViT's training (its config's 1500 "
-    "steps take ~8 min on a quiet 2-core CPU). Not given: 10 min scaled by "
-    "--stage1_steps / 1500.")
+    "steps take ~8 min on a quiet 2-core CPU). Not given: 10 min, times "
+    "--stage1_steps / 1500 when that is over 1.")
 _STAGE1_STEPS = flags.DEFINE_integer(
     "stage1_steps", 0, "C-ViViT training steps (its cosine decays over them); 0 = the config's "
     "1500.", lower_bound=0)
 _STAGE2_MIN = flags.DEFINE_float(
     "stage2_minutes", 18.0, "Wall-clock cap on the MaskGIT's training (its config's 5600 "
-    "steps take ~17.5 min on a quiet 2-core CPU). Not given: 18 min scaled by "
-    "--stage2_steps / 5600.")
+    "steps take ~17.5 min on a quiet 2-core CPU). Not given: 18 min, times "
+    "--stage2_steps / 5600 when that is over 1.")
 _STAGE2_STEPS = flags.DEFINE_integer(
     "stage2_steps", 0, "MaskGIT training steps (its cosine decays over them); 0 = the config's "
     "5600.", lower_bound=0)
@@ -65,13 +65,13 @@ def _mark_done(workdir: str, info: dict) -> None:
 def stage_config(name: str, workdir: str, steps: int, minutes: float,
                  minutes_given: bool = True):
   """The tiny config of one demo stage: `steps` training steps (0 = the config's), its cosine
-  decaying over them, under a wall-clock cap of `minutes` (scaled by steps / the config's
-  steps unless `minutes_given`). A run already started in `workdir` must have planned the
+  decaying over them, under a wall-clock cap of `minutes` (unless `minutes_given`, raised by
+  steps / the config's steps when that is over 1). A run already started in `workdir` must have planned the
   same number of steps: resuming it with others would change its schedule midway."""
   config = load_config(name, "tiny")
   total = steps or config.total_steps
-  if not minutes_given:
-    minutes *= total / config.total_steps
+  if not minutes_given:  # more steps than the config's: a longer cap; fewer: the same cap
+    minutes *= max(1.0, total / config.total_steps)
   if os.path.exists(os.path.join(workdir, "config.json")):
     from phenaki_jax.trainers import common  # pylint: disable=g-import-not-at-top
     planned = common.load_config(workdir).total_steps

@@ -19,6 +19,9 @@ def test_more_steps_stretch_the_schedule_and_the_cap():
   c = demo.stage_config("maskgit_b", "/nonexistent/maskgit", 16800, 18.0, minutes_given=False)
   assert c.total_steps == c.optim.decay_steps == 16800
   assert c.max_train_seconds == pytest.approx(3 * 18 * 60)  # 3× the steps, 3× the cap
+  c = demo.stage_config("maskgit_b", "/nonexistent/maskgit", 30, 18.0, minutes_given=False)
+  assert c.total_steps == c.optim.decay_steps == 30
+  assert c.max_train_seconds == pytest.approx(18 * 60)  # fewer steps: the cap is not cut
   c = demo.stage_config("cvivit_b", "/nonexistent/cvivit", 4500, 25.0, minutes_given=True)
   assert c.total_steps == c.optim.decay_steps == 4500
   assert c.max_train_seconds == pytest.approx(25 * 60)  # a cap given is kept
