@@ -66,8 +66,9 @@ def stage_config(name: str, workdir: str, steps: int, minutes: float,
                  minutes_given: bool = True):
   """The tiny config of one demo stage: `steps` training steps (0 = the config's), its cosine
   decaying over them, under a wall-clock cap of `minutes` (unless `minutes_given`, raised by
-  steps / the config's steps when that is over 1). A run already started in `workdir` must have planned the
-  same number of steps: resuming it with others would change its schedule midway."""
+  steps / the config's steps when that is over 1). A run already started in `workdir` must
+  have planned the same number of steps: resuming it with others would change its schedule
+  midway."""
   config = load_config(name, "tiny")
   total = steps or config.total_steps
   if not minutes_given:  # more steps than the config's: a longer cap; fewer: the same cap
@@ -95,23 +96,25 @@ def main(argv):
   cvivit_dir, maskgit_dir, eval_dir = (os.path.join(root, d) for d in ("cvivit", "maskgit", "eval"))
   t0 = time.time()
 
+  # Both stages' plans first, so that a workdir holding other runs fails before any training.
+  config1 = stage_config("cvivit_b", cvivit_dir, _STAGE1_STEPS.value, _STAGE1_MIN.value,
+                         _STAGE1_MIN.present)
+  config2 = stage_config("maskgit_b", maskgit_dir, _STAGE2_STEPS.value, _STAGE2_MIN.value,
+                         _STAGE2_MIN.present)
+  with config2.unlocked():
+    config2.tokenizer.workdir = cvivit_dir
+
   # ---- Stage 1: C-ViViT ----
-  config = stage_config("cvivit_b", cvivit_dir, _STAGE1_STEPS.value, _STAGE1_MIN.value,
-                        _STAGE1_MIN.present)
   if not _done(cvivit_dir):
-    out = cvivit_trainer.main(config, cvivit_dir)
+    out = cvivit_trainer.main(config1, cvivit_dir)
     _mark_done(cvivit_dir, out["eval"])
   with open(os.path.join(cvivit_dir, "DONE")) as f:
     stage1 = json.load(f)
   print(f"[stage 1] C-ViViT held-out reconstruction: {json.dumps(stage1)}", flush=True)
 
   # ---- Stage 2: MaskGIT ----
-  config = stage_config("maskgit_b", maskgit_dir, _STAGE2_STEPS.value, _STAGE2_MIN.value,
-                        _STAGE2_MIN.present)
   if not _done(maskgit_dir):
-    with config.unlocked():
-      config.tokenizer.workdir = cvivit_dir
-    out = maskgit_trainer.main(config, maskgit_dir)
+    out = maskgit_trainer.main(config2, maskgit_dir)
     _mark_done(maskgit_dir, {"step": int(out["state"]["step"])})
   print(f"[stage 2] MaskGIT trained in {maskgit_dir}", flush=True)
 
