@@ -20,20 +20,22 @@ import time
 from absl import app, flags, logging
 
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/demo", "Where everything is written.")
-_STAGE1_MIN = flags.DEFINE_float(
-    "stage1_minutes", 10.0, "Wall-clock cap on the C-ViViT's training (its config's 1500 "
-    "steps take ~8 min on a quiet 2-core CPU). Not given: 10 min, times "
-    "--stage1_steps / 1500 when that is over 1.")
-_STAGE1_STEPS = flags.DEFINE_integer(
-    "stage1_steps", 0, "C-ViViT training steps (its cosine decays over them); 0 = the config's "
-    "1500.", lower_bound=0)
-_STAGE2_MIN = flags.DEFINE_float(
-    "stage2_minutes", 18.0, "Wall-clock cap on the MaskGIT's training (its config's 5600 "
-    "steps take ~17.5 min on a quiet 2-core CPU). Not given: 18 min, times "
-    "--stage2_steps / 5600 when that is over 1.")
-_STAGE2_STEPS = flags.DEFINE_integer(
-    "stage2_steps", 0, "MaskGIT training steps (its cosine decays over them); 0 = the config's "
-    "5600.", lower_bound=0)
+
+
+def _stage_flags(stage: int, model: str, minutes: float, steps: int, takes: str):
+  """--stage{N}_minutes and --stage{N}_steps of one training stage."""
+  minutes_flag = flags.DEFINE_float(
+      f"stage{stage}_minutes", minutes, f"Wall-clock cap on the {model}'s training (its "
+      f"config's {steps} steps take {takes} on a quiet 2-core CPU). Not given: {minutes:g} min, "
+      f"times --stage{stage}_steps / {steps} when that is over 1.")
+  steps_flag = flags.DEFINE_integer(
+      f"stage{stage}_steps", 0, f"{model} training steps (its cosine decays over them); 0 = the "
+      f"config's {steps}.", lower_bound=0)
+  return minutes_flag, steps_flag
+
+
+_STAGE1_MIN, _STAGE1_STEPS = _stage_flags(1, "C-ViViT", 10.0, 1500, "~8 min")
+_STAGE2_MIN, _STAGE2_STEPS = _stage_flags(2, "MaskGIT", 18.0, 5600, "~17.5 min")
 _EVAL_SEEDS = flags.DEFINE_integer(
     "eval_seeds", 2, "Seeds the Shapes evaluator samples every prompt set with (pooled): one "
     "seed's figures move by about ±0.06, and each seed costs ~1 min on a 2-core CPU.",
