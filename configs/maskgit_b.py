@@ -120,8 +120,12 @@ def get_config(arg: str = "tiny"):
   # (no guidance): under guidance the unconditional branch continues the context's motion, so
   # cond − uncond, scaled by 3, pushed the first new frame back along the old direction and past
   # the new one; mean boundary jump 2.2 -> 1.7 px and 2.0 -> 1.6 px (two draws; BENCHMARKS.md).
+  # continue_stepwise: a continuation decodes its new time steps one after another (each with
+  # the later ones [MASK]) instead of all at once. tiny: on — story boundaries over 2 px 32% ->
+  # 16% and 22% -> 18%, mean jump 1.70 -> 1.48 and 1.62 -> 1.44 px (the demo's two MaskGIT
+  # draws, 8 seeds; BENCHMARKS.md, thirteenth session). The paper decodes a segment at once.
   c.sample = ml_collections.ConfigDict(dict(
       steps=24 if tiny else 12, cfg_scale=3.0, temperature=1.0, choice_temperature=4.5,
       top_k=3 if tiny else 0, top_p=1.0, cfg_support=0.0, restrict_codes=True, num_videos=4,
-      continue_cfg_scale=1.0 if tiny else None))
+      continue_cfg_scale=1.0 if tiny else None, continue_stepwise=tiny))
   return c.lock()

@@ -15,8 +15,9 @@ CLI (repeat --prompt for a story, or --story_file with one prompt per line):
 Story mode: the first segment is generated from all-[MASK]; for every next prompt the last
 `context_frames` frames (1 + k·t_p) are re-encoded by C-ViViT, their codes are placed at the
 first time steps as fixed tokens, and MaskGIT generates the remaining time steps under the new
-prompt (guided with the option `continue_cfg_scale` when set, else `cfg_scale`); the decoded
-new frames are appended. Any number of segments; the returned video has exactly the number of
+prompt (guided with the option `continue_cfg_scale` when set, else `cfg_scale`; with the
+option `continue_stepwise`, one time step after another, each with the later ones still
+[MASK]); the decoded new frames are appended. Any number of segments; the returned video has exactly the number of
 frames asked for.
 """
 import functools
@@ -41,9 +42,15 @@ from phenaki_jax.models import maskgit as maskgit_lib
 # branch then sees the context's motion too, so a high scale pushes the new frames away from
 # it: on Shapes the first new frame lands behind the last context frame and overshoots the new
 # direction (BENCHMARKS.md, tenth session).
+# continue_stepwise: a continuation (continue_video, so story segments after the first and
+# image-to-video) decodes its new time steps in temporal order, one parallel decode each,
+# the later ones still [MASK] and fixed while it runs; False = all new time steps in one
+# decode (MaskGIT as in the paper). The first new frame is then predicted from the context
+# alone, not pulled along by a whole new segment sampled at once: on Shapes the story
+# boundaries jump less (BENCHMARKS.md, thirteenth session). Costs one decode per new step.
 DEFAULT_SAMPLE = dict(steps=12, cfg_scale=3.0, temperature=1.0, choice_temperature=4.5,
                       top_k=0, top_p=1.0, cfg_support=0.0, restrict_codes=True,
-                      continue_cfg_scale=None)
+                      continue_cfg_scale=None, continue_stepwise=False)
 
 
 class Sampler:
@@ -148,8 +155,12 @@ class Sampler:
       self._fns[key] = jax.jit(generate)
     return self._fns[key]
 
-  def _run(self, prompts: Sequence[str], init_codes, fixed, seed: int, opts: dict):
-    """Generates codes [B, t, h, w] (fixed positions kept) and frames [B, F, H, W, 3]."""
+  def _run(self, prompts: Sequence[str], init_codes, fixed, seed: int, opts: dict,
+           stream: Optional[int] = None):
+    """Generates codes [B, t, h, w] (fixed positions kept) and frames [B, F, H, W, 3].
+
+    `stream` (optional): draw from random stream `stream` of `seed` (one per decode of a
+    stepwise continuation) instead of `seed`'s own key."""
     if not 0.0 <= float(opts["cfg_support"]) < 1.0:
       raise ValueError(f"cfg_support must be in [0, 1), got {opts['cfg_support']}")
     text, text_mask = self.text_encoder.encode(list(prompts))
@@ -158,15 +169,36 @@ class Sampler:
     b = len(prompts)
     null_text = jnp.broadcast_to(self._null[0], (b,) + self._null[0].shape[1:])
     null_mask = jnp.broadcast_to(self._null[1], (b,) + self._null[1].shape[1:])
+    rng = jax.random.PRNGKey(seed)
+    if stream is not None:
+      rng = jax.random.fold_in(rng, stream)
     codes, video = fn(self.params, self.tokenizer.params, jnp.asarray(text),
                       jnp.asarray(text_mask), null_text, null_mask,
                       jnp.asarray(init_codes, jnp.int32), jnp.asarray(fixed, bool),
-                      jax.random.PRNGKey(seed), jnp.float32(opts["cfg_scale"]),
+                      rng, jnp.float32(opts["cfg_scale"]),
                       jnp.float32(opts["temperature"]), jnp.float32(opts["choice_temperature"]),
                       jnp.float32(opts["cfg_support"]),
                       jnp.asarray(self._allowed(np.shape(init_codes)[1],
                                                 bool(opts["restrict_codes"]))))
     return np.asarray(codes), np.asarray(video)
+
+  def _continue_window(self, prompts: Sequence[str], init_codes, t_c: int, seed: int,
+                       opts: dict):
+    """Generates time steps t_c.. of `init_codes` [B, t, h, w] after its fixed first t_c (the
+    context): in one decode, or with the option `continue_stepwise` one time step at a time in
+    temporal order (decode j: time step t_c + j free, the later ones held at [MASK])."""
+    t = init_codes.shape[1]
+    if not opts["continue_stepwise"] or t - t_c < 2:
+      fixed = np.zeros(init_codes.shape, bool)
+      fixed[:, :t_c] = True
+      return self._run(prompts, init_codes, fixed, seed, opts)
+    codes = np.array(init_codes, np.int32)
+    codes[:, t_c:] = self.model.mask_token_id
+    for j in range(t - t_c):
+      fixed = np.ones(codes.shape, bool)
+      fixed[:, t_c + j] = False
+      codes, video = self._run(prompts, codes, fixed, seed, opts, stream=j)
+    return codes, video
 
   def _allowed(self, time_steps: int, restrict: bool) -> np.ndarray:
     """bool [time_steps·h·w, K]: the codes each position may take (all without restriction)."""
@@ -212,7 +244,8 @@ class Sampler:
 
     With more than one context frame the guidance scale is the option `continue_cfg_scale`
     when it is set (not None), else `cfg_scale`; a single frame (image-to-video) carries no
-    motion and uses `cfg_scale`."""
+    motion and uses `cfg_scale`. With the option `continue_stepwise` the new time steps are
+    decoded one after another (see `DEFAULT_SAMPLE`)."""
     video = np.asarray(video)
     single = video.ndim == 4
     videos = video[None] if single else video
@@ -233,12 +266,10 @@ class Sampler:
     b, _, h, w = ctx_codes.shape
     init = np.zeros((b, t, h, w), np.int32)
     init[:, :t_c] = ctx_codes
-    fixed = np.zeros_like(init, bool)
-    fixed[:, :t_c] = True
     opts = self._options(**kw)
     if context_frames > 1 and opts["continue_cfg_scale"] is not None:
       opts["cfg_scale"] = opts["continue_cfg_scale"]
-    _, window = self._run(prompts, init, fixed, seed, opts)
+    _, window = self._continue_window(prompts, init, t_c, seed, opts)
     new = window[:, context_frames:context_frames + num_new_frames]
     out = np.concatenate([videos, new], axis=1)
     return out[0] if single else out
@@ -301,7 +332,8 @@ def _main(argv):
   sampler = Sampler.from_workdirs(f.tokenizer_dir, f.maskgit_dir)
   kw = dict(steps=f.steps, cfg_scale=f.cfg_scale, temperature=f.temperature,
             cfg_support=f.cfg_support, restrict_codes=f.restrict_codes,
-            continue_cfg_scale=f.continue_cfg_scale, top_k=f.top_k)
+            continue_cfg_scale=f.continue_cfg_scale, continue_stepwise=f.continue_stepwise,
+            top_k=f.top_k)
 
   def progress(i, n, p):
     logging.info("segment %d/%d done: %s", i + 1, n, p[0])
@@ -338,6 +370,8 @@ def _define_flags():
   flags.DEFINE_float("cfg_scale", None, "Classifier-free guidance scale.")
   flags.DEFINE_float("continue_cfg_scale", None, "Guidance scale of the story segments after "
                      "the first (default: the run's, else --cfg_scale).")
+  flags.DEFINE_boolean("continue_stepwise", None, "Decode a continuation's new time steps one "
+                       "after another (default: the run's sampling option).")
   flags.DEFINE_float("temperature", None, "Sampling temperature.")
   flags.DEFINE_integer("top_k", None, "Sample each token from its k most likely codes (0 = all).")
   flags.DEFINE_float("cfg_support", None, "With guidance, sample only tokens whose conditional "

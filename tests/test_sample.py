@@ -109,17 +109,16 @@ def test_restrict_codes_samples_only_the_codes_seen_at_each_time_step(tiny_sampl
 
 
 def _window(sampler, prompt, context_codes, seed, scramble=False, **opts):
-  """`Sampler._run` on a 5-step window whose first time steps are the fixed context codes
-  (sampling options: the sampler's defaults updated by `opts`)."""
+  """`Sampler._continue_window` (what continue_video decodes) on a 5-step window whose first
+  time steps are the fixed context codes (sampling options: the sampler's defaults updated by
+  `opts`)."""
   b, t_c, h, w = context_codes.shape
   init = np.zeros((b, sampler.model.grid[0], h, w), np.int32)
   if scramble:  # what the non-fixed positions hold must not matter
     init = np.random.default_rng(0).integers(0, sampler.model.codebook_size, init.shape,
                                              dtype=np.int32)
   init[:, :t_c] = context_codes
-  fixed = np.zeros(init.shape, bool)
-  fixed[:, :t_c] = True
-  return sampler._run([prompt] * b, init, fixed, seed, sampler._options(**opts))
+  return sampler._continue_window([prompt] * b, init, t_c, seed, sampler._options(**opts))
 
 
 def _continue_scale(sampler):
@@ -139,10 +138,12 @@ def test_continuation_holds_the_context_codes_fixed(tiny_sampler):
   codes, window = _window(s, P2, context_codes, seed=7, cfg_scale=_continue_scale(s))
   np.testing.assert_array_equal(codes[:, :3], context_codes)         # fixed positions unchanged
   assert codes.min() >= 0 and codes.max() < s.model.codebook_size   # no [MASK] left
-  codes_scrambled, window_scrambled = _window(s, P2, context_codes, seed=7, scramble=True,
-                                              cfg_scale=_continue_scale(s))
-  np.testing.assert_array_equal(codes_scrambled, codes)
-  np.testing.assert_array_equal(window_scrambled, window)
+  for stepwise in (False, True):  # in one decode or one time step after another
+    kw = dict(cfg_scale=_continue_scale(s), continue_stepwise=stepwise)
+    codes_plain, window_plain = _window(s, P2, context_codes, seed=7, **kw)
+    codes_scrambled, window_scrambled = _window(s, P2, context_codes, seed=7, scramble=True, **kw)
+    np.testing.assert_array_equal(codes_scrambled, codes_plain)
+    np.testing.assert_array_equal(window_scrambled, window_plain)
 
   out = s.continue_video(video, P2, num_new_frames=4, context_frames=5, seed=7)
   assert out.shape == (FRAMES + 4, H, H, 3)
@@ -202,6 +203,56 @@ def test_continuations_use_continue_cfg_scale(tiny_sampler):
   assert not np.array_equal(guided, _window(s, P2, image_codes, seed=4, cfg_scale=0.0)[1][0, 1:])
   np.testing.assert_array_equal(
       s.image_to_video(video[0], P2, seed=4, cfg_scale=3.0, continue_cfg_scale=0.0)[1:], guided)
+
+
+def test_stepwise_continuation_decodes_one_time_step_after_another(tiny_sampler):
+  """continue_stepwise (the tiny default): decode j leaves only new time step j free, holds the
+  later ones at [MASK] and keeps the context and every time step decoded before; off, one
+  decode generates all new time steps with just the context fixed."""
+  s = tiny_sampler
+  assert s.defaults["continue_stepwise"] is True        # the tiny config's (configs/maskgit_b.py)
+  mask_id = s.model.mask_token_id
+  video = s.generate(P1, seed=0)
+  context_codes = np.asarray(s.tokenizer.encode(video[None, -5:]))   # [1, 3, 8, 8]
+  calls, real_run = [], s._run
+
+  def spy(prompts, init, fixed, seed, opts, stream=None):
+    codes, window = real_run(prompts, init, fixed, seed, opts, stream=stream)
+    calls.append(dict(init=np.array(init), fixed=np.array(fixed), seed=seed, stream=stream,
+                      codes=codes))
+    return codes, window
+
+  s._run = spy
+  try:
+    out = s.continue_video(video, P2, 4, context_frames=5, seed=3)
+    compiled = lambda: sum(f._cache_size() for f in s._fns.values())
+    before = compiled()
+    assert [c["stream"] for c in calls] == [0, 1] and {c["seed"] for c in calls} == {3}
+    done = context_codes
+    for j, call in enumerate(calls):
+      step = 3 + j                                    # the time step this decode generates
+      expected_fixed = np.ones(call["fixed"].shape, bool)
+      expected_fixed[:, step] = False
+      np.testing.assert_array_equal(call["fixed"], expected_fixed)
+      np.testing.assert_array_equal(call["init"][:, :step], done)    # context + earlier steps
+      assert (call["init"][:, step + 1:] == mask_id).all()           # the later ones [MASK]
+      np.testing.assert_array_equal(call["codes"][:, :step], done)
+      assert (call["codes"][:, step] < s.model.codebook_size).all()  # generated, no [MASK]
+      done = call["codes"][:, :step + 1]
+    decoded = np.asarray(s.tokenizer.decode(calls[-1]["codes"]))[0, 5:9]
+    assert np.abs(out[FRAMES:].astype(int) - decoded.astype(int)).max() <= 1
+    np.testing.assert_array_equal(s.continue_video(video, P2, 4, context_frames=5, seed=3), out)
+
+    calls.clear()
+    once = s.continue_video(video, P2, 4, context_frames=5, seed=3, continue_stepwise=False)
+    assert len(calls) == 1 and calls[0]["stream"] is None
+    expected_fixed = np.zeros(calls[0]["fixed"].shape, bool)
+    expected_fixed[:, :3] = True
+    np.testing.assert_array_equal(calls[0]["fixed"], expected_fixed)
+    assert not np.array_equal(once[FRAMES:], out[FRAMES:])
+    assert compiled() == before         # the masks are traced: one jitted decode for all calls
+  finally:
+    del s._run
 
 
 def test_image_to_video(tiny_sampler):
