@@ -1,5 +1,5 @@
 r"""Seconds per generated clip for 12/24/48 decoding steps, with and without CFG, and per story
-segment. Prints JSON.
+segment (continuations decoded at once and stepwise). Prints JSON.
 
   python benchmarks/sampling.py --tokenizer_dir=workdirs/demo/cvivit \
       --maskgit_dir=workdirs/demo/maskgit
@@ -46,10 +46,14 @@ def main(argv):
       results[f"steps{steps}_cfg{cfg:g}_s_per_clip"] = round(s / _BATCH.value, 4)
   story = [prompts[0], "a red circle moves up", "a red circle moves right"]
   new = sampler.max_frames - 5  # 5 context frames
-  s = median_seconds(lambda: sampler.story([story] * _BATCH.value,
-                                           [sampler.max_frames, new, new]), 3)
-  results["story_3_segments_s_per_story"] = round(s / _BATCH.value, 4)
-  results["story_s_per_segment"] = round(s / _BATCH.value / 3, 4)
+  # Continuations in one decode, and one new time step after another (continue_stepwise).
+  for stepwise in (False, True):
+    s = median_seconds(lambda: sampler.story([story] * _BATCH.value,
+                                             [sampler.max_frames, new, new],
+                                             continue_stepwise=stepwise), 3)
+    name = "stepwise" if stepwise else "at_once"
+    results[f"story_3_segments_{name}_s_per_story"] = round(s / _BATCH.value, 4)
+    results[f"story_{name}_s_per_segment"] = round(s / _BATCH.value / 3, 4)
   print(json.dumps({"benchmark": "sampling", "batch": _BATCH.value, "results": results,
                     "sampling_defaults": sampler._options(),  # pylint: disable=protected-access
                     "machine": _common.machine()}, indent=2))
