@@ -17,8 +17,8 @@ Story mode: the first segment is generated from all-[MASK]; for every next promp
 first time steps as fixed tokens, and MaskGIT generates the remaining time steps under the new
 prompt (guided with the option `continue_cfg_scale` when set, else `cfg_scale`; with the
 option `continue_stepwise`, one time step after another, each with the later ones still
-[MASK]); the decoded new frames are appended. Any number of segments; the returned video has exactly the number of
-frames asked for.
+[MASK]); the decoded new frames are appended. Any number of segments; the returned video has
+exactly the number of frames asked for.
 """
 import functools
 import json
@@ -197,6 +197,7 @@ class Sampler:
     for j in range(t - t_c):
       fixed = np.ones(codes.shape, bool)
       fixed[:, t_c + j] = False
+      # Only the last decode's frames are used (earlier ones decode [MASK] at later steps).
       codes, video = self._run(prompts, codes, fixed, seed, opts, stream=j)
     return codes, video
 
