@@ -3,7 +3,7 @@ r"""Text-to-video sampling: the public API and CLI (Phenaki §4.2.2).
   from phenaki_jax import sample
   s = sample.Sampler.from_workdirs("workdirs/demo/cvivit", "workdirs/demo/maskgit")
   video = s.generate("a red circle moves left")                    # uint8 [T, H, W, 3]
-  story = s.story(["a red circle moves left", "a red circle moves up"], frames_per_prompt=8)
+  story = s.story(["a red circle moves left", "a red circle moves up"])  # 9 + 4 frames
   clip = s.image_to_video(image, "a red circle moves down")
   more = s.continue_video(video, "a red circle moves right", num_new_frames=8)
 
@@ -214,6 +214,11 @@ class Sampler:
     """Time steps covering `num_frames` frames (first frame + ceil(rest / t_p) tubelets)."""
     return 1 + math.ceil(max(num_frames - 1, 0) / self.temporal_patch)
 
+  def _room_after(self, context_frames: int) -> int:
+    """New frames that fit in one window after `context_frames` (1 + k·t_p) context frames."""
+    t_c = self._steps_for(context_frames)
+    return (self.model.grid[0] - t_c) * self.temporal_patch
+
   def _check_window(self, time_steps: int, what: str) -> None:
     if time_steps > self.model.grid[0]:
       raise ValueError(f"{what} needs {time_steps} time steps but the model was trained with at "
@@ -263,7 +268,12 @@ class Sampler:
     ctx_codes = np.asarray(self.tokenizer.encode(context))            # [B, t_c, h, w]
     t_c = ctx_codes.shape[1]
     t = t_c + math.ceil(num_new_frames / tp)
-    self._check_window(t, f"{context_frames} context + {num_new_frames} new frames")
+    if t > self.model.grid[0]:
+      raise ValueError(f"{context_frames} context + {num_new_frames} new frames needs {t} time "
+                       f"steps but the model was trained with at most {self.model.grid[0]} "
+                       f"({self.max_frames} frames): at most {self._room_after(context_frames)} "
+                       f"new frames fit after {context_frames} context frames; for more, "
+                       f"continue again (in a story, repeat the prompt)")
     b, _, h, w = ctx_codes.shape
     init = np.zeros((b, t, h, w), np.int32)
     init[:, :t_c] = ctx_codes
@@ -290,7 +300,9 @@ class Sampler:
     """One video following a list of prompts (a story) → uint8 [sum(frames_per_prompt), H, W, 3].
 
     `prompts` may also be a batch of stories (a list of equal-length prompt lists) → [B, T, ...].
-    `frames_per_prompt` (default: the model's clip length) is an int or one int per prompt.
+    `frames_per_prompt` is an int or one int per prompt; by default the first segment has the
+    model's clip length and every later one what a window holds after its `context_frames`
+    (on the tiny models: 9, then 4 per prompt). For a longer segment, repeat its prompt.
     """
     batched = len(prompts) > 0 and not isinstance(prompts[0], str)
     stories = [list(p) for p in prompts] if batched else [list(prompts)]
@@ -298,7 +310,11 @@ class Sampler:
     if num_segments == 0 or any(len(s) != num_segments for s in stories):
       raise ValueError("every story needs the same, non-zero number of prompts")
     if frames_per_prompt is None:
-      frames_per_prompt = self.max_frames
+      room = self._room_after(context_frames)
+      if num_segments > 1 and room < 1:
+        raise ValueError(f"context_frames={context_frames} leaves no room for new frames in the "
+                         f"model's {self.max_frames}-frame window: lower context_frames")
+      frames_per_prompt = [self.max_frames] + [room] * (num_segments - 1)
     lengths = ([int(frames_per_prompt)] * num_segments if isinstance(frames_per_prompt, int)
                else [int(n) for n in frames_per_prompt])
     if len(lengths) != num_segments or min(lengths) < 1:
@@ -365,7 +381,9 @@ def _define_flags():
   flags.DEFINE_multi_string("prompt", None, "A prompt; repeat for a story.")
   flags.DEFINE_string("story_file", None, "A file with one prompt per line.")
   flags.DEFINE_integer("num_frames", None, "Frames of a single-prompt video.")
-  flags.DEFINE_integer("frames_per_prompt", None, "Frames per story segment.")
+  flags.DEFINE_integer("frames_per_prompt", None, "Frames per story segment (default: the "
+                       "model's clip length for the first, what fits after the context frames "
+                       "for the others).")
   flags.DEFINE_integer("context_frames", 5, "Frames re-encoded as context between segments.")
   flags.DEFINE_integer("steps", None, "Decoding steps (12–48).")
   flags.DEFINE_float("cfg_scale", None, "Classifier-free guidance scale.")

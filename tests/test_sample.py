@@ -170,6 +170,19 @@ def test_story_has_the_requested_frames_and_is_a_chain_of_continuations(tiny_sam
   np.testing.assert_array_equal(story[13:], window[0, 5:9])
 
 
+def test_story_default_lengths_fit_the_window(tiny_sampler):
+  """Without frames_per_prompt the first segment is a whole clip and each later one what a
+  window holds after the context (9, then 4 frames after 5 or 6 after 3) — the README's call;
+  a context that leaves no room fails with the key named."""
+  s = tiny_sampler
+  story = s.story([P1, P2, P3], seed=0)
+  np.testing.assert_array_equal(story, s.story([P1, P2, P3], [9, 4, 4], seed=0))
+  assert s.story([P1, P2], context_frames=3, seed=0).shape == (15, H, H, 3)
+  assert s.story([P1], context_frames=9, seed=0).shape == (FRAMES, H, H, 3)  # no continuation
+  with pytest.raises(ValueError, match="context_frames=9 leaves no room"):
+    s.story([P1, P2], context_frames=9)
+
+
 def test_continuations_use_continue_cfg_scale(tiny_sampler):
   """A multi-frame context is continued with guidance `continue_cfg_scale` (None: cfg_scale);
   the first story segment and image-to-video (one context frame) keep `cfg_scale`."""
@@ -277,7 +290,7 @@ def test_argument_errors(tiny_sampler):
   video = s.generate(P1, seed=0)
   with pytest.raises(ValueError, match="context_frames"):
     s.continue_video(video, P2, 4, context_frames=4)           # not 1 + k·t_p
-  with pytest.raises(ValueError, match="time steps"):
+  with pytest.raises(ValueError, match="time steps.*at most 4 new frames fit after 5"):
     s.continue_video(video, P2, 5, context_frames=5)           # 3 + 3 steps > 5
   with pytest.raises(ValueError, match="fewer than context_frames"):
     s.continue_video(video[:3], P2, 2, context_frames=5)
