@@ -219,10 +219,11 @@ class Sampler:
     t_c = self._steps_for(context_frames)
     return (self.model.grid[0] - t_c) * self.temporal_patch
 
-  def _check_window(self, time_steps: int, what: str) -> None:
+  def _check_window(self, time_steps: int, what: str, hint: str = "") -> None:
     if time_steps > self.model.grid[0]:
       raise ValueError(f"{what} needs {time_steps} time steps but the model was trained with at "
-                       f"most {self.model.grid[0]} ({self.max_frames} frames)")
+                       f"most {self.model.grid[0]} ({self.max_frames} frames)"
+                       + (f": {hint}" if hint else ""))
 
   # ---- public API -------------------------------------------------------------------------
   def generate(self, prompt: Union[str, Sequence[str]], num_frames: Optional[int] = None, *,
@@ -264,16 +265,13 @@ class Sampler:
     if videos.shape[1] < context_frames:
       raise ValueError(f"the video has {videos.shape[1]} frames, fewer than context_frames="
                        f"{context_frames}")
-    context = videos[:, -context_frames:]
-    ctx_codes = np.asarray(self.tokenizer.encode(context))            # [B, t_c, h, w]
-    t_c = ctx_codes.shape[1]
+    t_c = self._steps_for(context_frames)
     t = t_c + math.ceil(num_new_frames / tp)
-    if t > self.model.grid[0]:
-      raise ValueError(f"{context_frames} context + {num_new_frames} new frames needs {t} time "
-                       f"steps but the model was trained with at most {self.model.grid[0]} "
-                       f"({self.max_frames} frames): at most {self._room_after(context_frames)} "
-                       f"new frames fit after {context_frames} context frames; for more, "
-                       f"continue again (in a story, repeat the prompt)")
+    self._check_window(t, f"{context_frames} context + {num_new_frames} new frames",
+                       f"at most {self._room_after(context_frames)} new frames fit after "
+                       f"{context_frames} context frames; for more, continue again (in a story, "
+                       f"repeat the prompt)")
+    ctx_codes = np.asarray(self.tokenizer.encode(videos[:, -context_frames:]))  # [B, t_c, h, w]
     b, _, h, w = ctx_codes.shape
     init = np.zeros((b, t, h, w), np.int32)
     init[:, :t_c] = ctx_codes
