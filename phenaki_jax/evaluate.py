@@ -16,7 +16,11 @@ JSON with colour / shape / direction / all-three accuracy on
               feasible_fraction says how many segments were possible, and
               feasible_segment_accuracy and feasible_mean_jump / feasible_max_jump score
               those alone (diagnostics; the targets are on segment_accuracy and the jumps
-              over all segments and boundaries).
+              over all segments and boundaries). jumps_over_limit is the fraction of
+              boundaries that jump farther than max_jump_limit (1/16 of the canvas side);
+              mean_step, max_step and steps_over_limit give the same figures for the moves
+              between consecutive frames inside the segments, the generator's own motion
+              noise that a boundary is measured against.
 """
 import json
 import os
@@ -99,7 +103,8 @@ def evaluate_shapes(sampler, spec: shapes_lib.ShapesSpec, *, samples_per_triple:
                      for v, p in zip(story_videos, stories)])
     if rep == 0:
       videos = story_videos
-  results["story"] = shapes_eval.aggregate([s for scores in per_seed for s in scores])
+  results["story"] = shapes_eval.aggregate([s for scores in per_seed for s in scores],
+                                            jump_limit=spec.resolution / 16)
   if num_seeds > 1:
     results["story"]["per_seed_segment_accuracy"] = [
         shapes_eval.aggregate(scores)["segment_accuracy"] for scores in per_seed]

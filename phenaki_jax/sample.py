@@ -34,7 +34,6 @@ import numpy as np
 from phenaki_jax import decode as decode_lib
 from phenaki_jax import text as text_lib
 from phenaki_jax import tokenizer as tokenizer_lib
-from phenaki_jax.models import cvivit
 from phenaki_jax.models import maskgit as maskgit_lib
 
 # continue_cfg_scale: the guidance scale when continuing a video from a context of two or more
@@ -134,10 +133,10 @@ class Sampler:
     """guided=False: cfg_scale is 1 (conditional model only), one model call per step."""
     key = (steps, top_k, top_p, guided)
     if key not in self._fns:
-      model, tok_model = self.model, self.tokenizer.model
+      model = self.model
 
-      def generate(params, tok_params, text, text_mask, null_text, null_mask, init_codes,
-                   fixed, rng, cfg_scale, temperature, choice_temperature, cfg_support, allowed):
+      def generate(params, text, text_mask, null_text, null_mask, init_codes, fixed, rng,
+                   cfg_scale, temperature, choice_temperature, cfg_support, allowed):
         b, t, h, w = init_codes.shape
         apply_fn = functools.partial(model.apply, {"params": params})
         logits_fn = decode_lib.guided_logits_fn(apply_fn, text, text_mask, null_text,
@@ -148,19 +147,18 @@ class Sampler:
             logits_fn, init_codes.reshape(b, -1), fixed.reshape(b, -1), rng, num_steps=steps,
             mask_token_id=model.mask_token_id, temperature=temperature,
             choice_temperature=choice_temperature, top_k=top_k, top_p=top_p)
-        codes = tokens.reshape(b, t, h, w)
-        video = tok_model.apply({"params": tok_params}, codes, method=cvivit.CViViT.decode)
-        return codes, cvivit.to_uint8(video)
+        return tokens.reshape(b, t, h, w)
 
       self._fns[key] = jax.jit(generate)
     return self._fns[key]
 
   def _run(self, prompts: Sequence[str], init_codes, fixed, seed: int, opts: dict,
-           stream: Optional[int] = None):
+           stream: Optional[int] = None, frames: bool = True):
     """Generates codes [B, t, h, w] (fixed positions kept) and frames [B, F, H, W, 3].
 
     `stream` (optional): draw from random stream `stream` of `seed` (one per decode of a
-    stepwise continuation) instead of `seed`'s own key."""
+    stepwise continuation) instead of `seed`'s own key. `frames=False` skips the C-ViViT
+    decoder and returns (codes, None)."""
     if not 0.0 <= float(opts["cfg_support"]) < 1.0:
       raise ValueError(f"cfg_support must be in [0, 1), got {opts['cfg_support']}")
     text, text_mask = self.text_encoder.encode(list(prompts))
@@ -172,15 +170,13 @@ class Sampler:
     rng = jax.random.PRNGKey(seed)
     if stream is not None:
       rng = jax.random.fold_in(rng, stream)
-    codes, video = fn(self.params, self.tokenizer.params, jnp.asarray(text),
-                      jnp.asarray(text_mask), null_text, null_mask,
-                      jnp.asarray(init_codes, jnp.int32), jnp.asarray(fixed, bool),
-                      rng, jnp.float32(opts["cfg_scale"]),
-                      jnp.float32(opts["temperature"]), jnp.float32(opts["choice_temperature"]),
-                      jnp.float32(opts["cfg_support"]),
-                      jnp.asarray(self._allowed(np.shape(init_codes)[1],
-                                                bool(opts["restrict_codes"]))))
-    return np.asarray(codes), np.asarray(video)
+    codes = fn(self.params, jnp.asarray(text), jnp.asarray(text_mask), null_text, null_mask,
+               jnp.asarray(init_codes, jnp.int32), jnp.asarray(fixed, bool), rng,
+               jnp.float32(opts["cfg_scale"]), jnp.float32(opts["temperature"]),
+               jnp.float32(opts["choice_temperature"]), jnp.float32(opts["cfg_support"]),
+               jnp.asarray(self._allowed(np.shape(init_codes)[1], bool(opts["restrict_codes"]))))
+    video = np.asarray(self.tokenizer.decode(codes)) if frames else None
+    return np.asarray(codes), video
 
   def _continue_window(self, prompts: Sequence[str], init_codes, t_c: int, seed: int,
                        opts: dict):
@@ -197,8 +193,9 @@ class Sampler:
     for j in range(t - t_c):
       fixed = np.ones(codes.shape, bool)
       fixed[:, t_c + j] = False
-      # Only the last decode's frames are used (earlier ones decode [MASK] at later steps).
-      codes, video = self._run(prompts, codes, fixed, seed, opts, stream=j)
+      # Only the last decode's codes are complete: the C-ViViT decodes those alone.
+      codes, video = self._run(prompts, codes, fixed, seed, opts, stream=j,
+                               frames=j == t - t_c - 1)
     return codes, video
 
   def _allowed(self, time_steps: int, restrict: bool) -> np.ndarray:

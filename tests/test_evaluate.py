@@ -43,6 +43,9 @@ def _check_report(results, num_stories):
   assert story["num_segments"] == 3 * num_stories
   assert 0.0 <= story["segment_accuracy"] <= 1.0
   assert 0.0 <= story["mean_jump"] <= story["max_jump"]
+  assert 0.0 <= story["mean_step"] <= story["max_step"]
+  assert 0.0 <= story["jumps_over_limit"] <= 1.0 and 0.0 <= story["steps_over_limit"] <= 1.0
+  assert story["max_jump_limit"] == SPEC.resolution / 16
   # First segment a full clip, the next two the frames after 5 context frames (9 − 5 = 4).
   assert story["frames_per_segment"] == [9, 4, 4] and story["context_frames"] == 5
   assert story["canvas"] == SPEC.resolution

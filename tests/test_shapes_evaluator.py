@@ -94,12 +94,16 @@ def test_ground_truth_stories(split):
     story = shapes.story_example(SPEC, 5, index, prompts, 9)
     stories.append(evaluator.score_story(story['video'], prompts, frames_per_segment=9,
                                          spec=SPEC))
-  result = evaluator.aggregate(stories)
+  result = evaluator.aggregate(stories, jump_limit=SPEC.resolution / 16)
   assert result['segment_accuracy'] == 1.0 and result['num_segments'] == 18
   assert result['feasible_fraction'] == 1.0 and result['feasible_segment_accuracy'] == 1.0
-  # The raw jump is one frame of motion, well under 1/16 of the canvas.
+  # The raw jump is one frame of motion, well under 1/16 of the canvas; so is every step
+  # inside a segment (27 frames, 2 boundaries: 24 steps per story).
   assert abs(result['mean_jump'] - SPEC.speed_px) < 0.1
   assert result['max_jump'] < SPEC.resolution / 16
+  assert all(len(s['steps']) == 24 for s in stories)
+  assert abs(result['mean_step'] - SPEC.speed_px) < 0.1 and result['max_step'] < 2
+  assert result['jumps_over_limit'] == 0.0 and result['steps_over_limit'] == 0.0
 
 
 def test_story_catches_wrong_segments_and_jumps():
@@ -115,6 +119,16 @@ def test_story_catches_wrong_segments_and_jumps():
   jump = np.linalg.norm(story['centroids'][13] - far['centroids'][14])
   result = evaluator.score_story(spliced, prompts, frames_per_segment=[9, 5, 5])
   assert result['jumps'][1] == pytest.approx(jump, abs=0.2) and result['max_jump'] > 2
+  assert max(result['steps']) < 2 and len(result['steps']) == 19 - 1 - 2
+  limited = evaluator.aggregate([result], jump_limit=2.0)
+  assert limited['jumps_over_limit'] == 0.5 and limited['steps_over_limit'] == 0.0
+  # The same teleport inside a segment is a step, not a jump.
+  inside = np.concatenate([story['video'][:5], far['video'][5:]])
+  result = evaluator.score_story(inside, prompts, frames_per_segment=[9, 5, 5])
+  assert result['steps'][4] == pytest.approx(
+      np.linalg.norm(story['centroids'][4] - far['centroids'][5]), abs=0.2)
+  assert result['steps'][4] > 2 and evaluator.aggregate([result])['max_step'] > 2
+  assert 'jumps_over_limit' not in evaluator.aggregate([result])
   # Very short segments still read their direction (the step into the segment counts).
   short = shapes.story_example(SPEC, 0, 2, prompts, [9, 2, 1])
   assert evaluator.score_story(short['video'], prompts, [9, 2, 1])['segment_ok'] == [True] * 3

@@ -30,6 +30,8 @@ previous segment's last frame, the step into the segment); the boundary jump is 
 distance (px) between the centroids of a segment's last frame and the next segment's first frame.
 It therefore includes one frame of intended motion (``ShapesSpec.speed_px``, 1.28 px at 32x32 for
 the ground truth); a missing object at a boundary counts as a jump of the canvas diagonal.
+For scale, the same distance between consecutive frames inside the segments (the steps) is
+reported too: a boundary can only be as smooth as the generator's own frame-to-frame motion.
 
 Story feasibility (diagnostic, when a ``ShapesSpec`` is given): the Shapes data never lets the
 object leave the canvas, so a later segment whose prompt asks for more motion than the canvas has
@@ -270,8 +272,9 @@ def score_story(video, prompts: Sequence[str],
   Returns:
     dict(segments=list of score() dicts, segment_ok=list[bool] (all three attributes right),
     segment_accuracy=float, jumps=list[float] (px, one per boundary), mean_jump=float,
-    max_jump=float (0.0 for one segment), num_segments=int, and with ``spec``
-    segment_feasible=list[bool]).
+    max_jump=float (0.0 for one segment), steps=list[float] (px, between consecutive frames
+    inside a segment; a missing object counts as the canvas diagonal, as for jumps),
+    num_segments=int, and with ``spec`` segment_feasible=list[bool]).
   """
   video = _check_video(video)
   num_frames, height, width = video.shape[:3]
@@ -283,15 +286,17 @@ def score_story(video, prompts: Sequence[str],
     analysis = _summarize(frames[start:end], width, min_speed,
                           motion_frames=frames[max(0, start - 1):end])
     segments.append(_score_analysis(analysis, prompt))
-  jumps = []
-  for boundary in starts[1:]:
-    jump = float(np.linalg.norm(frames[boundary]['centroid'] - frames[boundary - 1]['centroid']))
-    jumps.append(jump if np.isfinite(jump) else float(np.hypot(height, width)))
+  centroids = np.array([f['centroid'] for f in frames], np.float64)  # [T, 2]
+  moves = np.linalg.norm(np.diff(centroids, axis=0), axis=1)            # move t: frame t → t+1
+  moves = np.where(np.isfinite(moves), moves, np.hypot(height, width)).tolist()
+  jumps = [moves[boundary - 1] for boundary in starts[1:]]
+  steps = [m for t, m in enumerate(moves) if t + 1 not in starts]
   segment_ok = [s['all_ok'] for s in segments]
   out = dict(segments=segments, segment_ok=segment_ok,
              segment_accuracy=float(np.mean(segment_ok)), jumps=jumps,
              mean_jump=float(np.mean(jumps)) if jumps else 0.0,
-             max_jump=float(np.max(jumps)) if jumps else 0.0, num_segments=len(prompts))
+             max_jump=float(np.max(jumps)) if jumps else 0.0, steps=steps,
+             num_segments=len(prompts))
   if spec is not None:
     feasible = [True]
     for start, end, prompt in zip(starts[1:], ends[1:], prompts[1:]):
@@ -302,14 +307,17 @@ def score_story(video, prompts: Sequence[str],
   return out
 
 
-def aggregate(scores: Sequence[dict]) -> dict:
+def aggregate(scores: Sequence[dict], jump_limit: Optional[float] = None) -> dict:
   """Accuracies over many ``score`` dicts and/or ``score_story`` dicts (plain floats, for JSON).
 
   Returns (keys present when the inputs have them):
     clips: color_accuracy, shape_accuracy, direction_accuracy (over captions with a direction),
       all_accuracy, num_clips.
     stories: segment_accuracy (over all segments), mean_jump (over all boundaries), max_jump,
-      num_stories, num_segments; with feasibility marks (``score_story(..., spec=)``) also
+      mean_step / max_step (frame-to-frame moves inside the segments), num_stories,
+      num_segments; with ``jump_limit`` (px) also jumps_over_limit / steps_over_limit (the
+      fraction of boundaries / of in-segment steps that move farther than it); with
+      feasibility marks (``score_story(..., spec=)``) also
       feasible_fraction (of all segments), feasible_segment_accuracy (over feasible ones) and
       feasible_mean_jump / feasible_max_jump (over the boundaries into feasible segments).
   """
@@ -327,6 +335,14 @@ def aggregate(scores: Sequence[dict]) -> dict:
     out['segment_accuracy'] = float(np.mean(segment_ok))
     out['mean_jump'] = float(np.mean(jumps)) if jumps else 0.0
     out['max_jump'] = float(np.max(jumps)) if jumps else 0.0
+    steps = [m for s in stories for m in s.get('steps', [])]
+    if steps:
+      out['mean_step'] = float(np.mean(steps))
+      out['max_step'] = float(np.max(steps))
+    if jump_limit is not None:
+      out['jumps_over_limit'] = float(np.mean(np.array(jumps) > jump_limit)) if jumps else 0.0
+      if steps:
+        out['steps_over_limit'] = float(np.mean(np.array(steps) > jump_limit))
     out['num_stories'] = len(stories)
     out['num_segments'] = len(segment_ok)
     if all('segment_feasible' in s for s in stories):
