@@ -116,6 +116,10 @@ def get_config(arg: str = "tiny"):
   # top_k: sample each token from its k most likely codes (0 = all). tiny: 3 — sampling the
   # tail of every token independently broke object outlines; seen prompts 0.89 -> 0.93 and
   # 0.88 -> 0.91 (two MaskGIT draws, 4 seeds each), held-out and image-only up too.
+  # cfg_scale: tiny 2 (was 3) — with top-k 3 and the turn-clip data, guidance 3 no longer paid:
+  # at 2, seen 0.926 -> 0.946 and 0.910 -> 0.952, held-out 0.906 -> 0.948 and 0.906 -> 0.917,
+  # image-only 0.880 -> 0.917 and 0.870 -> 0.906 (the demo's two MaskGIT draws, 4 seeds each),
+  # and generated clips stutter less between tubelets (BENCHMARKS.md, fourteenth session).
   # continue_cfg_scale: guidance of story segments after the first (None = cfg_scale). tiny: 1
   # (no guidance): under guidance the unconditional branch continues the context's motion, so
   # cond − uncond, scaled by 3, pushed the first new frame back along the old direction and past
@@ -125,7 +129,8 @@ def get_config(arg: str = "tiny"):
   # 16% and 22% -> 18%, mean jump 1.70 -> 1.48 and 1.62 -> 1.44 px (the demo's two MaskGIT
   # draws, 8 seeds; BENCHMARKS.md, thirteenth session). The paper decodes a segment at once.
   c.sample = ml_collections.ConfigDict(dict(
-      steps=24 if tiny else 12, cfg_scale=3.0, temperature=1.0, choice_temperature=4.5,
+      steps=24 if tiny else 12, cfg_scale=2.0 if tiny else 3.0, temperature=1.0,
+      choice_temperature=4.5,
       top_k=3 if tiny else 0, top_p=1.0, cfg_support=0.0, restrict_codes=True, num_videos=4,
       continue_cfg_scale=1.0 if tiny else None, continue_stepwise=tiny))
   return c.lock()
