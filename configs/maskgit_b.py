@@ -130,7 +130,6 @@ def get_config(arg: str = "tiny"):
   # draws, 8 seeds; BENCHMARKS.md, thirteenth session). The paper decodes a segment at once.
   c.sample = ml_collections.ConfigDict(dict(
       steps=24 if tiny else 12, cfg_scale=2.0 if tiny else 3.0, temperature=1.0,
-      choice_temperature=4.5,
-      top_k=3 if tiny else 0, top_p=1.0, cfg_support=0.0, restrict_codes=True, num_videos=4,
-      continue_cfg_scale=1.0 if tiny else None, continue_stepwise=tiny))
+      choice_temperature=4.5, top_k=3 if tiny else 0, top_p=1.0, cfg_support=0.0,
+      restrict_codes=True, num_videos=4, continue_cfg_scale=1.0 if tiny else None, continue_stepwise=tiny))
   return c.lock()
