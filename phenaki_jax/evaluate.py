@@ -103,14 +103,15 @@ def evaluate_shapes(sampler, spec: shapes_lib.ShapesSpec, *, samples_per_triple:
                      for v, p in zip(story_videos, stories)])
     if rep == 0:
       videos = story_videos
+  jump_limit = spec.resolution / 16  # the target: 1/16 of the canvas side
   results["story"] = shapes_eval.aggregate([s for scores in per_seed for s in scores],
-                                            jump_limit=spec.resolution / 16)
+                                            jump_limit=jump_limit)
   if num_seeds > 1:
     results["story"]["per_seed_segment_accuracy"] = [
         shapes_eval.aggregate(scores)["segment_accuracy"] for scores in per_seed]
   results["story"].update(frames_per_segment=lengths, context_frames=context_frames,
                           canvas=spec.resolution,
-                          max_jump_limit=spec.resolution / 16)
+                          max_jump_limit=jump_limit)
   results["num_seeds"] = int(num_seeds)
   if out_dir:
     video_io.contact_sheet(videos[:8], os.path.join(out_dir, "stories.png"), scale=3)
