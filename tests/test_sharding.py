@@ -20,7 +20,7 @@ from phenaki_jax import sharding
 from conftest import REPO
 
 MESHES = ((1, 1, 1), (8, 1, 1), (2, 2, 2))
-LR = 8e-3                                  # configs/cvivit_b.py:tiny's peak learning rate
+LR = 2e-3                                  # conftest.tiny_cvivit_config's peak learning rate
 
 SCRIPT = r"""
 import functools, json, sys
