@@ -89,9 +89,10 @@ def get_config(arg: str = "tiny"):
   # about half the steps. Orthogonalising the attention projections per head (muon_per_head)
   # makes a step ~19% cheaper than whole-matrix Muon (Newton–Schulz on small matrices dominates
   # at this width): 5600 steps ≈ 17.5 min on a quiet 2-core CPU, what the shorter Muon stage 1
-  # leaves in the demo's 30 min. Peak lr 4e-3 (was AdamW's 1e-3): on the lr-8e-3 C-ViViT, two
-  # draws each, seen 0.95 -> 0.97-1.00, held-out 0.87-0.93 -> 0.97-1.00, mean story boundary jump
-  # 1.17-1.25 -> 1.08 px, boundaries over 2 px 5-8% -> 1% (BENCHMARKS.md, fifteenth session).
+  # leaves in the demo's 30 min. Peak lr 4e-3 (was AdamW's 1e-3): on the lr-8e-3 C-ViViT (two
+  # draws each way) seen 0.95 -> 0.97-1.00, held-out 0.87-0.93 -> 0.97-1.00, mean story boundary
+  # jump 1.17-1.25 -> 1.08 px, boundaries over 2 px 5-8% -> 1%; a third draw 0.99, 0.95, 1.16 px,
+  # 2%. 8e-3 diverged (BENCHMARKS.md, fifteenth session).
   c.total_steps = 5600 if tiny else 4_000_000
   c.max_train_seconds = 0.0
   c.optim = (optim.default_config(name="muon", lr=4e-3, warmup_steps=200, decay_steps=5600,
