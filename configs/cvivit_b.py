@@ -78,7 +78,7 @@ def get_config(arg: str = "B"):
   if variant == "B":
     c.optim = optim.default_config()
   else:
-    # Muon (optim.py) on the transformer blocks' matrices, AdamW on the rest, at AdamW's lr.
+    # Muon (optim.py) on the transformer blocks' matrices, AdamW on the rest, both at this lr.
     c.optim = optim.default_config(name="muon", lr=8e-3, warmup_steps=200, decay_steps=1_500,
                                    end_lr_fraction=0.05, weight_decay=1e-4)
   c.log_every = 50
