@@ -23,7 +23,6 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from clu import metric_writers, periodic_actions
 
 from phenaki_jax import checkpoint, losses, masking, optim, sharding
 from phenaki_jax.data import pipeline, tasks, video_io
@@ -288,6 +287,9 @@ def write_eval_media(workdir, step, clips, recon, writer, num_videos):
 
 # ---- Main ----------------------------------------------------------------------------------------
 def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  # clu's metric writers import TensorFlow; imported here so that the model and its train
+  # step (benchmarks/train_step.py) work where TensorFlow is not installed.
+  from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
   model = validate_config(config)
   common.setup_workdir(config, workdir)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)

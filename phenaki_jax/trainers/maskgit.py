@@ -20,7 +20,6 @@ import numpy as np
 import optax
 import flax.linen as nn
 from absl import logging
-from clu import metric_writers, periodic_actions
 
 from phenaki_jax import checkpoint, masking, optim, sharding, text, tokenizer as tokenizer_lib
 from phenaki_jax.data import pipeline, tasks, video_io
@@ -261,6 +260,9 @@ EVAL_PROMPTS = ("a red square moves right", "a cyan triangle moves up",
 
 
 def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  # clu's metric writers import TensorFlow; imported here so that the model and its train
+  # step (benchmarks/train_step.py) work where TensorFlow is not installed.
+  from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
   validate_config(config)
   tok_config = tokenizer_config(config)
   model = build_model(config, tok_config)
