@@ -7,7 +7,9 @@ r"""Pre-computes text embeddings for a caption file (how a T5-XXL run is prepare
 itself. Captions are read one per line (blank lines included: the empty caption is the
 classifier-free-guidance null prompt and is always encoded). Embeddings go to the on-disk cache
 format of `phenaki_jax.text`: `OUT/<encoder identity>/part-*.safetensors`. Give the trainer the
-same directory as its text cache and it encodes nothing. Prints a JSON summary.
+same directory as its text cache and it encodes nothing; with
+`--config.text_encoder.cache_only=True` it does not load the encoder either. Prints a JSON
+summary.
 """
 import json
 import time
@@ -30,6 +32,9 @@ def main(argv):
   del argv
   config = _CONFIG.value
   cfg = config.text_encoder if "text_encoder" in config else config
+  if cfg.get("cache_only", False):
+    raise ValueError("config.text_encoder.cache_only=True: encode_text runs the encoder; set "
+                     "--config.text_encoder.cache_only=False")
   with open(_CAPTIONS.value, encoding="utf-8") as f:
     captions = list(dict.fromkeys([line.rstrip("\r\n") for line in f] + [""]))
   start = time.perf_counter()

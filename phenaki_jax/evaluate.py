@@ -132,7 +132,8 @@ def main(argv):
   if len(argv) < 2 or argv[1] != "shapes":
     raise SystemExit("usage: python -m phenaki_jax.evaluate shapes --tokenizer_dir=... "
                      "--maskgit_dir=...")
-  sampler = sample_lib.Sampler.from_workdirs(f.tokenizer_dir, f.maskgit_dir)
+  sampler = sample_lib.Sampler.from_workdirs(f.tokenizer_dir, f.maskgit_dir,
+                                             text_cache_only=f.text_cache_only)
   tok_config = common.load_config(f.tokenizer_dir)
   spec = shapes_lib.ShapesSpec(resolution=tok_config.data.resolution,
                                num_frames=tok_config.data.num_frames)
@@ -158,6 +159,8 @@ if __name__ == "__main__":
   from absl import app, flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string("tokenizer_dir", None, "C-ViViT work directory.")
   flags.DEFINE_string("maskgit_dir", None, "MaskGIT work directory.")
+  flags.DEFINE_bool("text_cache_only", False, "Load no text-encoder weights: every prompt must "
+                    "be in the MaskGIT workdir's text cache (training wrote the Shapes ones).")
   flags.DEFINE_string("out", None, "Where to write the JSON and contact sheets.")
   flags.DEFINE_integer("samples_per_triple", 4, "Samples per held-out / image-only triple.")
   flags.DEFINE_integer("num_stories", 12, "3-prompt stories to sample.")

@@ -84,8 +84,12 @@ class Sampler:
   @classmethod
   def from_workdirs(cls, tokenizer_dir: str, maskgit_dir: str,
                     text_encoder: Optional[text_lib.TextEncoder] = None,
-                    step: Optional[int] = None) -> "Sampler":
-    """Loads the C-ViViT in `tokenizer_dir` and the MaskGIT in `maskgit_dir` (latest steps)."""
+                    step: Optional[int] = None, text_cache_only: bool = False) -> "Sampler":
+    """Loads the C-ViViT in `tokenizer_dir` and the MaskGIT in `maskgit_dir` (latest steps).
+
+    `text_cache_only`: load no text-encoder weights; prompts come from the MaskGIT workdir's
+    text cache (its training captions and any pre-computed with encode_text), others fail.
+    """
     from phenaki_jax import checkpoint  # pylint: disable=g-import-not-at-top
     from phenaki_jax.trainers import common  # pylint: disable=g-import-not-at-top
     from phenaki_jax.trainers import maskgit as trainer  # pylint: disable=g-import-not-at-top
@@ -95,6 +99,8 @@ class Sampler:
       raise ValueError(f"{maskgit_dir!r} holds a {config.get('trainer')!r} run, not a MaskGIT")
     config.tokenizer.workdir = tokenizer_dir
     if text_encoder is None:
+      if text_cache_only:
+        config.text_encoder.cache_only = True
       text_encoder = text_lib.TextEncoder.from_config(
           config.text_encoder, cache_dir=os.path.join(maskgit_dir, "text_cache"))
     model = trainer.build_model(config, common.load_config(tokenizer_dir))
@@ -341,7 +347,8 @@ def _main(argv):
       prompts += [line.strip() for line in fh if line.strip()]
   if not prompts:
     raise SystemExit("give at least one --prompt (repeat it for a story) or --story_file")
-  sampler = Sampler.from_workdirs(f.tokenizer_dir, f.maskgit_dir)
+  sampler = Sampler.from_workdirs(f.tokenizer_dir, f.maskgit_dir,
+                                  text_cache_only=f.text_cache_only)
   kw = dict(steps=f.steps, cfg_scale=f.cfg_scale, temperature=f.temperature,
             cfg_support=f.cfg_support, restrict_codes=f.restrict_codes,
             continue_cfg_scale=f.continue_cfg_scale, continue_stepwise=f.continue_stepwise,
@@ -373,6 +380,8 @@ def _define_flags():
   from absl import flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string("tokenizer_dir", None, "C-ViViT work directory.")
   flags.DEFINE_string("maskgit_dir", None, "MaskGIT work directory.")
+  flags.DEFINE_bool("text_cache_only", False, "Load no text-encoder weights: prompts must be in "
+                    "the MaskGIT workdir's text cache (encode_text pre-computes them).")
   flags.DEFINE_multi_string("prompt", None, "A prompt; repeat for a story.")
   flags.DEFINE_string("story_file", None, "A file with one prompt per line.")
   flags.DEFINE_integer("num_frames", None, "Frames of a single-prompt video.")

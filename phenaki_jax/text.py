@@ -17,6 +17,12 @@ frozen pre-computed text token embeddings; the paper uses T5-XXL).
               '' = the one beside the checkpoint (`spiece.model`, `tokenizer.json`).
   max_length  tokens per caption, special tokens included (16 fits every Shapes caption).
   dtype       'float32' | 'bfloat16' (compute and parameter dtype; outputs are float32).
+  cache_only  False; True: load no weights, serve only the captions already in the cache
+              directory (written by the trainer or `python -m phenaki_jax.encode_text`) and
+              refuse others. For training or sampling where the encoder (T5-XXL: 4.7B
+              parameters) is not installed or would not fit. The cache is found by name, size,
+              max_length and dtype; if encoders of different weights wrote there, the
+              checkpoint's files (fingerprinted, not loaded) pick one.
 
 The encoder is frozen: its parameters live here, never in an optimizer, and the forward pass
 stops gradients. Each caption is padded to `max_length` and each batch to a bucket size, so
@@ -45,7 +51,7 @@ from phenaki_jax.models import t5
 NAMES = ("minilm", "t5")
 SIZES = {"minilm": tuple(minilm.SIZES), "t5": tuple(t5.SIZES)}
 DTYPES = ("float32", "bfloat16")
-KEYS = ("name", "size", "checkpoint", "vocab", "max_length", "dtype")
+KEYS = ("name", "size", "checkpoint", "vocab", "max_length", "dtype", "cache_only")
 BATCH_BUCKETS = (8, 16, 32, 64, 128, 256)  # batches are padded up to one of these
 CACHE_VERSION = 1  # Bump when a change to the models alters their outputs.
 
@@ -53,7 +59,8 @@ CACHE_VERSION = 1  # Bump when a change to the models alters their outputs.
 def default_config() -> ml_collections.ConfigDict:
   """The tiny configs' text encoder: real all-MiniLM-L6-v2 weights, offline, 16 tokens."""
   return ml_collections.ConfigDict(dict(
-      name="minilm", size="L6", checkpoint="", vocab="", max_length=16, dtype="float32"))
+      name="minilm", size="L6", checkpoint="", vocab="", max_length=16, dtype="float32",
+      cache_only=False))
 
 
 def _fingerprint(path: str) -> list:
@@ -61,6 +68,51 @@ def _fingerprint(path: str) -> list:
   p = pathlib.Path(path).resolve()
   files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
   return [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+
+
+def _resolve_files(cfg: Mapping, allow_random_init: bool) -> tuple:
+  """-> (weights path or '' (random T5), weights fingerprint, vocabulary path); loads nothing."""
+  name, size = cfg["name"], cfg["size"]
+  checkpoint, vocab = cfg.get("checkpoint", "") or "", cfg.get("vocab", "") or ""
+  if checkpoint and not os.path.exists(checkpoint):
+    raise FileNotFoundError(f"config.text_encoder.checkpoint={checkpoint!r} does not exist")
+  if vocab and not os.path.isfile(vocab):
+    raise FileNotFoundError(f"config.text_encoder.vocab={vocab!r} is not a file")
+  if name == "minilm":
+    if not checkpoint and size not in minilm.EMBEDDED:
+      raise ValueError(f"config.text_encoder.checkpoint is empty but MiniLM {size!r} has no "
+                       f"embedded weights (only {sorted(minilm.EMBEDDED)}); give a path")
+    source = checkpoint or str(minilm.embedded_checkpoint_dir())
+    weights, tokenizer_json = minilm.checkpoint_files(source)
+    return str(weights), _fingerprint(str(weights)), vocab or str(tokenizer_json)
+  if checkpoint:
+    weights_id = _fingerprint(checkpoint)
+  elif allow_random_init:
+    weights_id = "random-init-seed-0"
+  else:
+    raise ValueError("config.text_encoder.checkpoint is empty: T5 has no embedded weights. "
+                     "Give a HF safetensors file/directory (e.g. google/t5-v1_1-xxl) or a "
+                     "T5X checkpoint directory (random weights: allow_random_init=True, "
+                     "tests only).")
+  vocab = vocab or t5.find_vocab(checkpoint)
+  if not vocab:
+    raise ValueError("config.text_encoder.vocab is empty and no spiece.model lies beside the "
+                     "checkpoint: give the T5 SentencePiece model (for T5X checkpoints, "
+                     "cc_all.32000.100extra/sentencepiece.model).")
+  return checkpoint, weights_id, vocab
+
+
+def _identity_prefix(cfg: Mapping) -> str:
+  return (f"{cfg['name']}-{cfg['size']}-len{cfg['max_length']}-"
+          f"{cfg.get('dtype', 'float32')}-")
+
+
+def _identity(cfg: Mapping, weights_id: Any, vocab: str) -> str:
+  """The cache's name for an encoder: its config and a fingerprint of its files."""
+  blob = json.dumps(dict(version=CACHE_VERSION, name=cfg["name"], size=cfg["size"],
+                         max_length=cfg["max_length"], dtype=cfg.get("dtype", "float32"),
+                         weights=weights_id, vocab=_fingerprint(vocab)), sort_keys=True)
+  return _identity_prefix(cfg) + hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 class _DiskCache:
@@ -138,10 +190,18 @@ class TextEncoder:
   """A frozen text encoder: captions -> per-token embeddings and mask. See the module doc."""
 
   def __init__(self, model: Any, params: Any, tokenizer: Any, *, identity: str,
-               cache_dir: Optional[str] = None, memory_bytes: int = 2 << 30):
+               cache_dir: Optional[str] = None, memory_bytes: int = 2 << 30,
+               max_length: Optional[int] = None):
+    """`params` and `tokenizer` None: a cache-only encoder (`max_length` then required), which
+    serves the captions in `cache_dir` and refuses any other."""
+    if params is None and (tokenizer is not None or not cache_dir or not max_length):
+      raise ValueError("a cache-only TextEncoder (params=None) takes tokenizer=None, a "
+                       "cache_dir and max_length")
     self.model = model
-    self.params = jax.device_put(params)  # Frozen: never handed to an optimizer.
+    # Frozen: never handed to an optimizer.
+    self.params = None if params is None else jax.device_put(params)
     self.tokenizer = tokenizer
+    self._max_length = tokenizer.max_length if tokenizer is not None else int(max_length)
     self.identity = identity
     self.forward_batches = 0  # forward passes run by this instance (cache misses only)
     self._forward = _jitted_forward(model)
@@ -170,52 +230,56 @@ class TextEncoder:
     dtype = cfg.get("dtype", "float32")
     if dtype not in DTYPES:
       raise ValueError(f"config.text_encoder.dtype={dtype!r} is not one of {DTYPES}")
-    checkpoint, vocab = cfg.get("checkpoint", "") or "", cfg.get("vocab", "") or ""
-    if checkpoint and not os.path.exists(checkpoint):
-      raise FileNotFoundError(f"config.text_encoder.checkpoint={checkpoint!r} does not exist")
-    if vocab and not os.path.isfile(vocab):
-      raise FileNotFoundError(f"config.text_encoder.vocab={vocab!r} is not a file")
+    model = (minilm if name == "minilm" else t5).get_model(size, dtype)
+    if name == "minilm" and max_length > model.max_positions:
+      raise ValueError(f"config.text_encoder.max_length={max_length} exceeds MiniLM's "
+                       f"{model.max_positions} positions")
+    if cfg.get("cache_only", False):
+      return cls._from_cache(cfg, model, cache_dir)
 
+    weights, weights_id, vocab = _resolve_files(cfg, allow_random_init)
     if name == "minilm":
-      if not checkpoint and size not in minilm.EMBEDDED:
-        raise ValueError(f"config.text_encoder.checkpoint is empty but MiniLM {size!r} has no "
-                         f"embedded weights (only {sorted(minilm.EMBEDDED)}); give a path")
-      source = checkpoint or str(minilm.embedded_checkpoint_dir())
-      weights, tokenizer_json = minilm.checkpoint_files(source)
-      model = minilm.get_model(size, dtype)
-      params = minilm.load(str(weights), model)
-      if max_length > model.max_positions:
-        raise ValueError(f"config.text_encoder.max_length={max_length} exceeds MiniLM's "
-                         f"{model.max_positions} positions")
-      vocab = vocab or str(tokenizer_json)
+      params = minilm.load(weights, model)
       tokenizer = minilm.Tokenizer(vocab, max_length)
-      weights_id = _fingerprint(str(weights))
     else:
-      model = t5.get_model(size, dtype)
-      if checkpoint:
-        params = t5.load(checkpoint, model)
-        weights_id = _fingerprint(checkpoint)
-      elif allow_random_init:
-        params, weights_id = t5.random_params(model, seed=0), "random-init-seed-0"
-      else:
-        raise ValueError("config.text_encoder.checkpoint is empty: T5 has no embedded weights. "
-                         "Give a HF safetensors file/directory (e.g. google/t5-v1_1-xxl) or a "
-                         "T5X checkpoint directory (random weights: allow_random_init=True, "
-                         "tests only).")
-      vocab = vocab or t5.find_vocab(checkpoint)
-      if not vocab:
-        raise ValueError("config.text_encoder.vocab is empty and no spiece.model lies beside the "
-                         "checkpoint: give the T5 SentencePiece model (for T5X checkpoints, "
-                         "cc_all.32000.100extra/sentencepiece.model).")
+      params = t5.load(weights, model) if weights else t5.random_params(model, seed=0)
       tokenizer = t5.Tokenizer(vocab, max_length)
-
     params = jax.tree.map(lambda x: np.asarray(x, jnp.dtype(dtype)), params)
-    blob = json.dumps(dict(version=CACHE_VERSION, name=name, size=size, max_length=max_length,
-                           dtype=dtype, weights=weights_id, vocab=_fingerprint(vocab)),
-                      sort_keys=True)
-    identity = (f"{name}-{size}-len{max_length}-{dtype}-"
-                f"{hashlib.sha256(blob.encode()).hexdigest()[:12]}")
+    identity = _identity(cfg, weights_id, vocab)
     return cls(model, params, tokenizer, identity=identity, cache_dir=cache_dir)
+
+  @classmethod
+  def _from_cache(cls, cfg: Mapping, model: Any, cache_dir: Optional[str]) -> "TextEncoder":
+    """`cache_only=True`: serves the embeddings under `cache_dir`, loads no weights."""
+    if not cache_dir:
+      raise ValueError("config.text_encoder.cache_only=True needs a text cache directory (a "
+                       "MaskGIT workdir's text_cache, or encode_text's --out)")
+    prefix = _identity_prefix(cfg)
+    root = pathlib.Path(cache_dir)
+    found = sorted(d.name for d in root.iterdir() if d.is_dir() and d.name.startswith(prefix)
+                   and any(d.glob("part-*.safetensors"))) if root.is_dir() else []
+    if not found:
+      raise FileNotFoundError(
+          f"config.text_encoder.cache_only=True but {cache_dir} holds no embeddings of a "
+          f"{prefix}* encoder: pre-compute them with `python -m phenaki_jax.encode_text "
+          f"--out={cache_dir}`, or set cache_only=False to load the encoder")
+    identity = found[0]
+    if len(found) > 1:
+      # Several encoders of this name and size wrote here: the weights (when this machine has
+      # them) say which one is configured; their files are fingerprinted, not loaded.
+      try:
+        _, weights_id, vocab = _resolve_files(cfg, allow_random_init=False)
+        identity = _identity(cfg, weights_id, vocab)
+      except (OSError, ValueError):
+        identity = None
+      if identity not in found:
+        raise ValueError(
+            f"{cache_dir} holds embeddings of {len(found)} {prefix}* encoders ({found}) and "
+            f"this machine cannot tell which one config.text_encoder names: give the "
+            f"checkpoint that wrote them, or remove the stale ones")
+    return cls(model, None, None, identity=identity, cache_dir=cache_dir,
+               max_length=cfg["max_length"])
+
 
   # ---------------------------------------------------------------------------------------
   @property
@@ -226,10 +290,18 @@ class TextEncoder:
   @property
   def max_length(self) -> int:
     """Tokens per caption L (special tokens included)."""
-    return self.tokenizer.max_length
+    return self._max_length
+
+  @property
+  def cache_only(self) -> bool:
+    """Whether this encoder has no weights and serves cached captions only."""
+    return self.params is None
 
   def tokenize(self, captions: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """-> (ids int32 [B, L], mask bool [B, L])."""
+    if self.tokenizer is None:
+      raise ValueError("this cache-only TextEncoder has no tokenizer (config.text_encoder."
+                       "cache_only=True)")
     return self.tokenizer(captions)
 
   @property
@@ -239,6 +311,12 @@ class TextEncoder:
 
   def _compute(self, captions: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Runs the encoder on `captions` in bucket-sized batches."""
+    if self.cache_only:
+      shown = ", ".join(repr(c) for c in captions[:3]) + (" ..." if len(captions) > 3 else "")
+      raise ValueError(
+          f"{len(captions)} caption(s) not in the text cache {self._disk.dir} of this "
+          f"cache-only encoder (config.text_encoder.cache_only=True): {shown}. Pre-compute them "
+          f"with `python -m phenaki_jax.encode_text`, or load the encoder's weights")
     tokens, masks = [], []
     top = BATCH_BUCKETS[-1]
     for start in range(0, len(captions), top):
@@ -300,4 +378,5 @@ class TextEncoder:
     return tokens[0], mask[0]
 
   def __repr__(self) -> str:
-    return f"TextEncoder({self.identity}, dim={self.dim}, max_length={self.max_length})"
+    only = ", cache only" if self.cache_only else ""
+    return f"TextEncoder({self.identity}, dim={self.dim}, max_length={self.max_length}{only})"

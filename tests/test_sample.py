@@ -63,6 +63,18 @@ def test_same_seed_same_video_and_no_recompile(tiny_sampler):
   assert compiled() == before
 
 
+def test_text_cache_only_sampler_matches_and_names_missing_prompts(tiny_sampler, tiny_cvivit_dir,
+                                                                  tiny_maskgit_dir):
+  from phenaki_jax import sample  # pylint: disable=g-import-not-at-top
+  tiny_sampler.text_encoder.encode([P1, P2])  # into the MaskGIT workdir's text cache
+  cached = sample.Sampler.from_workdirs(tiny_cvivit_dir, tiny_maskgit_dir, text_cache_only=True)
+  assert cached.text_encoder.cache_only and cached.text_encoder.params is None
+  np.testing.assert_array_equal(cached.generate([P1, P2], seed=3),
+                                tiny_sampler.generate([P1, P2], seed=3))
+  with pytest.raises(ValueError, match="'a violet hexagon spins'.*encode_text"):
+    cached.generate("a violet hexagon spins")
+
+
 def test_cfg_support_must_be_a_fraction(tiny_sampler):
   with pytest.raises(ValueError, match="cfg_support must be in"):
     tiny_sampler.generate(P1, cfg_support=1.0)
@@ -326,3 +338,10 @@ def test_cli_story_writes_videos(tiny_cvivit_dir, tiny_maskgit_dir, tmp_path):
   from phenaki_jax.data import video_io  # pylint: disable=g-import-not-at-top
   assert video_io.read_video(str(out / "video.gif")).shape[0] == 10
   assert video_io.read_video(str(out / "video.mp4")).shape[0] == 10
+  # --text_cache_only loads no text encoder: a prompt never encoded fails, naming the remedy.
+  proc = subprocess.run(
+      [sys.executable, "-m", "phenaki_jax.sample", "--tokenizer_dir", tiny_cvivit_dir,
+       "--maskgit_dir", tiny_maskgit_dir, "--prompt", "a violet hexagon spins",
+       "--text_cache_only", "--out", str(tmp_path / "none")],
+      capture_output=True, text=True, timeout=600, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert proc.returncode != 0 and "encode_text" in proc.stderr, proc.stderr[-3000:]

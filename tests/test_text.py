@@ -190,3 +190,50 @@ def test_encode_text_cli_fills_the_cache(tmp_path):
   tokens, mask = reader.encode(captions + [""])
   assert reader.forward_batches == 0, "the CLI did not write what the trainer reads"
   assert tokens.shape == (4, 16, 384) and mask[3].sum() == 2
+
+
+def test_cache_only_serves_the_cache_without_weights(tmp_path):
+  captions = ["a red circle moves left", "", "a blue square"]
+  writer = text.TextEncoder.from_config(text.default_config(), cache_dir=str(tmp_path))
+  tokens, mask = writer.encode(captions)
+  cfg = text.default_config()
+  cfg.cache_only = True
+  reader = text.TextEncoder.from_config(cfg, cache_dir=str(tmp_path))
+  assert reader.cache_only and reader.params is None and reader.identity == writer.identity
+  assert (reader.dim, reader.max_length) == (writer.dim, writer.max_length)
+  tokens2, mask2 = reader.encode(captions[::-1])
+  np.testing.assert_array_equal(tokens2, tokens[::-1])
+  np.testing.assert_array_equal(mask2, mask[::-1])
+  null = reader.null_embedding()
+  np.testing.assert_array_equal(null[0], tokens[1])
+  with pytest.raises(ValueError, match=r"1 caption\(s\) not in the text cache .*'a green star'.*"
+                     r"encode_text"):
+    reader.encode(["a red circle moves left", "a green star"])
+  assert reader.forward_batches == 0
+  # Nothing cached for this encoder: say how to fill the cache.
+  with pytest.raises(FileNotFoundError, match="no embeddings of a minilm-L6-len16-float32-.*"
+                     "encode_text"):
+    text.TextEncoder.from_config(cfg, cache_dir=str(tmp_path / "empty"))
+  with pytest.raises(ValueError, match="needs a text cache directory"):
+    text.TextEncoder.from_config(cfg)
+
+
+def test_cache_only_picks_the_configured_encoder_among_several(tmp_path):
+  writer = text.TextEncoder.from_config(text.default_config(), cache_dir=str(tmp_path))
+  writer.encode(["a red circle moves left", ""])
+  stale = tmp_path / (writer.identity[:-12] + "0" * 12)  # another MiniLM-L6's embeddings
+  stale.mkdir()
+  for part in (tmp_path / writer.identity).glob("part-*.safetensors"):
+    (stale / part.name).write_bytes(part.read_bytes())
+  cfg = text.default_config()
+  cfg.cache_only = True
+  # The embedded weights are installed here: their fingerprint names the right directory.
+  assert text.TextEncoder.from_config(cfg, cache_dir=str(tmp_path)).identity == writer.identity
+  cfg.checkpoint = str(tmp_path / "elsewhere")  # weights this machine does not have
+  with pytest.raises(ValueError, match="holds embeddings of 2 minilm-L6-len16-float32-"):
+    text.TextEncoder.from_config(cfg, cache_dir=str(tmp_path))
+  for part in stale.glob("*"):
+    part.unlink()
+  stale.rmdir()
+  # One candidate: taken without looking for the weights.
+  assert text.TextEncoder.from_config(cfg, cache_dir=str(tmp_path)).identity == writer.identity
