@@ -357,3 +357,31 @@ def test_tokenizer_from_workdir(uninterrupted):
     tok.decode(np.zeros((1, 2, 4, 4), np.int32))
   with pytest.raises(ValueError, match="max_time_steps"):
     tok.decode(np.zeros((1, 10, 8, 8), np.int32))
+
+
+def test_trains_without_tensorflow(tmp_path):
+  """clu's writers import TensorFlow; without them the trainer writes metrics.jsonl instead."""
+  code = "\n".join([
+      "import sys",
+      # Without TensorFlow, importing clu.metric_writers fails (its TensorBoard writer imports
+      # it at module level). Blocking TensorFlow itself here would also trip einops, which
+      # imports every framework it finds in sys.modules.
+      "sys.modules['clu.metric_writers'] = None",
+      "sys.path.insert(0, 'tests')",
+      "import conftest",
+      "from phenaki_jax.trainers import cvivit",
+      "c = conftest.tiny_cvivit_config()",
+      "c.total_steps = c.checkpoint_every = c.eval_every = 4",
+      "c.log_every = 2",
+      "out = cvivit.main(c, sys.argv[1])",
+      "print('step', int(out['state']['step']))"])
+  workdir = tmp_path / "run"
+  result = subprocess.run([sys.executable, "-c", code, str(workdir)], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.strip().splitlines()[-1] == "step 4"
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows if "loss" in r] == [2, 4]
+  assert any("psnr" in k for r in rows for k in r), rows  # the step-4 evaluation
+  assert checkpoint_steps(str(workdir)) == [4]
+  assert not list(workdir.glob("events.out.tfevents*"))

@@ -1,8 +1,9 @@
 """Pieces both trainers share: work directory set-up, metric logging, NaN guard."""
+import contextlib
 import json
 import logging as logging_std
 import os
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +41,88 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     raise FileNotFoundError(f"{path} not found: is {workdir!r} a phenaki_jax work directory?")
   with open(path) as f:
     return ml_collections.ConfigDict(json.load(f))
+
+
+# ---- Metric writers ------------------------------------------------------------------------------
+class JsonLinesWriter:
+  """Scalars as JSON lines in `workdir/metrics.jsonl` (and the log).
+
+  The trainers' writer where TensorFlow, which clu's TensorBoard writer imports, is not installed
+  (a GPU machine with only jax[cuda], say). Images are not written: the trainers save their
+  GIF/PNG media in the work directory anyway.
+  """
+
+  def __init__(self, workdir: str, just_logging: bool = False):
+    self.path = None if just_logging else os.path.join(workdir, "metrics.jsonl")
+    # pylint: disable-next=consider-using-with
+    self._file = open(self.path, "a", encoding="utf-8") if self.path else None
+
+  def write_scalars(self, step: int, scalars: Mapping) -> None:
+    values = {k: float(v) for k, v in scalars.items()}
+    logging.info("[%d] %s", step, ", ".join(f"{k}={v:.6g}" for k, v in values.items()))
+    if self._file:
+      self._file.write(json.dumps({"step": int(step), **values}) + "\n")
+
+  def write_images(self, step: int, images: Mapping) -> None:
+    del step, images
+
+  def flush(self) -> None:
+    if self._file:
+      self._file.flush()
+
+  def close(self) -> None:
+    if self._file:
+      self._file.close()
+      self._file = None
+
+
+class StepRate:
+  """Logs and writes steps_per_sec about once a minute (clu's ReportProgress, for
+  JsonLinesWriter)."""
+
+  def __init__(self, total: int, writer, every_seconds: float = 60.0):
+    self.total, self.writer, self.every = total, writer, every_seconds
+    self._last = None
+
+  def __call__(self, step: int, now: float) -> None:
+    if self._last is None:  # the first step includes compilation: start counting after it
+      self._last = (step, now)
+      return
+    last_step, last_time = self._last
+    if now - last_time >= self.every and step > last_step:
+      rate = (step - last_step) / (now - last_time)
+      self.writer.write_scalars(step, {"steps_per_sec": rate})
+      logging.info("step %d/%d, %.2f steps/s, %.1f min left", step, self.total, rate,
+                   (self.total - step) / rate / 60)
+      self._last = (step, now)
+
+
+def metric_writer(workdir: str):
+  """clu's default writer (TensorBoard events + log), or JsonLinesWriter without TensorFlow."""
+  just_logging = jax.process_index() > 0
+  try:
+    from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  except ImportError as e:  # clu.metric_writers imports TensorFlow
+    logging.warning("no TensorBoard scalars (%s): writing them to %s/metrics.jsonl", e, workdir)
+    return JsonLinesWriter(workdir, just_logging=just_logging)
+  return metric_writers.create_default_writer(workdir, just_logging=just_logging)
+
+
+def progress_reporter(total: int, writer):
+  """Called as report(step, time.time()) after each step: logs and writes the step rate."""
+  if isinstance(writer, JsonLinesWriter):
+    return StepRate(total, writer)
+  from clu import periodic_actions  # pylint: disable=g-import-not-at-top
+  return periodic_actions.ReportProgress(num_train_steps=total, writer=writer)
+
+
+@contextlib.contextmanager
+def flushing(writer):
+  """Flushes `writer` when the block ends, however it ends."""
+  try:
+    yield writer
+  finally:
+    writer.flush()
 
 
 def check_choice(config: ml_collections.ConfigDict, key: str, choices: Iterable) -> None:

@@ -287,12 +287,9 @@ def write_eval_media(workdir, step, clips, recon, writer, num_videos):
 
 # ---- Main ----------------------------------------------------------------------------------------
 def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  # clu's metric writers import TensorFlow; imported here so that the model and its train
-  # step (benchmarks/train_step.py) work where TensorFlow is not installed.
-  from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
   model = validate_config(config)
   common.setup_workdir(config, workdir)
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  writer = common.metric_writer(workdir)  # TensorBoard, or metrics.jsonl without TensorFlow
 
   # ---- Mesh ----
   mesh = sharding.make_mesh(config.mesh)
@@ -339,11 +336,11 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # ---- Train loop ----
   step = int(state["step"])
   total = config.total_steps
-  report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer)
+  report = common.progress_reporter(total, writer)
   history, eval_metrics, train_metrics = [], {}, {}
   start_time = time.time()
   logging.info("training from step %d to %d", step, total)
-  with jax.set_mesh(mesh), metric_writers.ensure_flushes(writer):
+  with jax.set_mesh(mesh), common.flushing(writer):
     for step, batch in batches.iterate(step):
       if step >= total:
         break
