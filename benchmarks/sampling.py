@@ -19,6 +19,9 @@ _MG = flags.DEFINE_string("maskgit_dir", "workdirs/demo/maskgit", "MaskGIT workd
 _BATCH = flags.DEFINE_integer("batch", 8, "Clips per call.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per setting (median reported).")
 _TOP_K = flags.DEFINE_integer("top_k", None, "Top-k of every call (default: the run's).")
+_TEXT_CACHE_ONLY = flags.DEFINE_bool(
+    "text_cache_only", False, "Load no text-encoder weights: the prompts below must be in the "
+    "MaskGIT workdir's text cache (a machine without the encoder package).")
 
 
 def median_seconds(fn, repeats):
@@ -34,7 +37,8 @@ def median_seconds(fn, repeats):
 def main(argv):
   del argv
   from phenaki_jax import sample  # pylint: disable=g-import-not-at-top
-  sampler = sample.Sampler.from_workdirs(_TOK.value, _MG.value)
+  sampler = sample.Sampler.from_workdirs(_TOK.value, _MG.value,
+                                         text_cache_only=_TEXT_CACHE_ONLY.value)
   if _TOP_K.value is not None:
     sampler.defaults["top_k"] = _TOP_K.value
   prompts = ["a red circle moves left"] * _BATCH.value
