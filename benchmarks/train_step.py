@@ -85,7 +85,18 @@ def flops_of(lowered) -> float:
   return float(value) if value and value > 0 else None
 
 
+def step_bytes(compiled):
+  """XLA's buffer assignment for one step: arguments + outputs + temporaries − donated aliases."""
+  try:
+    m = compiled.memory_analysis()
+    return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+               - m.alias_size_in_bytes)
+  except Exception:  # pylint: disable=broad-except
+    return None
+
+
 def peak_bytes():
+  """The device's high-water mark so far (all earlier runs of this process and --peak too)."""
   import jax  # pylint: disable=g-import-not-at-top
   try:
     stats = jax.devices()[0].memory_stats() or {}
@@ -172,6 +183,7 @@ def measure(config, build, mesh, batches, args):
     t = time.perf_counter()
     compiled = lowered.compile()
     out["compile_s"] = round(time.perf_counter() - t, 1)
+    out["xla_step_bytes"] = step_bytes(compiled)
     _, times = time_steps(lambda s, x: compiled(s, x, *args), state,
                           lambda i: batches[i % 2], _STEPS.value)
   return out, times

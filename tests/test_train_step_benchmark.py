@@ -39,6 +39,7 @@ def test_timed_steps():
   assert row["batch"] == 2 and row["grid"] == [5, 8, 8] and row["input"] == "codes"
   assert row["flops_per_step"] is None  # a scanned step's own count is not reported
   assert 0 < row["ms_per_step_min"] <= row["ms_per_step"]
+  assert row["xla_step_bytes"] > 4 * 1.14e6 * 2  # at least the parameters and their gradients
   assert row["examples_per_sec"] == pytest.approx(2e3 / row["ms_per_step"], rel=0.01)
 
 
