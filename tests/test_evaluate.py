@@ -7,6 +7,7 @@ evaluator's scoring itself is tested on ground-truth clips in test_shapes_evalua
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -129,3 +130,15 @@ def test_cli_prints_and_writes_json(tiny_cvivit_dir, tiny_maskgit_dir, tmp_path)
   _check_report(written, num_stories=2)
   assert written["sampling"]["steps"] == STEPS
 
+
+
+def test_cli_text_cache_only_needs_a_filled_cache(tiny_cvivit_dir, tiny_maskgit_dir, tmp_path):
+  """--text_cache_only loads no encoder: with an empty text cache it fails and names the fix."""
+  maskgit_dir = tmp_path / "maskgit"
+  shutil.copytree(tiny_maskgit_dir, maskgit_dir, ignore=shutil.ignore_patterns("text_cache"))
+  proc = subprocess.run(
+      [sys.executable, "-m", "phenaki_jax.evaluate", "shapes", "--tokenizer_dir",
+       tiny_cvivit_dir, "--maskgit_dir", str(maskgit_dir), "--text_cache_only"],
+      capture_output=True, text=True, timeout=600, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert proc.returncode != 0
+  assert "cache_only=True" in proc.stderr and "encode_text" in proc.stderr, proc.stderr[-3000:]
