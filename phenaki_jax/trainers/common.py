@@ -118,11 +118,13 @@ def progress_reporter(total: int, writer):
 
 @contextlib.contextmanager
 def flushing(writer):
-  """Flushes `writer` when the block ends, however it ends."""
+  """Flushes `writer` when the block ends, however it ends (and closes a JsonLinesWriter)."""
   try:
     yield writer
   finally:
     writer.flush()
+    if isinstance(writer, JsonLinesWriter):
+      writer.close()
 
 
 def check_choice(config: ml_collections.ConfigDict, key: str, choices: Iterable) -> None:
