@@ -151,8 +151,7 @@ def measure(config, build, mesh, batches, args):
   build(config) -> (step_fn(state, batch, *args), init_fn(rng)); `args` are the step's
   arguments after the batch. Returns the row's fields and the step times (None: --count_only).
   """
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  import jax
+  import jax  # pylint: disable=g-import-not-at-top
   import ml_collections
   from phenaki_jax import sharding
   fn, init_fn = build(config)
@@ -173,7 +172,7 @@ def measure(config, build, mesh, batches, args):
       unrolled = ml_collections.ConfigDict(config.to_dict())
       unrolled.model.scan = False
       fn_u, init_u = build(unrolled)
-      abstract = nn.unbox(jax.eval_shape(init_u, jax.random.PRNGKey(0)))
+      abstract, _ = sharding.abstract_state(init_u, mesh, jax.random.PRNGKey(0))
       flops = flops_of(jax.jit(fn_u).lower(abstract, batches[0], *args))
     else:
       flops = None  # XLA's count of a scanned step holds one layer: not reported
