@@ -75,6 +75,9 @@ def get_config(arg: str = "B"):
   # fifteenth session); 1.6e-2 gave 33.7 dB with fewer codes in use.
   c.total_steps = 1_000_000 if variant == "B" else 1_500
   c.max_train_seconds = 0.0         # > 0: stop (and checkpoint) after this wall-clock budget
+  # An exponential moving average of the generator's parameters (state["ema_params"]): what the
+  # held-out evaluation and the frozen tokenizer (stage 2, sampling) use when on; 0 = off.
+  c.ema_decay = 0.0
   if variant == "B":
     c.optim = optim.default_config()
   else:

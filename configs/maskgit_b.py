@@ -99,6 +99,9 @@ def get_config(arg: str = "tiny"):
                                   end_lr_fraction=0.05, weight_decay=1e-4,
                                   muon_per_head=True) if tiny else
              optim.default_config(lr=1e-4, warmup_steps=10_000, decay_steps=4_000_000))
+  # An exponential moving average of the parameters (state["ema_params"]), what the sampler
+  # uses when on; 0 = off.
+  c.ema_decay = 0.0
   c.log_every = 50
   c.eval_every = 5600 if tiny else 10_000
   c.checkpoint_every = 1000 if tiny else 5000

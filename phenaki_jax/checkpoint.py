@@ -66,17 +66,19 @@ class Checkpointer:
         state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
     return restored["state"], restored["meta"]
 
-  def restore_params(self, abstract_params: Any, step: Optional[int] = None):
-    """Restores only the 'params' subtree of the state (what a frozen model needs): the
-    optimizer and discriminator states are neither read nor required to match."""
+  def restore_params(self, abstract_params: Any, step: Optional[int] = None,
+                     key: str = "params"):
+    """Restores only the `key` subtree of the state ('params', or a run's 'ema_params': what a
+    frozen model needs): the optimizer and discriminator states are neither read nor required
+    to match."""
     step = self.manager.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
-    item = {"params": abstract_params}
+    item = {key: abstract_params}
     restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
         item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
         partial_restore=True)))
-    return restored["state"]["params"]
+    return restored["state"][key]
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

@@ -84,11 +84,14 @@ class Sampler:
   @classmethod
   def from_workdirs(cls, tokenizer_dir: str, maskgit_dir: str,
                     text_encoder: Optional[text_lib.TextEncoder] = None,
-                    step: Optional[int] = None, text_cache_only: bool = False) -> "Sampler":
+                    step: Optional[int] = None, text_cache_only: bool = False,
+                    ema: Optional[bool] = None) -> "Sampler":
     """Loads the C-ViViT in `tokenizer_dir` and the MaskGIT in `maskgit_dir` (latest steps).
 
     `text_cache_only`: load no text-encoder weights; prompts come from the MaskGIT workdir's
     text cache (its training captions and any pre-computed with encode_text), others fail.
+    `ema`: sample with the MaskGIT's moving average of its parameters (config.ema_decay) or
+    with its raw parameters; None = the average when the run keeps one.
     """
     from phenaki_jax import checkpoint  # pylint: disable=g-import-not-at-top
     from phenaki_jax.trainers import common  # pylint: disable=g-import-not-at-top
@@ -110,8 +113,9 @@ class Sampler:
     ckpt = checkpoint.Checkpointer(os.path.join(maskgit_dir, "checkpoints"), read_only=True)
     if ckpt.latest_step() is None:
       raise FileNotFoundError(f"no MaskGIT checkpoint in {maskgit_dir}/checkpoints")
+    key = common.params_key(config, ema)
     params = ckpt.restore_params(trainer.abstract_state(
-        config, text_encoder.max_length, text_encoder.dim)["params"], step)
+        config, text_encoder.max_length, text_encoder.dim)[key], step, key=key)
     ckpt.close()
     code_support = None
     support_path = os.path.join(maskgit_dir, trainer.CODE_SUPPORT_FILE)

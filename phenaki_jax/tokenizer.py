@@ -32,8 +32,11 @@ class Tokenizer:
         {"params": p}, c, method=cvivit.CViViT.decode))
 
   @classmethod
-  def from_workdir(cls, workdir: str, step: Optional[int] = None) -> "Tokenizer":
-    """Loads the C-ViViT trained in `workdir` (latest checkpoint unless `step`)."""
+  def from_workdir(cls, workdir: str, step: Optional[int] = None,
+                   ema: Optional[bool] = None) -> "Tokenizer":
+    """Loads the C-ViViT trained in `workdir` (latest checkpoint unless `step`): the moving
+    average of its parameters when the run keeps one (config.ema_decay; `ema`=False: the raw
+    parameters)."""
     from phenaki_jax.trainers import common, cvivit as trainer  # pylint: disable=g-import-not-at-top
     config = common.load_config(workdir)
     if config.get("trainer") != "cvivit":
@@ -43,7 +46,8 @@ class Tokenizer:
     if ckpt.latest_step() is None:
       raise FileNotFoundError(f"no C-ViViT checkpoint in {workdir}/checkpoints: train it first "
                               f"(python -m phenaki_jax.train --config=... --workdir={workdir})")
-    params = ckpt.restore_params(trainer.abstract_state(config)["params"], step)
+    key = common.params_key(config, ema)
+    params = ckpt.restore_params(trainer.abstract_state(config)[key], step, key=key)
     ckpt.close()
     return cls(model, params)
 

@@ -290,11 +290,12 @@ def test_misspelt_config_key_fails_with_its_name(tmp_path):
     ("data.image_rate", 1.5, r"config\.data\.image_rate=1\.5"),
     ("data.turn_rate", 1.0, r"config\.data\.turn_rate=1\.0"),
     ("losses.temporal_l2", -1.0, r"config\.losses\.temporal_l2=-1\.0"),
+    ("ema_decay", 1.0, r"config\.ema_decay=1\.0"),
 ])
 def test_bad_config_fails_at_start_up(tmp_path, key, value, message):
   config = tiny_cvivit_config()
-  section, name = key.split(".")
-  config[section][name] = value
+  section, _, name = key.rpartition(".")
+  (config[section] if section else config)[name] = value
   workdir = tmp_path / "run"
   with pytest.raises(ValueError, match=message):
     trainer.main(config, str(workdir))
@@ -357,6 +358,58 @@ def test_tokenizer_from_workdir(uninterrupted):
     tok.decode(np.zeros((1, 2, 4, 4), np.int32))
   with pytest.raises(ValueError, match="max_time_steps"):
     tok.decode(np.zeros((1, 10, 8, 8), np.int32))
+
+
+def test_ema_of_the_generator(tmp_path, uninterrupted):
+  """config.ema_decay: every step the state's `ema_params` move to d·ema + (1 − d)·params
+  (d = min(decay, (1 + step) / (10 + step))), except that a code restarted at that step starts
+  its average at the restarted vector; the held-out evaluation and `Tokenizer.from_workdir` use
+  the average (`ema=False`: the raw parameters)."""
+  from phenaki_jax.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
+  reference_dir, _ = uninterrupted
+  config = base_config()
+  config.ema_decay = 0.5
+  config.quantizer.usage_decay = 0.5   # unused codes die within 3 steps: restarts at steps 3, 6
+  config.total_steps = steps = 8
+  config.checkpoint_every = 1
+  config.keep_checkpoints = steps
+  workdir = str(tmp_path / "ema")
+  trainer.main(config, workdir)
+  abstract = trainer.abstract_state(config)
+  states = {k: restore(workdir, abstract, step=k)[0] for k in range(1, steps + 1)}
+  restarted_rows = 0
+  for k in range(2, steps + 1):
+    prev, cur = states[k - 1], states[k]
+    d = min(0.5, k / (9 + k))                    # the update of step k − 1 (0-based) → k
+    expected = jax.tree.map(lambda e, p: d * np.asarray(e) + (1 - d) * np.asarray(p),
+                            prev["ema_params"], cur["params"])
+    got = cur["ema_params"]
+    for (path, e), g in zip(jax.tree_util.tree_leaves_with_path(expected), jax.tree.leaves(got)):
+      if "codebook" not in jax.tree_util.keystr(path):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+    live = np.asarray(cur["params"]["quantizer"]["codebook"])
+    e_cb, g_cb = expected["quantizer"]["codebook"], np.asarray(got["quantizer"]["codebook"])
+    averaged = np.isclose(g_cb, e_cb, rtol=1e-5, atol=1e-6).all(axis=1)
+    restarted = (g_cb == live).all(axis=1) & ~averaged
+    assert (averaged | restarted).all(), k
+    restarted_rows += int(restarted.sum())
+  assert restarted_rows > 0
+  final = states[steps]
+  gap = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
+            for a, b in zip(jax.tree.leaves(final["ema_params"]), jax.tree.leaves(final["params"])))
+  assert gap > 1e-6                               # the average lags the parameters
+  assert_trees_equal(Tokenizer.from_workdir(workdir).params, final["ema_params"])
+  assert_trees_equal(Tokenizer.from_workdir(workdir, ema=False).params, final["params"])
+  with pytest.raises(ValueError, match="ema_decay"):
+    Tokenizer.from_workdir(reference_dir, ema=True)
+  # The run's held-out PSNR is the average's.
+  tok = Tokenizer.from_workdir(workdir)
+  clips = trainer.eval_clips(config)
+  a = clips.astype(np.float32) / 255
+  b = np.asarray(tok.decode(tok.encode(clips)), np.float32) / 255
+  psnr = np.mean(10 * np.log10(1 / np.mean((a - b) ** 2, axis=(1, 2, 3, 4))))
+  with open(os.path.join(workdir, "metrics.json")) as f:
+    assert psnr == pytest.approx(json.load(f)["eval/psnr"], abs=0.05)
 
 
 def test_trains_without_tensorflow(tmp_path):

@@ -246,6 +246,39 @@ def test_image_fraction_metric_and_image_examples(step_env, warm_steps):
     assert np.isfinite(metrics["loss_image"]) and metrics["loss_image"] > 0
 
 
+def test_ema_params_follow_the_warmed_up_average(step_env):
+  """config.ema_decay: each step sets ema ← d·ema + (1 − d)·params with d = min(decay,
+  (1 + step) / (10 + step)), starting from the initial parameters; the raw parameters train as
+  without it (the EMA is read by nothing in the update)."""
+  env = step_env
+  config = env["config"].copy_and_resolve_references()
+  config.ema_decay = 0.5
+  model = trainer.build_model(config, trainer.tokenizer_config(config))
+  tx = optim.make_optimizer(config.optim)
+  mesh = sharding.make_mesh((-1, 1, 1))
+  state, _ = sharding.create_sharded_state(
+      trainer.make_init_fn(model, tx, TEXT_LEN, TEXT_DIM, ema=True), mesh, jax.random.PRNGKey(0))
+  jax.tree.map(np.testing.assert_array_equal, state["ema_params"], state["params"])
+  step_fn = jax.jit(functools.partial(trainer.train_step, model=model, tok_model=env["tok"].model,
+                                      tx=tx, config=config))
+  expected = jax.device_get(state["params"])
+  plain = env["state"]
+  for step in range(3):
+    state, _ = step_fn(state, env["batch"], env["null_text"], env["tok"].params,
+                       jax.random.PRNGKey(1))
+    plain, _ = _step(env, plain, env["batch"], 1)
+    d = min(0.5, (1 + step) / (10 + step))          # 0.1, 0.18, 0.25: the warm-up, then 0.5
+    params = jax.device_get(state["params"])
+    expected = jax.tree.map(lambda e, p, d=d: d * e + (1 - d) * p, expected, params)
+    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-7),
+                 jax.device_get(state["ema_params"]), expected)
+    jax.tree.map(np.testing.assert_array_equal, params, jax.device_get(plain["params"]))
+  moved = [float(np.abs(e - p).max()) for e, p in zip(
+      jax.tree.leaves(jax.device_get(state["ema_params"])), jax.tree.leaves(params))]
+  assert max(moved) > 1e-4                         # the average lags the parameters
+  assert common.ema_update(1.0, 0.0, 10**6, 0.5) == pytest.approx(0.5)   # capped at `decay`
+
+
 def test_prefix_rate_leaves_first_time_steps_of_videos_unmasked(step_env):
   """prefix_rate=1: every video keeps its first 1..t-1 time steps given, so about half of the
   valid tokens can be masked (mask fraction ≈ 0.637 × 0.5 + the images' share) instead of the
@@ -357,6 +390,8 @@ def test_image_padded_frames_change_nothing(step_env, warm_steps):
     ("code_support_clips", -1, "code_support_clips"),
     ("prefix_rate", 1.5, "prefix_rate"),
     ("data.turn_rate", 1.0, "turn_rate"),
+    ("ema_decay", 1.0, "ema_decay"),
+    ("ema_decay", -0.1, "ema_decay"),
 ])
 def test_config_errors_name_the_key(tiny_cvivit_dir, tmp_path, key, value, named):
   config = conftest.tiny_maskgit_config(tiny_cvivit_dir)
@@ -409,6 +444,34 @@ def test_finished_run_writes_its_code_support(tiny_maskgit_dir, tiny_cvivit_dir,
   t, h, w = trainer.build_model(config).grid
   assert counts[0].sum() == clips * h * w
   assert counts[1].sum() == (clips - images) * (t - 1) * h * w and 0 < images < clips
+
+
+def test_ema_run_checkpoints_the_average_and_the_sampler_uses_it(tiny_maskgit_dir,
+                                                                 tiny_cvivit_dir, tmp_path):
+  """A run with ema_decay checkpoints `ema_params` beside `params`; Sampler.from_workdirs
+  samples with the average by default and with the raw parameters when ema=False; asking a
+  run without an EMA for one is an error that names the option."""
+  from phenaki_jax import sample  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "ema")
+  config = conftest.tiny_maskgit_config(tiny_cvivit_dir, total_steps=20)
+  config.ema_decay = 0.9
+  config.sample.num_videos = 0
+  config.code_support_clips = 0
+  trainer.main(config, workdir)
+  saved = common.load_config(workdir)
+  ema = sample.Sampler.from_workdirs(tiny_cvivit_dir, workdir)
+  raw = sample.Sampler.from_workdirs(tiny_cvivit_dir, workdir, text_encoder=ema.text_encoder,
+                                     ema=False)
+  state, _ = _restore_state(workdir, saved, ema.text_encoder.dim)
+  assert set(state) >= {"params", "ema_params"}
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(ema.params), state["ema_params"])
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(raw.params), state["params"])
+  gap = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(state["ema_params"]),
+                                                       jax.tree.leaves(state["params"])))
+  assert gap > 1e-4
+  with pytest.raises(ValueError, match="ema_decay"):
+    sample.Sampler.from_workdirs(tiny_cvivit_dir, tiny_maskgit_dir, text_encoder=ema.text_encoder,
+                                 ema=True)
 
 
 def test_token_embeddings_can_start_from_the_codebook():

@@ -1,14 +1,15 @@
-"""Pieces both trainers share: work directory set-up, metric logging, NaN guard."""
+"""Pieces both trainers share: work directory set-up, metric logging, NaN guard, parameter EMA."""
 import contextlib
 import json
 import logging as logging_std
 import os
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from absl import logging
 
 
@@ -153,6 +154,38 @@ def mean_metrics(history: list) -> dict:
   history = jax.device_get(history)
   keys = sorted({k for h in history for k in h})  # a window may span adversarial_start_step
   return {k: float(np.mean([h[k] for h in history if k in h])) for k in keys}
+
+
+# ---- Parameter EMA ------------------------------------------------------------------------------
+def uses_ema(config) -> bool:
+  """Whether a run keeps an exponential moving average of its parameters (`ema_params` in its
+  state; config.ema_decay > 0). A workdir's config.json from before the option: no EMA."""
+  return config.get("ema_decay", 0.0) > 0
+
+
+def check_ema_decay(config) -> None:
+  if not 0.0 <= config.ema_decay < 1.0:
+    raise ValueError(f"config.ema_decay={config.ema_decay} must be in [0, 1) (0 = no EMA)")
+
+
+def ema_update(ema_params, params, step, decay: float):
+  """One step of the parameters' exponential moving average: ema ← d·ema + (1 − d)·params with
+  d = min(decay, (1 + step) / (10 + step)), a warm-up so that the first steps are not dominated
+  by the random initialisation (jittable)."""
+  step = jnp.asarray(step, jnp.float32)
+  d = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+  return optax.incremental_update(params, ema_params, 1.0 - d)
+
+
+def params_key(config, ema: Optional[bool] = None) -> str:
+  """The state's subtree that evaluates and samples a run: `ema_params` when it keeps an EMA
+  (unless `ema` is False), else `params`. Asking for the EMA of a run without one fails."""
+  if ema is None:
+    ema = uses_ema(config)
+  if ema and not uses_ema(config):
+    raise ValueError(f"this {config.get('trainer', '')} run keeps no EMA of its parameters "
+                     f"(config.ema_decay=0): load it with ema=False (or --noema)")
+  return "ema_params" if ema else "params"
 
 
 def guard_update(ok, new_tree, old_tree):

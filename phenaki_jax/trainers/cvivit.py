@@ -67,6 +67,7 @@ def validate_config(config: ml_collections.ConfigDict) -> cvivit.CViViT:
     raise ValueError(f"config.model.encoder_spatial_radius={model.encoder_spatial_radius}: use -1"
                      " (whole-frame attention) or a radius >= 0 in patches")
   losses.check_perceptual_config(config.losses)
+  common.check_ema_decay(config)
   return model
 
 
@@ -107,10 +108,13 @@ def make_init_fn(config, model, disc, tx, disc_tx):
     video = jnp.zeros(video_shape, jnp.float32)
     params = model.init(model_rng, video)["params"]
     disc_params = disc.init(disc_rng, video)["params"]
-    return dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                disc_params=disc_params, disc_opt_state=disc_tx.init(disc_params),
-                code_usage=jnp.zeros((model.codebook_size,), jnp.float32),
-                first_bad_step=jnp.full((), -1, jnp.int32))
+    state = dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                 disc_params=disc_params, disc_opt_state=disc_tx.init(disc_params),
+                 code_usage=jnp.zeros((model.codebook_size,), jnp.float32),
+                 first_bad_step=jnp.full((), -1, jnp.int32))
+    if common.uses_ema(config):   # config.ema_decay: a moving average of the generator
+      state["ema_params"] = params
+    return state
   return init
 
 
@@ -210,6 +214,13 @@ def train_step(state, batch, rng, *, model, disc, tx, disc_tx, config, adversari
   params = {**params, "quantizer": {**params["quantizer"], "codebook": codebook}}
 
   new_state = dict(state, params=params, opt_state=opt_state, code_usage=usage)
+  if common.uses_ema(config):
+    ema = common.ema_update(state["ema_params"], params, step, config.ema_decay)
+    # A restarted code jumps to an encoder output: its average starts there, not as a blend.
+    ema_codebook = jnp.where((do_restart & dead)[:, None], codebook,
+                             ema["quantizer"]["codebook"])
+    new_state["ema_params"] = {**ema, "quantizer": {**ema["quantizer"],
+                                                     "codebook": ema_codebook}}
   metrics.update(quantizer_lib.codebook_metrics(counts))
   metrics["codes_restarted"] = jnp.where(do_restart, jnp.sum(dead), 0).astype(jnp.float32)
 
@@ -361,7 +372,8 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
         writer.write_scalars(done, train_metrics)
         history = []
       if done % config.eval_every == 0 or last:
-        eval_metrics, recon = evaluate(state["params"], clips, reconstruct, config.eval.batch_size)
+        eval_metrics, recon = evaluate(state[common.params_key(config)], clips, reconstruct,
+                                       config.eval.batch_size)
         writer.write_scalars(done, eval_metrics)
         write_eval_media(workdir, done, clips, recon, writer, config.eval.num_videos)
       if ckpt.should_save(done, final=last or preempted):

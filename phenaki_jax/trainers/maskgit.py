@@ -64,6 +64,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                      "positive sum")
   if config.data.video_rate == 0:
     raise ValueError("config.data.video_rate=0 trains no video at all")
+  common.check_ema_decay(config)
   if not 0.0 <= config.prefix_rate <= 1.0:
     raise ValueError(f"config.prefix_rate={config.prefix_rate} must be in [0, 1]")
   common.check_turn_rate(config)
@@ -148,10 +149,11 @@ def load_tokenizer(config) -> tokenizer_lib.Tokenizer:
 
 
 # ---- State ---------------------------------------------------------------------------------------
-def make_init_fn(model, tx, text_len: int, text_dim: int, codebook=None):
+def make_init_fn(model, tx, text_len: int, text_dim: int, codebook=None, ema: bool = False):
   """`codebook` (the tokenizer's ℓ2-normalised code vectors [K, C], optional): the token
   embeddings of the K codes start as a random projection of them, so codes that the C-ViViT
-  finds alike start alike (the [MASK] row keeps its random init)."""
+  finds alike start alike (the [MASK] row keeps its random init). `ema`: the state also holds
+  `ema_params`, an exponential moving average of the parameters (config.ema_decay)."""
   def init(rng):
     t, h, w = model.grid
     tokens = jnp.zeros((1, t * h * w), jnp.int32)
@@ -164,8 +166,11 @@ def make_init_fn(model, tx, text_len: int, text_dim: int, codebook=None):
                                       (codebook.shape[1], table.shape[1]), table.dtype)
       table = table.at[:codebook.shape[0]].set(jnp.asarray(codebook, table.dtype) @ proj)
       params = dict(params, token_embed=dict(embedding=box.replace_boxed(table)))
-    return dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                first_bad_step=jnp.full((), -1, jnp.int32))
+    state = dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                 first_bad_step=jnp.full((), -1, jnp.int32))
+    if ema:
+      state["ema_params"] = params
+    return state
   return init
 
 
@@ -173,8 +178,9 @@ def abstract_state(config, text_len: int, text_dim: int):
   model = build_model(config)
   tx = optim.make_optimizer(config.optim)
   mesh = sharding.make_mesh(config.mesh)
-  return sharding.abstract_state(make_init_fn(model, tx, text_len, text_dim), mesh,
-                                 jax.random.PRNGKey(0))[0]
+  return sharding.abstract_state(
+      make_init_fn(model, tx, text_len, text_dim, ema=common.uses_ema(config)), mesh,
+      jax.random.PRNGKey(0))[0]
 
 
 # ---- Update step ---------------------------------------------------------------------------------
@@ -240,7 +246,10 @@ def train_step(state, batch, null_text, tok_params, rng, *, model, tok_model, tx
   loss_image = masking.masked_mean(token_nll, mask_g & is_image)
 
   ok = jnp.isfinite(loss) & common.all_finite(params)  # a finite loss can still overflow
-  new_state = common.guard_update(ok, dict(state, params=params, opt_state=opt_state), state)
+  updated = dict(state, params=params, opt_state=opt_state)
+  if common.uses_ema(config):
+    updated["ema_params"] = common.ema_update(state["ema_params"], params, step, config.ema_decay)
+  new_state = common.guard_update(ok, updated, state)
   new_state["step"] = step + 1
   new_state["first_bad_step"] = jnp.where(
       ok | (state["first_bad_step"] >= 0), state["first_bad_step"], step)
@@ -297,7 +306,8 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
   codebook = None
   if config.token_embed_init == "codebook":
     codebook = np.asarray(quantizer.l2_normalize(tok.params["quantizer"]["codebook"]))
-  init_fn = make_init_fn(model, tx, text_encoder.max_length, text_encoder.dim, codebook)
+  init_fn = make_init_fn(model, tx, text_encoder.max_length, text_encoder.dim, codebook,
+                         ema=common.uses_ema(config))
   rng = jax.random.PRNGKey(config.seed)
   init_rng, train_rng = jax.random.split(rng)
   state, state_shardings = sharding.create_sharded_state(init_fn, mesh, init_rng)
@@ -355,7 +365,8 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
         ckpt.save(done, state, {"step": done, "data_seed": config.data.seed,
                                 "data_position": done})
       if (done % config.eval_every == 0 or last) and config.sample.num_videos > 0:
-        write_samples(workdir, done, config, tok, model, state["params"], text_encoder, writer)
+        write_samples(workdir, done, config, tok, model, state[common.params_key(config)],
+                      text_encoder, writer)
       if last or preempted:
         stopped_early = preempted and not last
         break
