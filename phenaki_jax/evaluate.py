@@ -133,7 +133,7 @@ def main(argv):
     raise SystemExit("usage: python -m phenaki_jax.evaluate shapes --tokenizer_dir=... "
                      "--maskgit_dir=...")
   sampler = sample_lib.Sampler.from_workdirs(f.tokenizer_dir, f.maskgit_dir,
-                                             text_cache_only=f.text_cache_only)
+                                             text_cache_only=f.text_cache_only, ema=f.ema)
   tok_config = common.load_config(f.tokenizer_dir)
   spec = shapes_lib.ShapesSpec(resolution=tok_config.data.resolution,
                                num_frames=tok_config.data.num_frames)
@@ -161,6 +161,9 @@ if __name__ == "__main__":
   flags.DEFINE_string("maskgit_dir", None, "MaskGIT work directory.")
   flags.DEFINE_bool("text_cache_only", False, "Load no text-encoder weights: every prompt must "
                     "be in the MaskGIT workdir's text cache (training wrote the Shapes ones).")
+  flags.DEFINE_bool("ema", None, "Sample with the MaskGIT's moving average of its parameters "
+                    "(--ema) or its raw parameters (--noema); not given: the average when the "
+                    "run keeps one (config.ema_decay).")
   flags.DEFINE_string("out", None, "Where to write the JSON and contact sheets.")
   flags.DEFINE_integer("samples_per_triple", 4, "Samples per held-out / image-only triple.")
   flags.DEFINE_integer("num_stories", 12, "3-prompt stories to sample.")

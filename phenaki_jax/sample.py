@@ -352,7 +352,7 @@ def _main(argv):
   if not prompts:
     raise SystemExit("give at least one --prompt (repeat it for a story) or --story_file")
   sampler = Sampler.from_workdirs(f.tokenizer_dir, f.maskgit_dir,
-                                  text_cache_only=f.text_cache_only)
+                                  text_cache_only=f.text_cache_only, ema=f.ema)
   kw = dict(steps=f.steps, cfg_scale=f.cfg_scale, temperature=f.temperature,
             cfg_support=f.cfg_support, restrict_codes=f.restrict_codes,
             continue_cfg_scale=f.continue_cfg_scale, continue_stepwise=f.continue_stepwise,
@@ -386,6 +386,9 @@ def _define_flags():
   flags.DEFINE_string("maskgit_dir", None, "MaskGIT work directory.")
   flags.DEFINE_bool("text_cache_only", False, "Load no text-encoder weights: prompts must be in "
                     "the MaskGIT workdir's text cache (encode_text pre-computes them).")
+  flags.DEFINE_bool("ema", None, "Sample with the MaskGIT's moving average of its parameters "
+                    "(--ema) or its raw parameters (--noema); not given: the average when the "
+                    "run keeps one (config.ema_decay).")
   flags.DEFINE_multi_string("prompt", None, "A prompt; repeat for a story.")
   flags.DEFINE_string("story_file", None, "A file with one prompt per line.")
   flags.DEFINE_integer("num_frames", None, "Frames of a single-prompt video.")

@@ -474,6 +474,35 @@ def test_ema_run_checkpoints_the_average_and_the_sampler_uses_it(tiny_maskgit_di
                                  ema=True)
 
 
+def test_resuming_with_ema_turned_on_or_off(tmp_path):
+  """common.restore_state: checkpoints without an EMA resumed with one start the average at the
+  restored parameters; checkpoints with one resumed without fail, naming ema_decay; any other
+  mismatch is orbax's own error."""
+  params = {"w": jnp.arange(3.0)}
+  fresh = {"params": {"w": jnp.zeros(3)}, "step": jnp.zeros((), jnp.int32)}
+  plain_dir, ema_dir = str(tmp_path / "plain"), str(tmp_path / "ema")
+  for directory, state in ((plain_dir, {"params": params, "step": jnp.array(7)}),
+                           (ema_dir, {"params": params, "ema_params": {"w": jnp.ones(3)},
+                                      "step": jnp.array(7)})):
+    ckpt = checkpoint.Checkpointer(directory, every_steps=1)
+    ckpt.save(7, state, {"step": 7})
+    ckpt.close()
+  ckpt = checkpoint.Checkpointer(plain_dir, read_only=True)
+  state, meta = common.restore_state(ckpt, dict(fresh, ema_params={"w": jnp.zeros(3)}))
+  assert meta["step"] == 7 and int(state["step"]) == 7
+  np.testing.assert_array_equal(state["ema_params"]["w"], [0.0, 1.0, 2.0])
+  np.testing.assert_array_equal(state["params"]["w"], [0.0, 1.0, 2.0])
+  with pytest.raises(ValueError, match="do not match"):
+    common.restore_state(ckpt, dict(fresh, other=jnp.zeros(2)))
+  ckpt.close()
+  ckpt = checkpoint.Checkpointer(ema_dir, read_only=True)
+  with pytest.raises(ValueError, match="ema_decay"):
+    common.restore_state(ckpt, fresh)
+  state, _ = common.restore_state(ckpt, dict(fresh, ema_params={"w": jnp.zeros(3)}))
+  np.testing.assert_array_equal(state["ema_params"]["w"], [1.0, 1.0, 1.0])
+  ckpt.close()
+
+
 def test_token_embeddings_can_start_from_the_codebook():
   """token_embed_init="codebook": the K code rows are one linear map of the code vectors (so
   alike codes start alike); the [MASK] row is not; the default init is not such a map."""

@@ -345,3 +345,9 @@ def test_cli_story_writes_videos(tiny_cvivit_dir, tiny_maskgit_dir, tmp_path):
        "--text_cache_only", "--out", str(tmp_path / "none")],
       capture_output=True, text=True, timeout=600, env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert proc.returncode != 0 and "encode_text" in proc.stderr, proc.stderr[-3000:]
+  # --ema asks for a moving average this run does not keep (its config.ema_decay is 0).
+  proc = subprocess.run(
+      [sys.executable, "-m", "phenaki_jax.sample", "--tokenizer_dir", tiny_cvivit_dir,
+       "--maskgit_dir", tiny_maskgit_dir, "--prompt", P1, "--ema", "--out", str(tmp_path / "e")],
+      capture_output=True, text=True, timeout=600, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert proc.returncode != 0 and "ema_decay" in proc.stderr, proc.stderr[-3000:]

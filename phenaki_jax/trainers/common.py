@@ -188,6 +188,32 @@ def params_key(config, ema: Optional[bool] = None) -> str:
   return "ema_params" if ema else "params"
 
 
+def restore_state(ckpt, state: dict):
+  """(state, meta) of the latest checkpoint, laid out like `state` (the freshly initialised,
+  sharded train state). A run resumed with config.ema_decay > 0 whose checkpoints have no EMA
+  (the option turned on midway) starts its average at the restored parameters; one resumed
+  without an EMA whose checkpoints keep one fails, naming the option, rather than drop it."""
+  from phenaki_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  try:
+    return ckpt.restore(checkpoint.abstract_like(state))
+  except ValueError as error:
+    if "ema_params" in state:
+      other = {k: v for k, v in state.items() if k != "ema_params"}
+    else:
+      other = dict(state, ema_params=state["params"])
+    try:
+      restored, meta = ckpt.restore(checkpoint.abstract_like(other))
+    except ValueError:
+      raise error from None
+    if "ema_params" in state:
+      logging.warning("the checkpoints in %s keep no parameter EMA: config.ema_decay starts "
+                      "it at the restored step-%d parameters", ckpt.directory, meta["step"])
+      return dict(restored, ema_params=restored["params"]), meta
+    raise ValueError(f"the checkpoints in {ckpt.directory} keep a parameter EMA (ema_params) "
+                     f"and this config has ema_decay=0: resume with the --config.ema_decay the "
+                     f"run started with, or use another --workdir") from None
+
+
 def guard_update(ok, new_tree, old_tree):
   """Keeps the old state where the step's loss was not finite (jittable; `ok` a bool scalar).
 

@@ -320,7 +320,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                  every_steps=config.checkpoint_every, keep=config.keep_checkpoints)
   ckpt.install_signal_handlers()
   if ckpt.latest_step() is not None:
-    state, meta = ckpt.restore(checkpoint.abstract_like(state))
+    state, meta = common.restore_state(ckpt, state)
     logging.info("resumed from step %d (%s)", int(state["step"]), meta)
 
   # ---- Update step ----
