@@ -134,9 +134,14 @@ def get_config(arg: str = "tiny"):
   # the later ones [MASK]) instead of all at once. tiny: on — story boundaries over 2 px 32% ->
   # 16% and 22% -> 18%, mean jump 1.70 -> 1.48 and 1.62 -> 1.44 px (the demo's two MaskGIT
   # draws, 8 seeds; BENCHMARKS.md, thirteenth session). The paper decodes a segment at once.
+  # continue_candidates: a continuation samples N candidates (one batch) and keeps the one with
+  # the least squared pixel difference to the others (minimum Bayes risk). tiny: 4 — story
+  # boundaries over 2 px (the issue-6 limit) 8 -> 2 of 384 (four MaskGITs, 4 seeds each), the
+  # worst 2.53 -> 2.27 px, segment accuracy unchanged; 8 candidates did no better than 4
+  # (BENCHMARKS.md, seventeenth session). Costs 4× a continuation's sampling.
   c.sample = ml_collections.ConfigDict(dict(
       steps=24 if tiny else 12, cfg_scale=2.0 if tiny else 3.0, temperature=1.0,
       choice_temperature=4.5, top_k=3 if tiny else 0, top_p=1.0, cfg_support=0.0,
       restrict_codes=True, num_videos=4, continue_cfg_scale=1.0 if tiny else None,
-      continue_stepwise=tiny))
+      continue_stepwise=tiny, continue_candidates=4 if tiny else 1))
   return c.lock()

@@ -143,6 +143,7 @@ def main(argv):
                               restrict_codes=f.restrict_codes,
                               continue_cfg_scale=f.continue_cfg_scale,
                               continue_stepwise=f.continue_stepwise,
+                              continue_candidates=f.continue_candidates,
                               top_k=f.top_k).items() if v is not None}
   results = evaluate_shapes(sampler, spec, samples_per_triple=f.samples_per_triple,
                             num_stories=f.num_stories, seed=f.seed, num_seeds=f.num_seeds,
@@ -173,6 +174,8 @@ if __name__ == "__main__":
                      "the first.")
   flags.DEFINE_boolean("continue_stepwise", None, "Decode a continuation's new time steps one "
                        "after another.")
+  flags.DEFINE_integer("continue_candidates", None, "Candidates sampled per story continuation "
+                       "(the most typical is kept).")
   flags.DEFINE_float("temperature", None, "Sampling temperature.")
   flags.DEFINE_integer("top_k", None, "Sample each token from its k most likely codes (0 = all).")
   flags.DEFINE_boolean("restrict_codes", None, "Sample each time step only from the codes seen "

@@ -17,7 +17,8 @@ Story mode: the first segment is generated from all-[MASK]; for every next promp
 first time steps as fixed tokens, and MaskGIT generates the remaining time steps under the new
 prompt (guided with the option `continue_cfg_scale` when set, else `cfg_scale`; with the
 option `continue_stepwise`, one time step after another, each with the later ones still
-[MASK]); the decoded new frames are appended. Any number of segments; the returned video has
+[MASK]; with `continue_candidates` N > 1, the typical one of N sampled continuations); the
+decoded new frames are appended. Any number of segments; the returned video has
 exactly the number of frames asked for.
 """
 import functools
@@ -47,9 +48,23 @@ from phenaki_jax.models import maskgit as maskgit_lib
 # decode (MaskGIT as in the paper). The first new frame is then predicted from the context
 # alone, not pulled along by a whole new segment sampled at once: on Shapes the story
 # boundaries jump less (BENCHMARKS.md, thirteenth session). Costs one decode per new step.
+# continue_candidates: a continuation samples this many candidates of its new frames (one
+# batch) and keeps the minimum-Bayes-risk one: the candidate with the least squared pixel
+# difference to the others (the one nearest their mean), a typical sample, not an outlier. 1 = one sample. Costs N×
+# the continuation's sampling; on Shapes it removed the story boundaries that jumped over 2 px
+# (BENCHMARKS.md, seventeenth session).
 DEFAULT_SAMPLE = dict(steps=12, cfg_scale=3.0, temperature=1.0, choice_temperature=4.5,
                       top_k=0, top_p=1.0, cfg_support=0.0, restrict_codes=True,
-                      continue_cfg_scale=None, continue_stepwise=False)
+                      continue_cfg_scale=None, continue_stepwise=False, continue_candidates=1)
+
+
+def mbr_choice(candidates) -> np.ndarray:
+  """int [B]: for each row of `candidates` [B, N, ...] (uint8 frames or floats), the index of
+  the minimum-Bayes-risk candidate under squared error — the least summed squared difference to
+  the row's other candidates, which is the candidate nearest their mean (the first on ties)."""
+  x = np.asarray(candidates, np.float64)
+  flat = x.reshape(x.shape[0], x.shape[1], -1)
+  return np.argmin(((flat - flat.mean(axis=1, keepdims=True)) ** 2).sum(axis=-1), axis=-1)
 
 
 class Sampler:
@@ -259,7 +274,8 @@ class Sampler:
     With more than one context frame the guidance scale is the option `continue_cfg_scale`
     when it is set (not None), else `cfg_scale`; a single frame (image-to-video) carries no
     motion and uses `cfg_scale`. With the option `continue_stepwise` the new time steps are
-    decoded one after another (see `DEFAULT_SAMPLE`)."""
+    decoded one after another, and with `continue_candidates` N > 1 the new frames are the
+    minimum-Bayes-risk choice among N sampled ones (see `DEFAULT_SAMPLE`)."""
     video = np.asarray(video)
     single = video.ndim == 4
     videos = video[None] if single else video
@@ -278,15 +294,22 @@ class Sampler:
                        f"at most {self._room_after(context_frames)} new frames fit after "
                        f"{context_frames} context frames; for more, continue again (in a story, "
                        f"repeat the prompt)")
+    opts = self._options(**kw)
+    n = int(opts["continue_candidates"])
+    if n < 1:
+      raise ValueError(f"continue_candidates must be ≥ 1, got {n}")
     ctx_codes = np.asarray(self.tokenizer.encode(videos[:, -context_frames:]))  # [B, t_c, h, w]
     b, _, h, w = ctx_codes.shape
-    init = np.zeros((b, t, h, w), np.int32)
-    init[:, :t_c] = ctx_codes
-    opts = self._options(**kw)
+    init = np.zeros((b * n, t, h, w), np.int32)        # n candidates of each, one batch
+    init[:, :t_c] = np.repeat(ctx_codes, n, axis=0)
     if context_frames > 1 and opts["continue_cfg_scale"] is not None:
       opts["cfg_scale"] = opts["continue_cfg_scale"]
-    _, window = self._continue_window(prompts, init, t_c, seed, opts)
+    _, window = self._continue_window([p for p in prompts for _ in range(n)], init, t_c, seed,
+                                      opts)
     new = window[:, context_frames:context_frames + num_new_frames]
+    if n > 1:
+      new = new.reshape((b, n) + new.shape[1:])
+      new = new[np.arange(b), mbr_choice(new)]
     out = np.concatenate([videos, new], axis=1)
     return out[0] if single else out
 
@@ -356,7 +379,7 @@ def _main(argv):
   kw = dict(steps=f.steps, cfg_scale=f.cfg_scale, temperature=f.temperature,
             cfg_support=f.cfg_support, restrict_codes=f.restrict_codes,
             continue_cfg_scale=f.continue_cfg_scale, continue_stepwise=f.continue_stepwise,
-            top_k=f.top_k)
+            continue_candidates=f.continue_candidates, top_k=f.top_k)
 
   def progress(i, n, p):
     logging.info("segment %d/%d done: %s", i + 1, n, p[0])
@@ -402,6 +425,9 @@ def _define_flags():
                      "the first (default: the run's, else --cfg_scale).")
   flags.DEFINE_boolean("continue_stepwise", None, "Decode a continuation's new time steps one "
                        "after another (default: the run's sampling option).")
+  flags.DEFINE_integer("continue_candidates", None, "Sample this many candidates of every story "
+                       "segment after the first and keep the most typical (default: the run's "
+                       "sampling option).")
   flags.DEFINE_float("temperature", None, "Sampling temperature.")
   flags.DEFINE_integer("top_k", None, "Sample each token from its k most likely codes (0 = all).")
   flags.DEFINE_float("cfg_support", None, "With guidance, sample only tokens whose conditional "

@@ -16,6 +16,7 @@ import sys
 import numpy as np
 import pytest
 
+from phenaki_jax import sample as sample_lib
 from phenaki_jax.data import shapes as shapes_lib
 
 P1 = "a red circle moves left"
@@ -280,6 +281,38 @@ def test_stepwise_continuation_decodes_one_time_step_after_another(tiny_sampler)
     assert compiled() == before         # the masks are traced: one jitted decode for all calls
   finally:
     del s._run
+
+
+def test_mbr_choice_picks_the_typical_candidate():
+  """The candidate with the least summed squared distance to the others, per row (the one
+  nearest the row's mean); a single candidate is its own choice."""
+  base = np.zeros((4, 2, 3), np.uint8)
+  row0 = np.stack([base, base + 100, base + 45, base + 60])      # mean 51.25: 45 is nearest
+  row1 = np.stack([base + 10, base + 12, base + 11, base + 90])  # mean 30.75: 12 is nearest
+  np.testing.assert_array_equal(sample_lib.mbr_choice(np.stack([row0, row1])), [2, 1])
+  np.testing.assert_array_equal(sample_lib.mbr_choice(row0[None, :1]), [0])
+  # Against the plain definition on random floats.
+  x = np.random.default_rng(0).normal(size=(3, 5, 7))
+  plain = ((x[:, :, None] - x[:, None]) ** 2).sum(-1).sum(-1).argmin(-1)
+  np.testing.assert_array_equal(sample_lib.mbr_choice(x), plain)
+
+
+def test_continuation_candidates_keep_the_typical_one(tiny_sampler):
+  """continue_candidates=N: the new frames are the mbr_choice among the N continuations that
+  the same call samples as one batch (the same as continuing N copies of the video)."""
+  s = tiny_sampler
+  video = s.generate(P1, seed=0)
+  copies = s.continue_video(np.stack([video] * 3), P2, 4, context_frames=5, seed=3,
+                            continue_candidates=1)
+  new = copies[:, FRAMES:]                                          # [3, 4, H, W, 3]
+  assert not (np.array_equal(new[0], new[1]) and np.array_equal(new[1], new[2]))
+  out = s.continue_video(video, P2, 4, context_frames=5, seed=3, continue_candidates=3)
+  np.testing.assert_array_equal(out[:FRAMES], video)
+  np.testing.assert_array_equal(out[FRAMES:], new[sample_lib.mbr_choice(new[None])[0]])
+  story = s.story([P1, P2, P3], context_frames=5, seed=1, continue_candidates=3)
+  assert story.shape == (FRAMES + 4 + 4, H, H, 3)
+  with pytest.raises(ValueError, match="continue_candidates"):
+    s.continue_video(video, P2, 4, context_frames=5, continue_candidates=0)
 
 
 def test_image_to_video(tiny_sampler):
