@@ -138,7 +138,8 @@ def get_config(arg: str = "tiny"):
   # the least squared pixel difference to the others (minimum Bayes risk). tiny: 4 — story
   # boundaries over 2 px (the issue-6 limit) 8 -> 2 of 384 (four MaskGITs, 4 seeds each), the
   # worst 2.53 -> 2.27 px, segment accuracy unchanged; 8 candidates did no better than 4
-  # (BENCHMARKS.md, seventeenth session). Costs 4× a continuation's sampling.
+  # (BENCHMARKS.md, seventeenth session). Costs 4× a continuation's sampling; image-to-video
+  # samples once (no gain measured there).
   c.sample = ml_collections.ConfigDict(dict(
       steps=24 if tiny else 12, cfg_scale=2.0 if tiny else 3.0, temperature=1.0,
       choice_temperature=4.5, top_k=3 if tiny else 0, top_p=1.0, cfg_support=0.0,

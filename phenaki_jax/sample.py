@@ -48,11 +48,13 @@ from phenaki_jax.models import maskgit as maskgit_lib
 # decode (MaskGIT as in the paper). The first new frame is then predicted from the context
 # alone, not pulled along by a whole new segment sampled at once: on Shapes the story
 # boundaries jump less (BENCHMARKS.md, thirteenth session). Costs one decode per new step.
-# continue_candidates: a continuation samples this many candidates of its new frames (one
-# batch) and keeps the minimum-Bayes-risk one: the candidate with the least squared pixel
-# difference to the others (the one nearest their mean), a typical sample, not an outlier. 1 = one sample. Costs N×
-# the continuation's sampling; on Shapes it removed the story boundaries that jumped over 2 px
-# (BENCHMARKS.md, seventeenth session).
+# continue_candidates: a continuation from two or more context frames (story segments after
+# the first, continue_video) samples this many candidates of its new frames in one batch and
+# keeps the minimum-Bayes-risk one: the candidate with the least squared pixel difference to
+# the others (the one nearest their mean), a typical sample rather than an outlier. 1 = one
+# sample. Costs N× the continuation's sampling. On Shapes it cut the story boundaries that jump
+# over 2 px from 8 to 2 of 384; image-to-video (one context frame) gained nothing from it and
+# samples once (BENCHMARKS.md, seventeenth session).
 DEFAULT_SAMPLE = dict(steps=12, cfg_scale=3.0, temperature=1.0, choice_temperature=4.5,
                       top_k=0, top_p=1.0, cfg_support=0.0, restrict_codes=True,
                       continue_cfg_scale=None, continue_stepwise=False, continue_candidates=1)
@@ -274,8 +276,9 @@ class Sampler:
     With more than one context frame the guidance scale is the option `continue_cfg_scale`
     when it is set (not None), else `cfg_scale`; a single frame (image-to-video) carries no
     motion and uses `cfg_scale`. With the option `continue_stepwise` the new time steps are
-    decoded one after another, and with `continue_candidates` N > 1 the new frames are the
-    minimum-Bayes-risk choice among N sampled ones (see `DEFAULT_SAMPLE`)."""
+    decoded one after another, and with `continue_candidates` N > 1 (and more than one context
+    frame) the new frames are the minimum-Bayes-risk choice among N sampled ones (see
+    `DEFAULT_SAMPLE`)."""
     video = np.asarray(video)
     single = video.ndim == 4
     videos = video[None] if single else video
@@ -298,6 +301,8 @@ class Sampler:
     n = int(opts["continue_candidates"])
     if n < 1:
       raise ValueError(f"continue_candidates must be ≥ 1, got {n}")
+    if context_frames == 1:   # image-to-video: no gain measured from candidates, N× the cost
+      n = 1
     ctx_codes = np.asarray(self.tokenizer.encode(videos[:, -context_frames:]))  # [B, t_c, h, w]
     b, _, h, w = ctx_codes.shape
     init = np.zeros((b * n, t, h, w), np.int32)        # n candidates of each, one batch

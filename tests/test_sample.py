@@ -299,7 +299,8 @@ def test_mbr_choice_picks_the_typical_candidate():
 
 def test_continuation_candidates_keep_the_typical_one(tiny_sampler):
   """continue_candidates=N: the new frames are the mbr_choice among the N continuations that
-  the same call samples as one batch (the same as continuing N copies of the video)."""
+  the same call samples as one batch (the same as continuing N copies of the video); not for
+  image-to-video."""
   s = tiny_sampler
   video = s.generate(P1, seed=0)
   copies = s.continue_video(np.stack([video] * 3), P2, 4, context_frames=5, seed=3,
@@ -313,6 +314,9 @@ def test_continuation_candidates_keep_the_typical_one(tiny_sampler):
   assert story.shape == (FRAMES + 4 + 4, H, H, 3)
   with pytest.raises(ValueError, match="continue_candidates"):
     s.continue_video(video, P2, 4, context_frames=5, continue_candidates=0)
+  # Image-to-video (one context frame) samples once whatever the option says.
+  np.testing.assert_array_equal(s.image_to_video(video[0], P2, seed=3, continue_candidates=3),
+                                s.image_to_video(video[0], P2, seed=3, continue_candidates=1))
 
 
 def test_image_to_video(tiny_sampler):
