@@ -136,7 +136,7 @@ def get_config(arg: str = "tiny"):
   # draws, 8 seeds; BENCHMARKS.md, thirteenth session). The paper decodes a segment at once.
   # continue_candidates: a continuation samples N candidates (one batch) and keeps the one with
   # the least squared pixel difference to the others (minimum Bayes risk). tiny: 4 — story
-  # boundaries over 2 px (the issue-6 limit) 8 -> 2 of 384 (four MaskGITs, 4 seeds each), the
+  # boundaries over 2 px (the issue-6 limit) 12 -> 5 of 576 (six MaskGITs, 4 seeds each), the
   # worst 2.53 -> 2.27 px, segment accuracy unchanged; 8 candidates did no better than 4
   # (BENCHMARKS.md, seventeenth session). Costs 4× a continuation's sampling; image-to-video
   # samples once (no gain measured there).

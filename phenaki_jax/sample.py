@@ -53,7 +53,7 @@ from phenaki_jax.models import maskgit as maskgit_lib
 # keeps the minimum-Bayes-risk one: the candidate with the least squared pixel difference to
 # the others (the one nearest their mean), a typical sample rather than an outlier. 1 = one
 # sample. Costs N× the continuation's sampling. On Shapes it cut the story boundaries that jump
-# over 2 px from 8 to 2 of 384; image-to-video (one context frame) gained nothing from it and
+# over 2 px from 12 to 5 of 576; image-to-video (one context frame) gained nothing from it and
 # samples once (BENCHMARKS.md, seventeenth session).
 DEFAULT_SAMPLE = dict(steps=12, cfg_scale=3.0, temperature=1.0, choice_temperature=4.5,
                       top_k=0, top_p=1.0, cfg_support=0.0, restrict_codes=True,
