@@ -254,7 +254,7 @@ def maskgit_run(variant: str, batch_size, mesh_shape):
     model = trainer.build_model(cfg, tok_config)
     fn = functools.partial(trainer.train_step, model=model, tok_model=tok_model, tx=tx,
                            config=cfg)
-    return fn, trainer.make_init_fn(model, tx, text_len, text_dim)
+    return fn, trainer.make_init_fn(model, tx, text_len, text_dim, ema=common.uses_ema(cfg))
 
   grid = trainer.build_model(config, tok_config).grid
   codebook_size = tok_model.codebook_size
