@@ -1,6 +1,5 @@
-"""Shapes data (DESIGN.md "The Shapes benchmark"): captions match pixels, splits, determinism."""
-
-import time
+"""Shapes data (docs/design.md, "The Shapes benchmark"): captions match pixels, splits,
+determinism. Generation speed: benchmarks/shapes_data.py."""
 
 import numpy as np
 import pytest
@@ -214,13 +213,3 @@ def test_random_story_prompts_fit():
         assert all(t in shapes.train_triples(SPEC) for t in triples)
       story = shapes.story_example(SPEC, 0, index, prompts, 9)
       assert story['video'].shape[0] == 27
-
-
-def test_fast():
-  shapes.video_example(SPEC, 0, 0)
-  times = []
-  for index in range(50):
-    start = time.perf_counter()
-    shapes.video_example(SPEC, 0, index)
-    times.append(time.perf_counter() - start)
-  assert np.median(times) < 0.01, f'{np.median(times) * 1e3:.1f} ms per 9-frame 32x32 clip'

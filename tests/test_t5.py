@@ -11,11 +11,10 @@ import flax
 import jax
 import numpy as np
 import pytest
+import torch  # the [torch] extra, which `make test` installs
+import transformers
 
 from phenaki_jax.models import t5
-
-torch = pytest.importorskip("torch", reason="the [torch] extra (torch==2.13.0) is not installed")
-transformers = pytest.importorskip("transformers", reason="the [torch] extra is not installed")
 
 TOL = 1e-4
 DEPTH = t5.SIZES["tiny"]["depth"]

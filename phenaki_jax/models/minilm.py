@@ -18,11 +18,12 @@ import importlib.util
 import pathlib
 from typing import Any, Callable, Sequence
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from phenaki_jax.models import checkpoint_io
 
 Array = jax.Array
 
@@ -128,8 +129,8 @@ class MiniLM(nn.Module):
 def _hf_sources(keys: Sequence[str], read: Callable[[str], np.ndarray], depth: int) -> dict:
   """Maps our param paths to Hugging Face BertModel names (torch Linear is [out, in])."""
   prefix = "bert." if "bert.embeddings.word_embeddings.weight" in keys else ""
-  same = lambda name: (prefix + name, lambda: read(prefix + name), False)
-  t = lambda name: (prefix + name, lambda: read(prefix + name), True)
+  same = lambda name: checkpoint_io.source(read, prefix + name)
+  t = lambda name: checkpoint_io.source(read, prefix + name, transposed=True)
   sources = {
       ("word", "embedding"): same("embeddings.word_embeddings.weight"),
       ("position", "embedding"): same("embeddings.position_embeddings.weight"),
@@ -167,42 +168,16 @@ def checkpoint_files(path: str) -> tuple[pathlib.Path, pathlib.Path]:
   return weights, tokenizer
 
 
-def _natural(path: tuple) -> tuple:
-  """Sort key putting layers_2 before layers_10."""
-  return tuple((int(p.split("_")[-1]), p) if p.startswith("layers_") else (-1, p) for p in path)
-
-
 def load(path: str, model: MiniLM) -> dict:
   """Loads params from a HF BERT safetensors file (or a directory holding model.safetensors)."""
-  from safetensors import safe_open  # pylint: disable=g-import-not-at-top
   weights = pathlib.Path(path)
   weights = weights / "model.safetensors" if weights.is_dir() else weights
   if weights.suffix != ".safetensors" or not weights.is_file():
     raise FileNotFoundError(f"MiniLM checkpoint: no safetensors file at {weights}")
-  with safe_open(str(weights), framework="numpy") as fp:
-    tensors = {k: fp.get_tensor(k) for k in fp.keys() if not k.endswith("position_ids")}
-  sources = _hf_sources(list(tensors), tensors.__getitem__, model.depth)
-  abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 2), jnp.int32),
-                            jnp.ones((1, 2), bool))
-  problems, flat = [], {}
-  shapes = flax.traverse_util.flatten_dict(abstract["params"])
-  for path_ in sorted(shapes, key=_natural):
-    name, read, transposed = sources[path_]
-    want = tuple(shapes[path_].shape)[::-1 if transposed else 1]  # in the file's layout
-    try:
-      value = np.asarray(read(), np.float32)
-    except KeyError:
-      problems.append(f"missing tensor {name!r} (expected shape {want})")
-      continue
-    if value.shape != want:
-      problems.append(f"tensor {name!r} has shape {value.shape}, expected {want}")
-      continue
-    flat[path_] = value.T if transposed else value
-  if problems:
-    raise ValueError(f"MiniLM checkpoint {weights} does not fit this model (width {model.width}, "
-                     f"depth {model.depth}):\n  " + "\n  ".join(problems[:20])
-                     + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""))
-  return flax.traverse_util.unflatten_dict(flat)
+  keys, read = checkpoint_io.open_safetensors([weights])
+  header = (f"MiniLM checkpoint {weights} does not fit this model (width {model.width}, "
+            f"depth {model.depth})")
+  return checkpoint_io.assemble(model, _hf_sources(keys, read, model.depth), header, np.float32)
 
 
 class Tokenizer:

@@ -41,6 +41,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from phenaki_jax.models import checkpoint_io
+
 Array = jax.Array
 
 # T5 v1.1 sizes (Raffel et al. 2020; the t5x `t5_1_1` gin files). `tiny` is for tests only.
@@ -194,47 +196,20 @@ class RelativePositionBias(nn.Module):
 # ------------------------------------------------------------------------------------------
 # Loading.
 # ------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=16)
-def expected_shapes(model: T5Encoder) -> dict:
-  """{param path tuple: shape} of `model`, without allocating anything."""
-  abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 2), jnp.int32),
-                            jnp.ones((1, 2), bool))
-  flat = flax.traverse_util.flatten_dict(nn.meta.unbox(abstract)["params"])
-  return {k: tuple(v.shape) for k, v in flat.items()}
+def _size_name(model: T5Encoder) -> str:
+  """The `SIZES` name of `model`'s shape, or 'custom'."""
+  sizes = [n for n, s in SIZES.items() if all(
+      s[k] == getattr(model, k) for k in ("width", "depth", "num_heads", "head_dim", "mlp_dim"))]
+  return sizes[0] if sizes else "custom"
 
 
-def assemble(model: T5Encoder, sources: Mapping[tuple, tuple[str, Callable[[], np.ndarray], bool]],
-             where: str) -> dict:
-  """Builds the params tree from `sources` {path: (source name, read fn, transposed?)}.
+def assemble(model: T5Encoder, sources: Mapping[tuple, checkpoint_io.Source], where: str) -> dict:
+  """Builds the params tree from `sources` {param path: Source}; `where` names the checkpoint.
 
   Shapes are checked in the source's own layout, so errors quote the file's tensor shapes.
   """
-  problems, flat = [], {}
-  natural = lambda path: tuple(  # layers_2 before layers_10
-      (int(p.split("_")[-1]), p) if p.startswith("layers_") else (-1, p) for p in path)
-  for path, shape in sorted(expected_shapes(model).items(), key=lambda kv: natural(kv[0])):
-    if path not in sources:
-      problems.append(f"missing tensor for {'/'.join(path)} (expected shape {shape})")
-      continue
-    name, read, transposed = sources[path]
-    want = shape[::-1] if transposed else shape
-    try:
-      value = np.asarray(read())
-    except KeyError:
-      problems.append(f"missing tensor {name!r} (expected shape {want})")
-      continue
-    if value.shape != want:
-      problems.append(f"tensor {name!r} has shape {value.shape}, expected {want}")
-      continue
-    flat[path] = value.T if transposed else value
-  if problems:
-    sizes = [n for n, s in SIZES.items() if all(
-        s[k] == getattr(model, k) for k in ("width", "depth", "num_heads", "head_dim", "mlp_dim"))]
-    size = sizes[0] if sizes else "custom"
-    raise ValueError(f"T5 checkpoint {where} does not fit T5 v1.1 size {size!r}:\n  "
-                     + "\n  ".join(problems[:20])
-                     + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""))
-  return flax.traverse_util.unflatten_dict(flat)
+  return checkpoint_io.assemble(
+      model, sources, f"T5 checkpoint {where} does not fit T5 v1.1 size {_size_name(model)!r}")
 
 
 def _hf_sources(keys: Sequence[str], read: Callable[[str], np.ndarray], depth: int) -> dict:
@@ -242,8 +217,8 @@ def _hf_sources(keys: Sequence[str], read: Callable[[str], np.ndarray], depth: i
   anchor = [k for k in keys if k.endswith("encoder.final_layer_norm.weight")]
   prefix = anchor[0][:-len("encoder.final_layer_norm.weight")] if anchor else ""
   e = prefix + "encoder."
-  t = lambda name: (name, lambda: read(name), True)
-  same = lambda name: (name, lambda: read(name), False)
+  t = functools.partial(checkpoint_io.source, read, transposed=True)
+  same = functools.partial(checkpoint_io.source, read)
   embed = prefix + "shared.weight"
   if embed not in keys and e + "embed_tokens.weight" in keys:
     embed = e + "embed_tokens.weight"
@@ -262,25 +237,6 @@ def _hf_sources(keys: Sequence[str], read: Callable[[str], np.ndarray], depth: i
     for w in ("wi_0", "wi_1", "wo"):
       sources[(layer, "mlp", w, "kernel")] = t(f"{b}1.DenseReluDense.{w}.weight")
   return sources
-
-
-def _open_safetensors(files: Sequence[pathlib.Path]) -> tuple[list[str], Callable]:
-  """Lazy reader over one or more safetensors files (bfloat16 included), host memory only."""
-  from safetensors import safe_open  # pylint: disable=g-import-not-at-top
-  owner = {}
-  for f in files:
-    with safe_open(str(f), framework="numpy") as fp:
-      owner.update({k: f for k in fp.keys()})
-
-  def read(name: str) -> np.ndarray:
-    f = owner[name]  # KeyError = missing tensor
-    try:
-      with safe_open(str(f), framework="numpy") as fp:
-        return fp.get_tensor(name)
-    except TypeError:  # numpy has no bfloat16: go through jax on the host CPU.
-      with jax.default_device(jax.devices("cpu")[0]), safe_open(str(f), framework="flax") as fp:
-        return np.asarray(fp.get_tensor(name))
-  return list(owner), read
 
 
 def hf_safetensors_files(path: str) -> list[pathlib.Path]:
@@ -308,7 +264,7 @@ def hf_safetensors_files(path: str) -> list[pathlib.Path]:
 
 def load_hf_safetensors(path: str, model: T5Encoder) -> dict:
   """Loads encoder params from HF T5 safetensors (single file, sharded index or directory)."""
-  keys, read = _open_safetensors(hf_safetensors_files(path))
+  keys, read = checkpoint_io.open_safetensors(hf_safetensors_files(path))
   return assemble(model, _hf_sources(keys, read, model.depth), path)
 
 
@@ -352,16 +308,16 @@ def _read_tensorstore(spec: dict, ckpt_dir: pathlib.Path) -> np.ndarray:
 
 def _t5x_sources(read: Callable[[tuple], np.ndarray], depth: int) -> dict:
   """Maps our param paths to T5X `target` paths (same names, encoder/ and token_embedder/)."""
-  sources = {("token_embedder", "embedding"): ("target/token_embedder/embedding",)}
+  sources = {("token_embedder", "embedding"): "target/token_embedder/embedding"}
   names = [("relpos_bias", "rel_embedding"), ("encoder_norm", "scale")]
   for i in range(depth):
     layer = f"layers_{i}"
     names += [(layer, "pre_attention_layer_norm", "scale"), (layer, "pre_mlp_layer_norm", "scale")]
     names += [(layer, "attention", w, "kernel") for w in ("query", "key", "value", "out")]
     names += [(layer, "mlp", w, "kernel") for w in ("wi_0", "wi_1", "wo")]
-  sources.update({n: ("target/encoder/" + "/".join(n),) for n in names})
-  return {ours: (theirs[0], (lambda name=theirs[0]: read(tuple(name.split("/")))), False)
-          for ours, theirs in sources.items()}
+  sources.update({n: "target/encoder/" + "/".join(n) for n in names})
+  read_name = lambda name: read(tuple(name.split("/")))
+  return {ours: checkpoint_io.source(read_name, theirs) for ours, theirs in sources.items()}
 
 
 def load_t5x(path: str, model: T5Encoder) -> dict:
@@ -416,7 +372,7 @@ def random_params(model: T5Encoder, seed: int = 0) -> dict:
   N(0, 1/fan_in) kernels, unit norm scales. Drawn with numpy: nothing to compile."""
   rng = np.random.default_rng(seed)
   flat = {}
-  for path, shape in expected_shapes(model).items():
+  for path, shape in checkpoint_io.expected_shapes(model).items():
     if path[-1] == "scale":
       flat[path] = np.ones(shape, np.float32)
     elif path[-1] == "kernel":
