@@ -18,6 +18,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(__file__))
 import _common  # pylint: disable=g-import-not-at-top
+from phenaki_jax import config_io  # pylint: disable=g-import-not-at-top
 
 _SECONDS = flags.DEFINE_float("seconds", 840.0, "Training budget (config.max_train_seconds).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Default: a temporary directory.")
@@ -51,7 +52,7 @@ def _last_scalar(workdir: str, tag: str):
 def main(argv):
   del argv
   from phenaki_jax.trainers import cvivit  # pylint: disable=g-import-not-at-top
-  config = _common.load_config("cvivit_b", _VARIANT.value)
+  config = config_io.from_file("cvivit_b", _VARIANT.value)
   with config.unlocked():
     config.max_train_seconds = _SECONDS.value
   workdir = _WORKDIR.value or tempfile.mkdtemp(prefix="cvivit_bench_")

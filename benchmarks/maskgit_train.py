@@ -11,6 +11,7 @@ from absl import app, flags
 
 sys.path.insert(0, __import__("os").path.dirname(__file__))
 import _common  # pylint: disable=g-import-not-at-top
+from phenaki_jax import config_io  # pylint: disable=g-import-not-at-top
 
 _TOK = flags.DEFINE_string("tokenizer_dir", "workdirs/demo/cvivit", "A trained C-ViViT workdir.")
 _SECONDS = flags.DEFINE_float("seconds", 720.0, "Training budget.")
@@ -20,7 +21,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Default: a temporary directory.
 def main(argv):
   del argv
   from phenaki_jax.trainers import maskgit  # pylint: disable=g-import-not-at-top
-  config = _common.load_config("maskgit_b", "tiny")
+  config = config_io.from_file("maskgit_b", "tiny")
   with config.unlocked():
     config.tokenizer.workdir = _TOK.value
     config.max_train_seconds = _SECONDS.value

@@ -17,6 +17,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(__file__))
 import _common  # pylint: disable=g-import-not-at-top
+from phenaki_jax import config_io  # pylint: disable=g-import-not-at-top
 
 _TOK = flags.DEFINE_string("tokenizer_dir", "workdirs/demo/cvivit", "A trained C-ViViT workdir.")
 _SECONDS = flags.DEFINE_float("seconds", 660.0, "Training budget per mixture.")
@@ -29,14 +30,11 @@ _STATIC = flags.DEFINE_bool("static_images", None, "Images as static clips (true
 def main(argv):
   del argv
   from phenaki_jax import evaluate, sample  # pylint: disable=g-import-not-at-top
-  from phenaki_jax.data import shapes  # pylint: disable=g-import-not-at-top
-  from phenaki_jax.trainers import common, maskgit  # pylint: disable=g-import-not-at-top
-  tok_config = common.load_config(_TOK.value)
-  spec = shapes.ShapesSpec(resolution=tok_config.data.resolution,
-                           num_frames=tok_config.data.num_frames)
+  from phenaki_jax.trainers import maskgit  # pylint: disable=g-import-not-at-top
+  spec = evaluate.shapes_spec(_TOK.value)
   rows = []
   for rate in map(float, _RATES.value):
-    config = _common.load_config("maskgit_b", "tiny")
+    config = config_io.from_file("maskgit_b", "tiny")
     with config.unlocked():
       config.tokenizer.workdir = _TOK.value
       if _STEPS.value > 0:

@@ -37,6 +37,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(__file__))
 import _common  # pylint: disable=g-import-not-at-top
+from phenaki_jax import config_io  # pylint: disable=g-import-not-at-top
 
 _RUNS = flags.DEFINE_string("runs", "cvivit:tiny,maskgit:tiny",
                             "Comma-separated stage:variant[:global batch].")
@@ -127,7 +128,7 @@ def time_steps(step_fn, state, batch_fn, steps: int):
 
 def configure(stage: str, variant: str, batch_size, mesh_shape):
   """The config of a run, with the benchmark's overrides."""
-  config = _common.load_config(STAGES[stage], variant)
+  config = config_io.from_file(STAGES[stage], variant)
   with config.unlocked():
     config.mesh = mesh_shape
     if _SCAN.value != "config":
@@ -211,7 +212,8 @@ def cvivit_run(variant: str, batch_size, mesh_shape):
     model = trainer.build_model(cfg)
     fn = functools.partial(trainer.train_step, model=model, disc=disc, tx=tx, disc_tx=disc_tx,
                            config=cfg, adversarial=adversarial)
-    return fn, trainer.make_init_fn(cfg, model, disc, tx, disc_tx)
+    return fn, trainer.make_init_fn(model, disc, tx, disc_tx, num_frames=cfg.data.num_frames,
+                                    ema=config_io.uses_ema(cfg))
 
   b, f, r = config.data.batch_size, config.data.num_frames, config.data.resolution
   rng_np = np.random.default_rng(0)
@@ -230,19 +232,19 @@ def maskgit_run(variant: str, batch_size, mesh_shape):
   import numpy as np
   from phenaki_jax import optim, sharding
   from phenaki_jax.models import minilm, t5
+  from phenaki_jax.models import cvivit
   from phenaki_jax.trainers import common
-  from phenaki_jax.trainers import cvivit as cvivit_trainer
   from phenaki_jax.trainers import maskgit as trainer
   if variant not in TOKENIZER_VARIANT:
     raise ValueError(f"maskgit variant {variant!r}: expected one of {sorted(TOKENIZER_VARIANT)}")
   config = configure("maskgit", variant, batch_size, mesh_shape)
   tok_dir = tempfile.mkdtemp(prefix="train_step_tok_")
-  common.setup_workdir(_common.load_config("cvivit_b", TOKENIZER_VARIANT[variant]), tok_dir)
+  common.setup_workdir(config_io.from_file("cvivit_b", TOKENIZER_VARIANT[variant]), tok_dir)
   with config.unlocked():
     config.tokenizer.workdir = tok_dir
   trainer.validate_config(config)
   tok_config = trainer.tokenizer_config(config)
-  tok_model = cvivit_trainer.build_model(tok_config)
+  tok_model = cvivit.get_model(tok_config.model_size, **tok_config.model)
   te = config.text_encoder
   text_model = minilm.get_model(te.size) if te.name == "minilm" else t5.get_model(te.size)
   text_len, text_dim = te.max_length, text_model.width  # the encoder itself is not run
@@ -254,7 +256,7 @@ def maskgit_run(variant: str, batch_size, mesh_shape):
     model = trainer.build_model(cfg, tok_config)
     fn = functools.partial(trainer.train_step, model=model, tok_model=tok_model, tx=tx,
                            config=cfg)
-    return fn, trainer.make_init_fn(model, tx, text_len, text_dim, ema=common.uses_ema(cfg))
+    return fn, trainer.make_init_fn(model, tx, text_len, text_dim, ema=config_io.uses_ema(cfg))
 
   grid = trainer.build_model(config, tok_config).grid
   codebook_size = tok_model.codebook_size

@@ -1,18 +1,25 @@
-"""Orbax checkpoints that survive preemption (STYLE.md §8).
+"""Orbax checkpoints that survive preemption, and model parameters restored for inference.
 
 One `Checkpointer` per run directory: periodic async saves, keep the latest N, the data
 position and RNG saved beside the model state (as JSON), SIGTERM/preemption noticed and saved,
 auto-resume from the latest *complete* checkpoint (orbax writes to a temporary directory and
 renames atomically, so a half-written checkpoint is never restored).
+
+A frozen model (the tokenizer in stage 2, the sampler) needs only its parameters: `load_params`
+restores that one subtree, shaped by `abstract_params` — `jax.eval_shape` of the model's own
+`init`, so no optimizer, discriminator or mesh of the training run is built to read it.
 """
 import os
 import signal
 import threading
 from typing import Any, Optional
 
+import flax.linen as nn
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+
+from phenaki_jax import sharding
 
 
 class Checkpointer:
@@ -93,3 +100,29 @@ def abstract_like(tree: Any) -> Any:
   return jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
       tree)
+
+
+def abstract_params(init_fn, *inputs, param_sharding=None) -> Any:
+  """ShapeDtypeStructs of `init_fn(rng, *inputs)["params"]` (a Flax `model.init`; `inputs` may be
+  ShapeDtypeStructs), allocating nothing. Restored parameters are placed with `param_sharding`
+  (default: replicated over all devices)."""
+  if param_sharding is None:
+    param_sharding = sharding.replicated(sharding.make_mesh())
+  shapes = nn.unbox(jax.eval_shape(init_fn, jax.random.PRNGKey(0), *inputs)["params"])
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=param_sharding),
+                      shapes)
+
+
+def load_params(workdir: str, abstract: Any, *, step: Optional[int] = None,
+                key: str = "params", what: str = "model") -> Any:
+  """The `key` subtree ('params' or 'ema_params') of the checkpoint at `step` (default: the
+  latest) in `workdir/checkpoints`, laid out like `abstract`. Nothing in `workdir` is written.
+  `what` names the model in the error raised when there is no checkpoint."""
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
+  try:
+    if ckpt.latest_step() is None:
+      raise FileNotFoundError(f"no {what} checkpoint in {workdir}/checkpoints: train it first "
+                              f"(python -m phenaki_jax.train --config=... --workdir={workdir})")
+    return ckpt.restore_params(abstract, step, key=key)
+  finally:
+    ckpt.close()

@@ -12,12 +12,13 @@ Each stage trains for its config's steps (sized for a quiet 2-core CPU; --stage1
 --stage2_steps train longer) under a wall-clock cap, and is skipped when already done, so an
 interrupted demo resumes where it stopped (the trainers resume from their checkpoints).
 """
-import importlib.util
 import json
 import os
 import time
 
 from absl import app, flags, logging
+
+from phenaki_jax import config_io
 
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/demo", "Where everything is written.")
 
@@ -44,17 +45,6 @@ _STORY = flags.DEFINE_multi_string(
     "story", ["a green circle moves right", "a green circle moves down",
               "a green circle moves left"], "The prompts of the demo story.")
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_config(name: str, variant: str):
-  path = os.path.join(REPO, "configs", f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"phenaki_configs_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
-
-
 def _done(workdir: str) -> bool:
   return os.path.exists(os.path.join(workdir, "DONE"))
 
@@ -71,13 +61,12 @@ def stage_config(name: str, workdir: str, steps: int, minutes: float,
   steps / the config's steps when that is over 1). A run already started in `workdir` must
   have planned the same number of steps: resuming it with others would change its schedule
   midway."""
-  config = load_config(name, "tiny")
+  config = config_io.from_file(name, "tiny")
   total = steps or config.total_steps
   if not minutes_given:  # more steps than the config's: a longer cap; fewer: the same cap
     minutes *= max(1.0, total / config.total_steps)
   if os.path.exists(os.path.join(workdir, "config.json")):
-    from phenaki_jax.trainers import common  # pylint: disable=g-import-not-at-top
-    planned = common.load_config(workdir).total_steps
+    planned = config_io.from_workdir(workdir).total_steps
     if planned != total:
       flag = "stage1_steps" if name == "cvivit_b" else "stage2_steps"
       raise ValueError(f"{workdir} holds a run of {planned} training steps, and this demo asks "
@@ -91,7 +80,7 @@ def stage_config(name: str, workdir: str, steps: int, minutes: float,
 def main(argv):
   del argv
   from phenaki_jax import evaluate, sample  # pylint: disable=g-import-not-at-top
-  from phenaki_jax.data import shapes as shapes_lib, video_io  # pylint: disable=g-import-not-at-top
+  from phenaki_jax.data import video_io  # pylint: disable=g-import-not-at-top
   from phenaki_jax.trainers import cvivit as cvivit_trainer  # pylint: disable=g-import-not-at-top
   from phenaki_jax.trainers import maskgit as maskgit_trainer  # pylint: disable=g-import-not-at-top
   root = os.path.abspath(_WORKDIR.value)
@@ -132,11 +121,8 @@ def main(argv):
                                       scale=8),
   }
   video_io.contact_sheet(story[None], os.path.join(eval_dir, "demo_story.png"), scale=4)
-  tok_config = cvivit_trainer.common.load_config(cvivit_dir)
-  spec = shapes_lib.ShapesSpec(resolution=tok_config.data.resolution,
-                               num_frames=tok_config.data.num_frames)
-  results = evaluate.evaluate_shapes(sampler, spec, num_seeds=_EVAL_SEEDS.value,
-                                     out_dir=eval_dir)
+  results = evaluate.evaluate_shapes(sampler, evaluate.shapes_spec(cvivit_dir),
+                                     num_seeds=_EVAL_SEEDS.value, out_dir=eval_dir)
   with open(os.path.join(eval_dir, "shapes_eval.json"), "w") as f:
     json.dump(results, f, indent=2)
   files.update(samples_png=os.path.join(eval_dir, "seen.png"),

@@ -1,4 +1,5 @@
-r"""Evaluation CLI. `shapes`: does a generated video follow its prompt? (DESIGN.md benchmark)
+r"""Evaluation CLI. `shapes`: does a generated video follow its prompt? (docs/design.md, "The
+Shapes benchmark")
 
   python -m phenaki_jax.evaluate shapes --tokenizer_dir=workdirs/demo/cvivit \
       --maskgit_dir=workdirs/demo/maskgit [--out=workdirs/demo/eval]
@@ -29,6 +30,8 @@ import time
 
 import numpy as np
 
+from phenaki_jax import config_io
+from phenaki_jax import sample as sample_lib
 from phenaki_jax.data import shapes as shapes_lib
 from phenaki_jax.evaluators import shapes as shapes_eval
 
@@ -103,7 +106,7 @@ def evaluate_shapes(sampler, spec: shapes_lib.ShapesSpec, *, samples_per_triple:
                      for v, p in zip(story_videos, stories)])
     if rep == 0:
       videos = story_videos
-  jump_limit = spec.resolution / 16  # the issue's target: 1/16 of the canvas side
+  jump_limit = spec.resolution / 16  # the target: 1/16 of the canvas side (2 px on 32 px)
   results["story"] = shapes_eval.aggregate([s for scores in per_seed for s in scores],
                                             jump_limit=jump_limit)
   if num_seeds > 1:
@@ -126,28 +129,17 @@ def evaluate_shapes(sampler, spec: shapes_lib.ShapesSpec, *, samples_per_triple:
 
 def main(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
-  from phenaki_jax import sample as sample_lib  # pylint: disable=g-import-not-at-top
-  from phenaki_jax.trainers import common  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
   if len(argv) < 2 or argv[1] != "shapes":
     raise SystemExit("usage: python -m phenaki_jax.evaluate shapes --tokenizer_dir=... "
                      "--maskgit_dir=...")
-  sampler = sample_lib.Sampler.from_workdirs(f.tokenizer_dir, f.maskgit_dir,
-                                             text_cache_only=f.text_cache_only, ema=f.ema)
-  tok_config = common.load_config(f.tokenizer_dir)
-  spec = shapes_lib.ShapesSpec(resolution=tok_config.data.resolution,
-                               num_frames=tok_config.data.num_frames)
+  sampler = sample_lib.sampler_from_flags(f)
   if f.out:
     os.makedirs(f.out, exist_ok=True)
-  kw = {k: v for k, v in dict(steps=f.steps, cfg_scale=f.cfg_scale, temperature=f.temperature,
-                              restrict_codes=f.restrict_codes,
-                              continue_cfg_scale=f.continue_cfg_scale,
-                              continue_stepwise=f.continue_stepwise,
-                              continue_candidates=f.continue_candidates,
-                              top_k=f.top_k).items() if v is not None}
-  results = evaluate_shapes(sampler, spec, samples_per_triple=f.samples_per_triple,
-                            num_stories=f.num_stories, seed=f.seed, num_seeds=f.num_seeds,
-                            out_dir=f.out or "", **kw)
+  results = evaluate_shapes(sampler, shapes_spec(f.tokenizer_dir),
+                            samples_per_triple=f.samples_per_triple, num_stories=f.num_stories,
+                            seed=f.seed, num_seeds=f.num_seeds, out_dir=f.out or "",
+                            **sample_lib.options_from_flags(f))
   text = json.dumps(results, indent=2)
   if f.out:
     with open(os.path.join(f.out, "shapes_eval.json"), "w") as fh:
@@ -156,32 +148,19 @@ def main(argv):
   sys.stdout.flush()
 
 
+def shapes_spec(tokenizer_dir: str) -> shapes_lib.ShapesSpec:
+  """The Shapes clips a tokenizer's run was trained on (resolution, frames)."""
+  tok_config = config_io.from_workdir(tokenizer_dir)
+  return shapes_lib.ShapesSpec(resolution=tok_config.data.resolution,
+                               num_frames=tok_config.data.num_frames)
+
+
 if __name__ == "__main__":
   from absl import app, flags  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_string("tokenizer_dir", None, "C-ViViT work directory.")
-  flags.DEFINE_string("maskgit_dir", None, "MaskGIT work directory.")
-  flags.DEFINE_bool("text_cache_only", False, "Load no text-encoder weights: every prompt must "
-                    "be in the MaskGIT workdir's text cache (training wrote the Shapes ones).")
-  flags.DEFINE_bool("ema", None, "Sample with the MaskGIT's moving average of its parameters "
-                    "(--ema) or its raw parameters (--noema); not given: the average when the "
-                    "run keeps one (config.ema_decay).")
+  sample_lib.define_flags()
   flags.DEFINE_string("out", None, "Where to write the JSON and contact sheets.")
   flags.DEFINE_integer("samples_per_triple", 4, "Samples per held-out / image-only triple.")
   flags.DEFINE_integer("num_stories", 12, "3-prompt stories to sample.")
-  flags.DEFINE_integer("steps", None, "Decoding steps.")
-  flags.DEFINE_float("cfg_scale", None, "Classifier-free guidance scale.")
-  flags.DEFINE_float("continue_cfg_scale", None, "Guidance scale of the story segments after "
-                     "the first.")
-  flags.DEFINE_boolean("continue_stepwise", None, "Decode a continuation's new time steps one "
-                       "after another.")
-  flags.DEFINE_integer("continue_candidates", None, "Candidates sampled per story continuation "
-                       "(the most typical is kept).")
-  flags.DEFINE_float("temperature", None, "Sampling temperature.")
-  flags.DEFINE_integer("top_k", None, "Sample each token from its k most likely codes (0 = all).")
-  flags.DEFINE_boolean("restrict_codes", None, "Sample each time step only from the codes seen "
-                       "there in training (the MaskGIT workdir's code_support.npz).")
-  flags.DEFINE_integer("seed", 0, "Random seed.")
   flags.DEFINE_integer("num_seeds", 1, "Sample every prompt set this many times (seeds seed + "
                        "j·10007) and pool the scores.")
-  flags.mark_flags_as_required(["tokenizer_dir", "maskgit_dir"])
   app.run(main)

@@ -10,6 +10,8 @@ joint image/video batch) are never masked and never enter the loss.
 import jax
 import jax.numpy as jnp
 
+from phenaki_jax.models import layers
+
 Array = jax.Array
 
 
@@ -100,15 +102,8 @@ def masked_cross_entropy(logits: Array, targets: Array, mask: Array, *,
   nll = -jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
   if label_smoothing:
     nll = (1.0 - label_smoothing) * nll - label_smoothing * logp.mean(-1)  # [B, N]
-  loss = masked_mean(nll, mask)
+  loss = layers.masked_mean(nll, mask)
   correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
-  metrics = dict(accuracy=masked_mean(correct, mask), num_masked=mask.sum().astype(jnp.int32),
+  metrics = dict(accuracy=layers.masked_mean(correct, mask), num_masked=mask.sum().astype(jnp.int32),
                  token_nll=nll)
   return loss, metrics
-
-
-def masked_mean(values: Array, mask: Array) -> Array:
-  """Mean of `values` where `mask` is True (0 if nothing is): `masked_cross_entropy`'s
-  normalisation, e.g. the loss of a subset from its per-token `token_nll`."""
-  mask = mask.astype(bool)
-  return jnp.where(mask, values, 0.0).sum() / jnp.maximum(mask.sum(), 1).astype(jnp.float32)

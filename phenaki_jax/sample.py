@@ -32,32 +32,72 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from phenaki_jax import checkpoint, config_io
 from phenaki_jax import decode as decode_lib
 from phenaki_jax import text as text_lib
 from phenaki_jax import tokenizer as tokenizer_lib
 from phenaki_jax.models import maskgit as maskgit_lib
 
-# continue_cfg_scale: the guidance scale when continuing a video from a context of two or more
-# frames (story segments after the first, continue_video); None = cfg_scale. The unconditional
-# branch then sees the context's motion too, so a high scale pushes the new frames away from
-# it: on Shapes the first new frame lands behind the last context frame and overshoots the new
-# direction (BENCHMARKS.md, tenth session).
-# continue_stepwise: a continuation (continue_video, so story segments after the first and
-# image-to-video) decodes its new time steps in temporal order, one parallel decode each,
-# the later ones still [MASK] and fixed while it runs; False = all new time steps in one
-# decode (MaskGIT as in the paper). The first new frame is then predicted from the context
-# alone, not pulled along by a whole new segment sampled at once: on Shapes the story
-# boundaries jump less (BENCHMARKS.md, thirteenth session). Costs one decode per new step.
-# continue_candidates: a continuation from two or more context frames (story segments after
-# the first, continue_video) samples this many candidates of its new frames in one batch and
-# keeps the minimum-Bayes-risk one: the candidate with the least squared pixel difference to
-# the others (the one nearest their mean), a typical sample rather than an outlier. 1 = one
-# sample. Costs N× the continuation's sampling. On Shapes it cut the story boundaries that jump
-# over 2 px from 12 to 5 of 576; image-to-video (one context frame) gained nothing from it and
-# samples once (BENCHMARKS.md, seventeenth session).
-DEFAULT_SAMPLE = dict(steps=12, cfg_scale=3.0, temperature=1.0, choice_temperature=4.5,
-                      top_k=0, top_p=1.0, cfg_support=0.0, restrict_codes=True,
-                      continue_cfg_scale=None, continue_stepwise=False, continue_candidates=1)
+def default_config(**overrides) -> ml_collections.ConfigDict:
+  """The sampler's options: the one source of their defaults. A MaskGIT config's `sample` field
+  starts from these (configs/maskgit_b.py:tiny overrides some), a Sampler built from a work
+  directory takes that run's, and every call may override any of them.
+
+    steps                parallel decoding steps (the paper's videos: 48)
+    cfg_scale            classifier-free guidance scale (1 = the conditional model alone)
+    temperature          temperature of the sampled codes
+    choice_temperature   the confidence noise that picks which sampled tokens each step keeps
+    top_k, top_p         sample each token from its k most likely codes / its nucleus
+                         (0 and 1 = all codes)
+    cfg_support          under guidance, sample only tokens whose conditional probability is at
+                         least this fraction of the most likely one's (0 = off; decode.py)
+    restrict_codes       sample at the first and at later time steps only the codes seen there
+                         in training (the MaskGIT workdir's code_support.npz; no file: all codes)
+    continue_cfg_scale   guidance of a continuation from two or more context frames (story
+                         segments after the first, continue_video); None = cfg_scale. The
+                         unconditional branch sees the context's motion too, so a high scale
+                         pushes the new frames away from it.
+    continue_stepwise    a continuation decodes its new time steps in temporal order, one
+                         parallel decode each, the later ones still [MASK] (False: all at once,
+                         as in the paper); one decode per new time step.
+    continue_candidates  a continuation from two or more context frames samples this many
+                         candidates in one batch and keeps the minimum-Bayes-risk one (the
+                         candidate nearest their pixel mean: `mbr_choice`); 1 = one sample.
+                         Image-to-video samples once.
+
+  What each did on Shapes: docs/experiments.md, "Sampling".
+  """
+  config = ml_collections.ConfigDict(dict(
+      steps=12, cfg_scale=3.0, temperature=1.0, choice_temperature=4.5, top_k=0, top_p=1.0,
+      cfg_support=0.0, restrict_codes=True,
+      continue_cfg_scale=ml_collections.config_dict.placeholder(float),
+      continue_stepwise=False, continue_candidates=1))
+  config.update(overrides)
+  return config
+
+
+# Written by the MaskGIT trainer at the end of a run: which codes occur at the first and at
+# later time steps of its training data (`restrict_codes`).
+CODE_SUPPORT_FILE = "code_support.npz"
+
+
+def save_code_support(workdir: str, counts: np.ndarray, clips: int) -> str:
+  """Writes `workdir/code_support.npz` (`counts` int [2, K]: code occurrences at the first
+  time step / at later ones, over `clips` training examples) atomically; returns its path."""
+  path = os.path.join(workdir, CODE_SUPPORT_FILE)
+  with open(path + ".tmp", "wb") as f:
+    np.savez(f, counts=counts, clips=np.int64(clips))
+  os.replace(path + ".tmp", path)
+  return path
+
+
+def load_code_support(workdir: str) -> Optional[np.ndarray]:
+  """The counts [2, K] of `save_code_support`, or None where the run wrote none."""
+  path = os.path.join(workdir, CODE_SUPPORT_FILE)
+  if not os.path.exists(path):
+    return None
+  with np.load(path) as z:
+    return z["counts"]
 
 
 def mbr_choice(candidates) -> np.ndarray:
@@ -90,9 +130,9 @@ class Sampler:
     self.model = model
     self.params = params
     self.text_encoder = text_encoder
-    self.defaults = dict(DEFAULT_SAMPLE)
+    self.defaults = dict(default_config())
     if defaults is not None:
-      self.defaults.update({k: v for k, v in dict(defaults).items() if k in DEFAULT_SAMPLE})
+      self.defaults.update({k: v for k, v in dict(defaults).items() if k in self.defaults})
     null_tokens, null_mask = text_encoder.null_embedding()
     self._null = (jnp.asarray(null_tokens)[None], jnp.asarray(null_mask)[None])
     self._fns = {}
@@ -110,35 +150,27 @@ class Sampler:
     `ema`: sample with the MaskGIT's moving average of its parameters (config.ema_decay) or
     with its raw parameters; None = the average when the run keeps one.
     """
-    from phenaki_jax import checkpoint  # pylint: disable=g-import-not-at-top
-    from phenaki_jax.trainers import common  # pylint: disable=g-import-not-at-top
-    from phenaki_jax.trainers import maskgit as trainer  # pylint: disable=g-import-not-at-top
     tok = tokenizer_lib.Tokenizer.from_workdir(tokenizer_dir)
-    config = common.load_config(maskgit_dir)
+    config = config_io.from_workdir(maskgit_dir)
     if config.get("trainer") != "maskgit":
       raise ValueError(f"{maskgit_dir!r} holds a {config.get('trainer')!r} run, not a MaskGIT")
-    config.tokenizer.workdir = tokenizer_dir
     if text_encoder is None:
       if text_cache_only:
         config.text_encoder.cache_only = True
       text_encoder = text_lib.TextEncoder.from_config(
           config.text_encoder, cache_dir=os.path.join(maskgit_dir, "text_cache"))
-    model = trainer.build_model(config, common.load_config(tokenizer_dir))
-    if (model.codebook_size != tok.codebook_size or model.grid[1] != tok.grid_size):
-      raise ValueError(f"the MaskGIT in {maskgit_dir} was trained on another tokenizer "
-                       f"(codebook {model.codebook_size}, grid {model.grid})")
-    ckpt = checkpoint.Checkpointer(os.path.join(maskgit_dir, "checkpoints"), read_only=True)
-    if ckpt.latest_step() is None:
-      raise FileNotFoundError(f"no MaskGIT checkpoint in {maskgit_dir}/checkpoints")
-    key = common.params_key(config, ema)
-    params = ckpt.restore_params(trainer.abstract_state(
-        config, text_encoder.max_length, text_encoder.dim)[key], step, key=key)
-    ckpt.close()
-    code_support = None
-    support_path = os.path.join(maskgit_dir, trainer.CODE_SUPPORT_FILE)
-    if os.path.exists(support_path):
-      with np.load(support_path) as z:
-        code_support = z["counts"]
+    model = maskgit_lib.get_model(config.model_size, codebook_size=tok.codebook_size,
+                                  grid=tok.token_grid, **config.model)
+    key = config_io.params_key(config, ema)
+    try:
+      params = checkpoint.load_params(
+          maskgit_dir, checkpoint.abstract_params(model.init, *maskgit_lib.init_inputs(model, text_encoder.dim)),
+          step=step, key=key, what="MaskGIT")
+    except ValueError as e:  # orbax: the stored arrays' shapes differ from this model's
+      raise ValueError(f"the MaskGIT in {maskgit_dir} does not fit the tokenizer in "
+                       f"{tokenizer_dir} (codebook {tok.codebook_size}, grid {tok.token_grid}) "
+                       f"and text encoder ({text_encoder.dim}-d): {e}") from None
+    code_support = load_code_support(maskgit_dir)
     return cls(tok, model, params, text_encoder, config.sample, code_support)
 
   # ---- geometry ---------------------------------------------------------------------------
@@ -278,7 +310,7 @@ class Sampler:
     motion and uses `cfg_scale`. With the option `continue_stepwise` the new time steps are
     decoded one after another, and with `continue_candidates` N > 1 (and more than one context
     frame) the new frames are the minimum-Bayes-risk choice among N sampled ones (see
-    `DEFAULT_SAMPLE`)."""
+    `default_config`)."""
     video = np.asarray(video)
     single = video.ndim == 4
     videos = video[None] if single else video
@@ -367,7 +399,48 @@ class Sampler:
     return video if batched else video[0]
 
 
-# ---- CLI -------------------------------------------------------------------------------------------
+# ---- CLI ---------------------------------------------------------------------------------------
+def define_flags() -> None:
+  """The absl flags of the CLIs that load a Sampler (`sample`, `evaluate`): its work directories
+  and every sampling option (not given: the run's default)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string("tokenizer_dir", None, "C-ViViT work directory.")
+  flags.DEFINE_string("maskgit_dir", None, "MaskGIT work directory.")
+  flags.DEFINE_bool("text_cache_only", False, "Load no text-encoder weights: prompts must be in "
+                    "the MaskGIT workdir's text cache (encode_text pre-computes them).")
+  flags.DEFINE_bool("ema", None, "Sample with the MaskGIT's moving average of its parameters "
+                    "(--ema) or its raw parameters (--noema); not given: the average when the "
+                    "run keeps one (config.ema_decay).")
+  flags.DEFINE_integer("steps", None, "Decoding steps (12–48).")
+  flags.DEFINE_float("cfg_scale", None, "Classifier-free guidance scale.")
+  flags.DEFINE_float("continue_cfg_scale", None, "Guidance scale of the story segments after "
+                     "the first.")
+  flags.DEFINE_boolean("continue_stepwise", None, "Decode a continuation's new time steps one "
+                       "after another.")
+  flags.DEFINE_integer("continue_candidates", None, "Sample this many candidates of every story "
+                       "segment after the first and keep the most typical.")
+  flags.DEFINE_float("temperature", None, "Sampling temperature.")
+  flags.DEFINE_integer("top_k", None, "Sample each token from its k most likely codes (0 = all).")
+  flags.DEFINE_float("cfg_support", None, "With guidance, sample only tokens whose conditional "
+                     "probability is at least this fraction of the most likely one's.")
+  flags.DEFINE_boolean("restrict_codes", None, "Sample at the first and at later time steps only "
+                       "codes seen there in training (the MaskGIT workdir's code_support.npz).")
+  flags.DEFINE_integer("seed", 0, "Random seed.")
+  flags.mark_flags_as_required(["tokenizer_dir", "maskgit_dir"])
+
+
+def sampler_from_flags(f) -> "Sampler":
+  return Sampler.from_workdirs(f.tokenizer_dir, f.maskgit_dir, text_cache_only=f.text_cache_only,
+                               ema=f.ema)
+
+
+def options_from_flags(f) -> dict:
+  """The sampling options given on the command line (the others keep the run's defaults)."""
+  names = ("steps", "cfg_scale", "temperature", "top_k", "cfg_support", "restrict_codes",
+           "continue_cfg_scale", "continue_stepwise", "continue_candidates")
+  return {k: getattr(f, k) for k in names if getattr(f, k) is not None}
+
+
 def _main(argv):
   del argv
   from absl import flags, logging  # pylint: disable=g-import-not-at-top
@@ -379,12 +452,8 @@ def _main(argv):
       prompts += [line.strip() for line in fh if line.strip()]
   if not prompts:
     raise SystemExit("give at least one --prompt (repeat it for a story) or --story_file")
-  sampler = Sampler.from_workdirs(f.tokenizer_dir, f.maskgit_dir,
-                                  text_cache_only=f.text_cache_only, ema=f.ema)
-  kw = dict(steps=f.steps, cfg_scale=f.cfg_scale, temperature=f.temperature,
-            cfg_support=f.cfg_support, restrict_codes=f.restrict_codes,
-            continue_cfg_scale=f.continue_cfg_scale, continue_stepwise=f.continue_stepwise,
-            continue_candidates=f.continue_candidates, top_k=f.top_k)
+  sampler = sampler_from_flags(f)
+  kw = options_from_flags(f)
 
   def progress(i, n, p):
     logging.info("segment %d/%d done: %s", i + 1, n, p[0])
@@ -408,15 +477,9 @@ def _main(argv):
   print(json.dumps({"prompts": prompts, "frames": int(video.shape[0]), "files": paths}))
 
 
-def _define_flags():
+def _define_cli_flags():
   from absl import flags  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_string("tokenizer_dir", None, "C-ViViT work directory.")
-  flags.DEFINE_string("maskgit_dir", None, "MaskGIT work directory.")
-  flags.DEFINE_bool("text_cache_only", False, "Load no text-encoder weights: prompts must be in "
-                    "the MaskGIT workdir's text cache (encode_text pre-computes them).")
-  flags.DEFINE_bool("ema", None, "Sample with the MaskGIT's moving average of its parameters "
-                    "(--ema) or its raw parameters (--noema); not given: the average when the "
-                    "run keeps one (config.ema_decay).")
+  define_flags()
   flags.DEFINE_multi_string("prompt", None, "A prompt; repeat for a story.")
   flags.DEFINE_string("story_file", None, "A file with one prompt per line.")
   flags.DEFINE_integer("num_frames", None, "Frames of a single-prompt video.")
@@ -424,30 +487,13 @@ def _define_flags():
                        "model's clip length for the first, what fits after the context frames "
                        "for the others).")
   flags.DEFINE_integer("context_frames", 5, "Frames re-encoded as context between segments.")
-  flags.DEFINE_integer("steps", None, "Decoding steps (12–48).")
-  flags.DEFINE_float("cfg_scale", None, "Classifier-free guidance scale.")
-  flags.DEFINE_float("continue_cfg_scale", None, "Guidance scale of the story segments after "
-                     "the first (default: the run's, else --cfg_scale).")
-  flags.DEFINE_boolean("continue_stepwise", None, "Decode a continuation's new time steps one "
-                       "after another (default: the run's sampling option).")
-  flags.DEFINE_integer("continue_candidates", None, "Sample this many candidates of every story "
-                       "segment after the first and keep the most typical (default: the run's "
-                       "sampling option).")
-  flags.DEFINE_float("temperature", None, "Sampling temperature.")
-  flags.DEFINE_integer("top_k", None, "Sample each token from its k most likely codes (0 = all).")
-  flags.DEFINE_float("cfg_support", None, "With guidance, sample only tokens whose conditional "
-                     "probability is at least this fraction of the most likely one's.")
-  flags.DEFINE_boolean("restrict_codes", None, "Sample at the first and at later time steps only "
-                       "codes seen there in training (the MaskGIT workdir's code_support.npz).")
-  flags.DEFINE_integer("seed", 0, "Random seed.")
   flags.DEFINE_integer("fps", 4, "Frames per second of the written videos.")
   flags.DEFINE_integer("scale", 4, "Integer upscaling of the written videos.")
   flags.DEFINE_string("out", "samples", "Output directory.")
   flags.DEFINE_bool("save_npy", False, "Also save the frames as video.npy.")
-  flags.mark_flags_as_required(["tokenizer_dir", "maskgit_dir"])
 
 
 if __name__ == "__main__":
   from absl import app  # pylint: disable=g-import-not-at-top
-  _define_flags()
+  _define_cli_flags()
   app.run(_main)

@@ -7,23 +7,26 @@
 Any valid number of frames works (1 + k·t_p up to the model's maximum); each new shape
 compiles once.
 """
-import os
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from phenaki_jax import checkpoint
+from phenaki_jax import checkpoint, config_io
 from phenaki_jax.models import cvivit
 
 
 class Tokenizer:
-  """A frozen C-ViViT: `params` plus jitted `encode`/`decode`."""
+  """A frozen C-ViViT: `params` plus jitted `encode`/`decode`.
 
-  def __init__(self, model: cvivit.CViViT, params):
+  `clip_frames`: the clip length it was trained on (config.data.num_frames), which sets the
+  token grid of a MaskGIT trained on its codes; default: the model's maximum."""
+
+  def __init__(self, model: cvivit.CViViT, params, clip_frames: Optional[int] = None):
     self.model = model
     self.params = params
+    self.clip_frames = model.max_frames if clip_frames is None else int(clip_frames)
     self._encode = jax.jit(lambda p, v: model.apply(
         {"params": p}, cvivit.to_model_range(v), method=cvivit.CViViT.encode))
     self._decode = jax.jit(lambda p, c: cvivit.to_uint8(model.apply(
@@ -37,19 +40,16 @@ class Tokenizer:
     """Loads the C-ViViT trained in `workdir` (latest checkpoint unless `step`): the moving
     average of its parameters when the run keeps one (config.ema_decay; `ema`=False: the raw
     parameters)."""
-    from phenaki_jax.trainers import common, cvivit as trainer  # pylint: disable=g-import-not-at-top
-    config = common.load_config(workdir)
+    config = config_io.from_workdir(workdir)
     if config.get("trainer") != "cvivit":
       raise ValueError(f"{workdir!r} holds a {config.get('trainer')!r} run, not a C-ViViT")
-    model = trainer.build_model(config)
-    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
-    if ckpt.latest_step() is None:
-      raise FileNotFoundError(f"no C-ViViT checkpoint in {workdir}/checkpoints: train it first "
-                              f"(python -m phenaki_jax.train --config=... --workdir={workdir})")
-    key = common.params_key(config, ema)
-    params = ckpt.restore_params(trainer.abstract_state(config)[key], step, key=key)
-    ckpt.close()
-    return cls(model, params)
+    model = cvivit.get_model(config.model_size, **config.model)
+    video = jax.ShapeDtypeStruct((1, model.max_frames, model.image_size, model.image_size, 3),
+                                 jnp.float32)
+    key = config_io.params_key(config, ema)
+    params = checkpoint.load_params(workdir, checkpoint.abstract_params(model.init, video),
+                                    step=step, key=key, what="C-ViViT")
+    return cls(model, params, clip_frames=config.data.num_frames)
 
   # ---- geometry ---------------------------------------------------------------------------
   @property
@@ -77,6 +77,11 @@ class Tokenizer:
 
   def num_frames(self, time_steps: int) -> int:
     return self.model.num_frames(time_steps)
+
+  @property
+  def token_grid(self) -> tuple[int, int, int]:
+    """(t, h, w) of a `clip_frames`-frame clip: the grid of a MaskGIT trained on these codes."""
+    return self.model.token_grid(self.clip_frames)
 
   # ---- encode / decode --------------------------------------------------------------------
   def encode(self, video) -> jax.Array:

@@ -15,7 +15,6 @@ temp directory (set PHENAKI_TEST_COMPILATION_CACHE=0 to disable it, or to a path
 Entries are keyed by the exact program, compiler options and JAX version, so they are never stale.
 """
 import getpass
-import importlib.util
 import os
 import pathlib
 import tempfile
@@ -48,12 +47,9 @@ _enable_compilation_cache()
 
 
 def load_config(name: str, variant: str):
-  """`configs/<name>.py:<variant>` loaded from the repository root, unlocked."""
-  spec = importlib.util.spec_from_file_location(f"_test_config_{name}", REPO / "configs" /
-                                                f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(variant)
+  """`configs/<name>.py:<variant>`, unlocked (tests shrink it)."""
+  from phenaki_jax import config_io  # pylint: disable=g-import-not-at-top
+  config = config_io.from_file(name, variant)
   config.unlock()
   return config
 

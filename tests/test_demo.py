@@ -2,14 +2,14 @@
 
 import pytest
 
-from phenaki_jax import demo
+from phenaki_jax import config_io, demo
 from phenaki_jax.trainers import common
 
 
 def test_default_plans_are_the_configs():
   c1 = demo.stage_config("cvivit_b", "/nonexistent/cvivit", 0, 10.0, minutes_given=False)
   c2 = demo.stage_config("maskgit_b", "/nonexistent/maskgit", 0, 18.0, minutes_given=False)
-  tiny1, tiny2 = demo.load_config("cvivit_b", "tiny"), demo.load_config("maskgit_b", "tiny")
+  tiny1, tiny2 = config_io.from_file("cvivit_b", "tiny"), config_io.from_file("maskgit_b", "tiny")
   for c, tiny, minutes in ((c1, tiny1, 10.0), (c2, tiny2, 18.0)):
     assert c.total_steps == c.optim.decay_steps == tiny.total_steps
     assert c.max_train_seconds == pytest.approx(60 * minutes)
@@ -30,7 +30,7 @@ def test_more_steps_stretch_the_schedule_and_the_cap():
 def test_a_started_run_keeps_its_steps(tmp_path):
   workdir = str(tmp_path / "maskgit")
   common.setup_workdir(demo.stage_config("maskgit_b", workdir, 0, 18.0), workdir)
-  steps = demo.load_config("maskgit_b", "tiny").total_steps
+  steps = config_io.from_file("maskgit_b", "tiny").total_steps
   assert demo.stage_config("maskgit_b", workdir, 0, 18.0).total_steps == steps  # resumes
   with pytest.raises(ValueError, match=f"--stage2_steps={steps}"):
     demo.stage_config("maskgit_b", workdir, 16800, 18.0)

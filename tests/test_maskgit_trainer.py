@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from phenaki_jax import checkpoint, optim, sharding
+from phenaki_jax import checkpoint, config_io, optim, sharding
+from phenaki_jax import sample as sample_lib
 from phenaki_jax import tokenizer as tokenizer_lib
 from phenaki_jax.models import maskgit as maskgit_lib
 from phenaki_jax.trainers import common
@@ -59,7 +60,7 @@ STEPS = conftest.MASKGIT_STEPS
 
 
 def test_short_run_lowers_masked_token_loss(tiny_maskgit_dir, tiny_cvivit_dir):
-  config = common.load_config(tiny_maskgit_dir)
+  config = config_io.from_workdir(tiny_maskgit_dir)
   scalars = _read_scalars(tiny_maskgit_dir)
   loss = scalars["loss"]
   assert [s for s, _ in loss] == list(range(20, STEPS + 1, 20))
@@ -90,7 +91,7 @@ def test_short_run_lowers_masked_token_loss(tiny_maskgit_dir, tiny_cvivit_dir):
 def test_run_uses_the_configured_rates(tiny_maskgit_dir):
   """Over the run's 120 steps × 8 examples, the logged share of null captions and of images is
   the config's 10% and 20% (4σ binomial tolerance; 0.1 and 0.2 are 8σ apart)."""
-  config = common.load_config(tiny_maskgit_dir)
+  config = config_io.from_workdir(tiny_maskgit_dir)
   assert (config.text_dropout, config.data.video_rate, config.data.image_rate) == (0.1, 0.8, 0.2)
   scalars = _read_scalars(tiny_maskgit_dir)
   n = STEPS * config.data.batch_size
@@ -120,7 +121,7 @@ def test_resume_is_bit_identical(tiny_maskgit_dir, tiny_cvivit_dir, tmp_path):
   state_b = jax.device_get(second["state"])
   assert int(state_b["step"]) == STEPS
 
-  config_a = common.load_config(tiny_maskgit_dir)
+  config_a = config_io.from_workdir(tiny_maskgit_dir)
   text_dim = state_b["params"]["text_proj"]["kernel"].shape[0]     # MiniLM's width
   state_a, meta_a = _restore_state(tiny_maskgit_dir, config_a, text_dim)
   assert meta_a["step"] == STEPS
@@ -161,7 +162,7 @@ def step_env(tiny_cvivit_dir):
   tx = optim.make_optimizer(config.optim)
   mesh = sharding.make_mesh((-1, 1, 1))
   state, _ = sharding.create_sharded_state(
-      trainer.make_init_fn(model, tx, TEXT_LEN, TEXT_DIM), mesh, jax.random.PRNGKey(0))
+      trainer.make_init_fn(model, tx, TEXT_LEN, TEXT_DIM, ema=False), mesh, jax.random.PRNGKey(0))
   null_text = (jnp.zeros((TEXT_LEN, TEXT_DIM)), jnp.asarray([True] + [False] * (TEXT_LEN - 1)))
   batches = trainer.make_batches(config, tok_config)
   rows = batches.batch(0)
@@ -424,9 +425,9 @@ def test_finished_run_writes_its_code_support(tiny_maskgit_dir, tiny_cvivit_dir,
   """code_support.npz counts the codes of the run's first `code_support_clips` examples: every
   first-step token of every clip, every later-step token of the videos only — the same counts
   as encoding that stream again."""
-  config = common.load_config(tiny_maskgit_dir)
+  config = config_io.from_workdir(tiny_maskgit_dir)
   tok = tokenizer_lib.Tokenizer.from_workdir(tiny_cvivit_dir)
-  with np.load(os.path.join(tiny_maskgit_dir, trainer.CODE_SUPPORT_FILE)) as z:
+  with np.load(os.path.join(tiny_maskgit_dir, sample_lib.CODE_SUPPORT_FILE)) as z:
     counts, clips = z["counts"], int(z["clips"])
   assert counts.shape == (2, tok.codebook_size) and clips == config.code_support_clips
   batches = trainer.make_batches(config, trainer.tokenizer_config(config))
@@ -458,7 +459,7 @@ def test_ema_run_checkpoints_the_average_and_the_sampler_uses_it(tiny_maskgit_di
   config.sample.num_videos = 0
   config.code_support_clips = 0
   trainer.main(config, workdir)
-  saved = common.load_config(workdir)
+  saved = config_io.from_workdir(workdir)
   ema = sample.Sampler.from_workdirs(tiny_cvivit_dir, workdir)
   raw = sample.Sampler.from_workdirs(tiny_cvivit_dir, workdir, text_encoder=ema.text_encoder,
                                      ema=False)
@@ -514,7 +515,7 @@ def test_token_embeddings_can_start_from_the_codebook():
   tx = optim.make_optimizer(conftest.load_config("maskgit_b", "tiny").optim)
 
   def table(cb):
-    state = jax.jit(lambda r: nn.unbox(trainer.make_init_fn(model, tx, 3, 8, cb)(r)))(
+    state = jax.jit(lambda r: nn.unbox(trainer.make_init_fn(model, tx, 3, 8, cb, ema=False)(r)))(
         jax.random.key(0))
     return np.asarray(state["params"]["token_embed"]["embedding"])
 

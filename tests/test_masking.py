@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from phenaki_jax import masking
+from phenaki_jax.models import layers
 
 sample_mask = jax.jit(masking.sample_training_mask)
 
@@ -103,9 +104,9 @@ def test_masked_cross_entropy_value_and_zero_gradient_off_mask():
   np.testing.assert_allclose(np.asarray(metrics["token_nll"]), nll, rtol=1e-5)
   # The loss of a subset from the per-token values, normalised the same way.
   half = m & (np.arange(10) < 5)
-  np.testing.assert_allclose(float(masking.masked_mean(metrics["token_nll"], jnp.asarray(half))),
+  np.testing.assert_allclose(float(layers.masked_mean(metrics["token_nll"], jnp.asarray(half))),
                              nll[half].mean(), rtol=1e-5)
-  assert float(masking.masked_mean(metrics["token_nll"], jnp.zeros((3, 10), bool))) == 0.0
+  assert float(layers.masked_mean(metrics["token_nll"], jnp.zeros((3, 10), bool))) == 0.0
   for smoothing in (0.0, 0.1):
     grads = jax.jit(jax.grad(
         lambda x: masking.masked_cross_entropy(x, targets, mask, label_smoothing=smoothing)[0]

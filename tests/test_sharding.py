@@ -45,7 +45,8 @@ config.disc.channels = (4, 8)
 model = trainer.build_model(config)
 disc = discriminator.VideoDiscriminator(tuple(config.disc.channels))
 tx, disc_tx = trainer.make_optimizers(config)
-init_fn = trainer.make_init_fn(config, model, disc, tx, disc_tx)
+init_fn = trainer.make_init_fn(model, disc, tx, disc_tx, num_frames=config.data.num_frames,
+                               ema=False)
 init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
 batches = trainer.make_batches(config)
 step_fn = functools.partial(trainer.train_step, model=model, disc=disc, tx=tx, disc_tx=disc_tx,

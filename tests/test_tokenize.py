@@ -1,4 +1,4 @@
-"""The pre-tokenise pass (`python -m phenaki_jax.tokenize`) and the trainer reading it (issue 5).
+"""The pre-tokenise pass (`python -m phenaki_jax.tokenize`) and the trainer reading it.
 
 The CLI writes, for steps [0, num_steps), the codes of exactly the batches the MaskGIT trainer
 would draw; a run with `config.data.pretokenized` pointing at them must train exactly as the run
@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from phenaki_jax import tokenize
+from phenaki_jax.data import pretokenized
 from phenaki_jax.trainers import maskgit as trainer
 
 import conftest
@@ -57,7 +57,7 @@ def test_tokens_are_the_trainers_batches(tokens_dir, tiny_cvivit_dir):
     meta = json.load(f)
   assert meta["num_steps"] == STEPS and meta["batch_size"] == c.data.batch_size
   assert len(glob.glob(os.path.join(tokens_dir, "chunk_*.npz"))) == 1
-  stored = tokenize.PretokenizedBatches(tokens_dir, tokenize.expected_meta(c))
+  stored = pretokenized.PretokenizedBatches(tokens_dir, pretokenized.expected_meta(c))
   batches = trainer.make_batches(c, trainer.tokenizer_config(c))
   tok = trainer.load_tokenizer(c)
   for step in (0, 5, STEPS - 1):
@@ -104,9 +104,9 @@ def test_tokens_of_another_run_are_refused(tokens_dir, tiny_cvivit_dir, tmp_path
     meta = json.load(f)
   del meta["turn_rate"], meta["turn_context_frames"]
   (old / "meta.json").write_text(json.dumps(meta))
-  tokenize.PretokenizedBatches(str(old), tokenize.expected_meta(plain))
+  pretokenized.PretokenizedBatches(str(old), pretokenized.expected_meta(plain))
   with pytest.raises(ValueError, match="turn_rate=0.0, but this run has 0.2"):
-    tokenize.PretokenizedBatches(str(old), tokenize.expected_meta(_config(tiny_cvivit_dir)))
+    pretokenized.PretokenizedBatches(str(old), pretokenized.expected_meta(_config(tiny_cvivit_dir)))
   with pytest.raises(FileNotFoundError, match="has no meta.json"):
     trainer.main(_config(tiny_cvivit_dir, pretokenized=str(tmp_path)),
                  str(tmp_path / "other2"))

@@ -82,6 +82,10 @@ class CViViT(nn.Module):
   def num_frames(self, time_steps: int) -> int:
     return 1 + (time_steps - 1) * self.temporal_patch
 
+  def token_grid(self, num_frames: int) -> tuple[int, int, int]:
+    """(t, h, w): the code grid of a `num_frames`-frame clip."""
+    return (self.time_steps(num_frames), self.grid_size, self.grid_size)
+
   def check_video_shape(self, shape: tuple) -> None:
     """Raises ValueError unless shape is [B, 1 + k·t_p, image_size, image_size, 3]."""
     if len(shape) != 5 or shape[-1] != 3:
@@ -225,6 +229,7 @@ class CViViT(nn.Module):
 
 
 def get_model(size: str, **overrides) -> CViViT:
+  """A C-ViViT of a named size (`SIZES`) with fields overridden; `dtype` may be a name."""
   if size not in SIZES:
     raise ValueError(f"unknown C-ViViT size {size!r}; choose one of {sorted(SIZES)}")
   kwargs = dict(SIZES[size])
@@ -232,6 +237,8 @@ def get_model(size: str, **overrides) -> CViViT:
   if unknown:
     raise ValueError(f"unknown C-ViViT field(s) {sorted(unknown)}")
   kwargs.update(overrides)
+  if "dtype" in kwargs:
+    kwargs["dtype"] = layers.compute_dtype(kwargs["dtype"])
   return CViViT(**kwargs)
 
 

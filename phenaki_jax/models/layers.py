@@ -19,6 +19,15 @@ Array = jax.Array
 
 default_kernel_init = nn.initializers.xavier_uniform()
 
+DTYPES = ("float32", "bfloat16")
+
+
+def compute_dtype(dtype) -> jnp.dtype:
+  """A model's computation dtype from its name in a config ("float32" or "bfloat16") or a dtype."""
+  if isinstance(dtype, str) and dtype not in DTYPES:
+    raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+  return jnp.dtype(dtype)
+
 
 def constrain(x: Array, axes: tuple) -> Array:
   """Activation sharding constraint by logical names (no-op outside a mesh context)."""
@@ -39,6 +48,13 @@ def layer_norm(dtype=jnp.float32, name: Optional[str] = None) -> nn.LayerNorm:
       dtype=dtype, name=name,
       scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
+
+
+def masked_mean(values: Array, mask: Array) -> Array:
+  """Mean of `values` where `mask` is True (0 if nothing is): `masked_cross_entropy`'s
+  normalisation, e.g. the loss of a subset from its per-token `token_nll`."""
+  mask = mask.astype(bool)
+  return jnp.where(mask, values, 0.0).sum() / jnp.maximum(mask.sum(), 1).astype(jnp.float32)
 
 
 def dot_product_attention(q: Array, k: Array, v: Array, mask: Optional[Array] = None) -> Array:

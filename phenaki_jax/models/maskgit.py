@@ -211,20 +211,28 @@ def _from_groups(x: Array, t: int, hg: int, wg: int, g: int) -> Array:
 
 
 def get_model(size: str, **overrides) -> MaskGIT:
-  """A MaskGIT of a named size; `codebook_size`/`grid` default to the paper's (8192, (6,16,16))."""
+  """A MaskGIT of a named size; `codebook_size`/`grid` default to the paper's (8192, (6,16,16)),
+  and `dtype` may be a name."""
   if size not in SIZES:
     raise ValueError(f"unknown MaskGIT size {size!r}; choose from {sorted(SIZES)}")
   kwargs = dict(codebook_size=PAPER_CODEBOOK_SIZE, grid=PAPER_GRID)
   kwargs.update(SIZES[size])
   kwargs.update(overrides)
+  if "dtype" in kwargs:
+    kwargs["dtype"] = layers.compute_dtype(kwargs["dtype"])
   return MaskGIT(**kwargs)
 
 
 def count_params(model: MaskGIT, text_dim: int, text_len: int = 1) -> int:
   """Number of parameters, from `jax.eval_shape` of init (nothing is allocated)."""
-  max_t, h, w = model.grid
-  tokens = jax.ShapeDtypeStruct((1, max_t * h * w), jnp.int32)
-  text = jax.ShapeDtypeStruct((1, text_len, text_dim), jnp.float32)
-  text_mask = jax.ShapeDtypeStruct((1, text_len), jnp.bool_)
-  shapes = jax.eval_shape(model.init, jax.random.key(0), tokens, text, text_mask)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), *init_inputs(model, text_dim, text_len))
   return sum(int(x.size) for x in jax.tree_util.tree_leaves(shapes["params"]))
+
+
+def init_inputs(model: MaskGIT, text_dim: int, text_len: int = 1) -> tuple:
+  """ShapeDtypeStructs (tokens [1, N], text [1, L, D_text], text_mask [1, L]) to trace
+  `model.init` with: the parameters' shapes depend on the grid and the text width only."""
+  max_t, h, w = model.grid
+  return (jax.ShapeDtypeStruct((1, max_t * h * w), jnp.int32),
+          jax.ShapeDtypeStruct((1, text_len, text_dim), jnp.float32),
+          jax.ShapeDtypeStruct((1, text_len), jnp.bool_))

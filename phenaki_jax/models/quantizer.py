@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from phenaki_jax import masking
+from phenaki_jax.models import layers
 
 Array = jax.Array
 
@@ -69,8 +69,8 @@ def vq_loss(z: Array, e: Array, commitment_cost: float, mask: Optional[Array] = 
   commitment_sq = jnp.sum((z - jax.lax.stop_gradient(e)) ** 2, axis=-1)
   if mask is None:
     return jnp.mean(codebook_sq) + commitment_cost * jnp.mean(commitment_sq)
-  return (masking.masked_mean(codebook_sq, mask)
-          + commitment_cost * masking.masked_mean(commitment_sq, mask))
+  return (layers.masked_mean(codebook_sq, mask)
+          + commitment_cost * layers.masked_mean(commitment_sq, mask))
 
 
 def code_counts(codes: Array, codebook_size: int, mask: Optional[Array] = None) -> Array:

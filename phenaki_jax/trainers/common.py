@@ -1,9 +1,11 @@
-"""Pieces both trainers share: work directory set-up, metric logging, NaN guard, parameter EMA."""
+"""Pieces both trainers share: work directory set-up, metric logging, the train state and its
+parameter EMA, the NaN guard, and the training loop's tail (log, evaluate, checkpoint, stop)."""
 import contextlib
 import json
 import logging as logging_std
 import os
-from typing import Iterable, Mapping, Optional
+import time
+from typing import Callable, Iterable, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +13,8 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
+
+from phenaki_jax import checkpoint, config_io
 
 
 class _QuietLibraries(logging_std.Filter):
@@ -30,18 +34,7 @@ def setup_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Creates the work directory and writes config.json (the exact config of this run)."""
   quiet_library_logs()
   os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, "config.json")
-  with open(path, "w") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-  logging.info("config written to %s", path)
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: is {workdir!r} a phenaki_jax work directory?")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  logging.info("config written to %s", config_io.write_to_workdir(config, workdir))
 
 
 # ---- Metric writers ------------------------------------------------------------------------------
@@ -143,12 +136,6 @@ def check_turn_rate(config: ml_collections.ConfigDict) -> None:
                      f"share of the video examples that are turn clips)")
 
 
-def dtype_of(name: str):
-  if name not in ("float32", "bfloat16"):
-    raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {name!r}")
-  return jnp.dtype(name)
-
-
 def mean_metrics(history: list) -> dict:
   """Averages a list of per-step scalar metric dicts (device arrays) on the host."""
   history = jax.device_get(history)
@@ -156,11 +143,16 @@ def mean_metrics(history: list) -> dict:
   return {k: float(np.mean([h[k] for h in history if k in h])) for k in keys}
 
 
-# ---- Parameter EMA ------------------------------------------------------------------------------
-def uses_ema(config) -> bool:
-  """Whether a run keeps an exponential moving average of its parameters (`ema_params` in its
-  state; config.ema_decay > 0). A workdir's config.json from before the option: no EMA."""
-  return config.get("ema_decay", 0.0) > 0
+# ---- Train state and its parameter EMA -----------------------------------------------------------
+def init_state(params, tx, *, ema: bool, **extra) -> dict:
+  """A fresh train state: step 0, `params` and their optimizer state, no non-finite step yet
+  (`first_bad_step` −1), `extra` entries (e.g. the discriminator's), and with `ema` the
+  parameters' moving average `ema_params`, starting at `params`."""
+  state = dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+               first_bad_step=jnp.full((), -1, jnp.int32), **extra)
+  if ema:
+    state["ema_params"] = params
+  return state
 
 
 def check_ema_decay(config) -> None:
@@ -177,23 +169,11 @@ def ema_update(ema_params, params, step, decay: float):
   return optax.incremental_update(params, ema_params, 1.0 - d)
 
 
-def params_key(config, ema: Optional[bool] = None) -> str:
-  """The state's subtree that evaluates and samples a run: `ema_params` when it keeps an EMA
-  (unless `ema` is False), else `params`. Asking for the EMA of a run without one fails."""
-  if ema is None:
-    ema = uses_ema(config)
-  if ema and not uses_ema(config):
-    raise ValueError(f"this {config.get('trainer', '')} run keeps no EMA of its parameters "
-                     f"(config.ema_decay=0): load it with ema=False (or --noema)")
-  return "ema_params" if ema else "params"
-
-
 def restore_state(ckpt, state: dict):
   """(state, meta) of the latest checkpoint, laid out like `state` (the freshly initialised,
   sharded train state). A run resumed with config.ema_decay > 0 whose checkpoints have no EMA
   (the option turned on midway) starts its average at the restored parameters; one resumed
   without an EMA whose checkpoints keep one fails, naming the option, rather than drop it."""
-  from phenaki_jax import checkpoint  # pylint: disable=g-import-not-at-top
   try:
     return ckpt.restore(checkpoint.abstract_like(state))
   except ValueError as error:
@@ -236,6 +216,57 @@ def raise_if_bad(first_bad_step: int, latest_checkpoint) -> None:
         f"Lower the learning rate or check the data, then rerun the same command to resume.")
 
 
-def global_norm(tree) -> jax.Array:
-  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32)))
-                      for x in jax.tree.leaves(tree)))
+def finish_step(state, new_state, ok, step):
+  """The guarded end of an update: `new_state` where `ok`, else the old `state` (the update is
+  skipped); the step advanced either way; the first non-finite step recorded."""
+  new_state = guard_update(ok, new_state, state)
+  new_state["step"] = step + 1
+  new_state["first_bad_step"] = jnp.where(
+      ok | (state["first_bad_step"] >= 0), state["first_bad_step"], step)
+  return new_state
+
+
+# ---- The training loop ----------------------------------------------------------------------------
+def train_loop(config: ml_collections.ConfigDict, state: dict, batches,
+               step_fn: Callable[[dict, int, dict], tuple], ckpt: checkpoint.Checkpointer,
+               writer, evaluate: Optional[Callable[[dict, int], None]] = None) -> tuple:
+  """Runs `state, metrics = step_fn(state, step, batch)` from the state's step to
+  config.total_steps (or config.stop_after_steps, config.max_train_seconds, a preemption).
+
+  Every config.log_every steps, and at the end, the mean metrics are written (and a non-finite
+  step stops the run, naming it); checkpoints are saved every config.checkpoint_every steps and
+  at the end; `evaluate(state, step)` runs every config.eval_every steps and at the end. A
+  preemption (SIGTERM) saves at the next step and stops. Returns (state, the last logged mean
+  metrics, whether a preemption stopped the run before its end)."""
+  step = int(state["step"])
+  total = config.total_steps
+  report = progress_reporter(total, writer)
+  history, train_metrics, preempted, last = [], {}, False, False
+  start_time = time.time()
+  logging.info("training from step %d to %d", step, total)
+  with flushing(writer):
+    for step, batch in batches.iterate(step):
+      if step >= total:
+        break
+      state, metrics = step_fn(state, step, batch)
+      history.append(metrics)
+      done = step + 1
+      report(done, time.time())
+      last = (done >= total or (config.stop_after_steps and done >= config.stop_after_steps)
+              or (config.max_train_seconds and time.time() - start_time > config.max_train_seconds))
+      preempted = ckpt.preempted(done)
+      if done % config.log_every == 0 or last or preempted:
+        raise_if_bad(int(state["first_bad_step"]), ckpt.latest_step())
+        train_metrics = mean_metrics(history)
+        writer.write_scalars(done, train_metrics)
+        history = []
+      if ckpt.should_save(done, final=last or preempted):
+        raise_if_bad(int(state["first_bad_step"]), ckpt.latest_step())
+        ckpt.save(done, state, {"step": done, "data_seed": config.data.seed,
+                                "data_position": done})
+      if evaluate is not None and (done % config.eval_every == 0 or last):
+        evaluate(state, done)
+      if last or preempted:
+        break
+  ckpt.close()
+  return state, train_metrics, preempted and not last

@@ -16,6 +16,7 @@ import functools
 import json
 import os
 import time
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -24,25 +25,24 @@ import numpy as np
 import optax
 from absl import logging
 
-from phenaki_jax import checkpoint, losses, masking, optim, sharding
+from phenaki_jax import checkpoint, config_io, losses, optim, sharding
 from phenaki_jax.data import pipeline, tasks, video_io
 from phenaki_jax.data import shapes as shapes_lib
 from phenaki_jax.evaluators import recon as recon_metrics
-from phenaki_jax.models import cvivit, discriminator
+from phenaki_jax.models import cvivit, discriminator, layers
 from phenaki_jax.models import quantizer as quantizer_lib
 from phenaki_jax.trainers import common
 
 
 # ---- Config ------------------------------------------------------------------------------------
 def build_model(config: ml_collections.ConfigDict) -> cvivit.CViViT:
-  m = dict(config.model)
-  m["dtype"] = common.dtype_of(m.get("dtype", "float32"))
-  return cvivit.get_model(config.model_size, **m)
+  return cvivit.get_model(config.model_size, **config.model)
 
 
 def validate_config(config: ml_collections.ConfigDict) -> cvivit.CViViT:
   """Fails at start-up with the offending key named."""
   common.check_choice(config, "data.source", ("shapes",))
+  common.check_choice(config, "model.dtype", layers.DTYPES)
   model = build_model(config)
   if config.data.resolution != model.image_size:
     raise ValueError(f"config.data.resolution={config.data.resolution} but the {config.model_size}"
@@ -51,9 +51,6 @@ def validate_config(config: ml_collections.ConfigDict) -> cvivit.CViViT:
     model.check_video_shape((1, config.data.num_frames, model.image_size, model.image_size, 3))
   except ValueError as e:
     raise ValueError(f"config.data.num_frames={config.data.num_frames}: {e}") from None
-  n_dev = jax.device_count()
-  if config.data.batch_size % n_dev and config.data.batch_size % jax.process_count() == 0:
-    pass  # batch rows are split over data×fsdp below; the mesh check reports misfits.
   if not 0.0 <= config.data.image_rate <= 1.0:
     raise ValueError(f"config.data.image_rate={config.data.image_rate} must be in [0, 1]")
   if config.losses.temporal_l2 < 0:
@@ -100,21 +97,20 @@ def eval_clips(config: ml_collections.ConfigDict) -> np.ndarray:
 
 
 # ---- State ---------------------------------------------------------------------------------------
-def make_init_fn(config, model, disc, tx, disc_tx):
-  video_shape = (1, config.data.num_frames, model.image_size, model.image_size, 3)
+def make_init_fn(model, disc, tx, disc_tx, *, num_frames: int, ema: bool):
+  """init(rng) → the train state: the generator's and the discriminator's parameters and
+  optimizer states, the running code usage that dead-code restarts read, and with `ema` a
+  moving average of the generator's parameters."""
+  video_shape = (1, num_frames, model.image_size, model.image_size, 3)
 
   def init(rng):
     model_rng, disc_rng = jax.random.split(rng)
     video = jnp.zeros(video_shape, jnp.float32)
     params = model.init(model_rng, video)["params"]
     disc_params = disc.init(disc_rng, video)["params"]
-    state = dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                 disc_params=disc_params, disc_opt_state=disc_tx.init(disc_params),
-                 code_usage=jnp.zeros((model.codebook_size,), jnp.float32),
-                 first_bad_step=jnp.full((), -1, jnp.int32))
-    if common.uses_ema(config):   # config.ema_decay: a moving average of the generator
-      state["ema_params"] = params
-    return state
+    return common.init_state(params, tx, ema=ema, disc_params=disc_params,
+                             disc_opt_state=disc_tx.init(disc_params),
+                             code_usage=jnp.zeros((model.codebook_size,), jnp.float32))
   return init
 
 
@@ -125,13 +121,20 @@ def make_optimizers(config):
   return tx, disc_tx
 
 
-def abstract_state(config):
-  """The train state's ShapeDtypeStructs (allocating nothing) — used to restore checkpoints."""
+def build(config):
+  """(model, discriminator, generator optimizer, discriminator optimizer, init_fn) of a config."""
   model = build_model(config)
   disc = discriminator.VideoDiscriminator(tuple(config.disc.channels))
   tx, disc_tx = make_optimizers(config)
-  mesh = sharding.make_mesh(config.mesh)
-  return sharding.abstract_state(make_init_fn(config, model, disc, tx, disc_tx), mesh,
+  init_fn = make_init_fn(model, disc, tx, disc_tx, num_frames=config.data.num_frames,
+                         ema=config_io.uses_ema(config))
+  return model, disc, tx, disc_tx, init_fn
+
+
+def abstract_state(config):
+  """The train state's ShapeDtypeStructs (allocating nothing) — used to restore checkpoints."""
+  init_fn = build(config)[-1]
+  return sharding.abstract_state(init_fn, sharding.make_mesh(config.mesh),
                                  jax.random.PRNGKey(0))[0]
 
 
@@ -141,111 +144,143 @@ def first_frame_images(config: ml_collections.ConfigDict) -> bool:
   return config.data.image_rate > 0 and not config.data.static_images
 
 
+class DataMask(NamedTuple):
+  """Which frames [B, F] and code time steps [B, t] hold the data: a 1-frame image, zero-padded
+  to the batch's F frames, is data in its first frame and first time step only."""
+  frames: jax.Array
+  steps: jax.Array
+
+  @classmethod
+  def of(cls, is_image, num_frames: int, temporal_patch: int) -> "DataMask":
+    t = 1 + (num_frames - 1) // temporal_patch
+    image = is_image.astype(bool)[:, None]                                  # [B, 1]
+    return cls(frames=~image | (jnp.arange(num_frames) == 0)[None],         # [B, F]
+               steps=~image | (jnp.arange(t) == 0)[None])                   # [B, t]
+
+  def frame_mean(self, values, keep=None):
+    """Mean of `values` [B, F', H, W, 3] over the frames `keep` [B, F'] (default: the data's)."""
+    keep = self.frames if keep is None else keep
+    return layers.masked_mean(values, jnp.broadcast_to(keep[:, :, None, None, None],
+                                                        values.shape))
+
+  def codes(self, codes):
+    """bool [B, t, h, w]: the positions of `codes` that encode the data."""
+    return jnp.broadcast_to(self.steps[:, :, None, None], codes.shape)
+
+  def disc_input(self, recon, video):
+    """The reconstruction where it is data, the real (padding) frames elsewhere."""
+    return jnp.where(self.frames[:, :, None, None, None], recon, video)
+
+
+def generator_loss(params, state, video, data: Optional[DataMask], dropout_rng, *, model, disc,
+                   config, adversarial: bool):
+  """L2 + VQ (+ temporal L2, + the adversarial term) of the reconstruction of `video` [B, F, H,
+  W, 3] in [-1, 1]. `data` (1-frame images in the batch): the loss covers only the data's
+  frames and codes. Returns (loss, (reconstruction, quantizer output, metrics))."""
+  w = config.losses
+  recon, q = model.apply({"params": params}, video, train=True, rngs={"dropout": dropout_rng})
+  if data is not None:
+    l2 = data.frame_mean((recon.astype(jnp.float32) - video) ** 2)
+    e = jnp.take(quantizer_lib.l2_normalize(params["quantizer"]["codebook"]), q.codes, axis=0)
+    vq = quantizer_lib.vq_loss(q.z, e, model.commitment_cost, data.codes(q.codes))
+  else:
+    l2, vq = losses.l2_loss(recon, video), q.loss
+  loss = w.l2 * l2 + w.vq * vq
+  metrics = {"l2": l2, "vq_loss": vq}
+  if w.temporal_l2 > 0:  # L2 of the frame-to-frame changes (within and across tubelets)
+    d = jnp.diff(recon.astype(jnp.float32), axis=1) - jnp.diff(video, axis=1)
+    tl2 = (data.frame_mean(d * d, data.frames[:, 1:] & data.frames[:, :-1]) if data is not None
+           else jnp.mean(d * d))                                          # pairs of data frames
+    loss = loss + w.temporal_l2 * tl2
+    metrics["temporal_l2"] = tl2
+  if adversarial:
+    fake = data.disc_input(recon, video) if data is not None else recon
+    g_adv = losses.generator_adversarial_loss(
+        disc.apply({"params": state["disc_params"]}, fake))
+    loss = loss + w.adversarial * g_adv
+    metrics["g_adversarial"] = g_adv
+  return loss, (recon, q, metrics)
+
+
+def restart_codes(params, code_usage, q, data: Optional[DataMask], step, rng, *, model, qc):
+  """Dead-code restarts: every `qc.restart_every` steps until `qc.restart_until`, each code
+  whose running usage is below `qc.restart_threshold` moves onto a random encoder output of the
+  batch (the first call initialises the codebook from encoder outputs).
+
+  Returns (params with the new codebook, the new usage, the codes restarted bool [K], the
+  batch's code counts [K])."""
+  counts = (quantizer_lib.code_counts(q.codes, model.codebook_size, data.codes(q.codes))
+            if data is not None else q.counts)      # the padding frames' codes are not the data's
+  usage = qc.usage_decay * code_usage + (1 - qc.usage_decay) * counts
+  do_restart = (step % qc.restart_every == 0) & (step < qc.restart_until)
+  codebook = params["quantizer"]["codebook"]
+  z = jax.lax.stop_gradient(q.z).reshape(-1, q.z.shape[-1])
+  restarted = quantizer_lib.restart_dead_codes(codebook, usage, z, rng, qc.restart_threshold)
+  codebook = jnp.where(do_restart, restarted, codebook)
+  moved = do_restart & (usage < qc.restart_threshold)
+  usage = jnp.where(moved, 2 * qc.restart_threshold, usage)
+  params = {**params, "quantizer": {**params["quantizer"], "codebook": codebook}}
+  return params, usage, moved, counts
+
+
+def discriminator_update(state, video, fake, *, disc, disc_tx, r1_gamma: float):
+  """One step of the discriminator on real `video` and (stopped) `fake` frames, with the R1
+  penalty on the real ones. Returns (disc_params, disc_opt_state, metrics)."""
+  def loss_fn(disc_params):
+    apply = lambda x: disc.apply({"params": disc_params}, x)
+    d = losses.discriminator_loss(apply(video), apply(fake))
+    r1 = losses.r1_penalty(apply, video)
+    return d + 0.5 * r1_gamma * r1, (d, r1)
+
+  (_, (d_loss, r1)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["disc_params"])
+  updates, opt_state = disc_tx.update(grads, state["disc_opt_state"], state["disc_params"])
+  return optax.apply_updates(state["disc_params"], updates), opt_state, dict(d_loss=d_loss, r1=r1)
+
+
 def train_step(state, batch, rng, *, model, disc, tx, disc_tx, config, adversarial: bool):
+  """One update: the generator (`generator_loss`), dead-code restarts (`restart_codes`), the
+  parameter EMA, and from `losses.adversarial_start_step` the discriminator
+  (`discriminator_update`); skipped as a whole where anything is not finite."""
   step = state["step"]
   rng = jax.random.fold_in(rng, step)
   dropout_rng, restart_rng = jax.random.split(rng)
   video = cvivit.to_model_range(batch["video"])                   # [B, F, H, W, 3] in [-1, 1]
-  w = config.losses
   # 1-frame images in the batch (zero-padded to F frames, flagged is_image) train as 1-frame
   # videos: their loss sees only frame 0 and the first time step's codes, which the causal
   # encoder and decoder compute from frame 0 alone; the discriminator sees their real padding.
-  masked = first_frame_images(config)
-  if masked:
-    t = 1 + (video.shape[1] - 1) // model.temporal_patch             # time steps
-    image = batch["is_image"].astype(bool)[:, None]                       # [B, 1]
-    frame_keep = ~image | (jnp.arange(video.shape[1]) == 0)[None]         # [B, F]
-    step_keep = ~image | (jnp.arange(t) == 0)[None]                       # [B, t]
-
-  def disc_fn(params, x):
-    return disc.apply({"params": params}, x)
-
-  def frame_mean(values, keep):  # values [B, F', H, W, 3], mean over the frames keep [B, F'] holds
-    return masking.masked_mean(values, jnp.broadcast_to(keep[:, :, None, None, None],
-                                                        values.shape))
-
-  def code_keep(codes):  # [B, t, h, w]: the positions whose codes are the data's
-    return jnp.broadcast_to(step_keep[:, :, None, None], codes.shape)
-
-  def disc_input(recon):
-    return jnp.where(frame_keep[:, :, None, None, None], recon, video) if masked else recon
-
-  def generator_loss(params):
-    recon, q = model.apply({"params": params}, video, train=True, rngs={"dropout": dropout_rng})
-    if masked:
-      sq = (recon.astype(jnp.float32) - video) ** 2                       # [B, F, H, W, 3]
-      l2 = frame_mean(sq, frame_keep)
-      e = jnp.take(quantizer_lib.l2_normalize(params["quantizer"]["codebook"]), q.codes, axis=0)
-      vq = quantizer_lib.vq_loss(q.z, e, model.commitment_cost, code_keep(q.codes))
-    else:
-      l2, vq = losses.l2_loss(recon, video), q.loss
-    loss = w.l2 * l2 + w.vq * vq
-    metrics = {"l2": l2, "vq_loss": vq}
-    if w.temporal_l2 > 0:  # L2 of the frame-to-frame changes (within and across tubelets)
-      d = jnp.diff(recon.astype(jnp.float32), axis=1) - jnp.diff(video, axis=1)
-      tl2 = (frame_mean(d * d, frame_keep[:, 1:] & frame_keep[:, :-1]) if masked
-             else jnp.mean(d * d))                                        # pairs of data frames
-      loss = loss + w.temporal_l2 * tl2
-      metrics["temporal_l2"] = tl2
-    if adversarial:
-      g_adv = losses.generator_adversarial_loss(disc_fn(state["disc_params"], disc_input(recon)))
-      loss = loss + w.adversarial * g_adv
-      metrics["g_adversarial"] = g_adv
-    return loss, (recon, q, metrics)
+  data = (DataMask.of(batch["is_image"], video.shape[1], model.temporal_patch)
+          if first_frame_images(config) else None)
 
   (loss, (recon, q, metrics)), grads = jax.value_and_grad(generator_loss, has_aux=True)(
-      state["params"])
+      state["params"], state, video, data, dropout_rng, model=model, disc=disc, config=config,
+      adversarial=adversarial)
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
-
-  # Dead-code restarts (first call initialises the codebook from encoder outputs).
-  qc = config.quantizer
-  counts = (quantizer_lib.code_counts(q.codes, model.codebook_size, code_keep(q.codes)) if masked
-            else q.counts)  # the padding frames' codes are not the data's
-  usage = qc.usage_decay * state["code_usage"] + (1 - qc.usage_decay) * counts
-  do_restart = (step % qc.restart_every == 0) & (step < qc.restart_until)
-  codebook = params["quantizer"]["codebook"]
-  z = jax.lax.stop_gradient(q.z).reshape(-1, q.z.shape[-1])
-  restarted = quantizer_lib.restart_dead_codes(codebook, usage, z, restart_rng,
-                                               qc.restart_threshold)
-  codebook = jnp.where(do_restart, restarted, codebook)
-  dead = usage < qc.restart_threshold
-  usage = jnp.where(do_restart & dead, 2 * qc.restart_threshold, usage)
-  params = {**params, "quantizer": {**params["quantizer"], "codebook": codebook}}
-
+  params, usage, moved, counts = restart_codes(params, state["code_usage"], q, data, step,
+                                               restart_rng, model=model, qc=config.quantizer)
   new_state = dict(state, params=params, opt_state=opt_state, code_usage=usage)
-  if common.uses_ema(config):
+  if config_io.uses_ema(config):
     ema = common.ema_update(state["ema_params"], params, step, config.ema_decay)
     # A restarted code jumps to an encoder output: its average starts there, not as a blend.
-    ema_codebook = jnp.where((do_restart & dead)[:, None], codebook,
+    ema_codebook = jnp.where(moved[:, None], params["quantizer"]["codebook"],
                              ema["quantizer"]["codebook"])
     new_state["ema_params"] = {**ema, "quantizer": {**ema["quantizer"],
                                                      "codebook": ema_codebook}}
   metrics.update(quantizer_lib.codebook_metrics(counts))
-  metrics["codes_restarted"] = jnp.where(do_restart, jnp.sum(dead), 0).astype(jnp.float32)
+  metrics["codes_restarted"] = jnp.sum(moved).astype(jnp.float32)
 
   if adversarial:
-    fake = jax.lax.stop_gradient(disc_input(recon))
-
-    def d_loss_fn(disc_params):
-      d = losses.discriminator_loss(disc_fn(disc_params, video), disc_fn(disc_params, fake))
-      r1 = losses.r1_penalty(lambda x: disc_fn(disc_params, x), video)
-      return d + 0.5 * w.r1_gamma * r1, (d, r1)
-
-    (_, (d_loss, r1)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(state["disc_params"])
-    d_updates, d_opt_state = disc_tx.update(d_grads, state["disc_opt_state"], state["disc_params"])
-    new_state["disc_params"] = optax.apply_updates(state["disc_params"], d_updates)
-    new_state["disc_opt_state"] = d_opt_state
-    metrics.update(d_loss=d_loss, r1=r1)
+    fake = jax.lax.stop_gradient(data.disc_input(recon, video) if data is not None else recon)
+    disc_params, disc_opt_state, disc_metrics = discriminator_update(
+        state, video, fake, disc=disc, disc_tx=disc_tx, r1_gamma=config.losses.r1_gamma)
+    new_state.update(disc_params=disc_params, disc_opt_state=disc_opt_state)
+    metrics.update(disc_metrics)
 
   # A finite loss can still give a non-finite update (overflowing gradients, a bad learning
   # rate): check the new parameters too, so that no checkpoint ever holds them.
   ok = (jnp.isfinite(loss) & jnp.isfinite(metrics.get("d_loss", 0.0))
         & common.all_finite((new_state["params"], new_state["disc_params"])))
-  new_state = common.guard_update(ok, new_state, state)
-  new_state["step"] = step + 1
-  new_state["first_bad_step"] = jnp.where(
-      ok | (state["first_bad_step"] >= 0), state["first_bad_step"], step)
+  new_state = common.finish_step(state, new_state, ok, step)
   metrics.update(loss=loss, psnr=10 * jnp.log10(4.0 / jnp.maximum(metrics["l2"], 1e-10)),
                  grad_norm=optax.global_norm(grads), param_norm=optax.global_norm(params),
                  lr=optim.make_schedule(config.optim)(step))
@@ -298,7 +333,7 @@ def write_eval_media(workdir, step, clips, recon, writer, num_videos):
 
 # ---- Main ----------------------------------------------------------------------------------------
 def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  model = validate_config(config)
+  validate_config(config)
   common.setup_workdir(config, workdir)
   writer = common.metric_writer(workdir)  # TensorBoard, or metrics.jsonl without TensorFlow
 
@@ -311,9 +346,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
   clips = eval_clips(config)
 
   # ---- Model & optimizer ----
-  disc = discriminator.VideoDiscriminator(tuple(config.disc.channels))
-  tx, disc_tx = make_optimizers(config)
-  init_fn = make_init_fn(config, model, disc, tx, disc_tx)
+  model, disc, tx, disc_tx, init_fn = build(config)
 
   # ---- Shard & transfer ----
   rng = jax.random.PRNGKey(config.seed)
@@ -342,47 +375,29 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
                    out_shardings=(state_shardings, repl), donate_argnums=0)
   step_fns = {False: jit_step(False), True: jit_step(True)}
   use_adv = config.losses.adversarial > 0
+
+  def step_fn(state, step, batch):
+    adversarial = use_adv and step >= config.losses.adversarial_start_step
+    global_batch = sharding.put_global_batch(
+        {"video": batch["video"], "is_image": batch["is_image"]}, mesh)
+    return step_fns[adversarial](state, global_batch, train_rng)
+
+  # ---- Evals ----
   reconstruct = make_eval_fn(model)
+  eval_metrics = {}
+
+  def run_eval(state, step):
+    metrics, recon = evaluate(state[config_io.params_key(config)], clips, reconstruct,
+                              config.eval.batch_size)
+    writer.write_scalars(step, metrics)
+    write_eval_media(workdir, step, clips, recon, writer, config.eval.num_videos)
+    eval_metrics.update(metrics)
 
   # ---- Train loop ----
-  step = int(state["step"])
-  total = config.total_steps
-  report = common.progress_reporter(total, writer)
-  history, eval_metrics, train_metrics = [], {}, {}
   start_time = time.time()
-  logging.info("training from step %d to %d", step, total)
-  with jax.set_mesh(mesh), common.flushing(writer):
-    for step, batch in batches.iterate(step):
-      if step >= total:
-        break
-      adversarial = use_adv and step >= config.losses.adversarial_start_step
-      global_batch = sharding.put_global_batch(
-          {"video": batch["video"], "is_image": batch["is_image"]}, mesh)
-      state, metrics = step_fns[adversarial](state, global_batch, train_rng)
-      history.append(metrics)
-      done = step + 1
-      report(done, time.time())
-      last = (done >= total or (config.stop_after_steps and done >= config.stop_after_steps)
-              or (config.max_train_seconds and time.time() - start_time > config.max_train_seconds))
-      preempted = ckpt.preempted(done)
-
-      if done % config.log_every == 0 or last or preempted:
-        common.raise_if_bad(int(state["first_bad_step"]), ckpt.latest_step())
-        train_metrics = common.mean_metrics(history)
-        writer.write_scalars(done, train_metrics)
-        history = []
-      if done % config.eval_every == 0 or last:
-        eval_metrics, recon = evaluate(state[common.params_key(config)], clips, reconstruct,
-                                       config.eval.batch_size)
-        writer.write_scalars(done, eval_metrics)
-        write_eval_media(workdir, done, clips, recon, writer, config.eval.num_videos)
-      if ckpt.should_save(done, final=last or preempted):
-        common.raise_if_bad(int(state["first_bad_step"]), ckpt.latest_step())
-        ckpt.save(done, state, {"step": done, "data_seed": config.data.seed,
-                                "data_position": done})
-      if last or preempted:
-        break
-  ckpt.close()
+  with jax.set_mesh(mesh):
+    state, train_metrics, _ = common.train_loop(config, state, batches, step_fn, ckpt, writer,
+                                                evaluate=run_eval)
   if eval_metrics:
     with open(os.path.join(workdir, "metrics.json"), "w") as f:
       json.dump({"step": int(state["step"]), **eval_metrics}, f, indent=2)

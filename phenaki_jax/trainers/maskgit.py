@@ -21,38 +21,36 @@ import optax
 import flax.linen as nn
 from absl import logging
 
-from phenaki_jax import checkpoint, masking, optim, sharding, text, tokenizer as tokenizer_lib
-from phenaki_jax.data import pipeline, tasks, video_io
+from phenaki_jax import checkpoint, config_io, masking, optim, sharding, text
+from phenaki_jax import sample as sample_lib
+from phenaki_jax import tokenizer as tokenizer_lib
+from phenaki_jax.data import pipeline, pretokenized, tasks, video_io
 from phenaki_jax.data import shapes as shapes_lib
-from phenaki_jax.models import cvivit, quantizer
+from phenaki_jax.models import cvivit, layers, quantizer
 from phenaki_jax.models import maskgit as maskgit_lib
 from phenaki_jax.trainers import common
 
 
 # ---- Config ------------------------------------------------------------------------------------
 def tokenizer_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  return common.load_config(config.tokenizer.workdir)
+  """The frozen tokenizer's run config (its work directory's config.json)."""
+  return config_io.from_workdir(config.tokenizer.workdir)
 
 
 def build_model(config: ml_collections.ConfigDict, tok_config=None) -> maskgit_lib.MaskGIT:
-  """The MaskGIT for this run; its grid and codebook come from the frozen tokenizer's config."""
-  from phenaki_jax.trainers import cvivit as cvivit_trainer  # pylint: disable=g-import-not-at-top
+  """The MaskGIT for this run; its token grid and codebook are the frozen tokenizer's."""
   tok_config = tokenizer_config(config) if tok_config is None else tok_config
-  tok_model = cvivit_trainer.build_model(tok_config)
-  grid = (tok_model.time_steps(tok_config.data.num_frames), tok_model.grid_size,
-          tok_model.grid_size)
-  m = dict(config.model)
-  m["dtype"] = common.dtype_of(m.get("dtype", "float32"))
-  maskgit_lib.check_group(m.get("group", 1), grid[1:], m.get("head", "dense"),
-                          prefix="config.model.")
+  tok_model = cvivit.get_model(tok_config.model_size, **tok_config.model)
   return maskgit_lib.get_model(config.model_size, codebook_size=tok_model.codebook_size,
-                               grid=grid, **m)
+                               grid=tok_model.token_grid(tok_config.data.num_frames),
+                               **config.model)
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
   common.check_choice(config, "data.source", ("shapes",))
   common.check_choice(config, "token_embed_init", ("normal", "codebook"))
   common.check_choice(config, "model.head", maskgit_lib.HEADS)
+  common.check_choice(config, "model.dtype", layers.DTYPES)
   if not os.path.isdir(config.tokenizer.workdir):
     raise ValueError(f"config.tokenizer.workdir={config.tokenizer.workdir!r} does not exist: "
                      f"train the C-ViViT first (configs/cvivit_b.py) and point to its workdir")
@@ -71,6 +69,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.code_support_clips < 0:
     raise ValueError(f"config.code_support_clips={config.code_support_clips} must be ≥ 0 "
                      f"(0 skips the code support)")
+  maskgit_lib.check_group(config.model.group, build_model(config).grid[1:], config.model.head,
+                          prefix="config.model.")
 
 
 def shapes_spec(tok_config) -> shapes_lib.ShapesSpec:
@@ -105,9 +105,6 @@ def make_batches(config, tok_config) -> pipeline.Batches:
 
 
 # ---- Code support: which codes the tokenizer emits at the first and at later time steps --------
-CODE_SUPPORT_FILE = "code_support.npz"
-
-
 def code_counts(codes, is_image, codebook_size: int) -> np.ndarray:
   """int64 [2, K]: how often each code appears at the first time step (row 0) and at later time
   steps (row 1) of `codes` int [B, t, h, w]; an image (`is_image` bool [B]) only has a first."""
@@ -134,10 +131,7 @@ def write_code_support(config, workdir: str, tok: tokenizer_lib.Tokenizer, batch
     counts += code_counts(codes, batch["is_image"], tok.codebook_size)
     seen += len(codes)
     step += 1
-  path = os.path.join(workdir, CODE_SUPPORT_FILE)
-  with open(path + ".tmp", "wb") as f:
-    np.savez(f, counts=counts, clips=np.int64(seen))
-  os.replace(path + ".tmp", path)
+  path = sample_lib.save_code_support(workdir, counts, seen)
   logging.info("code support from %d clips: %d codes at the first time step, %d later (%s)",
                seen, int((counts[0] > 0).sum()), int((counts[1] > 0).sum()), path)
   return path
@@ -149,7 +143,7 @@ def load_tokenizer(config) -> tokenizer_lib.Tokenizer:
 
 
 # ---- State ---------------------------------------------------------------------------------------
-def make_init_fn(model, tx, text_len: int, text_dim: int, codebook=None, ema: bool = False):
+def make_init_fn(model, tx, text_len: int, text_dim: int, codebook=None, *, ema: bool):
   """`codebook` (the tokenizer's ℓ2-normalised code vectors [K, C], optional): the token
   embeddings of the K codes start as a random projection of them, so codes that the C-ViViT
   finds alike start alike (the [MASK] row keeps its random init). `ema`: the state also holds
@@ -166,11 +160,7 @@ def make_init_fn(model, tx, text_len: int, text_dim: int, codebook=None, ema: bo
                                       (codebook.shape[1], table.shape[1]), table.dtype)
       table = table.at[:codebook.shape[0]].set(jnp.asarray(codebook, table.dtype) @ proj)
       params = dict(params, token_embed=dict(embedding=box.replace_boxed(table)))
-    state = dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                 first_bad_step=jnp.full((), -1, jnp.int32))
-    if ema:
-      state["ema_params"] = params
-    return state
+    return common.init_state(params, tx, ema=ema)
   return init
 
 
@@ -179,7 +169,7 @@ def abstract_state(config, text_len: int, text_dim: int):
   tx = optim.make_optimizer(config.optim)
   mesh = sharding.make_mesh(config.mesh)
   return sharding.abstract_state(
-      make_init_fn(model, tx, text_len, text_dim, ema=common.uses_ema(config)), mesh,
+      make_init_fn(model, tx, text_len, text_dim, ema=config_io.uses_ema(config)), mesh,
       jax.random.PRNGKey(0))[0]
 
 
@@ -242,17 +232,14 @@ def train_step(state, batch, null_text, tok_params, rng, *, model, tok_model, tx
   # Per-source losses (no gradient): images are scored on first-frame tokens only.
   token_nll = jax.lax.stop_gradient(metrics["token_nll"])
   is_image = batch["is_image"][:, None]
-  loss_video = masking.masked_mean(token_nll, mask_g & ~is_image)
-  loss_image = masking.masked_mean(token_nll, mask_g & is_image)
+  loss_video = layers.masked_mean(token_nll, mask_g & ~is_image)
+  loss_image = layers.masked_mean(token_nll, mask_g & is_image)
 
   ok = jnp.isfinite(loss) & common.all_finite(params)  # a finite loss can still overflow
   updated = dict(state, params=params, opt_state=opt_state)
-  if common.uses_ema(config):
+  if config_io.uses_ema(config):
     updated["ema_params"] = common.ema_update(state["ema_params"], params, step, config.ema_decay)
-  new_state = common.guard_update(ok, updated, state)
-  new_state["step"] = step + 1
-  new_state["first_bad_step"] = jnp.where(
-      ok | (state["first_bad_step"] >= 0), state["first_bad_step"], step)
+  new_state = common.finish_step(state, updated, ok, step)
   metrics = dict(loss=loss, masked_accuracy=metrics["accuracy"],
                  loss_video=loss_video, loss_image=loss_image,
                  image_fraction=jnp.mean(batch["is_image"].astype(jnp.float32)),
@@ -295,9 +282,8 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
     given_time_steps([config.data.turn_context_frames], tok.temporal_patch,
                      tok_config.data.num_frames)
   if config.data.pretokenized:
-    from phenaki_jax import tokenize  # pylint: disable=g-import-not-at-top
-    batches = tokenize.PretokenizedBatches(config.data.pretokenized,
-                                           tokenize.expected_meta(config))
+    batches = pretokenized.PretokenizedBatches(config.data.pretokenized,
+                                               pretokenized.expected_meta(config))
   else:
     batches = make_batches(config, tok_config)
 
@@ -307,7 +293,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if config.token_embed_init == "codebook":
     codebook = np.asarray(quantizer.l2_normalize(tok.params["quantizer"]["codebook"]))
   init_fn = make_init_fn(model, tx, text_encoder.max_length, text_encoder.dim, codebook,
-                         ema=common.uses_ema(config))
+                         ema=config_io.uses_ema(config))
   rng = jax.random.PRNGKey(config.seed)
   init_rng, train_rng = jax.random.split(rng)
   state, state_shardings = sharding.create_sharded_state(init_fn, mesh, init_rng)
@@ -324,53 +310,34 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logging.info("resumed from step %d (%s)", int(state["step"]), meta)
 
   # ---- Update step ----
-  step_fn = jax.jit(
+  jitted_step = jax.jit(
       functools.partial(train_step, model=model, tok_model=tok.model, tx=tx, config=config),
       in_shardings=(state_shardings, sharding.batch_sharding(mesh), repl, repl, repl),
       out_shardings=(state_shardings, repl), donate_argnums=0)
 
+  def step_fn(state, step, batch):
+    del step
+    text_tokens, text_mask = text_encoder.encode(list(batch["caption"]))
+    inputs = {"codes": batch["codes"]} if "codes" in batch else {"video": batch["video"]}
+    if config.data.turn_rate > 0:
+      inputs["given_steps"] = given_time_steps(batch["context_frames"], tok.temporal_patch,
+                                               tok_config.data.num_frames)
+    global_batch = sharding.put_global_batch(
+        {**inputs, "is_image": batch["is_image"], "text": text_tokens, "text_mask": text_mask},
+        mesh)
+    return jitted_step(state, global_batch, null_text, tok_params, train_rng)
+
+  # ---- Evals ----
+  def run_eval(state, step):
+    if config.sample.num_videos > 0:
+      write_samples(workdir, step, config, tok, model, state[config_io.params_key(config)],
+                    text_encoder, writer)
+
   # ---- Train loop ----
-  step = int(state["step"])
-  total = config.total_steps
-  report = common.progress_reporter(total, writer)
-  history, train_metrics = [], {}
-  stopped_early = False
   start_time = time.time()
-  with jax.set_mesh(mesh), common.flushing(writer):
-    for step, batch in batches.iterate(step):
-      if step >= total:
-        break
-      text_tokens, text_mask = text_encoder.encode(list(batch["caption"]))
-      inputs = {"codes": batch["codes"]} if "codes" in batch else {"video": batch["video"]}
-      if config.data.turn_rate > 0:
-        inputs["given_steps"] = given_time_steps(batch["context_frames"], tok.temporal_patch,
-                                                 tok_config.data.num_frames)
-      global_batch = sharding.put_global_batch(
-          {**inputs, "is_image": batch["is_image"], "text": text_tokens, "text_mask": text_mask},
-          mesh)
-      state, metrics = step_fn(state, global_batch, null_text, tok_params, train_rng)
-      history.append(metrics)
-      done = step + 1
-      report(done, time.time())
-      last = (done >= total or (config.stop_after_steps and done >= config.stop_after_steps)
-              or (config.max_train_seconds and time.time() - start_time > config.max_train_seconds))
-      preempted = ckpt.preempted(done)
-      if done % config.log_every == 0 or last or preempted:
-        common.raise_if_bad(int(state["first_bad_step"]), ckpt.latest_step())
-        train_metrics = common.mean_metrics(history)
-        writer.write_scalars(done, train_metrics)
-        history = []
-      if ckpt.should_save(done, final=last or preempted):
-        common.raise_if_bad(int(state["first_bad_step"]), ckpt.latest_step())
-        ckpt.save(done, state, {"step": done, "data_seed": config.data.seed,
-                                "data_position": done})
-      if (done % config.eval_every == 0 or last) and config.sample.num_videos > 0:
-        write_samples(workdir, done, config, tok, model, state[common.params_key(config)],
-                      text_encoder, writer)
-      if last or preempted:
-        stopped_early = preempted and not last
-        break
-  ckpt.close()
+  with jax.set_mesh(mesh):
+    state, train_metrics, stopped_early = common.train_loop(
+        config, state, batches, step_fn, ckpt, writer, evaluate=run_eval)
   # A finished run (not a preempted one) records which codes occur where, for the sampler.
   if config.code_support_clips > 0 and jax.process_index() == 0 and not stopped_early:
     write_code_support(config, workdir, tok, batches)
@@ -380,7 +347,6 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def write_samples(workdir, step, config, tok, model, params, text_encoder, writer):
   """A few text-to-video samples (the default prompts) as GIF and a contact sheet."""
-  from phenaki_jax import sample as sample_lib  # pylint: disable=g-import-not-at-top
   sampler = sample_lib.Sampler(tok, model, params, text_encoder, config.sample)
   prompts = list(EVAL_PROMPTS[:config.sample.num_videos])
   videos = np.asarray(sampler.generate(prompts, seed=step))            # [B, T, H, W, 3]
