@@ -6,7 +6,7 @@ Reports the steps run, steps/s, and the held-out reconstruction metrics of the t
 evaluation (PSNR over all frames and the first frame alone, SSIM, codebook usage and perplexity
 over `config.eval.num_clips` eval-split clips), with the machine it ran on. A workdir that
 already holds a checkpoint resumes from it; `steps` counts only the steps of this call.
-Targets (issue 3 §8, 2-core CPU, ≤ 15 min): ≥ 30 dB PSNR and > 50% of the codebook in use.
+Targets (2-core CPU, ≤ 15 min): ≥ 30 dB PSNR and > 50% of the codebook in use.
 """
 import glob
 import json

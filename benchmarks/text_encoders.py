@@ -1,4 +1,4 @@
-"""Text-encoder throughput on this machine, printed as JSON (record results in BENCHMARKS.md).
+"""Text-encoder throughput on this machine, printed as JSON (results: BENCHMARKS.md).
 
   python benchmarks/text_encoders.py [--t5_size=base] [--captions=512]
 

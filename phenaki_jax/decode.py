@@ -20,8 +20,8 @@ Randomness: step i uses `fold_in(rng, i)`, so the same rng gives the same output
 Classifier-free guidance is composed outside `decode` by `guided_logits_fn`, which evaluates the
 conditional and unconditional model in one batched call and returns
 `uncond + cfg_scale · (cond − uncond)`: cfg_scale = 1 is the conditional model alone, 0 the
-unconditional model alone, > 1 extrapolates away from the unconditional prediction (this is the
-convention of the issue; the paper's videos use 12). With `cfg_support` > 0 the guided
+unconditional model alone, > 1 extrapolates away from the unconditional prediction (the paper's videos
+use 12). With `cfg_support` > 0 the guided
 logits are kept only for tokens the conditional model itself finds plausible — probability at
 least `cfg_support` times that of its most likely token — and the rest are excluded, so that
 guidance cannot promote a token merely because the unconditional model finds it even less

@@ -1,4 +1,4 @@
-"""Device mesh and parameter/activation shardings, declared once (STYLE.md §5).
+"""Device mesh and parameter/activation shardings, declared once.
 
 A mesh has the axes ('data', 'fsdp', 'model'). Parameters carry logical axis names (see
 `models/layers.py`); `LOGICAL_RULES` maps them to mesh axes. State is never materialised on one

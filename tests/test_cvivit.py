@@ -1,4 +1,4 @@
-"""Tests of the C-ViViT tokenizer (Phenaki §4.1): DESIGN.md invariants 1-3.
+"""Tests of the C-ViViT tokenizer (Phenaki §4.1): docs/design.md, invariants 1-3.
 
 1. Causality: codes (and pre-quantisation z) of frames 0..n are bit-identical whether or not the
    frames after n change; decoded frames of step s depend only on codes of steps <= s.
@@ -146,7 +146,7 @@ def test_paper_config_gives_1536_codes():
       lambda p, v: model.apply({"params": p}, v, method=cvivit.CViViT.encode), params, video)
   assert codes.shape == (1, 6, 16, 16) and codes.dtype == jnp.int32
   assert int(np.prod(codes.shape[1:])) == 1536
-  per_frame = 10 * 16 * 16    # DESIGN.md: a per-frame tokenizer needs 2560 for the same clip
+  per_frame = 10 * 16 * 16    # docs/design.md, invariant 3: a per-frame tokenizer needs 2560 for the same clip
   assert 1536 < per_frame == 2560
   recon = jax.eval_shape(
       lambda p, c: model.apply({"params": p}, c, method=cvivit.CViViT.decode), params, codes)

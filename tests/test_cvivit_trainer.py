@@ -1,7 +1,7 @@
 """End-to-end tests of the C-ViViT trainer (`phenaki_jax.trainers.cvivit.main`), in process.
 
 A few steps lower the loss; a run stopped mid-way and resumed ends bit-identical to one never
-interrupted (DESIGN.md invariant 6: same data order, same RNG); the adversarial path trains the
+interrupted (docs/design.md, invariant 6: same data order, same RNG); the adversarial path trains the
 discriminator; a non-finite update stops the run naming the step and leaves the last checkpoint
 intact; bad configs fail at start-up naming their key; the public `Tokenizer` loads the result.
 

@@ -1,4 +1,4 @@
-"""Tests of the Shapes prompt-following evaluation (`phenaki_jax/evaluate.py`, issue 6).
+"""Tests of the Shapes prompt-following evaluation (`phenaki_jax/evaluate.py`).
 
 Mechanics only: the fixture models (conftest.py) are barely trained, so their scores are low;
 what is checked is the report's structure, the prompt sets and stories, and the CLI. The

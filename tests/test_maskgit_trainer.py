@@ -1,4 +1,4 @@
-"""Tests of the stage-2 trainer (`phenaki_jax/trainers/maskgit.py`, paper §4.2, issue 5).
+"""Tests of the stage-2 trainer (`phenaki_jax/trainers/maskgit.py`, paper §4.2).
 
 End to end through `main()` (the session fixture run `tiny_maskgit_dir` and a resumed copy):
 a short run learns (the masked-token loss falls well below the uniform baseline log K, and below
@@ -103,7 +103,7 @@ def test_run_uses_the_configured_rates(tiny_maskgit_dir):
 
 def test_resume_is_bit_identical(tiny_maskgit_dir, tiny_cvivit_dir, tmp_path):
   """Run B stops after 50 steps (checkpoint + exit) and is resumed to 120 by the same command:
-  it ends in the state of the fixture run, never interrupted (DESIGN.md invariant 6)."""
+  it ends in the state of the fixture run, never interrupted (docs/design.md, invariant 6)."""
   workdir = str(tmp_path / "resumed")
 
   def config_b(**overrides):

@@ -1,4 +1,4 @@
-"""Tests of the sampling API and CLI (`phenaki_jax/sample.py`, paper §4.2.2, issue 6).
+"""Tests of the sampling API and CLI (`phenaki_jax/sample.py`, paper §4.2.2).
 
 The models are the barely trained fixture runs (conftest.py): these tests pin the mechanics —
 shapes, frame counts, determinism, story continuation with fixed context codes, image-to-video,

@@ -1,4 +1,4 @@
-"""DESIGN.md invariant 5: a C-ViViT train step on a mesh of 8 (fake CPU) devices gives the same
+"""docs/design.md, invariant 5: a C-ViViT train step on a mesh of 8 (fake CPU) devices gives the same
 loss and updated parameters as on one device, up to float tolerance.
 
 The 8 devices need `XLA_FLAGS` set before jax is imported, so the meshes run in a subprocess

@@ -9,7 +9,7 @@ way), or with ``static_images=True`` static clips: the image repeated over all `
 trained as a video (not flagged).
 
 Why random access over the seqio sources instead of iterating their tf.data datasets:
-  * Exact, O(1) resume (DESIGN.md invariant 6). A restarted run asks for ``batch(step)`` and gets
+  * Exact, O(1) resume (docs/design.md, invariant 6). A restarted run asks for ``batch(step)`` and gets
     what the uninterrupted run saw at that step: no iterator state to checkpoint, nothing to
     replay, no dependence on tf.data's sampling or shuffle-buffer internals. The only data state
     is the step number, which the checkpoint already holds.

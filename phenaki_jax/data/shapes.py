@@ -1,4 +1,4 @@
-"""Procedural Shapes: the embedded text-video benchmark of DESIGN.md ("The Shapes benchmark").
+"""Procedural Shapes: the embedded text-video benchmark (docs/design.md, "The Shapes benchmark").
 
 One anti-aliased object (circle, square or triangle) in one of eight palette colours moves left,
 right, up or down at a constant speed over a black background, and never leaves the canvas.

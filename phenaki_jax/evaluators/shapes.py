@@ -1,4 +1,4 @@
-"""The analytic Shapes prompt-following evaluator (DESIGN.md "The Shapes benchmark", issue 6).
+"""The analytic Shapes prompt-following evaluator (docs/design.md, "The Shapes benchmark").
 
 No learned weights: a generated video is read back with the Shapes rules themselves.
 

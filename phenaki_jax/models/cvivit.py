@@ -154,7 +154,7 @@ class CViViT(nn.Module):
       return y.reshape(b, t, h, w, d)
 
     def run_temporal(x):
-      # The temporal view needs a transpose, not a bare reshape (see DESIGN.md pitfalls).
+      # The temporal view needs a transpose, not a bare reshape (docs/design.md, "Known pitfalls").
       y = einops.rearrange(x, "b t h w d -> (b h w) t d")
       causal = jnp.tril(jnp.ones((t, t), bool))[None, None]          # [1, 1, t, t]
       y = temporal(y, mask=causal, deterministic=deterministic)      # [B·h·w, t, D]

@@ -65,7 +65,7 @@ def dot_product_attention(q: Array, k: Array, v: Array, mask: Optional[Array] = 
   normalised after the value matmul, on [B, Q, H] instead of [B, H, Q, K]: the same result as
   `jax.nn.dot_product_attention` to float rounding, and half its time (forward + backward) for
   the tiny MaskGIT on a 2-core CPU, where the elementwise passes over the [B, H, Q, K] scores,
-  not the matmuls, are the cost (BENCHMARKS.md). Scores and their exponentials are float32.
+  not the matmuls, are the cost (docs/experiments.md, "Attention kernel"). Scores and their exponentials are float32.
   """
   if k.shape[1] == 1:
     # One key (e.g. the tiny C-ViViT's patch-local spatial layers): its weight is 1 whatever the
