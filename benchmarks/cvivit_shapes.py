@@ -8,6 +8,7 @@ over `config.eval.num_clips` eval-split clips), with the machine it ran on. A wo
 already holds a checkpoint resumes from it; `steps` counts only the steps of this call.
 Targets (2-core CPU, ≤ 15 min): ≥ 30 dB PSNR and > 50% of the codebook in use.
 """
+
 import glob
 import json
 import os
@@ -27,6 +28,7 @@ _VARIANT = flags.DEFINE_string("variant", "tiny", "configs/cvivit_b.py variant."
 
 def _latest_step(workdir: str):
   from phenaki_jax import checkpoint  # pylint: disable=g-import-not-at-top
+
   directory = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(directory):
     return None
@@ -40,6 +42,7 @@ def _latest_step(workdir: str):
 def _last_scalar(workdir: str, tag: str):
   """The last value clu's ReportProgress (or the loop) wrote for `tag`, or None."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top  (clu has imported it already)
+
   last = None
   for path in sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*"))):
     for event in tf.compat.v1.train.summary_iterator(path):
@@ -52,6 +55,7 @@ def _last_scalar(workdir: str, tag: str):
 def main(argv):
   del argv
   from phenaki_jax.trainers import cvivit  # pylint: disable=g-import-not-at-top
+
   config = config_io.from_file("cvivit_b", _VARIANT.value)
   with config.unlocked():
     config.max_train_seconds = _SECONDS.value
@@ -62,23 +66,36 @@ def main(argv):
   steps = final - start
   steady = _last_scalar(workdir, "steps_per_sec")
   ev = out["eval"]
-  print(json.dumps({
-      "benchmark": "cvivit_shapes", "config": f"cvivit_b.py:{_VARIANT.value}",
-      "workdir": workdir, "budget_seconds": _SECONDS.value,
-      "start_step": start, "final_step": final, "steps": steps,
-      "seconds": round(out["seconds"], 1),
-      # Includes the first step's compile; `steps_per_sec_steady` is ReportProgress's last rate.
-      "steps_per_sec": round(steps / out["seconds"], 3) if out["seconds"] else None,
-      "steps_per_sec_steady": round(steady[1], 3) if steady else None,
-      "batch_size": config.data.batch_size, "num_frames": config.data.num_frames,
-      "resolution": config.data.resolution,
-      "eval_clips": config.eval.num_clips,
-      "psnr": ev.get("eval/psnr"), "psnr_first_frame": ev.get("eval/psnr_first_frame"),
-      "ssim": ev.get("eval/ssim"), "codebook_usage": ev.get("eval/codebook_usage"),
-      "codebook_perplexity": ev.get("eval/codebook_perplexity"),
-      "codebook_size": cvivit.build_model(config).codebook_size,
-      "train_l2": out["train"].get("l2"),
-      "machine": _common.machine()}, indent=2))
+  print(
+    json.dumps(
+      {
+        "benchmark": "cvivit_shapes",
+        "config": f"cvivit_b.py:{_VARIANT.value}",
+        "workdir": workdir,
+        "budget_seconds": _SECONDS.value,
+        "start_step": start,
+        "final_step": final,
+        "steps": steps,
+        "seconds": round(out["seconds"], 1),
+        # Includes the first step's compile; `steps_per_sec_steady` is ReportProgress's last rate.
+        "steps_per_sec": round(steps / out["seconds"], 3) if out["seconds"] else None,
+        "steps_per_sec_steady": round(steady[1], 3) if steady else None,
+        "batch_size": config.data.batch_size,
+        "num_frames": config.data.num_frames,
+        "resolution": config.data.resolution,
+        "eval_clips": config.eval.num_clips,
+        "psnr": ev.get("eval/psnr"),
+        "psnr_first_frame": ev.get("eval/psnr_first_frame"),
+        "ssim": ev.get("eval/ssim"),
+        "codebook_usage": ev.get("eval/codebook_usage"),
+        "codebook_perplexity": ev.get("eval/codebook_perplexity"),
+        "codebook_size": cvivit.build_model(config).codebook_size,
+        "train_l2": out["train"].get("l2"),
+        "machine": _common.machine(),
+      },
+      indent=2,
+    )
+  )
 
 
 if __name__ == "__main__":

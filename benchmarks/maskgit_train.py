@@ -1,7 +1,8 @@
 r"""Stage-2 throughput and what the tiny MaskGIT reaches in a wall-clock budget. Prints JSON.
 
-  python benchmarks/maskgit_train.py --tokenizer_dir=workdirs/demo/cvivit --seconds=720
+python benchmarks/maskgit_train.py --tokenizer_dir=workdirs/demo/cvivit --seconds=720
 """
+
 import json
 import math
 import sys
@@ -21,6 +22,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Default: a temporary directory.
 def main(argv):
   del argv
   from phenaki_jax.trainers import maskgit  # pylint: disable=g-import-not-at-top
+
   config = config_io.from_file("maskgit_b", "tiny")
   with config.unlocked():
     config.tokenizer.workdir = _TOK.value
@@ -31,12 +33,23 @@ def main(argv):
   steps = int(out["state"]["step"])
   model = maskgit.build_model(config)
   tokens = math.prod(model.grid)
-  print(json.dumps({
-      "benchmark": "maskgit_train", "config": "maskgit_b.py:tiny", "steps": steps,
-      "seconds": round(out["seconds"], 1), "steps_per_sec": round(steps / out["seconds"], 3),
-      "tokens_per_sec": round(steps * config.data.batch_size * tokens / out["seconds"], 1),
-      "masked_accuracy": out["train"].get("masked_accuracy"), "loss": out["train"].get("loss"),
-      "uniform_loss": math.log(model.codebook_size), "machine": _common.machine()}, indent=2))
+  print(
+    json.dumps(
+      {
+        "benchmark": "maskgit_train",
+        "config": "maskgit_b.py:tiny",
+        "steps": steps,
+        "seconds": round(out["seconds"], 1),
+        "steps_per_sec": round(steps / out["seconds"], 3),
+        "tokens_per_sec": round(steps * config.data.batch_size * tokens / out["seconds"], 1),
+        "masked_accuracy": out["train"].get("masked_accuracy"),
+        "loss": out["train"].get("loss"),
+        "uniform_loss": math.log(model.codebook_size),
+        "machine": _common.machine(),
+      },
+      indent=2,
+    )
+  )
 
 
 if __name__ == "__main__":

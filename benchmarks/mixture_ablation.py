@@ -8,6 +8,7 @@ prompt-following (the Shapes evaluator). Prints JSON. Takes 3 × (budget + ~2 mi
 --steps fixes the number of updates instead (and plans the cosine over them), so that the
 comparison does not depend on how busy the machine is.
 """
+
 import json
 import os
 import sys
@@ -23,14 +24,19 @@ _TOK = flags.DEFINE_string("tokenizer_dir", "workdirs/demo/cvivit", "A trained C
 _SECONDS = flags.DEFINE_float("seconds", 660.0, "Training budget per mixture.")
 _STEPS = flags.DEFINE_integer("steps", 0, "> 0: train this many steps per mixture instead.")
 _RATES = flags.DEFINE_list("image_rates", ["0.0", "0.2", "0.5"], "Image fractions to compare.")
-_STATIC = flags.DEFINE_bool("static_images", None, "Images as static clips (true) or as the "
-                            "paper's 1-frame videos (false); unset = the tiny config's (static).")
+_STATIC = flags.DEFINE_bool(
+  "static_images",
+  None,
+  "Images as static clips (true) or as the "
+  "paper's 1-frame videos (false); unset = the tiny config's (static).",
+)
 
 
 def main(argv):
   del argv
   from phenaki_jax import evaluate, sample  # pylint: disable=g-import-not-at-top
   from phenaki_jax.trainers import maskgit  # pylint: disable=g-import-not-at-top
+
   spec = evaluate.shapes_spec(_TOK.value)
   rows = []
   for rate in map(float, _RATES.value):
@@ -49,17 +55,26 @@ def main(argv):
     out = maskgit.main(config, workdir)
     sampler = sample.Sampler.from_workdirs(_TOK.value, workdir)
     res = evaluate.evaluate_shapes(sampler, spec, num_stories=4)
-    rows.append({"video_pct": round(100 * (1 - rate)), "image_pct": round(100 * rate),
-                 "static_images": bool(config.data.static_images),
-                 "steps": int(out["state"]["step"]), "train_seconds": round(out["seconds"], 1),
-                 "seen_all": res["seen"]["all_accuracy"],
-                 "heldout_color": res["heldout"]["color_accuracy"],
-                 "heldout_all": res["heldout"]["all_accuracy"],
-                 "image_only_all": res["image_only"]["all_accuracy"],
-                 "image_only_color": res["image_only"]["color_accuracy"]})
+    rows.append(
+      {
+        "video_pct": round(100 * (1 - rate)),
+        "image_pct": round(100 * rate),
+        "static_images": bool(config.data.static_images),
+        "steps": int(out["state"]["step"]),
+        "train_seconds": round(out["seconds"], 1),
+        "seen_all": res["seen"]["all_accuracy"],
+        "heldout_color": res["heldout"]["color_accuracy"],
+        "heldout_all": res["heldout"]["all_accuracy"],
+        "image_only_all": res["image_only"]["all_accuracy"],
+        "image_only_color": res["image_only"]["color_accuracy"],
+      }
+    )
     print(json.dumps(rows[-1]), flush=True)
-  print(json.dumps({"benchmark": "mixture_ablation", "rows": rows,
-                    "machine": _common.machine()}, indent=2))
+  print(
+    json.dumps(
+      {"benchmark": "mixture_ablation", "rows": rows, "machine": _common.machine()}, indent=2
+    )
+  )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ median over the repeats of the mean milliseconds per example, with the fastest r
 is generated on the fly during training, so a 9-frame 32x32 clip is meant to take well under
 10 ms (`target_ms_per_video`) on a 2-core CPU.
 """
+
 import json
 import os
 import sys
@@ -39,31 +40,45 @@ def ms_per_example(make, examples: int, repeats: int) -> dict:
     for index in range(examples):
       make(index)
     times.append((time.perf_counter() - start) / examples)
-  return {"ms_median": round(1e3 * float(np.median(times)), 3),
-          "ms_min": round(1e3 * min(times), 3)}
+  return {
+    "ms_median": round(1e3 * float(np.median(times)), 3),
+    "ms_min": round(1e3 * min(times), 3),
+  }
 
 
 def main(argv):
   del argv
   from phenaki_jax.data import shapes  # pylint: disable=g-import-not-at-top
+
   spec = shapes.ShapesSpec(resolution=_RESOLUTION.value, num_frames=_FRAMES.value)
   seed, frames = _SEED.value, spec.num_frames
   context = max(1, frames // 2)
   stories = [shapes.random_story_prompts(spec, seed, i, 3, frames) for i in range(_EXAMPLES.value)]
   kinds = {
-      "video": lambda i: shapes.video_example(spec, seed, i),
-      "image": lambda i: shapes.image_example(spec, seed, i),
-      f"turn_context{context}": lambda i: shapes.turn_example(spec, seed, i, context),
-      "story_3_segments": lambda i: shapes.story_example(spec, seed, i, stories[i], frames),
+    "video": lambda i: shapes.video_example(spec, seed, i),
+    "image": lambda i: shapes.image_example(spec, seed, i),
+    f"turn_context{context}": lambda i: shapes.turn_example(spec, seed, i, context),
+    "story_3_segments": lambda i: shapes.story_example(spec, seed, i, stories[i], frames),
   }
-  per_kind = {name: ms_per_example(make, _EXAMPLES.value, _REPEATS.value)
-              for name, make in kinds.items()}
-  print(json.dumps({
-      "benchmark": "shapes_data", "resolution": spec.resolution, "num_frames": frames,
-      "examples": _EXAMPLES.value, "repeats": _REPEATS.value, "ms_per_example": per_kind,
-      "target_ms_per_video": TARGET_MS_PER_VIDEO,
-      "video_within_target": per_kind["video"]["ms_median"] < TARGET_MS_PER_VIDEO,
-      "machine": _common.machine()}, indent=2))
+  per_kind = {
+    name: ms_per_example(make, _EXAMPLES.value, _REPEATS.value) for name, make in kinds.items()
+  }
+  print(
+    json.dumps(
+      {
+        "benchmark": "shapes_data",
+        "resolution": spec.resolution,
+        "num_frames": frames,
+        "examples": _EXAMPLES.value,
+        "repeats": _REPEATS.value,
+        "ms_per_example": per_kind,
+        "target_ms_per_video": TARGET_MS_PER_VIDEO,
+        "video_within_target": per_kind["video"]["ms_median"] < TARGET_MS_PER_VIDEO,
+        "machine": _common.machine(),
+      },
+      indent=2,
+    )
+  )
 
 
 if __name__ == "__main__":

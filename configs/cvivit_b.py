@@ -10,6 +10,7 @@ Variants:
 
 The evidence behind the tiny variant's choices is in docs/experiments.md, "Stage 1".
 """
+
 import ml_collections
 
 from phenaki_jax import optim
@@ -26,7 +27,7 @@ def get_config(arg: str = "B"):
 
   c.model_size = "B"
   c.model = ml_collections.ConfigDict(
-      dict(dropout=0.0, scan=False, remat=False, dtype="float32", encoder_spatial_radius=-1)
+    dict(dropout=0.0, scan=False, remat=False, dtype="float32", encoder_spatial_radius=-1)
   )
 
   c.data = ml_collections.ConfigDict()
@@ -44,29 +45,29 @@ def get_config(arg: str = "B"):
   c.data.prefetch = 4
 
   c.losses = ml_collections.ConfigDict(
-      dict(
-          l2=1.0,
-          vq=1.0,
-          # L2 of the frame-to-frame differences (not in the paper; 0 = off): a cheap motion
-          # term for configs without the I3D term; docs/experiments.md, "Temporal L2".
-          temporal_l2=0.0,
-          adversarial=0.1,
-          adversarial_start_step=20_000,
-          r1_gamma=10.0,
-          image_perceptual=0.1,
-          image_perceptual_network="vgg16",
-          image_perceptual_checkpoint="",
-          video_perceptual=1.0,
-          video_perceptual_network="i3d",
-          video_perceptual_checkpoint="",
-      )
+    dict(
+      l2=1.0,
+      vq=1.0,
+      # L2 of the frame-to-frame differences (not in the paper; 0 = off): a cheap motion
+      # term for configs without the I3D term; docs/experiments.md, "Temporal L2".
+      temporal_l2=0.0,
+      adversarial=0.1,
+      adversarial_start_step=20_000,
+      r1_gamma=10.0,
+      image_perceptual=0.1,
+      image_perceptual_network="vgg16",
+      image_perceptual_checkpoint="",
+      video_perceptual=1.0,
+      video_perceptual_network="i3d",
+      video_perceptual_checkpoint="",
+    )
   )
   c.disc = ml_collections.ConfigDict(dict(channels=(64, 128, 256, 512), lr=1e-4, b1=0.0, b2=0.99))
 
   # Dead-code restarts: a code whose EMA assignment count falls below `threshold` is moved
   # onto a random encoder output of the batch every `every` steps, until `until`.
   c.quantizer = ml_collections.ConfigDict(
-      dict(restart_every=100, restart_until=100_000, usage_decay=0.99, restart_threshold=0.03)
+    dict(restart_every=100, restart_until=100_000, usage_decay=0.99, restart_threshold=0.03)
   )
 
   c.total_steps = 1_000_000
@@ -101,12 +102,12 @@ def get_config(arg: str = "B"):
     # learning rate (stage 1)".
     c.total_steps = 1_500
     c.optim = optim.default_config(
-        name="muon",
-        lr=8e-3,
-        warmup_steps=200,
-        decay_steps=1_500,
-        end_lr_fraction=0.05,
-        weight_decay=1e-4,
+      name="muon",
+      lr=8e-3,
+      warmup_steps=200,
+      decay_steps=1_500,
+      end_lr_fraction=0.05,
+      weight_decay=1e-4,
     )
     c.eval_every = 1000
     c.checkpoint_every = 500

@@ -13,6 +13,7 @@ Variants:
 The evidence behind the tiny variant's choices is in docs/experiments.md, "Stage 2" and
 "Sampling".
 """
+
 import ml_collections
 
 from phenaki_jax import optim, sample, text
@@ -31,7 +32,7 @@ def get_config(arg: str = "tiny"):
   # head: "dense" (untied) or "tied" (MaskGIT's: logits from the token embeddings). group: the
   # transformer runs over g×g groups of tokens (models/maskgit.py); 1 = single tokens.
   c.model = ml_collections.ConfigDict(
-      dict(dropout=0.0, scan=True, remat=True, dtype="bfloat16", head="dense", group=1)
+    dict(dropout=0.0, scan=True, remat=True, dtype="bfloat16", head="dense", group=1)
   )
   # "codebook": the code embeddings start as a random projection of the C-ViViT's ℓ2 code
   # vectors (alike codes start alike); "normal": N(0, 0.02).
@@ -108,13 +109,13 @@ def get_config(arg: str = "tiny"):
     # learning rate (stage 2)".
     c.total_steps = 5600
     c.optim = optim.default_config(
-        name="muon",
-        lr=4e-3,
-        warmup_steps=200,
-        decay_steps=5600,
-        end_lr_fraction=0.05,
-        weight_decay=1e-4,
-        muon_per_head=True,
+      name="muon",
+      lr=4e-3,
+      warmup_steps=200,
+      decay_steps=5600,
+      end_lr_fraction=0.05,
+      weight_decay=1e-4,
+      muon_per_head=True,
     )
     c.eval_every = 5600
     c.checkpoint_every = 1000
@@ -124,13 +125,13 @@ def get_config(arg: str = "tiny"):
     # another ("Stepwise continuations") and kept as the most typical of 4 candidates
     # ("Continuation candidates").
     c.sample.update(
-        dict(
-            steps=24,
-            top_k=3,
-            cfg_scale=2.0,
-            continue_cfg_scale=1.0,
-            continue_stepwise=True,
-            continue_candidates=4,
-        )
+      dict(
+        steps=24,
+        top_k=3,
+        cfg_scale=2.0,
+        continue_cfg_scale=1.0,
+        continue_stepwise=True,
+        continue_candidates=4,
+      )
     )
   return c.lock()

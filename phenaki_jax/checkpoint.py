@@ -9,6 +9,7 @@ A frozen model (the tokenizer in stage 2, the sampler) needs only its parameters
 restores that one subtree, shaped by `abstract_params` — `jax.eval_shape` of the model's own
 `init`, so no optimizer, discriminator or mesh of the training run is built to read it.
 """
+
 import os
 import signal
 import threading
@@ -25,26 +26,40 @@ from phenaki_jax import sharding
 class Checkpointer:
   """Thin wrapper over `ocp.CheckpointManager` with items 'state' (pytree) and 'meta' (JSON)."""
 
-  def __init__(self, directory: str, *, every_steps: int = 0, keep: int = 3,
-               async_save: bool = True, read_only: bool = False):
+  def __init__(
+    self,
+    directory: str,
+    *,
+    every_steps: int = 0,
+    keep: int = 3,
+    async_save: bool = True,
+    read_only: bool = False,
+  ):
     """`read_only=True` for loaders (tokenizer, sampler): nothing in `directory` is touched."""
     self.directory = os.path.abspath(directory)
     self.every_steps = every_steps
     self.manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, save_interval_steps=1, create=not read_only, read_only=read_only,
-            enable_async_checkpointing=async_save and not read_only,
-            cleanup_tmp_directories=not read_only),
-        item_names=("state", "meta"))
+      self.directory,
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=keep,
+        save_interval_steps=1,
+        create=not read_only,
+        read_only=read_only,
+        enable_async_checkpointing=async_save and not read_only,
+        cleanup_tmp_directories=not read_only,
+      ),
+      item_names=("state", "meta"),
+    )
     self._preempted = threading.Event()
 
   # ---- preemption -------------------------------------------------------------------------
   def install_signal_handlers(self) -> None:
     """SIGTERM (what TPU/GPU schedulers send before preemption) → save at the next step."""
+
     def handler(signum, frame):
       logging.warning("signal %d received: checkpointing at the next step and stopping", signum)
       self._preempted.set()
+
     if threading.current_thread() is threading.main_thread():
       signal.signal(signal.SIGTERM, handler)
 
@@ -61,20 +76,26 @@ class Checkpointer:
   def save(self, step: int, state: Any, meta: dict, *, force: bool = False) -> None:
     if self.manager.latest_step() == step:
       return
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+    self.manager.save(
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+      force=True,
+    )
 
   def restore(self, abstract_state: Any, step: Optional[int] = None):
     """Returns (state, meta) of `step` (default: latest) laid out like `abstract_state`."""
     step = self.manager.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+    restored = self.manager.restore(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+      ),
+    )
     return restored["state"], restored["meta"]
 
-  def restore_params(self, abstract_params: Any, step: Optional[int] = None,
-                     key: str = "params"):
+  def restore_params(self, abstract_params: Any, step: Optional[int] = None, key: str = "params"):
     """Restores only the `key` subtree of the state ('params', or a run's 'ema_params': what a
     frozen model needs): the optimizer and discriminator states are neither read nor required
     to match."""
@@ -82,9 +103,16 @@ class Checkpointer:
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
     item = {key: abstract_params}
-    restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-        partial_restore=True)))
+    restored = self.manager.restore(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(
+          item=item,
+          restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+          partial_restore=True,
+        )
+      ),
+    )
     return restored["state"][key]
 
   def wait(self) -> None:
@@ -98,8 +126,8 @@ class Checkpointer:
 def abstract_like(tree: Any) -> Any:
   """ShapeDtypeStructs (with shardings) mirroring a tree of jax arrays."""
   return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
-      tree)
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree
+  )
 
 
 def abstract_params(init_fn, *inputs, param_sharding=None) -> Any:
@@ -109,20 +137,29 @@ def abstract_params(init_fn, *inputs, param_sharding=None) -> Any:
   if param_sharding is None:
     param_sharding = sharding.replicated(sharding.make_mesh())
   shapes = nn.unbox(jax.eval_shape(init_fn, jax.random.PRNGKey(0), *inputs)["params"])
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=param_sharding),
-                      shapes)
+  return jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=param_sharding), shapes
+  )
 
 
-def load_params(workdir: str, abstract: Any, *, step: Optional[int] = None,
-                key: str = "params", what: str = "model") -> Any:
+def load_params(
+  workdir: str,
+  abstract: Any,
+  *,
+  step: Optional[int] = None,
+  key: str = "params",
+  what: str = "model",
+) -> Any:
   """The `key` subtree ('params' or 'ema_params') of the checkpoint at `step` (default: the
   latest) in `workdir/checkpoints`, laid out like `abstract`. Nothing in `workdir` is written.
   `what` names the model in the error raised when there is no checkpoint."""
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
   try:
     if ckpt.latest_step() is None:
-      raise FileNotFoundError(f"no {what} checkpoint in {workdir}/checkpoints: train it first "
-                              f"(python -m phenaki_jax.train --config=... --workdir={workdir})")
+      raise FileNotFoundError(
+        f"no {what} checkpoint in {workdir}/checkpoints: train it first "
+        f"(python -m phenaki_jax.train --config=... --workdir={workdir})"
+      )
     return ckpt.restore_params(abstract, step, key=key)
   finally:
     ckpt.close()

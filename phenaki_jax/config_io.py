@@ -8,6 +8,7 @@ A work directory's `config.json` is the exact config of its run; the tokenizer, 
 a resumed run read it back with `from_workdir`. Keys added to the configs after a run was
 written are absent from its file: readers use `config.get(key, default)` for those.
 """
+
 import importlib.util
 import json
 import os
@@ -61,6 +62,8 @@ def params_key(config, ema: Optional[bool] = None) -> str:
   if ema is None:
     ema = uses_ema(config)
   if ema and not uses_ema(config):
-    raise ValueError(f"this {config.get('trainer', '')} run keeps no EMA of its parameters "
-                     f"(config.ema_decay=0): load it with ema=False (or --noema)")
+    raise ValueError(
+      f"this {config.get('trainer', '')} run keeps no EMA of its parameters "
+      f"(config.ema_decay=0): load it with ema=False (or --noema)"
+    )
   return "ema_params" if ema else "params"

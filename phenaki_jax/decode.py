@@ -27,6 +27,7 @@ least `cfg_support` times that of its most likely token — and the rest are exc
 guidance cannot promote a token merely because the unconditional model finds it even less
 likely (on Shapes, guidance otherwise put the later-frame background code into the first frame).
 """
+
 from typing import Callable, Optional, Union
 
 import jax
@@ -86,10 +87,21 @@ def filter_logits(logits: Array, top_k: int = 0, top_p: float = 1.0) -> Array:
   return logits
 
 
-def decode(logits_fn: LogitsFn, init_tokens: Array, fixed: Array, rng: Array, *,
-           num_steps: int, mask_token_id: int, temperature: Union[float, Array] = 1.0,
-           choice_temperature: Union[float, Array] = 4.5, top_k: int = 0, top_p: float = 1.0,
-           valid: Optional[Array] = None, return_trace: bool = False):
+def decode(
+  logits_fn: LogitsFn,
+  init_tokens: Array,
+  fixed: Array,
+  rng: Array,
+  *,
+  num_steps: int,
+  mask_token_id: int,
+  temperature: Union[float, Array] = 1.0,
+  choice_temperature: Union[float, Array] = 4.5,
+  top_k: int = 0,
+  top_p: float = 1.0,
+  valid: Optional[Array] = None,
+  return_trace: bool = False,
+):
   """Generates the non-fixed tokens by MaskGIT parallel decoding (see the module docstring).
 
   Args:
@@ -135,7 +147,8 @@ def decode(logits_fn: LogitsFn, init_tokens: Array, fixed: Array, rng: Array, *,
     if logits.shape[:2] != (batch, num_tokens):
       raise ValueError(f"logits_fn returned {logits.shape}, expected [{batch}, {num_tokens}, K]")
     sampled = jax.random.categorical(
-        rng_sample, filter_logits(logits / temperature, top_k, top_p), axis=-1)  # [B, N]
+      rng_sample, filter_logits(logits / temperature, top_k, top_p), axis=-1
+    )  # [B, N]
     sampled = jnp.where(masked, sampled.astype(jnp.int32), tokens)
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     confidence = jnp.take_along_axis(log_probs, sampled[..., None], axis=-1)[..., 0]  # [B, N]
@@ -154,9 +167,16 @@ def decode(logits_fn: LogitsFn, init_tokens: Array, fixed: Array, rng: Array, *,
   return (tokens, trace) if return_trace else tokens
 
 
-def guided_logits_fn(apply_fn: Callable[..., Array], text: Array, text_mask: Array,
-                     null_text: Array, null_mask: Array, cfg_scale: Union[float, Array],
-                     cfg_support: Union[float, Array] = 0.0, **apply_kwargs) -> LogitsFn:
+def guided_logits_fn(
+  apply_fn: Callable[..., Array],
+  text: Array,
+  text_mask: Array,
+  null_text: Array,
+  null_mask: Array,
+  cfg_scale: Union[float, Array],
+  cfg_support: Union[float, Array] = 0.0,
+  **apply_kwargs,
+) -> LogitsFn:
   """Classifier-free guidance: a `logits_fn` returning uncond + cfg_scale · (cond − uncond).
 
   Args:
@@ -177,8 +197,10 @@ def guided_logits_fn(apply_fn: Callable[..., Array], text: Array, text_mask: Arr
     null_text = jnp.broadcast_to(null_text, text.shape)
     null_mask = jnp.broadcast_to(null_mask, text_mask.shape)
   except ValueError as e:
-    raise ValueError(f"null text {jnp.shape(null_text)} / mask {jnp.shape(null_mask)} do not "
-                     f"broadcast to text {text.shape} / mask {text_mask.shape}") from e
+    raise ValueError(
+      f"null text {jnp.shape(null_text)} / mask {jnp.shape(null_mask)} do not "
+      f"broadcast to text {text.shape} / mask {text_mask.shape}"
+    ) from e
 
   if isinstance(cfg_scale, (int, float)) and cfg_scale == 1.0:
     return lambda tokens: apply_fn(tokens, text, text_mask, **apply_kwargs)
@@ -186,13 +208,15 @@ def guided_logits_fn(apply_fn: Callable[..., Array], text: Array, text_mask: Arr
   both_text = jnp.concatenate([text, null_text], axis=0)  # [2B, L, D]
   both_mask = jnp.concatenate([text_mask, null_mask], axis=0)  # [2B, L]
   both_kwargs = {
-      k: jnp.concatenate([v, v], axis=0) if isinstance(v, (jax.Array, np.ndarray)) else v
-      for k, v in apply_kwargs.items()}
+    k: jnp.concatenate([v, v], axis=0) if isinstance(v, (jax.Array, np.ndarray)) else v
+    for k, v in apply_kwargs.items()
+  }
 
   def logits_fn(tokens: Array) -> Array:
     batch = tokens.shape[0]
-    logits = apply_fn(jnp.concatenate([tokens, tokens], axis=0), both_text, both_mask,
-                      **both_kwargs)  # [2B, N, K]
+    logits = apply_fn(
+      jnp.concatenate([tokens, tokens], axis=0), both_text, both_mask, **both_kwargs
+    )  # [2B, N, K]
     cond, uncond = logits[:batch], logits[batch:]
     guided = uncond + cfg_scale * (cond - uncond)
     # log p_cond(k) - max_k' log p_cond(k') = cond_k - max cond (the normaliser cancels).
@@ -206,7 +230,9 @@ def guided_logits_fn(apply_fn: Callable[..., Array], text: Array, text_mask: Arr
 def restricted_logits_fn(logits_fn: LogitsFn, allowed: Array) -> LogitsFn:
   """`logits_fn` with the codes that `allowed` (bool [N, K], or broadcastable to the logits
   [B, N, K]) forbids at a position set to the lowest float, so they are never sampled."""
+
   def restricted(tokens: Array) -> Array:
     logits = logits_fn(tokens)
     return jnp.where(allowed, logits, jnp.finfo(logits.dtype).min)
+
   return restricted

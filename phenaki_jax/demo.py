@@ -12,6 +12,7 @@ Each stage trains for its config's steps (sized for a quiet 2-core CPU; --stage1
 --stage2_steps train longer) under a wall-clock cap, and is skipped when already done, so an
 interrupted demo resumes where it stopped (the trainers resume from their checkpoints).
 """
+
 import json
 import os
 import time
@@ -26,24 +27,36 @@ _WORKDIR = flags.DEFINE_string("workdir", "workdirs/demo", "Where everything is 
 def _stage_flags(stage: int, model: str, minutes: float, steps: int, takes: str):
   """--stage{N}_minutes and --stage{N}_steps of one training stage."""
   minutes_flag = flags.DEFINE_float(
-      f"stage{stage}_minutes", minutes, f"Wall-clock cap on the {model}'s training (its "
-      f"config's {steps} steps take {takes} on a quiet 2-core CPU). Not given: {minutes:g} min, "
-      f"times --stage{stage}_steps / {steps} when that is over 1.")
+    f"stage{stage}_minutes",
+    minutes,
+    f"Wall-clock cap on the {model}'s training (its "
+    f"config's {steps} steps take {takes} on a quiet 2-core CPU). Not given: {minutes:g} min, "
+    f"times --stage{stage}_steps / {steps} when that is over 1.",
+  )
   steps_flag = flags.DEFINE_integer(
-      f"stage{stage}_steps", 0, f"{model} training steps (its cosine decays over them); 0 = the "
-      f"config's {steps}.", lower_bound=0)
+    f"stage{stage}_steps",
+    0,
+    f"{model} training steps (its cosine decays over them); 0 = the config's {steps}.",
+    lower_bound=0,
+  )
   return minutes_flag, steps_flag
 
 
 _STAGE1_MIN, _STAGE1_STEPS = _stage_flags(1, "C-ViViT", 10.0, 1500, "~8 min")
 _STAGE2_MIN, _STAGE2_STEPS = _stage_flags(2, "MaskGIT", 18.0, 5600, "~17.5 min")
 _EVAL_SEEDS = flags.DEFINE_integer(
-    "eval_seeds", 2, "Seeds the Shapes evaluator samples every prompt set with (pooled): one "
-    "seed's figures move by about ±0.06, and each seed costs ~1 min on a 2-core CPU.",
-    lower_bound=1)
+  "eval_seeds",
+  2,
+  "Seeds the Shapes evaluator samples every prompt set with (pooled): one "
+  "seed's figures move by about ±0.06, and each seed costs ~1 min on a 2-core CPU.",
+  lower_bound=1,
+)
 _STORY = flags.DEFINE_multi_string(
-    "story", ["a green circle moves right", "a green circle moves down",
-              "a green circle moves left"], "The prompts of the demo story.")
+  "story",
+  ["a green circle moves right", "a green circle moves down", "a green circle moves left"],
+  "The prompts of the demo story.",
+)
+
 
 def _done(workdir: str) -> bool:
   return os.path.exists(os.path.join(workdir, "DONE"))
@@ -54,8 +67,7 @@ def _mark_done(workdir: str, info: dict) -> None:
     json.dump(info, f, indent=2)
 
 
-def stage_config(name: str, workdir: str, steps: int, minutes: float,
-                 minutes_given: bool = True):
+def stage_config(name: str, workdir: str, steps: int, minutes: float, minutes_given: bool = True):
   """The tiny config of one demo stage: `steps` training steps (0 = the config's), its cosine
   decaying over them, under a wall-clock cap of `minutes` (unless `minutes_given`, raised by
   steps / the config's steps when that is over 1). A run already started in `workdir` must
@@ -69,8 +81,10 @@ def stage_config(name: str, workdir: str, steps: int, minutes: float,
     planned = config_io.from_workdir(workdir).total_steps
     if planned != total:
       flag = "stage1_steps" if name == "cvivit_b" else "stage2_steps"
-      raise ValueError(f"{workdir} holds a run of {planned} training steps, and this demo asks "
-                       f"for {total}: pass --{flag}={planned} to use it, or another --workdir")
+      raise ValueError(
+        f"{workdir} holds a run of {planned} training steps, and this demo asks "
+        f"for {total}: pass --{flag}={planned} to use it, or another --workdir"
+      )
   with config.unlocked():
     config.total_steps = config.optim.decay_steps = total
     config.max_train_seconds = 60 * minutes
@@ -83,15 +97,18 @@ def main(argv):
   from phenaki_jax.data import video_io  # pylint: disable=g-import-not-at-top
   from phenaki_jax.trainers import cvivit as cvivit_trainer  # pylint: disable=g-import-not-at-top
   from phenaki_jax.trainers import maskgit as maskgit_trainer  # pylint: disable=g-import-not-at-top
+
   root = os.path.abspath(_WORKDIR.value)
   cvivit_dir, maskgit_dir, eval_dir = (os.path.join(root, d) for d in ("cvivit", "maskgit", "eval"))
   t0 = time.time()
 
   # Both stages' plans first, so that a workdir holding other runs fails before any training.
-  config1 = stage_config("cvivit_b", cvivit_dir, _STAGE1_STEPS.value, _STAGE1_MIN.value,
-                         _STAGE1_MIN.present)
-  config2 = stage_config("maskgit_b", maskgit_dir, _STAGE2_STEPS.value, _STAGE2_MIN.value,
-                         _STAGE2_MIN.present)
+  config1 = stage_config(
+    "cvivit_b", cvivit_dir, _STAGE1_STEPS.value, _STAGE1_MIN.value, _STAGE1_MIN.present
+  )
+  config2 = stage_config(
+    "maskgit_b", maskgit_dir, _STAGE2_STEPS.value, _STAGE2_MIN.value, _STAGE2_MIN.present
+  )
   with config2.unlocked():
     config2.tokenizer.workdir = cvivit_dir
 
@@ -112,24 +129,43 @@ def main(argv):
   # ---- Sampling and evaluation ----
   os.makedirs(eval_dir, exist_ok=True)
   sampler = sample.Sampler.from_workdirs(cvivit_dir, maskgit_dir)
-  story = sampler.story(_STORY.value, [sampler.max_frames] + [sampler.max_frames - 5] * (
-      len(_STORY.value) - 1), context_frames=5, seed=0)
+  story = sampler.story(
+    _STORY.value,
+    [sampler.max_frames] + [sampler.max_frames - 5] * (len(_STORY.value) - 1),
+    context_frames=5,
+    seed=0,
+  )
   files = {
-      "story_mp4": video_io.write_mp4(os.path.join(eval_dir, "demo_story.mp4"), story, fps=4,
-                                      scale=8),
-      "story_gif": video_io.write_gif(os.path.join(eval_dir, "demo_story.gif"), story, fps=4,
-                                      scale=8),
+    "story_mp4": video_io.write_mp4(
+      os.path.join(eval_dir, "demo_story.mp4"), story, fps=4, scale=8
+    ),
+    "story_gif": video_io.write_gif(
+      os.path.join(eval_dir, "demo_story.gif"), story, fps=4, scale=8
+    ),
   }
   video_io.contact_sheet(story[None], os.path.join(eval_dir, "demo_story.png"), scale=4)
-  results = evaluate.evaluate_shapes(sampler, evaluate.shapes_spec(cvivit_dir),
-                                     num_seeds=_EVAL_SEEDS.value, out_dir=eval_dir)
+  results = evaluate.evaluate_shapes(
+    sampler, evaluate.shapes_spec(cvivit_dir), num_seeds=_EVAL_SEEDS.value, out_dir=eval_dir
+  )
   with open(os.path.join(eval_dir, "shapes_eval.json"), "w") as f:
     json.dump(results, f, indent=2)
-  files.update(samples_png=os.path.join(eval_dir, "seen.png"),
-               eval_json=os.path.join(eval_dir, "shapes_eval.json"),
-               reconstructions=os.path.join(cvivit_dir, "eval"))
-  print(json.dumps({"story_prompts": _STORY.value, "results": results, "files": files,
-                    "workdir": root, "minutes": round((time.time() - t0) / 60, 1)}, indent=2))
+  files.update(
+    samples_png=os.path.join(eval_dir, "seen.png"),
+    eval_json=os.path.join(eval_dir, "shapes_eval.json"),
+    reconstructions=os.path.join(cvivit_dir, "eval"),
+  )
+  print(
+    json.dumps(
+      {
+        "story_prompts": _STORY.value,
+        "results": results,
+        "files": files,
+        "workdir": root,
+        "minutes": round((time.time() - t0) / 60, 1),
+      },
+      indent=2,
+    )
+  )
   logging.info("demo finished in %.1f min", (time.time() - t0) / 60)
 
 

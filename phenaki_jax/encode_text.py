@@ -11,6 +11,7 @@ same directory as its text cache and it encodes nothing; with
 `--config.text_encoder.cache_only=True` it does not load the encoder either. Prints a JSON
 summary.
 """
+
 import json
 import time
 
@@ -21,8 +22,11 @@ from ml_collections import config_flags
 from phenaki_jax import text
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config (with .text_encoder) or a text-encoder config.",
-    lock_config=True)
+  "config",
+  None,
+  "Experiment config (with .text_encoder) or a text-encoder config.",
+  lock_config=True,
+)
 _CAPTIONS = flags.DEFINE_string("captions", None, "Text file, one caption per line.")
 _OUT = flags.DEFINE_string("out", None, "Cache directory to write the embeddings to.")
 _BATCH = flags.DEFINE_integer("batch_size", 256, "Captions per encode call.")
@@ -33,21 +37,32 @@ def main(argv):
   config = _CONFIG.value
   cfg = config.text_encoder if "text_encoder" in config else config
   if cfg.get("cache_only", False):
-    raise ValueError("config.text_encoder.cache_only=True: encode_text runs the encoder; set "
-                     "--config.text_encoder.cache_only=False")
+    raise ValueError(
+      "config.text_encoder.cache_only=True: encode_text runs the encoder; set "
+      "--config.text_encoder.cache_only=False"
+    )
   with open(_CAPTIONS.value, encoding="utf-8") as f:
     captions = list(dict.fromkeys([line.rstrip("\r\n") for line in f] + [""]))
   start = time.perf_counter()
   encoder = text.TextEncoder.from_config(cfg, cache_dir=_OUT.value)
   loaded = time.perf_counter()
   for i in range(0, len(captions), _BATCH.value):
-    encoder.encode(captions[i:i + _BATCH.value])
+    encoder.encode(captions[i : i + _BATCH.value])
   done = time.perf_counter()
-  print(json.dumps(dict(
-      identity=encoder.identity, out=f"{_OUT.value}/{encoder.identity}",
-      captions=len(captions), dim=encoder.dim, max_length=encoder.max_length,
-      forward_batches=encoder.forward_batches, load_s=round(loaded - start, 3),
-      encode_s=round(done - loaded, 3))))
+  print(
+    json.dumps(
+      dict(
+        identity=encoder.identity,
+        out=f"{_OUT.value}/{encoder.identity}",
+        captions=len(captions),
+        dim=encoder.dim,
+        max_length=encoder.max_length,
+        forward_batches=encoder.forward_batches,
+        load_s=round(loaded - start, 3),
+        encode_s=round(done - loaded, 3),
+      )
+    )
+  )
 
 
 if __name__ == "__main__":

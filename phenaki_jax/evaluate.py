@@ -23,6 +23,7 @@ JSON with colour / shape / direction / all-three accuracy on
               between consecutive frames inside the segments, the generator's own motion
               noise that a boundary is measured against.
 """
+
 import json
 import os
 import sys
@@ -54,10 +55,11 @@ def story_prompts(spec: shapes_lib.ShapesSpec, limit: int) -> list:
 def prompt_sets(spec: shapes_lib.ShapesSpec, samples_per_triple: int) -> dict:
   def captions(triples, n):
     return [shapes_lib.caption(*t) for t in triples for _ in range(n)]
+
   return {
-      "seen": captions(shapes_lib.train_triples(spec), 1),
-      "heldout": captions(shapes_lib.split_triples(spec, "heldout"), samples_per_triple),
-      "image_only": captions(shapes_lib.image_only_triples(spec), samples_per_triple),
+    "seen": captions(shapes_lib.train_triples(spec), 1),
+    "heldout": captions(shapes_lib.split_triples(spec, "heldout"), samples_per_triple),
+    "image_only": captions(shapes_lib.image_only_triples(spec), samples_per_triple),
   }
 
 
@@ -65,9 +67,19 @@ def prompt_sets(spec: shapes_lib.ShapesSpec, samples_per_triple: int) -> dict:
 SEED_STRIDE = 10_007
 
 
-def evaluate_shapes(sampler, spec: shapes_lib.ShapesSpec, *, samples_per_triple: int = 4,
-                    num_stories: int = 12, context_frames: int = 5, batch_size: int = 32,
-                    seed: int = 0, num_seeds: int = 1, out_dir: str = "", **sample_kw) -> dict:
+def evaluate_shapes(
+  sampler,
+  spec: shapes_lib.ShapesSpec,
+  *,
+  samples_per_triple: int = 4,
+  num_stories: int = 12,
+  context_frames: int = 5,
+  batch_size: int = 32,
+  seed: int = 0,
+  num_seeds: int = 1,
+  out_dir: str = "",
+  **sample_kw,
+) -> dict:
   """Samples the prompt sets with `sampler` (a `phenaki_jax.sample.Sampler`) and scores them.
 
   `num_seeds` > 1 samples every prompt set and story that many times (seeds `seed + j ·
@@ -75,6 +87,7 @@ def evaluate_shapes(sampler, spec: shapes_lib.ShapesSpec, *, samples_per_triple:
   story its per-seed `segment_accuracy`), since one seed's figure moves by ±0.06 on Shapes.
   """
   from phenaki_jax.data import video_io  # pylint: disable=g-import-not-at-top
+
   if int(num_seeds) < 1:
     raise ValueError(f"num_seeds must be >= 1, got {num_seeds}")
   seeds = [seed + j * SEED_STRIDE for j in range(int(num_seeds))]
@@ -84,10 +97,10 @@ def evaluate_shapes(sampler, spec: shapes_lib.ShapesSpec, *, samples_per_triple:
     for rep, rep_seed in enumerate(seeds):
       videos = []
       for i in range(0, len(prompts), batch_size):
-        chunk = prompts[i:i + batch_size]
+        chunk = prompts[i : i + batch_size]
         # Every batch is padded to batch_size so that the decode compiles once for all of them.
         padded = chunk + chunk[-1:] * (batch_size - len(chunk))
-        videos.append(sampler.generate(padded, seed=rep_seed + i, **sample_kw)[:len(chunk)])
+        videos.append(sampler.generate(padded, seed=rep_seed + i, **sample_kw)[: len(chunk)])
       videos = np.concatenate(videos)
       per_seed.append([shapes_eval.score(v, p) for v, p in zip(videos, prompts)])
       if out_dir and rep == 0:
@@ -95,26 +108,33 @@ def evaluate_shapes(sampler, spec: shapes_lib.ShapesSpec, *, samples_per_triple:
     results[name] = shapes_eval.aggregate([s for scores in per_seed for s in scores])
     if num_seeds > 1:
       results[name]["per_seed_all_accuracy"] = [
-          shapes_eval.aggregate(scores)["all_accuracy"] for scores in per_seed]
+        shapes_eval.aggregate(scores)["all_accuracy"] for scores in per_seed
+      ]
   stories = story_prompts(spec, num_stories)
   frames_per_prompt = sampler.max_frames - context_frames  # new frames after the context
   lengths = [sampler.max_frames] + [frames_per_prompt] * 2
   per_seed = []
   for rep, rep_seed in enumerate(seeds):
     story_videos = sampler.story(stories, lengths, context_frames, seed=rep_seed, **sample_kw)
-    per_seed.append([shapes_eval.score_story(v, p, lengths, spec=spec)
-                     for v, p in zip(story_videos, stories)])
+    per_seed.append(
+      [shapes_eval.score_story(v, p, lengths, spec=spec) for v, p in zip(story_videos, stories)]
+    )
     if rep == 0:
       videos = story_videos
   jump_limit = spec.resolution / 16  # the target: 1/16 of the canvas side (2 px on 32 px)
-  results["story"] = shapes_eval.aggregate([s for scores in per_seed for s in scores],
-                                            jump_limit=jump_limit)
+  results["story"] = shapes_eval.aggregate(
+    [s for scores in per_seed for s in scores], jump_limit=jump_limit
+  )
   if num_seeds > 1:
     results["story"]["per_seed_segment_accuracy"] = [
-        shapes_eval.aggregate(scores)["segment_accuracy"] for scores in per_seed]
-  results["story"].update(frames_per_segment=lengths, context_frames=context_frames,
-                          canvas=spec.resolution,
-                          max_jump_limit=jump_limit)
+      shapes_eval.aggregate(scores)["segment_accuracy"] for scores in per_seed
+    ]
+  results["story"].update(
+    frames_per_segment=lengths,
+    context_frames=context_frames,
+    canvas=spec.resolution,
+    max_jump_limit=jump_limit,
+  )
   results["num_seeds"] = int(num_seeds)
   if out_dir:
     video_io.contact_sheet(videos[:8], os.path.join(out_dir, "stories.png"), scale=3)
@@ -129,17 +149,25 @@ def evaluate_shapes(sampler, spec: shapes_lib.ShapesSpec, *, samples_per_triple:
 
 def main(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
+
   f = flags.FLAGS
   if len(argv) < 2 or argv[1] != "shapes":
-    raise SystemExit("usage: python -m phenaki_jax.evaluate shapes --tokenizer_dir=... "
-                     "--maskgit_dir=...")
+    raise SystemExit(
+      "usage: python -m phenaki_jax.evaluate shapes --tokenizer_dir=... --maskgit_dir=..."
+    )
   sampler = sample_lib.sampler_from_flags(f)
   if f.out:
     os.makedirs(f.out, exist_ok=True)
-  results = evaluate_shapes(sampler, shapes_spec(f.tokenizer_dir),
-                            samples_per_triple=f.samples_per_triple, num_stories=f.num_stories,
-                            seed=f.seed, num_seeds=f.num_seeds, out_dir=f.out or "",
-                            **sample_lib.options_from_flags(f))
+  results = evaluate_shapes(
+    sampler,
+    shapes_spec(f.tokenizer_dir),
+    samples_per_triple=f.samples_per_triple,
+    num_stories=f.num_stories,
+    seed=f.seed,
+    num_seeds=f.num_seeds,
+    out_dir=f.out or "",
+    **sample_lib.options_from_flags(f),
+  )
   text = json.dumps(results, indent=2)
   if f.out:
     with open(os.path.join(f.out, "shapes_eval.json"), "w") as fh:
@@ -151,16 +179,21 @@ def main(argv):
 def shapes_spec(tokenizer_dir: str) -> shapes_lib.ShapesSpec:
   """The Shapes clips a tokenizer's run was trained on (resolution, frames)."""
   tok_config = config_io.from_workdir(tokenizer_dir)
-  return shapes_lib.ShapesSpec(resolution=tok_config.data.resolution,
-                               num_frames=tok_config.data.num_frames)
+  return shapes_lib.ShapesSpec(
+    resolution=tok_config.data.resolution, num_frames=tok_config.data.num_frames
+  )
 
 
 if __name__ == "__main__":
   from absl import app, flags  # pylint: disable=g-import-not-at-top
+
   sample_lib.define_flags()
   flags.DEFINE_string("out", None, "Where to write the JSON and contact sheets.")
   flags.DEFINE_integer("samples_per_triple", 4, "Samples per held-out / image-only triple.")
   flags.DEFINE_integer("num_stories", 12, "3-prompt stories to sample.")
-  flags.DEFINE_integer("num_seeds", 1, "Sample every prompt set this many times (seeds seed + "
-                       "j·10007) and pool the scores.")
+  flags.DEFINE_integer(
+    "num_seeds",
+    1,
+    "Sample every prompt set this many times (seeds seed + j·10007) and pool the scores.",
+  )
   app.run(main)

@@ -6,6 +6,7 @@ The perceptual terms need real pretrained feature networks (VGG for images, I3D 
 they are named in the config and `check_perceptual_config` fails at start-up when a weight is
 positive but no weights file is named.
 """
+
 import os
 
 import jax
@@ -49,15 +50,18 @@ def check_perceptual_config(losses: ml_collections.ConfigDict) -> None:
     checkpoint = losses[f"{kind}_perceptual_checkpoint"]
     if network not in PERCEPTUAL_NETWORKS[kind]:
       raise ValueError(
-          f"config.losses.{kind}_perceptual_network={network!r} is not one of "
-          f"{PERCEPTUAL_NETWORKS[kind]}")
+        f"config.losses.{kind}_perceptual_network={network!r} is not one of "
+        f"{PERCEPTUAL_NETWORKS[kind]}"
+      )
     if not checkpoint:
       raise ValueError(
-          f"config.losses.{kind}_perceptual={weight} needs pretrained {network} weights, but "
-          f"config.losses.{kind}_perceptual_checkpoint is empty. Name the weights file, or set "
-          f"--config.losses.{kind}_perceptual=0 (the tiny configs do).")
+        f"config.losses.{kind}_perceptual={weight} needs pretrained {network} weights, but "
+        f"config.losses.{kind}_perceptual_checkpoint is empty. Name the weights file, or set "
+        f"--config.losses.{kind}_perceptual=0 (the tiny configs do)."
+      )
     if not os.path.exists(checkpoint):
       raise ValueError(f"config.losses.{kind}_perceptual_checkpoint={checkpoint!r} does not exist")
     raise NotImplementedError(
-        f"the {network} perceptual network is not implemented yet (it arrives with the FID/FVD "
-        f"feature networks); set --config.losses.{kind}_perceptual=0")
+      f"the {network} perceptual network is not implemented yet (it arrives with the FID/FVD "
+      f"feature networks); set --config.losses.{kind}_perceptual=0"
+    )

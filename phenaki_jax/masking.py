@@ -28,8 +28,9 @@ def valid_from_time_steps(num_valid_steps: Array, grid: tuple[int, int, int]) ->
   return step[None, :] < jnp.asarray(num_valid_steps)[:, None]  # [B, N]
 
 
-def sample_prefix_given(rng: Array, is_image: Array, rate: float,
-                        grid: tuple[int, int, int]) -> Array:
+def sample_prefix_given(
+  rng: Array, is_image: Array, rate: float, grid: tuple[int, int, int]
+) -> Array:
   """Frame-prediction examples: bool [B, t·h·w], True at the positions given as context.
 
   With probability `rate` a video example (not an image) keeps its first s time steps given,
@@ -77,8 +78,9 @@ def apply_mask(tokens: Array, mask: Array, mask_token_id: int) -> Array:
   return jnp.where(mask, jnp.asarray(mask_token_id, tokens.dtype), tokens)
 
 
-def masked_cross_entropy(logits: Array, targets: Array, mask: Array, *,
-                         label_smoothing: float = 0.0) -> tuple[Array, dict]:
+def masked_cross_entropy(
+  logits: Array, targets: Array, mask: Array, *, label_smoothing: float = 0.0
+) -> tuple[Array, dict]:
   """Cross-entropy on masked tokens only.
 
   Normalisation: the mean over all masked tokens in the batch (token-weighted, so an example
@@ -95,8 +97,9 @@ def masked_cross_entropy(logits: Array, targets: Array, mask: Array, *,
     token_nll=f32 [B, N] per-token negative log-likelihood, smoothed like the loss)).
   """
   if logits.shape[:-1] != targets.shape or targets.shape != mask.shape:
-    raise ValueError(f"shapes disagree: logits {logits.shape}, targets {targets.shape}, "
-                     f"mask {mask.shape}")
+    raise ValueError(
+      f"shapes disagree: logits {logits.shape}, targets {targets.shape}, mask {mask.shape}"
+    )
   mask = mask.astype(bool)
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [B, N, K]
   nll = -jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
@@ -104,6 +107,9 @@ def masked_cross_entropy(logits: Array, targets: Array, mask: Array, *,
     nll = (1.0 - label_smoothing) * nll - label_smoothing * logp.mean(-1)  # [B, N]
   loss = layers.masked_mean(nll, mask)
   correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
-  metrics = dict(accuracy=layers.masked_mean(correct, mask), num_masked=mask.sum().astype(jnp.int32),
-                 token_nll=nll)
+  metrics = dict(
+    accuracy=layers.masked_mean(correct, mask),
+    num_masked=mask.sum().astype(jnp.int32),
+    token_nll=nll,
+  )
   return loss, metrics

@@ -7,6 +7,7 @@ projections, biases, norms) with AdamW (also with Nesterov momentum, as optax's 
 Muon updates are scaled to AdamW's typical RMS (`muon_rms` · √max(fan_in, fan_out); "Muon is
 Scalable for LLM Training", Liu et al. 2025), so one lr and weight decay serve both parts.
 """
+
 import functools
 
 import jax
@@ -21,9 +22,12 @@ _ATTENTION = ("self_attention", "cross_attention")
 def make_schedule(cfg: ml_collections.ConfigDict) -> optax.Schedule:
   """cfg: lr, warmup_steps, decay_steps (total steps of the cosine), end_lr_fraction."""
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=cfg.lr, warmup_steps=cfg.warmup_steps,
-      decay_steps=max(cfg.decay_steps, cfg.warmup_steps + 1),
-      end_value=cfg.lr * cfg.end_lr_fraction)
+    init_value=0.0,
+    peak_value=cfg.lr,
+    warmup_steps=cfg.warmup_steps,
+    decay_steps=max(cfg.decay_steps, cfg.warmup_steps + 1),
+    end_value=cfg.lr * cfg.end_lr_fraction,
+  )
 
 
 def muon_dimension_numbers(params, per_head: bool = False):
@@ -36,6 +40,7 @@ def muon_dimension_numbers(params, per_head: bool = False):
   [..., d_in, d_out]. Leading axes (layers stacked by `nn.scan`) are batch axes: one matrix per
   layer.
   """
+
   def rule(path, x):
     # Dict keys only: at init the parameters may still be boxed (`nn.Partitioned`), which adds
     # an attribute entry (`.value`) to the path.
@@ -44,13 +49,16 @@ def muon_dimension_numbers(params, per_head: bool = False):
     n = x.ndim
     if parent in _ATTENTION and leaf in ("query", "key", "value") and n >= 3:
       return optax_contrib.MuonDimensionNumbers(
-          reduction_axis=n - 3, output_axis=n - 1 if per_head else (n - 2, n - 1))
+        reduction_axis=n - 3, output_axis=n - 1 if per_head else (n - 2, n - 1)
+      )
     if parent in _ATTENTION and leaf == "out" and n >= 3:
       return optax_contrib.MuonDimensionNumbers(
-          reduction_axis=n - 2 if per_head else (n - 3, n - 2), output_axis=n - 1)
+        reduction_axis=n - 2 if per_head else (n - 3, n - 2), output_axis=n - 1
+      )
     if parent in ("fc1", "fc2") and leaf == "kernel" and n >= 2:
       return optax_contrib.MuonDimensionNumbers(reduction_axis=n - 2, output_axis=n - 1)
     return None
+
   return jax.tree_util.tree_map_with_path(rule, params)
 
 
@@ -63,21 +71,43 @@ def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformati
     opt = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
   elif name == "muon":
     opt = optax_contrib.muon(
-        schedule, ns_steps=cfg.muon_ns_steps, beta=cfg.muon_beta, weight_decay=cfg.weight_decay,
-        adam_b1=cfg.b1, adam_b2=cfg.b2, adam_weight_decay=cfg.weight_decay,
-        consistent_rms=cfg.muon_rms, muon_weight_dimension_numbers=functools.partial(
-            muon_dimension_numbers, per_head=cfg.get("muon_per_head", False)))
+      schedule,
+      ns_steps=cfg.muon_ns_steps,
+      beta=cfg.muon_beta,
+      weight_decay=cfg.weight_decay,
+      adam_b1=cfg.b1,
+      adam_b2=cfg.b2,
+      adam_weight_decay=cfg.weight_decay,
+      consistent_rms=cfg.muon_rms,
+      muon_weight_dimension_numbers=functools.partial(
+        muon_dimension_numbers, per_head=cfg.get("muon_per_head", False)
+      ),
+    )
   else:
-    raise ValueError(f"config.optim.name={name!r} is not an optimizer here; use one of "
-                     f"{OPTIMIZERS}")
+    raise ValueError(
+      f"config.optim.name={name!r} is not an optimizer here; use one of {OPTIMIZERS}"
+    )
   return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), opt)
 
 
 def default_config(**overrides) -> ml_collections.ConfigDict:
   """The paper's optimizer (C-ViViT: lr 1e-4, 100K warm-up, cosine to 1M steps)."""
-  cfg = ml_collections.ConfigDict(dict(
-      name="adamw", lr=1e-4, warmup_steps=100_000, decay_steps=1_000_000, end_lr_fraction=0.0,
-      b1=0.9, b2=0.99, weight_decay=1e-4, clip_norm=10.0, muon_beta=0.95, muon_rms=0.2,
-      muon_ns_steps=5, muon_per_head=False))
+  cfg = ml_collections.ConfigDict(
+    dict(
+      name="adamw",
+      lr=1e-4,
+      warmup_steps=100_000,
+      decay_steps=1_000_000,
+      end_lr_fraction=0.0,
+      b1=0.9,
+      b2=0.99,
+      weight_decay=1e-4,
+      clip_norm=10.0,
+      muon_beta=0.95,
+      muon_rms=0.2,
+      muon_ns_steps=5,
+      muon_per_head=False,
+    )
+  )
   cfg.update(overrides)
   return cfg

@@ -5,6 +5,7 @@ A mesh has the axes ('data', 'fsdp', 'model'). Parameters carry logical axis nam
 device: `create_sharded_state` evaluates the init function abstractly, derives shardings, and
 runs the real init under `jax.jit(..., out_shardings=...)`.
 """
+
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -16,14 +17,14 @@ MESH_AXES = ("data", "fsdp", "model")
 
 # logical axis → mesh axis (t5x/MaxText style). Unlisted names are replicated.
 LOGICAL_RULES = (
-    ("batch", ("data", "fsdp")),
-    ("length", None),
-    ("embed", "fsdp"),
-    ("mlp", "model"),
-    ("heads", "model"),
-    ("kv", None),
-    ("vocab", "model"),
-    ("layers", None),
+  ("batch", ("data", "fsdp")),
+  ("length", None),
+  ("embed", "fsdp"),
+  ("mlp", "model"),
+  ("heads", "model"),
+  ("kv", None),
+  ("vocab", "model"),
+  ("layers", None),
 )
 
 
@@ -41,8 +42,9 @@ def make_mesh(shape: Sequence[int] = (-1, 1, 1), devices=None) -> Mesh:
       raise ValueError(f"config.mesh {shape} does not divide {devices.size} devices")
     shape[shape.index(-1)] = devices.size // known
   if int(np.prod(shape)) != devices.size:
-    raise ValueError(f"config.mesh {shape} needs {int(np.prod(shape))} devices, "
-                     f"have {devices.size}")
+    raise ValueError(
+      f"config.mesh {shape} needs {int(np.prod(shape))} devices, have {devices.size}"
+    )
   return Mesh(devices.reshape(shape), MESH_AXES)
 
 
@@ -61,14 +63,15 @@ def logical_shardings(abstract_boxed_tree: Any, mesh: Mesh, rules=LOGICAL_RULES)
   # parameters AdamW updates) has nothing to shard: keep it unboxed, as `nn.unbox` does.
   is_box = lambda x: isinstance(x, nn.Partitioned)
   abstract_boxed_tree = jax.tree.map(
-      lambda x: x.value if is_box(x) and not jax.tree.leaves(x.value) else x,
-      abstract_boxed_tree, is_leaf=is_box)
+    lambda x: x.value if is_box(x) and not jax.tree.leaves(x.value) else x,
+    abstract_boxed_tree,
+    is_leaf=is_box,
+  )
   specs = nn.get_partition_spec(abstract_boxed_tree)
   return nn.logical_to_mesh_sharding(specs, mesh, rules)
 
 
-def create_sharded_state(init_fn: Callable[..., Any], mesh: Mesh, *args,
-                         rules=LOGICAL_RULES):
+def create_sharded_state(init_fn: Callable[..., Any], mesh: Mesh, *args, rules=LOGICAL_RULES):
   """Runs `init_fn(*args)` straight into its shardings. Returns (state, shardings).
 
   `init_fn` may return boxed (`nn.Partitioned`) leaves; the state returned is unboxed.
@@ -89,12 +92,14 @@ def abstract_state(init_fn: Callable[..., Any], mesh: Mesh, *args, rules=LOGICAL
   abstract = jax.eval_shape(init_fn, *args)
   shardings = logical_shardings(abstract, mesh, rules)
   unboxed = nn.unbox(abstract)
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                      unboxed, shardings), shardings
+  return jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), unboxed, shardings
+  ), shardings
 
 
 def put_global_batch(batch: dict, mesh: Mesh) -> dict:
   """Host-local numpy rows → global jax.Arrays split over data×fsdp (multi-host ready)."""
   sharding = batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in batch.items()}
+  return {
+    k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()
+  }

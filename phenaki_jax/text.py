@@ -32,6 +32,7 @@ False there). Embeddings are cached per caption in memory (an LRU bounded in byt
 their captions (no pickle). `identity` names the encoder (name, size, max_length, dtype, and a
 fingerprint of its weight and vocabulary files), so two encoders never share cache entries.
 """
+
 import collections
 import functools
 import hashlib
@@ -58,9 +59,17 @@ CACHE_VERSION = 1  # Bump when a change to the models alters their outputs.
 
 def default_config() -> ml_collections.ConfigDict:
   """The tiny configs' text encoder: real all-MiniLM-L6-v2 weights, offline, 16 tokens."""
-  return ml_collections.ConfigDict(dict(
-      name="minilm", size="L6", checkpoint="", vocab="", max_length=16, dtype="float32",
-      cache_only=False))
+  return ml_collections.ConfigDict(
+    dict(
+      name="minilm",
+      size="L6",
+      checkpoint="",
+      vocab="",
+      max_length=16,
+      dtype="float32",
+      cache_only=False,
+    )
+  )
 
 
 def _fingerprint(path: str) -> list:
@@ -80,8 +89,10 @@ def _resolve_files(cfg: Mapping, allow_random_init: bool) -> tuple:
     raise FileNotFoundError(f"config.text_encoder.vocab={vocab!r} is not a file")
   if name == "minilm":
     if not checkpoint and size not in minilm.EMBEDDED:
-      raise ValueError(f"config.text_encoder.checkpoint is empty but MiniLM {size!r} has no "
-                       f"embedded weights (only {sorted(minilm.EMBEDDED)}); give a path")
+      raise ValueError(
+        f"config.text_encoder.checkpoint is empty but MiniLM {size!r} has no "
+        f"embedded weights (only {sorted(minilm.EMBEDDED)}); give a path"
+      )
     source = checkpoint or str(minilm.embedded_checkpoint_dir())
     weights, tokenizer_json = minilm.checkpoint_files(source)
     return str(weights), _fingerprint(str(weights)), vocab or str(tokenizer_json)
@@ -90,28 +101,40 @@ def _resolve_files(cfg: Mapping, allow_random_init: bool) -> tuple:
   elif allow_random_init:
     weights_id = "random-init-seed-0"
   else:
-    raise ValueError("config.text_encoder.checkpoint is empty: T5 has no embedded weights. "
-                     "Give a HF safetensors file/directory (e.g. google/t5-v1_1-xxl) or a "
-                     "T5X checkpoint directory (random weights: allow_random_init=True, "
-                     "tests only).")
+    raise ValueError(
+      "config.text_encoder.checkpoint is empty: T5 has no embedded weights. "
+      "Give a HF safetensors file/directory (e.g. google/t5-v1_1-xxl) or a "
+      "T5X checkpoint directory (random weights: allow_random_init=True, "
+      "tests only)."
+    )
   vocab = vocab or t5.find_vocab(checkpoint)
   if not vocab:
-    raise ValueError("config.text_encoder.vocab is empty and no spiece.model lies beside the "
-                     "checkpoint: give the T5 SentencePiece model (for T5X checkpoints, "
-                     "cc_all.32000.100extra/sentencepiece.model).")
+    raise ValueError(
+      "config.text_encoder.vocab is empty and no spiece.model lies beside the "
+      "checkpoint: give the T5 SentencePiece model (for T5X checkpoints, "
+      "cc_all.32000.100extra/sentencepiece.model)."
+    )
   return checkpoint, weights_id, vocab
 
 
 def _identity_prefix(cfg: Mapping) -> str:
-  return (f"{cfg['name']}-{cfg['size']}-len{cfg['max_length']}-"
-          f"{cfg.get('dtype', 'float32')}-")
+  return f"{cfg['name']}-{cfg['size']}-len{cfg['max_length']}-{cfg.get('dtype', 'float32')}-"
 
 
 def _identity(cfg: Mapping, weights_id: Any, vocab: str) -> str:
   """The cache's name for an encoder: its config and a fingerprint of its files."""
-  blob = json.dumps(dict(version=CACHE_VERSION, name=cfg["name"], size=cfg["size"],
-                         max_length=cfg["max_length"], dtype=cfg.get("dtype", "float32"),
-                         weights=weights_id, vocab=_fingerprint(vocab)), sort_keys=True)
+  blob = json.dumps(
+    dict(
+      version=CACHE_VERSION,
+      name=cfg["name"],
+      size=cfg["size"],
+      max_length=cfg["max_length"],
+      dtype=cfg.get("dtype", "float32"),
+      weights=weights_id,
+      vocab=_fingerprint(vocab),
+    ),
+    sort_keys=True,
+  )
   return _identity_prefix(cfg) + hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -129,6 +152,7 @@ class _DiskCache:
   def refresh(self) -> None:
     """Indexes part files written since the last look (possibly by other processes)."""
     from safetensors import safe_open  # pylint: disable=g-import-not-at-top
+
     for f in sorted(self.dir.glob("part-*.safetensors")):
       if f.name in self.seen:
         continue
@@ -142,6 +166,7 @@ class _DiskCache:
 
   def get(self, captions: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     from safetensors import safe_open  # pylint: disable=g-import-not-at-top
+
     by_file = collections.defaultdict(list)
     for c in captions:
       if c in self.index:
@@ -152,17 +177,23 @@ class _DiskCache:
       with safe_open(str(f), framework="numpy") as fp:
         tokens, mask = fp.get_slice("tokens"), fp.get_slice("mask")
         for c, row in items:
-          found[c] = (np.asarray(tokens[row:row + 1])[0], np.asarray(mask[row:row + 1])[0])
+          found[c] = (np.asarray(tokens[row : row + 1])[0], np.asarray(mask[row : row + 1])[0])
     return found
 
   def put(self, captions: Sequence[str], tokens: np.ndarray, mask: np.ndarray) -> None:
     from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+
     digest = hashlib.sha1("\n".join(captions).encode()).hexdigest()[:16]
     final = self.dir / f"part-{digest}.safetensors"
     tmp = self.dir / f".tmp-{digest}-{os.getpid()}"
-    save_file({"tokens": np.ascontiguousarray(tokens, np.float32),
-               "mask": np.ascontiguousarray(mask, bool)}, str(tmp),
-              metadata={"identity": self.identity, "captions": json.dumps(list(captions))})
+    save_file(
+      {
+        "tokens": np.ascontiguousarray(tokens, np.float32),
+        "mask": np.ascontiguousarray(mask, bool),
+      },
+      str(tmp),
+      metadata={"identity": self.identity, "captions": json.dumps(list(captions))},
+    )
     os.replace(tmp, final)  # atomic: readers never see a half-written file
     self.seen.add(final.name)
     for row, caption in enumerate(captions):
@@ -189,14 +220,23 @@ def _jitted_forward(model: Any):
 class TextEncoder:
   """A frozen text encoder: captions -> per-token embeddings and mask. See the module doc."""
 
-  def __init__(self, model: Any, params: Any, tokenizer: Any, *, identity: str,
-               cache_dir: Optional[str] = None, memory_bytes: int = 2 << 30,
-               max_length: Optional[int] = None):
+  def __init__(
+    self,
+    model: Any,
+    params: Any,
+    tokenizer: Any,
+    *,
+    identity: str,
+    cache_dir: Optional[str] = None,
+    memory_bytes: int = 2 << 30,
+    max_length: Optional[int] = None,
+  ):
     """`params` and `tokenizer` None: a cache-only encoder (`max_length` then required), which
     serves the captions in `cache_dir` and refuses any other."""
     if params is None and (tokenizer is not None or not cache_dir or not max_length):
-      raise ValueError("a cache-only TextEncoder (params=None) takes tokenizer=None, a "
-                       "cache_dir and max_length")
+      raise ValueError(
+        "a cache-only TextEncoder (params=None) takes tokenizer=None, a cache_dir and max_length"
+      )
     self.model = model
     # Frozen: never handed to an optimizer.
     self.params = None if params is None else jax.device_put(params)
@@ -207,13 +247,13 @@ class TextEncoder:
     self._forward = _jitted_forward(model)
     self._memory: collections.OrderedDict = collections.OrderedDict()
     self._memory_bytes, self._memory_limit = 0, memory_bytes
-    self._disk = (_DiskCache(pathlib.Path(cache_dir) / identity, identity)
-                  if cache_dir else None)
+    self._disk = _DiskCache(pathlib.Path(cache_dir) / identity, identity) if cache_dir else None
 
   # ---------------------------------------------------------------------------------------
   @classmethod
-  def from_config(cls, cfg: Mapping, cache_dir: Optional[str] = None, *,
-                  allow_random_init: bool = False) -> "TextEncoder":
+  def from_config(
+    cls, cfg: Mapping, cache_dir: Optional[str] = None, *, allow_random_init: bool = False
+  ) -> "TextEncoder":
     """Builds the encoder of `config.text_encoder` (see the module doc for its keys)."""
     unknown = sorted(set(cfg.keys()) - set(KEYS))
     if unknown:
@@ -222,8 +262,9 @@ class TextEncoder:
     if name not in NAMES:
       raise ValueError(f"config.text_encoder.name={name!r} is not one of {NAMES}")
     if size not in SIZES[name]:
-      raise ValueError(f"config.text_encoder.size={size!r} is not a {name} size; "
-                       f"expected one of {SIZES[name]}")
+      raise ValueError(
+        f"config.text_encoder.size={size!r} is not a {name} size; expected one of {SIZES[name]}"
+      )
     max_length = cfg.get("max_length")
     if not isinstance(max_length, int) or max_length < 2:
       raise ValueError(f"config.text_encoder.max_length={max_length!r} must be an int >= 2")
@@ -232,8 +273,10 @@ class TextEncoder:
       raise ValueError(f"config.text_encoder.dtype={dtype!r} is not one of {DTYPES}")
     model = (minilm if name == "minilm" else t5).get_model(size, dtype)
     if name == "minilm" and max_length > model.max_positions:
-      raise ValueError(f"config.text_encoder.max_length={max_length} exceeds MiniLM's "
-                       f"{model.max_positions} positions")
+      raise ValueError(
+        f"config.text_encoder.max_length={max_length} exceeds MiniLM's "
+        f"{model.max_positions} positions"
+      )
     if cfg.get("cache_only", False):
       return cls._from_cache(cfg, model, cache_dir)
 
@@ -252,17 +295,27 @@ class TextEncoder:
   def _from_cache(cls, cfg: Mapping, model: Any, cache_dir: Optional[str]) -> "TextEncoder":
     """`cache_only=True`: serves the embeddings under `cache_dir`, loads no weights."""
     if not cache_dir:
-      raise ValueError("config.text_encoder.cache_only=True needs a text cache directory (a "
-                       "MaskGIT workdir's text_cache, or encode_text's --out)")
+      raise ValueError(
+        "config.text_encoder.cache_only=True needs a text cache directory (a "
+        "MaskGIT workdir's text_cache, or encode_text's --out)"
+      )
     prefix = _identity_prefix(cfg)
     root = pathlib.Path(cache_dir)
-    found = sorted(d.name for d in root.iterdir() if d.is_dir() and d.name.startswith(prefix)
-                   and any(d.glob("part-*.safetensors"))) if root.is_dir() else []
+    found = (
+      sorted(
+        d.name
+        for d in root.iterdir()
+        if d.is_dir() and d.name.startswith(prefix) and any(d.glob("part-*.safetensors"))
+      )
+      if root.is_dir()
+      else []
+    )
     if not found:
       raise FileNotFoundError(
-          f"config.text_encoder.cache_only=True but {cache_dir} holds no embeddings of a "
-          f"{prefix}* encoder: pre-compute them with `python -m phenaki_jax.encode_text "
-          f"--out={cache_dir}`, or set cache_only=False to load the encoder")
+        f"config.text_encoder.cache_only=True but {cache_dir} holds no embeddings of a "
+        f"{prefix}* encoder: pre-compute them with `python -m phenaki_jax.encode_text "
+        f"--out={cache_dir}`, or set cache_only=False to load the encoder"
+      )
     identity = found[0]
     if len(found) > 1:
       # Several encoders of this name and size wrote here: the weights (when this machine has
@@ -274,12 +327,13 @@ class TextEncoder:
         identity = None
       if identity not in found:
         raise ValueError(
-            f"{cache_dir} holds embeddings of {len(found)} {prefix}* encoders ({found}) and "
-            f"this machine cannot tell which one config.text_encoder names: give the "
-            f"checkpoint that wrote them, or remove the stale ones")
-    return cls(model, None, None, identity=identity, cache_dir=cache_dir,
-               max_length=cfg["max_length"])
-
+          f"{cache_dir} holds embeddings of {len(found)} {prefix}* encoders ({found}) and "
+          f"this machine cannot tell which one config.text_encoder names: give the "
+          f"checkpoint that wrote them, or remove the stale ones"
+        )
+    return cls(
+      model, None, None, identity=identity, cache_dir=cache_dir, max_length=cfg["max_length"]
+    )
 
   # ---------------------------------------------------------------------------------------
   @property
@@ -300,8 +354,9 @@ class TextEncoder:
   def tokenize(self, captions: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """-> (ids int32 [B, L], mask bool [B, L])."""
     if self.tokenizer is None:
-      raise ValueError("this cache-only TextEncoder has no tokenizer (config.text_encoder."
-                       "cache_only=True)")
+      raise ValueError(
+        "this cache-only TextEncoder has no tokenizer (config.text_encoder.cache_only=True)"
+      )
     return self.tokenizer(captions)
 
   @property
@@ -314,19 +369,20 @@ class TextEncoder:
     if self.cache_only:
       shown = ", ".join(repr(c) for c in captions[:3]) + (" ..." if len(captions) > 3 else "")
       raise ValueError(
-          f"{len(captions)} caption(s) not in the text cache {self._disk.dir} of this "
-          f"cache-only encoder (config.text_encoder.cache_only=True): {shown}. Pre-compute them "
-          f"with `python -m phenaki_jax.encode_text`, or load the encoder's weights")
+        f"{len(captions)} caption(s) not in the text cache {self._disk.dir} of this "
+        f"cache-only encoder (config.text_encoder.cache_only=True): {shown}. Pre-compute them "
+        f"with `python -m phenaki_jax.encode_text`, or load the encoder's weights"
+      )
     tokens, masks = [], []
     top = BATCH_BUCKETS[-1]
     for start in range(0, len(captions), top):
-      chunk = captions[start:start + top]
+      chunk = captions[start : start + top]
       ids, mask = self.tokenize(chunk)
       bucket = next(b for b in BATCH_BUCKETS if b >= len(chunk))
       pad = bucket - len(chunk)
       ids = np.pad(ids, ((0, pad), (0, 0)))
       mask_padded = np.pad(mask, ((0, pad), (0, 0)))
-      out = np.asarray(self._forward(self.params, ids, mask_padded))[:len(chunk)]
+      out = np.asarray(self._forward(self.params, ids, mask_padded))[: len(chunk)]
       self.forward_batches += 1
       tokens.append(out)
       masks.append(mask)
@@ -364,10 +420,14 @@ class TextEncoder:
     for c, value in found.items():
       self._remember(c, value)
     if not captions:
-      return (np.zeros((0, self.max_length, self.dim), np.float32),
-              np.zeros((0, self.max_length), bool))
-    return (np.stack([found[c][0] for c in captions]).astype(np.float32, copy=False),
-            np.stack([found[c][1] for c in captions]).astype(bool, copy=False))
+      return (
+        np.zeros((0, self.max_length, self.dim), np.float32),
+        np.zeros((0, self.max_length), bool),
+      )
+    return (
+      np.stack([found[c][0] for c in captions]).astype(np.float32, copy=False),
+      np.stack([found[c][1] for c in captions]).astype(bool, copy=False),
+    )
 
   def null_embedding(self) -> tuple[np.ndarray, np.ndarray]:
     """The empty caption's (tokens f32 [L, D], mask bool [L]), for classifier-free guidance.

@@ -7,6 +7,7 @@ Writes, for training steps [0, num_steps), exactly the batches the MaskGIT train
 (same mixture, seed and order) in the format of `phenaki_jax.data.pretokenized`; the trainer
 reads them when `config.data.pretokenized` names the directory.
 """
+
 import os
 
 import numpy as np
@@ -29,8 +30,14 @@ def main(argv):
     chunk = []
     for step in range(first, min(first + pretokenized.CHUNK, num_steps)):
       b = batches.batch(step)
-      chunk.append(dict(codes=np.asarray(tok.encode(b["video"])), is_image=b["is_image"],
-                        caption=b["caption"], context_frames=b["context_frames"]))
+      chunk.append(
+        dict(
+          codes=np.asarray(tok.encode(b["video"])),
+          is_image=b["is_image"],
+          caption=b["caption"],
+          context_frames=b["context_frames"],
+        )
+      )
     path = pretokenized.write_chunk(out, first, chunk)
     print(f"wrote steps {first}..{first + len(chunk) - 1} to {path}", flush=True)
   pretokenized.write_meta(out, config, num_steps)

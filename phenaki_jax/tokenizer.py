@@ -7,6 +7,7 @@
 Any valid number of frames works (1 + k·t_p up to the model's maximum); each new shape
 compiles once.
 """
+
 from typing import Optional
 
 import jax
@@ -27,16 +28,20 @@ class Tokenizer:
     self.model = model
     self.params = params
     self.clip_frames = model.max_frames if clip_frames is None else int(clip_frames)
-    self._encode = jax.jit(lambda p, v: model.apply(
-        {"params": p}, cvivit.to_model_range(v), method=cvivit.CViViT.encode))
-    self._decode = jax.jit(lambda p, c: cvivit.to_uint8(model.apply(
-        {"params": p}, c, method=cvivit.CViViT.decode)))
-    self._decode_float = jax.jit(lambda p, c: model.apply(
-        {"params": p}, c, method=cvivit.CViViT.decode))
+    self._encode = jax.jit(
+      lambda p, v: model.apply({"params": p}, cvivit.to_model_range(v), method=cvivit.CViViT.encode)
+    )
+    self._decode = jax.jit(
+      lambda p, c: cvivit.to_uint8(model.apply({"params": p}, c, method=cvivit.CViViT.decode))
+    )
+    self._decode_float = jax.jit(
+      lambda p, c: model.apply({"params": p}, c, method=cvivit.CViViT.decode)
+    )
 
   @classmethod
-  def from_workdir(cls, workdir: str, step: Optional[int] = None,
-                   ema: Optional[bool] = None) -> "Tokenizer":
+  def from_workdir(
+    cls, workdir: str, step: Optional[int] = None, ema: Optional[bool] = None
+  ) -> "Tokenizer":
     """Loads the C-ViViT trained in `workdir` (latest checkpoint unless `step`): the moving
     average of its parameters when the run keeps one (config.ema_decay; `ema`=False: the raw
     parameters)."""
@@ -44,11 +49,13 @@ class Tokenizer:
     if config.get("trainer") != "cvivit":
       raise ValueError(f"{workdir!r} holds a {config.get('trainer')!r} run, not a C-ViViT")
     model = cvivit.get_model(config.model_size, **config.model)
-    video = jax.ShapeDtypeStruct((1, model.max_frames, model.image_size, model.image_size, 3),
-                                 jnp.float32)
+    video = jax.ShapeDtypeStruct(
+      (1, model.max_frames, model.image_size, model.image_size, 3), jnp.float32
+    )
     key = config_io.params_key(config, ema)
-    params = checkpoint.load_params(workdir, checkpoint.abstract_params(model.init, video),
-                                    step=step, key=key, what="C-ViViT")
+    params = checkpoint.load_params(
+      workdir, checkpoint.abstract_params(model.init, video), step=step, key=key, what="C-ViViT"
+    )
     return cls(model, params, clip_frames=config.data.num_frames)
 
   # ---- geometry ---------------------------------------------------------------------------
@@ -94,13 +101,15 @@ class Tokenizer:
 
   def _check_codes(self, codes):
     if codes.ndim != 4 or codes.shape[2:] != (self.grid_size, self.grid_size):
-      raise ValueError(f"codes must be [B, t, {self.grid_size}, {self.grid_size}], got "
-                       f"{tuple(codes.shape)}")
+      raise ValueError(
+        f"codes must be [B, t, {self.grid_size}, {self.grid_size}], got {tuple(codes.shape)}"
+      )
     if not jnp.issubdtype(codes.dtype, jnp.integer):
       raise ValueError(f"codes must be integers, got dtype {codes.dtype}")
     if codes.shape[1] > self.model.max_time_steps:
-      raise ValueError(f"{codes.shape[1]} time steps exceed max_time_steps="
-                       f"{self.model.max_time_steps}")
+      raise ValueError(
+        f"{codes.shape[1]} time steps exceed max_time_steps={self.model.max_time_steps}"
+      )
 
   def decode(self, codes) -> jax.Array:
     """codes int [B, t, h, w] → uint8 video [B, 1 + (t−1)·t_p, H, W, 3]."""

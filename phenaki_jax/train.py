@@ -6,13 +6,15 @@ r"""Training entry point: one flag file, one work directory, dispatch on `config
 Configs are locked: a misspelt `--config.x=...` fails at start-up and names the key. A run
 resumes from the latest checkpoint in --workdir automatically.
 """
+
 import importlib
 
 from absl import app, flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file[:variant].",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Path to a config file[:variant].", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints and logs go.")
 flags.mark_flags_as_required(["config", "workdir"])
 

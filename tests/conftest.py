@@ -14,6 +14,7 @@ persistent compilation cache is enabled for this process and its subprocesses, u
 temp directory (set PHENAKI_TEST_COMPILATION_CACHE=0 to disable it, or to a path to move it).
 Entries are keyed by the exact program, compiler options and JAX version, so they are never stale.
 """
+
 import getpass
 import os
 import pathlib
@@ -29,18 +30,23 @@ def _enable_compilation_cache() -> None:
   setting = os.environ.get("PHENAKI_TEST_COMPILATION_CACHE", "")
   if setting == "0":
     return
-  path = setting or os.path.join(tempfile.gettempdir(),
-                                 f"phenaki_jax_test_xla_cache_{getpass.getuser()}")
+  path = setting or os.path.join(
+    tempfile.gettempdir(), f"phenaki_jax_test_xla_cache_{getpass.getuser()}"
+  )
   # Environment first, so that the subprocesses (the CLIs under test) inherit it.
   os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", path)
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
   os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(1 << 30))  # LRU beyond 1 GiB
   import jax  # pylint: disable=g-import-not-at-top
+
   jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
-  jax.config.update("jax_persistent_cache_min_compile_time_secs",
-                    float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
-  jax.config.update("jax_compilation_cache_max_size",
-                    int(os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"]))
+  jax.config.update(
+    "jax_persistent_cache_min_compile_time_secs",
+    float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]),
+  )
+  jax.config.update(
+    "jax_compilation_cache_max_size", int(os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"])
+  )
 
 
 _enable_compilation_cache()
@@ -49,6 +55,7 @@ _enable_compilation_cache()
 def load_config(name: str, variant: str):
   """`configs/<name>.py:<variant>`, unlocked (tests shrink it)."""
   from phenaki_jax import config_io  # pylint: disable=g-import-not-at-top
+
   config = config_io.from_file(name, variant)
   config.unlock()
   return config
@@ -57,8 +64,9 @@ def load_config(name: str, variant: str):
 def tiny_cvivit_config():
   """configs/cvivit_b.py:tiny shrunken further (one layer each way, 64 codes), 30 steps."""
   c = load_config("cvivit_b", "tiny")
-  c.model.update(dict(width=32, mlp_dim=64, num_heads=2, spatial_depth=1, temporal_depth=1,
-                      codebook_size=64))
+  c.model.update(
+    dict(width=32, mlp_dim=64, num_heads=2, spatial_depth=1, temporal_depth=1, codebook_size=64)
+  )
   c.data.batch_size = 4
   c.data.prefetch = 2
   c.eval.num_clips = 4
@@ -86,6 +94,7 @@ def numpy_init(model, *inputs, seed=0):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   abstract = jax.eval_shape(model.init, jax.random.key(0), *inputs)
   rng = np.random.default_rng(seed)
 
@@ -147,18 +156,24 @@ def _shared_run(tmp_path_factory, name: str, train) -> str:
 @pytest.fixture(scope="session")
 def tiny_cvivit_dir(tmp_path_factory) -> str:
   """Work directory of a 30-step shrunken C-ViViT (config.json + checkpoint at step 30)."""
+
   def train(workdir):
     from phenaki_jax.trainers import cvivit  # pylint: disable=g-import-not-at-top
+
     cvivit.main(tiny_cvivit_config(), workdir)
+
   return _shared_run(tmp_path_factory, "tiny_cvivit", train)
 
 
 @pytest.fixture(scope="session")
 def tiny_maskgit_dir(tmp_path_factory, tiny_cvivit_dir) -> str:
   """Work directory of a 120-step shrunken MaskGIT trained on `tiny_cvivit_dir`."""
+
   def train(workdir):
     from phenaki_jax.trainers import maskgit  # pylint: disable=g-import-not-at-top
+
     maskgit.main(tiny_maskgit_config(tiny_cvivit_dir), workdir)
+
   return _shared_run(tmp_path_factory, "tiny_maskgit", train)
 
 
@@ -166,4 +181,5 @@ def tiny_maskgit_dir(tmp_path_factory, tiny_cvivit_dir) -> str:
 def tiny_sampler(tiny_cvivit_dir, tiny_maskgit_dir):
   """`phenaki_jax.sample.Sampler` over the two fixture runs (shared: its jitted decode is too)."""
   from phenaki_jax import sample  # pylint: disable=g-import-not-at-top
+
   return sample.Sampler.from_workdirs(tiny_cvivit_dir, tiny_maskgit_dir)

@@ -10,6 +10,7 @@ share their compiled programs through the persistent compilation cache that conf
 (the runs below differ from conftest's tiny C-ViViT only where the test needs it, so that its
 initialisation and evaluation programs are shared with the rest of the suite).
 """
+
 import glob
 import json
 import os
@@ -26,8 +27,8 @@ from phenaki_jax.trainers import cvivit as trainer
 
 from conftest import REPO, _shared_run, tiny_cvivit_config
 
-TOTAL = 40          # steps of the uninterrupted run
-STOP = 17           # where the interrupted run is stopped (not a checkpoint_every multiple)
+TOTAL = 40  # steps of the uninterrupted run
+STOP = 17  # where the interrupted run is stopped (not a checkpoint_every multiple)
 
 
 def base_config():
@@ -47,6 +48,7 @@ def base_config():
 def read_scalars(workdir: str) -> dict:
   """{tag: {step: value}} of the scalar summaries clu wrote to workdir's TensorBoard events."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top  (clu has imported it already)
+
   out = {}
   for path in sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*"))):
     for event in tf.compat.v1.train.summary_iterator(path):
@@ -59,8 +61,9 @@ def read_scalars(workdir: str) -> dict:
 def restore(workdir: str, abstract, step=None):
   """(state, meta) of the checkpoint `step` (default: latest) in workdir, laid out like
   `abstract` (ShapeDtypeStructs, or arrays to mirror)."""
-  abstract = jax.tree.map(lambda x: x if isinstance(x, jax.ShapeDtypeStruct)
-                          else checkpoint.abstract_like(x), abstract)
+  abstract = jax.tree.map(
+    lambda x: x if isinstance(x, jax.ShapeDtypeStruct) else checkpoint.abstract_like(x), abstract
+  )
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
   try:
     return ckpt.restore(abstract, step)
@@ -86,8 +89,9 @@ def all_finite(tree) -> bool:
 def uninterrupted(tmp_path_factory):
   """The 40-step run, trained once per test session (shared by the xdist workers): its workdir
   and {'state': the final checkpoint's state, 'eval': its final evaluation}."""
-  workdir = _shared_run(tmp_path_factory, "cvivit_trainer_uninterrupted",
-                        lambda w: trainer.main(base_config(), w))
+  workdir = _shared_run(
+    tmp_path_factory, "cvivit_trainer_uninterrupted", lambda w: trainer.main(base_config(), w)
+  )
   state, _ = restore(workdir, trainer.abstract_state(base_config()))
   with open(os.path.join(workdir, "metrics.json")) as f:
     metrics = json.load(f)
@@ -111,16 +115,21 @@ def test_few_steps_lower_the_loss(uninterrupted):
   workdir, out = uninterrupted
   scalars = read_scalars(workdir)
   l2 = scalars["l2"]
-  assert sorted(l2) == list(range(5, TOTAL + 1, 5))        # means over each 5-step window
-  assert l2[TOTAL] < 0.8 * l2[5], l2                        # 1.27 → 0.73 when written
+  assert sorted(l2) == list(range(5, TOTAL + 1, 5))  # means over each 5-step window
+  assert l2[TOTAL] < 0.8 * l2[5], l2  # 1.27 → 0.73 when written
   assert all(np.isfinite(v) for v in l2.values())
   assert int(out["state"]["step"]) == TOTAL
   assert int(out["state"]["first_bad_step"]) == -1
   # Dead-code restarts ran (restart_every=3) and the held-out evaluation was written.
   assert sum(scalars["codes_restarted"].values()) > 0
   assert out["eval"]["eval/psnr"] > scalars["psnr"][5]
-  for key in ("eval/psnr", "eval/psnr_first_frame", "eval/ssim", "eval/codebook_usage",
-              "eval/codebook_perplexity"):
+  for key in (
+    "eval/psnr",
+    "eval/psnr_first_frame",
+    "eval/ssim",
+    "eval/codebook_usage",
+    "eval/codebook_perplexity",
+  ):
     assert np.isfinite(out["eval"][key]), key
   assert os.path.exists(os.path.join(workdir, "metrics.json"))
   assert os.path.exists(os.path.join(workdir, "config.json"))
@@ -133,7 +142,7 @@ def test_resume_is_bit_identical(uninterrupted, resumed):
   _, reference = uninterrupted
   workdir, first, steps_after_first, second = resumed
   assert int(first["state"]["step"]) == STOP
-  assert steps_after_first == [10, 15, STOP]       # keep 3; the stop forces a final save
+  assert steps_after_first == [10, 15, STOP]  # keep 3; the stop forces a final save
   assert int(second["state"]["step"]) == TOTAL
   assert_trees_equal(second["state"], reference["state"])
   assert second["eval"] == reference["eval"]
@@ -142,14 +151,16 @@ def test_resume_is_bit_identical(uninterrupted, resumed):
   assert_trees_equal(state, reference["state"])
   assert meta["data_position"] == TOTAL and meta["step"] == TOTAL
   # Meaningful: the state at the stop differs from the final one.
-  assert not np.array_equal(np.asarray(first["state"]["params"]["quantizer"]["codebook"]),
-                            np.asarray(reference["state"]["params"]["quantizer"]["codebook"]))
+  assert not np.array_equal(
+    np.asarray(first["state"]["params"]["quantizer"]["codebook"]),
+    np.asarray(reference["state"]["params"]["quantizer"]["codebook"]),
+  )
 
 
 def test_adversarial_path_trains_the_discriminator(tmp_path):
   config = tiny_cvivit_config()
   config.losses.adversarial = 0.1
-  config.losses.adversarial_start_step = 0   # (from step 0: one step function to compile)
+  config.losses.adversarial_start_step = 0  # (from step 0: one step function to compile)
   config.total_steps = 3
   config.checkpoint_every = 1
   config.log_every = 1
@@ -164,8 +175,10 @@ def test_adversarial_path_trains_the_discriminator(tmp_path):
   assert checkpoint_steps(workdir) == [1, 2, 3]
   before, _ = restore(workdir, out["state"], step=1)
   for key in ("disc_params", "params"):
-    moved = [not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
-             zip(jax.tree.leaves(before[key]), jax.tree.leaves(out["state"][key]))]
+    moved = [
+      not np.array_equal(np.asarray(a), np.asarray(b))
+      for a, b in zip(jax.tree.leaves(before[key]), jax.tree.leaves(out["state"][key]))
+    ]
     assert all(moved) if key == "disc_params" else any(moved), key
   assert all_finite(out["state"])
 
@@ -178,19 +191,28 @@ def test_one_frame_images_train_as_one_frame_videos(uninterrupted):
   import functools  # pylint: disable=g-import-not-at-top
   from phenaki_jax import losses  # pylint: disable=g-import-not-at-top
   from phenaki_jax.models import cvivit, discriminator  # pylint: disable=g-import-not-at-top
+
   config = tiny_cvivit_config()
   config.data.image_rate, config.data.static_images = 0.5, False
   assert trainer.first_frame_images(config)
   model = trainer.validate_config(config)
   disc = discriminator.VideoDiscriminator(tuple(config.disc.channels))
   tx, disc_tx = trainer.make_optimizers(config)
-  state = uninterrupted[1]["state"]                 # step 40: no dead-code restart this step
-  step_fn = lambda adversarial: jax.jit(functools.partial(
-      trainer.train_step, model=model, disc=disc, tx=tx, disc_tx=disc_tx, config=config,
-      adversarial=adversarial))
+  state = uninterrupted[1]["state"]  # step 40: no dead-code restart this step
+  step_fn = lambda adversarial: jax.jit(
+    functools.partial(
+      trainer.train_step,
+      model=model,
+      disc=disc,
+      tx=tx,
+      disc_tx=disc_tx,
+      config=config,
+      adversarial=adversarial,
+    )
+  )
   train_step = step_fn(False)
   rng = jax.random.PRNGKey(1)
-  clips = trainer.eval_clips(config)                                  # [4, 9, 32, 32, 3] uint8
+  clips = trainer.eval_clips(config)  # [4, 9, 32, 32, 3] uint8
   images = np.zeros_like(clips)
   images[:, 0] = clips[:, 0]
   noisy = images.copy()
@@ -208,7 +230,7 @@ def test_one_frame_images_train_as_one_frame_videos(uninterrupted):
     recon, q = model.apply({"params": state["params"]}, x)
     return float(losses.l2_loss(recon, x)), float(q.loss)
 
-  l2, vq = plain_loss(clips[:, :1])                       # the images as 1-frame videos
+  l2, vq = plain_loss(clips[:, :1])  # the images as 1-frame videos
   np.testing.assert_allclose([m_a["l2"], m_a["vq_loss"]], [l2, vq], rtol=2e-5)
   _, m_v = train_step(state, {"video": clips, "is_image": ~flags}, rng)
   np.testing.assert_allclose([m_v["l2"], m_v["vq_loss"]], plain_loss(clips), rtol=2e-5)
@@ -223,14 +245,24 @@ def test_temporal_l2_term(uninterrupted):
   import functools  # pylint: disable=g-import-not-at-top
   from phenaki_jax import losses  # pylint: disable=g-import-not-at-top
   from phenaki_jax.models import cvivit, discriminator  # pylint: disable=g-import-not-at-top
+
   config = tiny_cvivit_config()
   config.losses.temporal_l2 = 0.5
   model = trainer.validate_config(config)
   disc = discriminator.VideoDiscriminator(tuple(config.disc.channels))
   tx, disc_tx = trainer.make_optimizers(config)
   state = uninterrupted[1]["state"]
-  train_step = jax.jit(functools.partial(trainer.train_step, model=model, disc=disc, tx=tx,
-                                         disc_tx=disc_tx, config=config, adversarial=False))
+  train_step = jax.jit(
+    functools.partial(
+      trainer.train_step,
+      model=model,
+      disc=disc,
+      tx=tx,
+      disc_tx=disc_tx,
+      config=config,
+      adversarial=False,
+    )
+  )
   clips = trainer.eval_clips(config)
   videos = np.zeros(len(clips), bool)
   _, m = train_step(state, {"video": clips, "is_image": videos}, jax.random.PRNGKey(1))
@@ -240,11 +272,21 @@ def test_temporal_l2_term(uninterrupted):
   assert want > 0
   np.testing.assert_allclose(m["temporal_l2"], want, rtol=2e-5)
   np.testing.assert_allclose(
-      m["loss"], float(losses.l2_loss(recon, x)) + float(q.loss) + 0.5 * want, rtol=2e-5)
+    m["loss"], float(losses.l2_loss(recon, x)) + float(q.loss) + 0.5 * want, rtol=2e-5
+  )
   # 1-frame images: no frame pair is the data's, so the term is 0 whatever the padding holds.
   config.data.image_rate, config.data.static_images = 0.5, False
-  image_step = jax.jit(functools.partial(trainer.train_step, model=model, disc=disc, tx=tx,
-                                         disc_tx=disc_tx, config=config, adversarial=False))
+  image_step = jax.jit(
+    functools.partial(
+      trainer.train_step,
+      model=model,
+      disc=disc,
+      tx=tx,
+      disc_tx=disc_tx,
+      config=config,
+      adversarial=False,
+    )
+  )
   noisy = np.random.default_rng(0).integers(0, 256, clips.shape, dtype=np.uint8)
   _, m_img = image_step(state, {"video": noisy, "is_image": ~videos}, jax.random.PRNGKey(1))
   assert float(m_img["temporal_l2"]) == 0.0
@@ -255,7 +297,7 @@ def test_non_finite_update_stops_the_run_and_keeps_the_checkpoint(tmp_path, unin
   update is skipped, the run raises naming step 40, and no checkpoint with it is written."""
   reference_dir, reference = uninterrupted
   workdir = str(tmp_path / "run")
-  shutil.copytree(reference_dir, workdir)                   # resume the finished 40-step run
+  shutil.copytree(reference_dir, workdir)  # resume the finished 40-step run
   config = base_config()
   config.optim.lr = float("inf")
   config.total_steps = TOTAL + 10
@@ -272,15 +314,27 @@ def test_non_finite_update_stops_the_run_and_keeps_the_checkpoint(tmp_path, unin
 # ---- Start-up errors ----------------------------------------------------------------------------
 def test_misspelt_config_key_fails_with_its_name(tmp_path):
   result = subprocess.run(
-      [sys.executable, "-m", "phenaki_jax.train", "--config=configs/cvivit_b.py:tiny",
-       f"--workdir={tmp_path / 'run'}", "--config.data.batchsize=3"],
-      cwd=REPO, capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      "-m",
+      "phenaki_jax.train",
+      "--config=configs/cvivit_b.py:tiny",
+      f"--workdir={tmp_path / 'run'}",
+      "--config.data.batchsize=3",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode != 0
   assert "batchsize" in result.stderr
   assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("key, value, message", [
+@pytest.mark.parametrize(
+  "key, value, message",
+  [
     ("data.num_frames", 8, r"config\.data\.num_frames=8: C-ViViT takes 1 \+ k·2 frames"),
     ("data.num_frames", 19, r"config\.data\.num_frames=19: .*exceed"),
     ("data.resolution", 64, r"config\.data\.resolution=64"),
@@ -291,7 +345,8 @@ def test_misspelt_config_key_fails_with_its_name(tmp_path):
     ("data.turn_rate", 1.0, r"config\.data\.turn_rate=1\.0"),
     ("losses.temporal_l2", -1.0, r"config\.losses\.temporal_l2=-1\.0"),
     ("ema_decay", 1.0, r"config\.ema_decay=1\.0"),
-])
+  ],
+)
 def test_bad_config_fails_at_start_up(tmp_path, key, value, message):
   config = tiny_cvivit_config()
   section, _, name = key.rpartition(".")
@@ -299,13 +354,14 @@ def test_bad_config_fails_at_start_up(tmp_path, key, value, message):
   workdir = tmp_path / "run"
   with pytest.raises(ValueError, match=message):
     trainer.main(config, str(workdir))
-  assert not workdir.exists()                                # nothing started
+  assert not workdir.exists()  # nothing started
 
 
 def test_turn_clips_enter_the_stage_one_stream():
   """data.turn_rate: that share of the video rows are turn clips (the object changes direction
   after turn_context_frames frames); 0 keeps the plain stream."""
   from phenaki_jax.evaluators import shapes as shapes_eval  # pylint: disable=g-import-not-at-top
+
   config = tiny_cvivit_config()
   config.data.turn_rate, config.data.turn_context_frames = 0.5, 5
   trainer.validate_config(config)
@@ -332,11 +388,12 @@ def test_turn_clips_enter_the_stage_one_stream():
 # ---- Public tokenizer API -----------------------------------------------------------------------
 def test_tokenizer_from_workdir(uninterrupted):
   from phenaki_jax.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
+
   workdir, out = uninterrupted
   tok = Tokenizer.from_workdir(workdir)
   assert_trees_equal(tok.params, out["state"]["params"])
   assert (tok.temporal_patch, tok.grid_size, tok.image_size, tok.codebook_size) == (2, 8, 32, 64)
-  clips = trainer.eval_clips(base_config())                   # uint8 [4, 9, 32, 32, 3]
+  clips = trainer.eval_clips(base_config())  # uint8 [4, 9, 32, 32, 3]
   for frames in (1, 3, 9):
     video = clips[:, :frames]
     codes = tok.encode(video)
@@ -366,10 +423,11 @@ def test_ema_of_the_generator(tmp_path, uninterrupted):
   its average at the restarted vector; the held-out evaluation and `Tokenizer.from_workdir` use
   the average (`ema=False`: the raw parameters)."""
   from phenaki_jax.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
+
   reference_dir, _ = uninterrupted
   config = base_config()
   config.ema_decay = 0.5
-  config.quantizer.usage_decay = 0.5   # unused codes die within 3 steps: restarts at steps 3, 6
+  config.quantizer.usage_decay = 0.5  # unused codes die within 3 steps: restarts at steps 3, 6
   config.total_steps = steps = 8
   config.checkpoint_every = 1
   config.keep_checkpoints = steps
@@ -380,9 +438,10 @@ def test_ema_of_the_generator(tmp_path, uninterrupted):
   restarted_rows = 0
   for k in range(2, steps + 1):
     prev, cur = states[k - 1], states[k]
-    d = min(0.5, k / (9 + k))                    # the update of step k − 1 (0-based) → k
-    expected = jax.tree.map(lambda e, p: d * np.asarray(e) + (1 - d) * np.asarray(p),
-                            prev["ema_params"], cur["params"])
+    d = min(0.5, k / (9 + k))  # the update of step k − 1 (0-based) → k
+    expected = jax.tree.map(
+      lambda e, p: d * np.asarray(e) + (1 - d) * np.asarray(p), prev["ema_params"], cur["params"]
+    )
     got = cur["ema_params"]
     for (path, e), g in zip(jax.tree_util.tree_leaves_with_path(expected), jax.tree.leaves(got)):
       if "codebook" not in jax.tree_util.keystr(path):
@@ -395,9 +454,11 @@ def test_ema_of_the_generator(tmp_path, uninterrupted):
     restarted_rows += int(restarted.sum())
   assert restarted_rows > 0
   final = states[steps]
-  gap = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
-            for a, b in zip(jax.tree.leaves(final["ema_params"]), jax.tree.leaves(final["params"])))
-  assert gap > 1e-6                               # the average lags the parameters
+  gap = max(
+    float(np.abs(np.asarray(a) - np.asarray(b)).max())
+    for a, b in zip(jax.tree.leaves(final["ema_params"]), jax.tree.leaves(final["params"]))
+  )
+  assert gap > 1e-6  # the average lags the parameters
   assert_trees_equal(Tokenizer.from_workdir(workdir).params, final["ema_params"])
   assert_trees_equal(Tokenizer.from_workdir(workdir, ema=False).params, final["params"])
   with pytest.raises(ValueError, match="ema_decay"):
@@ -414,7 +475,8 @@ def test_ema_of_the_generator(tmp_path, uninterrupted):
 
 def test_trains_without_tensorflow(tmp_path):
   """clu's writers import TensorFlow; without them the trainer writes metrics.jsonl instead."""
-  code = "\n".join([
+  code = "\n".join(
+    [
       "import sys",
       # Without TensorFlow, importing clu.metric_writers fails (its TensorBoard writer imports
       # it at module level). Blocking TensorFlow itself here would also trip einops, which
@@ -427,10 +489,17 @@ def test_trains_without_tensorflow(tmp_path):
       "c.total_steps = c.checkpoint_every = c.eval_every = 4",
       "c.log_every = 2",
       "out = cvivit.main(c, sys.argv[1])",
-      "print('step', int(out['state']['step']))"])
+      "print('step', int(out['state']['step']))",
+    ]
+  )
   workdir = tmp_path / "run"
-  result = subprocess.run([sys.executable, "-c", code, str(workdir)], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+  result = subprocess.run(
+    [sys.executable, "-c", code, str(workdir)],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.strip().splitlines()[-1] == "step 4"
   rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]

@@ -1,4 +1,5 @@
 """Tests of MaskGIT parallel decoding and classifier-free guidance (paper §4.2.2)."""
+
 import functools
 
 import chex
@@ -21,13 +22,11 @@ BATCH, TEXT_LEN, TEXT_DIM = 2, 5, 8
 
 @pytest.fixture(scope="module")
 def tiny():
-  model = maskgit.MaskGIT(codebook_size=K, grid=GRID, width=32, depth=2, num_heads=4,
-                          mlp_dim=64)
+  model = maskgit.MaskGIT(codebook_size=K, grid=GRID, width=32, depth=2, num_heads=4, mlp_dim=64)
   rng = np.random.default_rng(0)
   text = jnp.asarray(rng.normal(size=(BATCH, TEXT_LEN, TEXT_DIM)), jnp.float32)
   text_mask = jnp.asarray([[True] * TEXT_LEN, [True] * 3 + [False] * 2])
-  _, params = conftest.numpy_init(model, jnp.zeros((BATCH, N), jnp.int32), text,
-                                  text_mask)
+  _, params = conftest.numpy_init(model, jnp.zeros((BATCH, N), jnp.int32), text, text_mask)
   return model, params, text, text_mask
 
 
@@ -43,8 +42,16 @@ def decoder(tiny):
   @chex.assert_max_traces(n=1)
   def run(params, init, fixed, valid, rng):
     logits_fn = lambda tokens: model.apply({"params": params}, tokens, text, text_mask, valid)
-    return decode.decode(logits_fn, init, fixed, rng, num_steps=NUM_STEPS, mask_token_id=K,
-                         valid=valid, return_trace=True)
+    return decode.decode(
+      logits_fn,
+      init,
+      fixed,
+      rng,
+      num_steps=NUM_STEPS,
+      mask_token_id=K,
+      valid=valid,
+      return_trace=True,
+    )
 
   return run
 
@@ -65,17 +72,17 @@ def test_fixed_positions_and_schedule(tiny, decoder):
   rng = np.random.default_rng(1)
   init = jnp.asarray(rng.integers(0, K, (BATCH, N)), jnp.int32)
   fixed = np.zeros((BATCH, N), bool)
-  fixed[0, :HW] = True            # example 0: continuation, first time step given
+  fixed[0, :HW] = True  # example 0: continuation, first time step given
   valid = np.ones((BATCH, N), bool)
-  valid[1, 2 * HW:] = False       # example 1: only two time steps exist
+  valid[1, 2 * HW :] = False  # example 1: only two time steps exist
   out, trace = decoder(params, init, jnp.asarray(fixed), jnp.asarray(valid), jax.random.key(0))
   out, trace, init = np.asarray(out), np.asarray(trace), np.asarray(init)
-  np.testing.assert_array_equal(out[fixed], init[fixed])   # fixed tokens never change
-  np.testing.assert_array_equal(out[~valid], init[~valid]) # invalid positions untouched
+  np.testing.assert_array_equal(out[fixed], init[fixed])  # fixed tokens never change
+  np.testing.assert_array_equal(out[~valid], init[~valid])  # invalid positions untouched
   generated = out[valid & ~fixed]
-  assert ((generated >= 0) & (generated < K)).all()        # no [MASK] left
+  assert ((generated >= 0) & (generated < K)).all()  # no [MASK] left
   assert out.dtype == np.int32 and trace.shape == (NUM_STEPS, BATCH)
-  num_generate = (valid & ~fixed).sum(-1)                  # [32, 32]
+  num_generate = (valid & ~fixed).sum(-1)  # [32, 32]
   np.testing.assert_array_equal(trace, _expected_trace(num_generate, NUM_STEPS))
   assert (trace[-1] == 0).all()
   assert (np.diff(np.concatenate([num_generate[None], trace]), axis=0) < 0).all()
@@ -101,13 +108,15 @@ def test_decode_follows_the_logits_and_commits_a_token_per_step():
   (through top-k/top-p filtering); with more steps than tokens to generate, at least one token
   is committed per step until none is left."""
   target = jnp.arange(N) % K  # [N]
-  logits_fn = lambda tokens: jnp.broadcast_to(
-      30.0 * jax.nn.one_hot(target, K), tokens.shape + (K,))
+  logits_fn = lambda tokens: jnp.broadcast_to(30.0 * jax.nn.one_hot(target, K), tokens.shape + (K,))
   num_generate = np.array([5, N])
   fixed = jnp.arange(N)[None, :] >= jnp.asarray(num_generate)[:, None]  # [B, N]
   init = jnp.full((BATCH, N), K - 1, jnp.int32)
-  run = jax.jit(functools.partial(decode.decode, logits_fn, num_steps=8, mask_token_id=K,
-                                  top_k=3, top_p=0.9, return_trace=True))
+  run = jax.jit(
+    functools.partial(
+      decode.decode, logits_fn, num_steps=8, mask_token_id=K, top_k=3, top_p=0.9, return_trace=True
+    )
+  )
   out, trace = run(init, fixed, jax.random.key(0))
   out, trace = np.asarray(out), np.asarray(trace)
   np.testing.assert_array_equal(out, np.where(fixed, K - 1, np.broadcast_to(target, (BATCH, N))))
@@ -127,8 +136,8 @@ def test_restricted_logits_fn():
 
 def test_kth_largest_matches_lax_top_k():
   """The argmax passes give lax.top_k's k-th value, ties counted (k ≤ 16) and beyond."""
-  x = jnp.round(jax.random.normal(jax.random.PRNGKey(0), (3, 7, 40)) * 2)   # many ties
-  x = x.at[0, 0].set(-jnp.inf).at[0, 0, 5].set(1.0)                         # one finite value
+  x = jnp.round(jax.random.normal(jax.random.PRNGKey(0), (3, 7, 40)) * 2)  # many ties
+  x = x.at[0, 0].set(-jnp.inf).at[0, 0, 5].set(1.0)  # one finite value
   for k in (1, 2, 3, 5, 16, 17, 40):
     np.testing.assert_array_equal(decode.kth_largest(x, k), jax.lax.top_k(x, k)[0][..., -1:])
 
@@ -154,36 +163,44 @@ def test_classifier_free_guidance(tiny):
   valid = jnp.ones((BATCH, N), bool).at[0, HW:].set(False)
 
   cond = np.asarray(apply_fn(tokens, text, text_mask, valid))
-  uncond = np.asarray(apply_fn(tokens, jnp.broadcast_to(null_text, text.shape),
-                               jnp.broadcast_to(null_mask, text_mask.shape), valid))
+  uncond = np.asarray(
+    apply_fn(
+      tokens,
+      jnp.broadcast_to(null_text, text.shape),
+      jnp.broadcast_to(null_mask, text_mask.shape),
+      valid,
+    )
+  )
   assert np.abs(cond - uncond).max() > 1e-4
 
   @jax.jit
   def guided(tokens, scale):  # a traced scale: one compile for every value
-    return decode.guided_logits_fn(apply_fn, text, text_mask, null_text, null_mask, scale,
-                                   token_valid=valid)(tokens)
+    return decode.guided_logits_fn(
+      apply_fn, text, text_mask, null_text, null_mask, scale, token_valid=valid
+    )(tokens)
 
   np.testing.assert_allclose(guided(tokens, 0.0), uncond, atol=1e-5)
   np.testing.assert_allclose(guided(tokens, 1.0), cond, atol=1e-5)
   np.testing.assert_allclose(guided(tokens, 3.0), uncond + 3.0 * (cond - uncond), atol=1e-4)
-  conditional_only = decode.guided_logits_fn(apply_fn, text, text_mask, null_text, null_mask,
-                                             1.0, token_valid=valid)  # Python 1.0: one call
+  conditional_only = decode.guided_logits_fn(
+    apply_fn, text, text_mask, null_text, null_mask, 1.0, token_valid=valid
+  )  # Python 1.0: one call
   np.testing.assert_allclose(conditional_only(tokens), cond, atol=1e-5)
   with pytest.raises(ValueError, match="broadcast"):
-    decode.guided_logits_fn(apply_fn, text, text_mask, jnp.zeros((1, 3, TEXT_DIM)),
-                            null_mask, 2.0)
+    decode.guided_logits_fn(apply_fn, text, text_mask, jnp.zeros((1, 3, TEXT_DIM)), null_mask, 2.0)
 
   # cfg_support: guided logits survive only where the conditional probability is at least
   # cfg_support × the conditional's highest probability at that position.
   @jax.jit
   def supported(tokens, support):
-    return decode.guided_logits_fn(apply_fn, text, text_mask, null_text, null_mask, 3.0, support,
-                                   token_valid=valid)(tokens)
+    return decode.guided_logits_fn(
+      apply_fn, text, text_mask, null_text, null_mask, 3.0, support, token_valid=valid
+    )(tokens)
 
   plain = uncond + 3.0 * (cond - uncond)
   np.testing.assert_allclose(supported(tokens, 0.0), plain, atol=1e-4)
   out = np.asarray(supported(tokens, 0.2))
-  relative = cond - cond.max(axis=-1, keepdims=True)                 # log p / p_max
+  relative = cond - cond.max(axis=-1, keepdims=True)  # log p / p_max
   keep = relative >= np.log(0.2)
   assert keep.any(axis=-1).all() and (~keep).any()
   np.testing.assert_allclose(out[keep], plain[keep], atol=1e-4)

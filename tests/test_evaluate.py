@@ -4,6 +4,7 @@ Mechanics only: the fixture models (conftest.py) are barely trained, so their sc
 what is checked is the report's structure, the prompt sets and stories, and the CLI. The
 evaluator's scoring itself is tested on ground-truth clips in test_shapes_evaluator.py.
 """
+
 import json
 import os
 import re
@@ -17,7 +18,7 @@ from phenaki_jax import evaluate
 from phenaki_jax.data import shapes as shapes_lib
 
 SPEC = shapes_lib.ShapesSpec(resolution=32, num_frames=9)
-STEPS = 4   # decoding steps of the sampled evaluations
+STEPS = 4  # decoding steps of the sampled evaluations
 CAPTION = re.compile(r"^a (\w+) (\w+) moves (\w+)$")
 
 
@@ -29,16 +30,19 @@ def _triple(caption):
 
 def _check_report(results, num_stories):
   assert {"seen", "heldout", "image_only", "story"} <= set(results)
-  counts = {"seen": len(shapes_lib.train_triples(SPEC)),
-            "heldout": len(shapes_lib.split_triples(SPEC, "heldout")),
-            "image_only": len(shapes_lib.image_only_triples(SPEC))}
+  counts = {
+    "seen": len(shapes_lib.train_triples(SPEC)),
+    "heldout": len(shapes_lib.split_triples(SPEC, "heldout")),
+    "image_only": len(shapes_lib.image_only_triples(SPEC)),
+  }
   for name, count in counts.items():
     r = results[name]
     assert r["num_clips"] == count, name
     for key in ("color", "shape", "direction", "all"):
       assert 0.0 <= r[f"{key}_accuracy"] <= 1.0, (name, key, r)
-    assert r["all_accuracy"] <= min(r["color_accuracy"], r["shape_accuracy"],
-                                    r["direction_accuracy"])
+    assert r["all_accuracy"] <= min(
+      r["color_accuracy"], r["shape_accuracy"], r["direction_accuracy"]
+    )
   story = results["story"]
   assert story["num_stories"] == num_stories
   assert story["num_segments"] == 3 * num_stories
@@ -61,7 +65,7 @@ def test_story_prompts_are_seen_same_object_stories():
     triples = [_triple(p) for p in story]
     assert len(triples) == 3
     assert all(t in seen for t in triples), story
-    assert len({(c, s) for c, s, _ in triples}) == 1, story          # one object throughout
+    assert len({(c, s) for c, s, _ in triples}) == 1, story  # one object throughout
     d1, d2, d3 = (d for _, _, d in triples)
     assert d3 == evaluate.OPPOSITE[d1] and d2 == evaluate.PERPENDICULAR[d1]
     assert d2 not in (d1, d3)
@@ -84,13 +88,27 @@ def test_evaluate_shapes(tiny_sampler, tmp_path):
   # batch_size 32, the CLI's default: every batch (78 seen prompts = 32 + 32 + 14, 6 held-out,
   # 12 image-only) is padded to 32, so one compiled decode serves this test and the CLI's.
   # 4 decoding steps instead of 12: the mechanics are the same at a third of the compute.
-  results = evaluate.evaluate_shapes(tiny_sampler, SPEC, samples_per_triple=1, num_stories=2,
-                                     batch_size=32, out_dir=str(tmp_path), steps=STEPS)
+  results = evaluate.evaluate_shapes(
+    tiny_sampler,
+    SPEC,
+    samples_per_triple=1,
+    num_stories=2,
+    batch_size=32,
+    out_dir=str(tmp_path),
+    steps=STEPS,
+  )
   _check_report(results, num_stories=2)
   assert results["sampling"]["steps"] == STEPS
-  json.dumps(results)                                               # plain JSON types
-  for name in ("seen.png", "heldout.png", "image_only.png", "stories.png", "story.gif",
-               "story.mp4", "story.txt"):
+  json.dumps(results)  # plain JSON types
+  for name in (
+    "seen.png",
+    "heldout.png",
+    "image_only.png",
+    "stories.png",
+    "story.gif",
+    "story.mp4",
+    "story.txt",
+  ):
     assert (tmp_path / name).stat().st_size > 0, name
   story_lines = (tmp_path / "story.txt").read_text().splitlines()
   assert story_lines == evaluate.story_prompts(SPEC, 2)[0]
@@ -111,7 +129,8 @@ def test_evaluate_shapes_pools_seeds(tiny_sampler):
     assert "per_seed_all_accuracy" not in one[name]
   assert two["story"]["num_segments"] == 2 * one["story"]["num_segments"]
   assert two["story"]["per_seed_segment_accuracy"][0] == pytest.approx(
-      one["story"]["segment_accuracy"])
+    one["story"]["segment_accuracy"]
+  )
   with pytest.raises(ValueError, match="num_seeds"):
     evaluate.evaluate_shapes(tiny_sampler, SPEC, num_seeds=0, **kw)
 
@@ -119,17 +138,32 @@ def test_evaluate_shapes_pools_seeds(tiny_sampler):
 def test_cli_prints_and_writes_json(tiny_cvivit_dir, tiny_maskgit_dir, tmp_path):
   out = tmp_path / "eval"
   proc = subprocess.run(
-      [sys.executable, "-m", "phenaki_jax.evaluate", "shapes", "--tokenizer_dir",
-       tiny_cvivit_dir, "--maskgit_dir", tiny_maskgit_dir, "--samples_per_triple=1",
-       "--num_stories=2", f"--steps={STEPS}", "--out", str(out)],
-      capture_output=True, text=True, timeout=600, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    [
+      sys.executable,
+      "-m",
+      "phenaki_jax.evaluate",
+      "shapes",
+      "--tokenizer_dir",
+      tiny_cvivit_dir,
+      "--maskgit_dir",
+      tiny_maskgit_dir,
+      "--samples_per_triple=1",
+      "--num_stories=2",
+      f"--steps={STEPS}",
+      "--out",
+      str(out),
+    ],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
-  printed = json.loads(proc.stdout[proc.stdout.index("{"):])
+  printed = json.loads(proc.stdout[proc.stdout.index("{") :])
   written = json.loads((out / "shapes_eval.json").read_text())
   assert printed == written
   _check_report(written, num_stories=2)
   assert written["sampling"]["steps"] == STEPS
-
 
 
 def test_cli_text_cache_only_needs_a_filled_cache(tiny_cvivit_dir, tiny_maskgit_dir, tmp_path):
@@ -137,8 +171,21 @@ def test_cli_text_cache_only_needs_a_filled_cache(tiny_cvivit_dir, tiny_maskgit_
   maskgit_dir = tmp_path / "maskgit"
   shutil.copytree(tiny_maskgit_dir, maskgit_dir, ignore=shutil.ignore_patterns("text_cache"))
   proc = subprocess.run(
-      [sys.executable, "-m", "phenaki_jax.evaluate", "shapes", "--tokenizer_dir",
-       tiny_cvivit_dir, "--maskgit_dir", str(maskgit_dir), "--text_cache_only"],
-      capture_output=True, text=True, timeout=600, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    [
+      sys.executable,
+      "-m",
+      "phenaki_jax.evaluate",
+      "shapes",
+      "--tokenizer_dir",
+      tiny_cvivit_dir,
+      "--maskgit_dir",
+      str(maskgit_dir),
+      "--text_cache_only",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  )
   assert proc.returncode != 0
   assert "cache_only=True" in proc.stderr and "encode_text" in proc.stderr, proc.stderr[-3000:]

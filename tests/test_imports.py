@@ -5,6 +5,7 @@ function: no module imports one that imports it back (directly or through others
 imports nothing of the package but `models/`, `data/` nothing but `data/`, and the trainers
 never import each other.
 """
+
 import ast
 import pathlib
 
@@ -30,8 +31,10 @@ def _imports(path: pathlib.Path, modules: dict) -> set:
       names = [a.name for a in node.names]
     elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
       # `from a.b import c`: c is a module (a.b.c) or a name in a.b.
-      names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
-               for a in node.names]
+      names = [
+        f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+        for a in node.names
+      ]
     else:
       continue
     found.update(n for n in names if n in modules and n != "phenaki_jax")
@@ -58,7 +61,7 @@ def test_no_import_cycles(graph):
     state[node] = "open"
     for other in sorted(graph[node]):
       if state.get(other) == "open":
-        cycles.append(stack[stack.index(other):] + [other])
+        cycles.append(stack[stack.index(other) :] + [other])
       elif other not in state:
         visit(other, stack + [other])
     state[node] = "done"
@@ -71,13 +74,17 @@ def test_no_import_cycles(graph):
 
 @pytest.mark.parametrize("layer", ["phenaki_jax.models", "phenaki_jax.data"])
 def test_layers_import_only_themselves(graph, layer):
-  bad = {m: sorted(i for i in imports if not i.startswith(layer))
-         for m, imports in graph.items() if m.startswith(layer + ".")}
+  bad = {
+    m: sorted(i for i in imports if not i.startswith(layer))
+    for m, imports in graph.items()
+    if m.startswith(layer + ".")
+  }
   assert not {m: i for m, i in bad.items() if i}
 
 
 def test_trainers_do_not_import_each_other(graph):
-  trainers = {m for m in graph if m.startswith("phenaki_jax.trainers.") and
-              not m.endswith(".common")}
+  trainers = {
+    m for m in graph if m.startswith("phenaki_jax.trainers.") and not m.endswith(".common")
+  }
   assert len(trainers) >= 2
   assert not {m: sorted(graph[m] & trainers) for m in trainers if graph[m] & trainers}

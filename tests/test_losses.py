@@ -4,6 +4,7 @@ Known logits give known non-saturating GAN losses; R1 matches its closed form fo
 quadratic discriminators; a positive perceptual weight without weights fails naming the key;
 the discriminator scores 1- and 9-frame videos; PSNR and SSIM match hand computations.
 """
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -34,11 +35,13 @@ def test_generator_loss_on_known_logits():
 
 
 def test_discriminator_loss_on_known_logits():
-  np.testing.assert_allclose(losses.discriminator_loss(jnp.zeros(3), jnp.zeros(3)), 2 * LOG2,
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    losses.discriminator_loss(jnp.zeros(3), jnp.zeros(3)), 2 * LOG2, rtol=1e-6
+  )
   real, fake = jnp.array([2.0, 0.5]), jnp.array([-1.0, 4.0])
-  expected = (np.mean(np.log1p(np.exp(-np.array([2.0, 0.5]))))
-              + np.mean(np.log1p(np.exp(np.array([-1.0, 4.0])))))
+  expected = np.mean(np.log1p(np.exp(-np.array([2.0, 0.5])))) + np.mean(
+    np.log1p(np.exp(np.array([-1.0, 4.0])))
+  )
   np.testing.assert_allclose(losses.discriminator_loss(real, fake), expected, rtol=1e-6)
   # A perfect discriminator has ~0 loss; a fooled one a large loss.
   assert losses.discriminator_loss(jnp.full(2, 20.0), jnp.full(2, -20.0)) < 1e-8
@@ -47,15 +50,17 @@ def test_discriminator_loss_on_known_logits():
 
 def test_r1_penalty_closed_forms():
   rng = np.random.default_rng(0)
-  real = jnp.asarray(rng.normal(size=(3, 2, 4, 4, 3)), jnp.float32)     # [B, F, H, W, 3]
+  real = jnp.asarray(rng.normal(size=(3, 2, 4, 4, 3)), jnp.float32)  # [B, F, H, W, 3]
   w = jnp.asarray(rng.normal(size=real.shape[1:]), jnp.float32)
 
   def linear(x):  # D(x) = <w, x> + 1  →  ∇D = w for every example
     return jnp.sum(x * w, axis=(1, 2, 3, 4)) + 1.0
+
   np.testing.assert_allclose(losses.r1_penalty(linear, real), np.sum(np.square(w)), rtol=1e-5)
 
   def quadratic(x):  # D(x) = ½|x|²  →  ∇D = x: the penalty is the mean of |x_i|² (per example)
     return 0.5 * jnp.sum(x * x, axis=(1, 2, 3, 4))
+
   expected = np.mean(np.sum(np.square(np.asarray(real)).reshape(3, -1), axis=1))
   np.testing.assert_allclose(losses.r1_penalty(quadratic, real), expected, rtol=1e-5)
 
@@ -80,7 +85,7 @@ def test_perceptual_weight_without_weights_names_the_key(paper_losses):
   with pytest.raises(ValueError, match=r"config\.losses\.video_perceptual_checkpoint is empty"):
     losses.check_perceptual_config(paper_losses)
   paper_losses.video_perceptual = 0.0
-  losses.check_perceptual_config(paper_losses)      # both weights 0: nothing to load, no error
+  losses.check_perceptual_config(paper_losses)  # both weights 0: nothing to load, no error
 
 
 def test_perceptual_bad_network_or_missing_file_names_the_key(paper_losses, tmp_path):
@@ -103,18 +108,20 @@ def test_video_discriminator_scores_images_and_videos():
   disc = discriminator.VideoDiscriminator(channels=(4, 8))
   rng = np.random.default_rng(0)
   abstract = jax.eval_shape(disc.init, jax.random.key(0), jnp.zeros((4, 9, 32, 32, 3)))
-  params = jax.tree.map(lambda a: jnp.asarray(rng.normal(0, 0.2, a.shape), a.dtype),
-                        nn.unbox(abstract)["params"])
+  params = jax.tree.map(
+    lambda a: jnp.asarray(rng.normal(0, 0.2, a.shape), a.dtype), nn.unbox(abstract)["params"]
+  )
   apply = jax.jit(lambda p, v: disc.apply({"params": p}, v))
   for frames in (1, 9):
     video = jnp.asarray(rng.uniform(-1, 1, (4, frames, 32, 32, 3)), jnp.float32)
     logits = apply(params, video)
     assert logits.shape == (4,) and logits.dtype == jnp.float32
     assert np.isfinite(np.asarray(logits)).all()
-    assert np.std(np.asarray(logits)) > 0              # different videos, different scores
+    assert np.std(np.asarray(logits)) > 0  # different videos, different scores
   # The same parameters serve both lengths (time is pooled before the dense head).
-  assert jax.tree.structure(params) == jax.tree.structure(nn.unbox(jax.eval_shape(
-      disc.init, jax.random.key(0), jnp.zeros((4, 1, 32, 32, 3))))["params"])
+  assert jax.tree.structure(params) == jax.tree.structure(
+    nn.unbox(jax.eval_shape(disc.init, jax.random.key(0), jnp.zeros((4, 1, 32, 32, 3))))["params"]
+  )
 
 
 def test_minibatch_stddev_appends_one_channel():
@@ -134,9 +141,9 @@ def test_minibatch_stddev_appends_one_channel():
 # ---- PSNR / SSIM ---------------------------------------------------------------------------------
 def test_psnr_known_values():
   a = np.full((2, 3, 8, 8, 3), 0.5, np.float32)
-  np.testing.assert_allclose(recon.psnr(a, a + 0.1), 20.0, rtol=1e-5)       # MSE 0.01
-  np.testing.assert_allclose(recon.psnr(a, a + 0.01), 40.0, rtol=1e-5)      # MSE 1e-4
-  assert recon.psnr(a, a) == pytest.approx(100.0)                             # MSE floored at 1e-10
+  np.testing.assert_allclose(recon.psnr(a, a + 0.1), 20.0, rtol=1e-5)  # MSE 0.01
+  np.testing.assert_allclose(recon.psnr(a, a + 0.01), 40.0, rtol=1e-5)  # MSE 1e-4
+  assert recon.psnr(a, a) == pytest.approx(100.0)  # MSE floored at 1e-10
   b = a.copy()
   b[1] += 0.1
   per_clip = recon.psnr(a, b, axis=(1, 2, 3, 4))
@@ -148,21 +155,23 @@ def _ssim_reference(a, b):
   channel, written with explicit windows in numpy."""
   size, sigma = 11, 1.5
   x = np.arange(size) - (size - 1) / 2
-  g = np.exp(-x ** 2 / (2 * sigma ** 2))
+  g = np.exp(-(x**2) / (2 * sigma**2))
   window = np.outer(g, g) / np.sum(g) ** 2
-  c1, c2 = 0.01 ** 2, 0.03 ** 2
+  c1, c2 = 0.01**2, 0.03**2
   values = []
   for ch in range(a.shape[-1]):
     for i in range(a.shape[0] - size + 1):
       for j in range(a.shape[1] - size + 1):
-        pa = a[i:i + size, j:j + size, ch].astype(np.float64)
-        pb = b[i:i + size, j:j + size, ch].astype(np.float64)
+        pa = a[i : i + size, j : j + size, ch].astype(np.float64)
+        pb = b[i : i + size, j : j + size, ch].astype(np.float64)
         mu_a, mu_b = np.sum(window * pa), np.sum(window * pb)
         var_a = np.sum(window * (pa - mu_a) ** 2)
         var_b = np.sum(window * (pb - mu_b) ** 2)
         cov = np.sum(window * (pa - mu_a) * (pb - mu_b))
-        values.append(((2 * mu_a * mu_b + c1) * (2 * cov + c2))
-                      / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2)))
+        values.append(
+          ((2 * mu_a * mu_b + c1) * (2 * cov + c2))
+          / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+        )
   return np.mean(values)
 
 
@@ -175,7 +184,8 @@ def test_ssim():
   np.testing.assert_allclose(value, _ssim_reference(a, b), atol=1e-4)
   assert 0.3 < value < 0.99
   # Videos: the mean over all frames of all clips.
-  video_a = np.stack([a, b])[None]                 # [1, 2, H, W, 3]
+  video_a = np.stack([a, b])[None]  # [1, 2, H, W, 3]
   video_b = np.stack([a, a])[None]
-  np.testing.assert_allclose(recon.ssim(video_a, video_b),
-                             (1.0 + _ssim_reference(b, a)) / 2, atol=1e-4)
+  np.testing.assert_allclose(
+    recon.ssim(video_a, video_b), (1.0 + _ssim_reference(b, a)) / 2, atol=1e-4
+  )

@@ -1,4 +1,5 @@
 """Tests of the MaskGIT transformer (paper §4.2): shapes, image padding, text mask, sizes."""
+
 import functools
 
 import flax.linen as nn
@@ -27,8 +28,7 @@ def _inputs(t, seed=0):
 
 @pytest.fixture(scope="module")
 def tiny():
-  model = maskgit.MaskGIT(codebook_size=K, grid=GRID, width=32, depth=2, num_heads=4,
-                          mlp_dim=64)
+  model = maskgit.MaskGIT(codebook_size=K, grid=GRID, width=32, depth=2, num_heads=4, mlp_dim=64)
   abstract, params = conftest.numpy_init(model, *_inputs(GRID[0]))
   # Every test passes token_valid (all True where unused) so that shapes, not call patterns,
   # decide the compiles: one per time-step count t.
@@ -58,8 +58,12 @@ def test_rejects_bad_token_count(tiny):
   _, text, text_mask = _inputs(1)
   for n in (HW + 1, 4 * HW):  # not a whole number of time steps; more than max_time_steps
     with pytest.raises(ValueError, match="tokens"):
-      jax.eval_shape(functools.partial(model.apply, {"params": params}),
-                     jnp.zeros((BATCH, n), jnp.int32), text, text_mask)
+      jax.eval_shape(
+        functools.partial(model.apply, {"params": params}),
+        jnp.zeros((BATCH, n), jnp.int32),
+        text,
+        text_mask,
+      )
 
 
 @pytest.mark.parametrize("model_fixture", ["tiny", "grouped"])
@@ -99,17 +103,23 @@ def test_text_padding_changes_nothing(tiny):
 def test_scan_and_remat_match_the_unrolled_stack(tiny):
   """`scan=True, remat=True` computes the same function, with the layers stacked on axis 0."""
   _, _, params, apply = tiny
-  model = maskgit.MaskGIT(codebook_size=K, grid=GRID, width=32, depth=2, num_heads=4,
-                          mlp_dim=64, scan=True, remat=True)
+  model = maskgit.MaskGIT(
+    codebook_size=K, grid=GRID, width=32, depth=2, num_heads=4, mlp_dim=64, scan=True, remat=True
+  )
   tokens, text, text_mask = _inputs(GRID[0])
   abstract = jax.eval_shape(model.init, jax.random.key(0), tokens, text, text_mask)
   kernel = abstract["params"]["transformer"]["layers"]["mlp"]["fc1"]["kernel"]
   assert kernel.names == ("layers", "embed", "mlp") and kernel.value.shape == (2, 32, 64)
   blocks = params["transformer"]
-  stacked = dict(params, transformer={
-      "layers": jax.tree_util.tree_map(lambda *x: jnp.stack(x), blocks["block_0"],
-                                       blocks["block_1"]),
-      "ln_final": blocks["ln_final"]})
+  stacked = dict(
+    params,
+    transformer={
+      "layers": jax.tree_util.tree_map(
+        lambda *x: jnp.stack(x), blocks["block_0"], blocks["block_1"]
+      ),
+      "ln_final": blocks["ln_final"],
+    },
+  )
   valid = _image_valid()
   scanned = jax.jit(model.apply)({"params": stacked}, tokens, text, text_mask, valid)
   np.testing.assert_allclose(scanned, apply(params, tokens, text, text_mask, valid), atol=1e-5)
@@ -137,8 +147,7 @@ def test_paper_size_has_1p8b_params():
 
 def test_get_model():
   model = maskgit.get_model("tiny", codebook_size=K, grid=GRID)
-  assert (model.width, model.codebook_size, model.grid) == (
-      maskgit.SIZES["tiny"]["width"], K, GRID)
+  assert (model.width, model.codebook_size, model.grid) == (maskgit.SIZES["tiny"]["width"], K, GRID)
   with pytest.raises(ValueError, match="unknown MaskGIT size"):
     maskgit.get_model("XXL")
 
@@ -146,8 +155,9 @@ def test_get_model():
 def test_tied_head_scores_codes_by_their_token_embeddings():
   """head="tied": logits = f(x)·E[:K] + b, so two codes with equal embedding rows and biases get
   equal logits everywhere, and changing one code's row moves only that code's logit."""
-  model = maskgit.MaskGIT(codebook_size=K, grid=GRID, width=32, depth=1, num_heads=4,
-                          mlp_dim=64, head="tied")
+  model = maskgit.MaskGIT(
+    codebook_size=K, grid=GRID, width=32, depth=1, num_heads=4, mlp_dim=64, head="tied"
+  )
   tokens, text, text_mask = _inputs(2)
   _, params = conftest.numpy_init(model, tokens, text, text_mask)
   assert "head" not in params and params["head_bias"].shape == (K,)
@@ -167,14 +177,16 @@ def test_tied_head_scores_codes_by_their_token_embeddings():
   changed = np.abs(moved - logits).max(axis=(0, 1)) > 1e-5
   assert changed[7] and changed.sum() == 1
   with pytest.raises(ValueError, match="head='untied'"):
-    maskgit.MaskGIT(codebook_size=K, grid=GRID, width=32, depth=1, num_heads=4, mlp_dim=64,
-                    head="untied").init(jax.random.key(0), tokens, text, text_mask)
+    maskgit.MaskGIT(
+      codebook_size=K, grid=GRID, width=32, depth=1, num_heads=4, mlp_dim=64, head="untied"
+    ).init(jax.random.key(0), tokens, text, text_mask)
 
 
 @pytest.fixture(scope="module")
 def grouped():
-  model = maskgit.MaskGIT(codebook_size=K, grid=GRID, width=32, depth=2, num_heads=4,
-                          mlp_dim=64, group=2)
+  model = maskgit.MaskGIT(
+    codebook_size=K, grid=GRID, width=32, depth=2, num_heads=4, mlp_dim=64, group=2
+  )
   abstract, params = conftest.numpy_init(model, *_inputs(GRID[0]))
   apply = jax.jit(lambda params, *args: model.apply({"params": params}, *args))
   return model, abstract, params, apply
@@ -182,12 +194,12 @@ def grouped():
 
 def test_grouped_tokens_round_trip_in_grid_order():
   x = jnp.arange(2 * 3 * 4 * 4 * 5, dtype=jnp.float32).reshape(2, 3 * 4 * 4, 5)  # [B, N, C]
-  groups = maskgit._to_groups(x, 3, 4, 4, 2)                                      # pylint: disable=protected-access
+  groups = maskgit._to_groups(x, 3, 4, 4, 2)  # pylint: disable=protected-access
   assert groups.shape == (2, 3 * 2 * 2, 4 * 5)
   # Time step 1, group (row 1, col 0) holds tokens (y, x) in {2, 3} x {0, 1}, row-major.
   expected = [16 + y * 4 + x_ for y in (2, 3) for x_ in (0, 1)]
   np.testing.assert_array_equal(groups[0, 4 + 2].reshape(4, 5), x[0, expected])
-  np.testing.assert_array_equal(maskgit._from_groups(groups, 3, 2, 2, 2), x)      # pylint: disable=protected-access
+  np.testing.assert_array_equal(maskgit._from_groups(groups, 3, 2, 2, 2), x)  # pylint: disable=protected-access
 
 
 @pytest.mark.parametrize("t", [1, 3])
@@ -204,9 +216,10 @@ def test_grouped_model_scores_every_token(grouped, t):
   assert logits.shape == (BATCH, t * HW, K) and np.isfinite(logits).all()
   # Token (0, 0)'s group is tokens 0, 1, 4, 5 of each frame: changing token 5 changes the
   # logits of all four (same position), and those of other groups (attention).
-  other = np.asarray(apply(params, tokens.at[:, 5].set((tokens[:, 5] + 3) % (K + 1)), text,
-                           text_mask, valid))
-  changed = np.abs(other - logits).max(axis=(0, 2)) > 1e-5                      # [N]
+  other = np.asarray(
+    apply(params, tokens.at[:, 5].set((tokens[:, 5] + 3) % (K + 1)), text, text_mask, valid)
+  )
+  changed = np.abs(other - logits).max(axis=(0, 2)) > 1e-5  # [N]
   assert changed[[0, 1, 4, 5]].all() and changed[[2, 3, 8]].all()
 
 
@@ -216,8 +229,10 @@ def test_group_order_logits_are_the_token_order_logits_permuted(grouped, t):
   `group_order`; group_order puts each 2×2 group's tokens together, groups in raster order."""
   model, _, params, _ = grouped
   tokens, text, text_mask = _inputs(t)
-  run = jax.jit(lambda p, order: model.apply({"params": p}, tokens, text, text_mask,
-                                             token_order=order), static_argnums=1)
+  run = jax.jit(
+    lambda p, order: model.apply({"params": p}, tokens, text, text_mask, token_order=order),
+    static_argnums=1,
+  )
   by_token, by_group = np.asarray(run(params, True)), np.asarray(run(params, False))
   np.testing.assert_array_equal(model.group_order(jnp.asarray(by_token)), by_group)
   ids = np.asarray(model.group_order(jnp.arange(t * HW)[None]))[0]
@@ -227,12 +242,18 @@ def test_group_order_logits_are_the_token_order_logits_permuted(grouped, t):
   assert not np.array_equal(by_token, by_group)
 
 
-@pytest.mark.parametrize("group, head, message", [
-    (3, "dense", "group=3 must be >= 1 and divide"), (0, "dense", "group=0"),
-    (2, "tied", "group=2 needs head='dense'")])
+@pytest.mark.parametrize(
+  "group, head, message",
+  [
+    (3, "dense", "group=3 must be >= 1 and divide"),
+    (0, "dense", "group=0"),
+    (2, "tied", "group=2 needs head='dense'"),
+  ],
+)
 def test_bad_group_is_rejected(group, head, message):
   tokens, text, text_mask = _inputs(1)
-  model = maskgit.MaskGIT(codebook_size=K, grid=GRID, width=32, depth=1, num_heads=4,
-                          mlp_dim=64, group=group, head=head)
+  model = maskgit.MaskGIT(
+    codebook_size=K, grid=GRID, width=32, depth=1, num_heads=4, mlp_dim=64, group=group, head=head
+  )
   with pytest.raises(ValueError, match=message):
     jax.eval_shape(model.init, jax.random.key(0), tokens, text, text_mask)

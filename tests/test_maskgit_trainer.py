@@ -7,6 +7,7 @@ and a run stopped and resumed ends bit-identical to the uninterrupted one. Throu
 directly: the text-dropout rate follows the config, the mixture draws its configured rates, and
 an image example's padded later frames change nothing. Plus the config checks at start-up.
 """
+
 import functools
 import glob
 import math
@@ -32,12 +33,13 @@ def _read_scalars(workdir: str) -> dict:
   """{tag: [(step, value)]} of the scalars in the run's TensorBoard event file(s)."""
   from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
   from tensorboard.util import tensor_util  # pylint: disable=g-import-not-at-top
+
   acc = event_accumulator.EventAccumulator(workdir, size_guidance={"tensors": 0, "scalars": 0})
   acc.Reload()
   out = {}
   for tag in acc.Tags()["tensors"]:
     values = [(e.step, tensor_util.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)]
-    if all(v.ndim == 0 for _, v in values):                   # not the sample images
+    if all(v.ndim == 0 for _, v in values):  # not the sample images
       out[tag] = [(step, float(v)) for step, v in values]
   for tag in acc.Tags()["scalars"]:
     out[tag] = [(e.step, float(e.value)) for e in acc.Scalars(tag)]
@@ -48,7 +50,8 @@ def _restore_state(workdir: str, config, text_dim: int, step=None):
   """(state, meta) of a run's checkpoint, as numpy."""
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
   state, meta = ckpt.restore(
-      trainer.abstract_state(config, config.text_encoder.max_length, text_dim), step)
+    trainer.abstract_state(config, config.text_encoder.max_length, text_dim), step
+  )
   ckpt.close()
   return jax.device_get(state), meta
 
@@ -64,9 +67,9 @@ def test_short_run_lowers_masked_token_loss(tiny_maskgit_dir, tiny_cvivit_dir):
   scalars = _read_scalars(tiny_maskgit_dir)
   loss = scalars["loss"]
   assert [s for s, _ in loss] == list(range(20, STEPS + 1, 20))
-  first, last = loss[0][1], loss[-1][1]        # means over steps 1–20 and 101–120
+  first, last = loss[0][1], loss[-1][1]  # means over steps 1–20 and 101–120
   tok = tokenizer_lib.Tokenizer.from_workdir(tiny_cvivit_dir)
-  uniform = math.log(tok.codebook_size)        # the loss of a uniform guess
+  uniform = math.log(tok.codebook_size)  # the loss of a uniform guess
   assert np.isfinite(last)
   assert last < 0.6 * uniform, (first, last, uniform)
   assert last < 0.6 * first, (first, last)
@@ -80,7 +83,7 @@ def test_short_run_lowers_masked_token_loss(tiny_maskgit_dir, tiny_cvivit_dir):
   batches = trainer.make_batches(video_only, trainer.tokenizer_config(config))
   counts = np.zeros(tok.codebook_size)
   for step in range(4):
-    codes = np.asarray(tok.encode(batches.batch(1000 + step)["video"]))   # [8, t, h, w]
+    codes = np.asarray(tok.encode(batches.batch(1000 + step)["video"]))  # [8, t, h, w]
     counts += np.bincount(codes.ravel(), minlength=tok.codebook_size)
   p = counts[counts > 0] / counts.sum()
   unigram_entropy = float(-(p * np.log(p)).sum())
@@ -95,7 +98,7 @@ def test_run_uses_the_configured_rates(tiny_maskgit_dir):
   assert (config.text_dropout, config.data.video_rate, config.data.image_rate) == (0.1, 0.8, 0.2)
   scalars = _read_scalars(tiny_maskgit_dir)
   n = STEPS * config.data.batch_size
-  dropped = np.mean([v for _, v in scalars["text_dropped"]])   # equal-length log windows
+  dropped = np.mean([v for _, v in scalars["text_dropped"]])  # equal-length log windows
   images = np.mean([v for _, v in scalars["image_fraction"]])
   assert _within(dropped, 0.1, n) and not _within(dropped, 0.2, n), dropped
   assert _within(images, 0.2, n) and not _within(images, 0.1, n), images
@@ -108,7 +111,7 @@ def test_resume_is_bit_identical(tiny_maskgit_dir, tiny_cvivit_dir, tmp_path):
 
   def config_b(**overrides):
     c = conftest.tiny_maskgit_config(tiny_cvivit_dir)
-    c.sample.num_videos = 0          # sampling reads the params only; skip it here
+    c.sample.num_videos = 0  # sampling reads the params only; skip it here
     c.update(overrides)
     return c
 
@@ -122,12 +125,13 @@ def test_resume_is_bit_identical(tiny_maskgit_dir, tiny_cvivit_dir, tmp_path):
   assert int(state_b["step"]) == STEPS
 
   config_a = config_io.from_workdir(tiny_maskgit_dir)
-  text_dim = state_b["params"]["text_proj"]["kernel"].shape[0]     # MiniLM's width
+  text_dim = state_b["params"]["text_proj"]["kernel"].shape[0]  # MiniLM's width
   state_a, meta_a = _restore_state(tiny_maskgit_dir, config_a, text_dim)
   assert meta_a["step"] == STEPS
 
   def assert_identical(a, b):
     jax.tree.map(np.testing.assert_array_equal, a, b)
+
   assert_identical(state_a["params"], state_b["params"])
   assert_identical(state_a["opt_state"], state_b["opt_state"])
   # What a further restart of B would load agrees too.
@@ -142,7 +146,7 @@ def _within(estimate, p, n, sigmas=4.0):
 
 # ---- train_step directly --------------------------------------------------------------------------
 BATCH = 64
-TEXT_LEN, TEXT_DIM = 4, 8   # synthetic text embeddings: what they are does not matter here
+TEXT_LEN, TEXT_DIM = 4, 8  # synthetic text embeddings: what they are does not matter here
 
 
 @pytest.fixture(scope="module")
@@ -162,18 +166,30 @@ def step_env(tiny_cvivit_dir):
   tx = optim.make_optimizer(config.optim)
   mesh = sharding.make_mesh((-1, 1, 1))
   state, _ = sharding.create_sharded_state(
-      trainer.make_init_fn(model, tx, TEXT_LEN, TEXT_DIM, ema=False), mesh, jax.random.PRNGKey(0))
+    trainer.make_init_fn(model, tx, TEXT_LEN, TEXT_DIM, ema=False), mesh, jax.random.PRNGKey(0)
+  )
   null_text = (jnp.zeros((TEXT_LEN, TEXT_DIM)), jnp.asarray([True] + [False] * (TEXT_LEN - 1)))
   batches = trainer.make_batches(config, tok_config)
   rows = batches.batch(0)
   rng = np.random.default_rng(0)
-  batch = dict(video=rows["video"], is_image=rows["is_image"],
-               text=rng.normal(size=(BATCH, TEXT_LEN, TEXT_DIM)).astype(np.float32),
-               text_mask=np.ones((BATCH, TEXT_LEN), bool))
-  step_fn = jax.jit(functools.partial(trainer.train_step, model=model, tok_model=tok.model,
-                                      tx=tx, config=config))
-  return dict(config=config, tok=tok, state=state, null_text=null_text, rows=rows,
-              batch=jax.tree.map(jnp.asarray, batch), step=step_fn)
+  batch = dict(
+    video=rows["video"],
+    is_image=rows["is_image"],
+    text=rng.normal(size=(BATCH, TEXT_LEN, TEXT_DIM)).astype(np.float32),
+    text_mask=np.ones((BATCH, TEXT_LEN), bool),
+  )
+  step_fn = jax.jit(
+    functools.partial(trainer.train_step, model=model, tok_model=tok.model, tx=tx, config=config)
+  )
+  return dict(
+    config=config,
+    tok=tok,
+    state=state,
+    null_text=null_text,
+    rows=rows,
+    batch=jax.tree.map(jnp.asarray, batch),
+    step=step_fn,
+  )
 
 
 def _step(env, state, batch, seed):
@@ -214,7 +230,7 @@ def test_mixture_rates_are_the_configured_ones(step_env, video_rate, image_rate)
     assert not is_image.any()
   else:
     assert _within(is_image.mean(), image_rate, len(is_image)), is_image.mean()
-    assert not _within(is_image.mean(), 0.35, len(is_image))     # tells 0.2 from 0.5
+    assert not _within(is_image.mean(), 0.35, len(is_image))  # tells 0.2 from 0.5
 
 
 def test_static_images_config(step_env):
@@ -226,9 +242,10 @@ def test_static_images_config(step_env):
   images = np.array(["moves" not in c for c in rows["caption"]])
   np.testing.assert_array_equal(rows["caption"], step_env["rows"]["caption"])
   assert images.any() and not rows["is_image"].any()
-  static = rows["video"][images]                                  # [N, F, H, W, 3]
-  np.testing.assert_array_equal(static, np.repeat(step_env["rows"]["video"][images][:, :1],
-                                                  static.shape[1], axis=1))
+  static = rows["video"][images]  # [N, F, H, W, 3]
+  np.testing.assert_array_equal(
+    static, np.repeat(step_env["rows"]["video"][images][:, :1], static.shape[1], axis=1)
+  )
   assert static[:, -1].any()
 
 
@@ -238,9 +255,9 @@ def test_image_fraction_metric_and_image_examples(step_env, warm_steps):
   rows = step_env["rows"]
   images = rows["is_image"]
   assert 0 < images.sum() < BATCH
-  assert not rows["video"][images, 1:].any()                     # padding is zeros
+  assert not rows["video"][images, 1:].any()  # padding is zeros
   assert rows["video"][images, 0].any()
-  assert all("moves" not in c for c in rows["caption"][images])   # "a {color} {shape}"
+  assert all("moves" not in c for c in rows["caption"][images])  # "a {color} {shape}"
   assert all("moves" in c for c in rows["caption"][~images])
   for metrics in warm_steps[1]:
     assert float(metrics["image_fraction"]) == pytest.approx(images.mean())
@@ -258,26 +275,36 @@ def test_ema_params_follow_the_warmed_up_average(step_env):
   tx = optim.make_optimizer(config.optim)
   mesh = sharding.make_mesh((-1, 1, 1))
   state, _ = sharding.create_sharded_state(
-      trainer.make_init_fn(model, tx, TEXT_LEN, TEXT_DIM, ema=True), mesh, jax.random.PRNGKey(0))
+    trainer.make_init_fn(model, tx, TEXT_LEN, TEXT_DIM, ema=True), mesh, jax.random.PRNGKey(0)
+  )
   jax.tree.map(np.testing.assert_array_equal, state["ema_params"], state["params"])
-  step_fn = jax.jit(functools.partial(trainer.train_step, model=model, tok_model=env["tok"].model,
-                                      tx=tx, config=config))
+  step_fn = jax.jit(
+    functools.partial(
+      trainer.train_step, model=model, tok_model=env["tok"].model, tx=tx, config=config
+    )
+  )
   expected = jax.device_get(state["params"])
   plain = env["state"]
   for step in range(3):
-    state, _ = step_fn(state, env["batch"], env["null_text"], env["tok"].params,
-                       jax.random.PRNGKey(1))
+    state, _ = step_fn(
+      state, env["batch"], env["null_text"], env["tok"].params, jax.random.PRNGKey(1)
+    )
     plain, _ = _step(env, plain, env["batch"], 1)
-    d = min(0.5, (1 + step) / (10 + step))          # 0.1, 0.18, 0.25: the warm-up, then 0.5
+    d = min(0.5, (1 + step) / (10 + step))  # 0.1, 0.18, 0.25: the warm-up, then 0.5
     params = jax.device_get(state["params"])
     expected = jax.tree.map(lambda e, p, d=d: d * e + (1 - d) * p, expected, params)
-    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-7),
-                 jax.device_get(state["ema_params"]), expected)
+    jax.tree.map(
+      functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-7),
+      jax.device_get(state["ema_params"]),
+      expected,
+    )
     jax.tree.map(np.testing.assert_array_equal, params, jax.device_get(plain["params"]))
-  moved = [float(np.abs(e - p).max()) for e, p in zip(
-      jax.tree.leaves(jax.device_get(state["ema_params"])), jax.tree.leaves(params))]
-  assert max(moved) > 1e-4                         # the average lags the parameters
-  assert common.ema_update(1.0, 0.0, 10**6, 0.5) == pytest.approx(0.5)   # capped at `decay`
+  moved = [
+    float(np.abs(e - p).max())
+    for e, p in zip(jax.tree.leaves(jax.device_get(state["ema_params"])), jax.tree.leaves(params))
+  ]
+  assert max(moved) > 1e-4  # the average lags the parameters
+  assert common.ema_update(1.0, 0.0, 10**6, 0.5) == pytest.approx(0.5)  # capped at `decay`
 
 
 def test_prefix_rate_leaves_first_time_steps_of_videos_unmasked(step_env):
@@ -288,14 +315,22 @@ def test_prefix_rate_leaves_first_time_steps_of_videos_unmasked(step_env):
   config = env["config"].copy_and_resolve_references()
   config.prefix_rate = 1.0
   model = trainer.build_model(config, trainer.tokenizer_config(config))
-  step_fn = jax.jit(functools.partial(trainer.train_step, model=model, tok_model=env["tok"].model,
-                                      tx=optim.make_optimizer(config.optim), config=config))
+  step_fn = jax.jit(
+    functools.partial(
+      trainer.train_step,
+      model=model,
+      tok_model=env["tok"].model,
+      tx=optim.make_optimizer(config.optim),
+      config=config,
+    )
+  )
   plain, prefixed = [], []
   for seed in range(4):
     _, m = _step(env, env["state"], env["batch"], seed)
     plain.append(float(m["mask_fraction"]))
-    _, m = step_fn(env["state"], env["batch"], env["null_text"], env["tok"].params,
-                   jax.random.PRNGKey(seed))
+    _, m = step_fn(
+      env["state"], env["batch"], env["null_text"], env["tok"].params, jax.random.PRNGKey(seed)
+    )
     prefixed.append(float(m["mask_fraction"]))
     assert np.isfinite(m["loss"])
   assert np.mean(prefixed) < np.mean(plain) - 0.15, (prefixed, plain)
@@ -303,7 +338,7 @@ def test_prefix_rate_leaves_first_time_steps_of_videos_unmasked(step_env):
 
 def test_given_time_steps_of_context_frames():
   np.testing.assert_array_equal(trainer.given_time_steps([0, 5, 1, 3, 7], 2, 9), [0, 3, 1, 2, 4])
-  for bad in ([4], [9], [11]):                   # not whole time steps / nothing left to predict
+  for bad in ([4], [9], [11]):  # not whole time steps / nothing left to predict
     with pytest.raises(ValueError, match="turn_context_frames"):
       trainer.given_time_steps(bad, 2, 9)
 
@@ -327,14 +362,26 @@ def test_turn_clips_are_in_the_batches_and_their_context_is_never_masked(step_en
 
   model = trainer.build_model(config, trainer.tokenizer_config(config))
   t, h, w = model.grid
-  step_fn = jax.jit(functools.partial(trainer.train_step, model=model, tok_model=env["tok"].model,
-                                      tx=optim.make_optimizer(config.optim), config=config))
+  step_fn = jax.jit(
+    functools.partial(
+      trainer.train_step,
+      model=model,
+      tok_model=env["tok"].model,
+      tx=optim.make_optimizer(config.optim),
+      config=config,
+    )
+  )
   is_image = np.asarray(env["batch"]["is_image"])
   given = np.where(is_image, 0, t - 1).astype(np.int32)
   bound = (is_image.size * h * w) / (((~is_image).sum() * t + is_image.sum()) * h * w)
   for seed in range(3):
-    _, m = step_fn(env["state"], dict(env["batch"], given_steps=jnp.asarray(given)),
-                   env["null_text"], env["tok"].params, jax.random.PRNGKey(seed))
+    _, m = step_fn(
+      env["state"],
+      dict(env["batch"], given_steps=jnp.asarray(given)),
+      env["null_text"],
+      env["tok"].params,
+      jax.random.PRNGKey(seed),
+    )
     assert 0 < float(m["mask_fraction"]) <= bound + 1e-6, (float(m["mask_fraction"]), bound)
     assert np.isfinite(m["loss"])
     _, plain = _step(env, env["state"], env["batch"], seed)
@@ -342,11 +389,23 @@ def test_turn_clips_are_in_the_batches_and_their_context_is_never_masked(step_en
 
   # With frame prediction on as well, the turn context stays given (prefix_rate adds to it).
   config.prefix_rate = 1.0
-  both_fn = jax.jit(functools.partial(trainer.train_step, model=model, tok_model=env["tok"].model,
-                                      tx=optim.make_optimizer(config.optim), config=config))
+  both_fn = jax.jit(
+    functools.partial(
+      trainer.train_step,
+      model=model,
+      tok_model=env["tok"].model,
+      tx=optim.make_optimizer(config.optim),
+      config=config,
+    )
+  )
   for seed in range(3):
-    _, m = both_fn(env["state"], dict(env["batch"], given_steps=jnp.asarray(given)),
-                   env["null_text"], env["tok"].params, jax.random.PRNGKey(seed))
+    _, m = both_fn(
+      env["state"],
+      dict(env["batch"], given_steps=jnp.asarray(given)),
+      env["null_text"],
+      env["tok"].params,
+      jax.random.PRNGKey(seed),
+    )
     assert 0 < float(m["mask_fraction"]) <= bound + 1e-6, (float(m["mask_fraction"]), bound)
 
 
@@ -364,22 +423,25 @@ def test_image_padded_frames_change_nothing(step_env, warm_steps):
 
   params0, metrics0 = run(video)
   padded = video.copy()
-  padded[is_image, 1:] = noise                                     # every image example
+  padded[is_image, 1:] = noise  # every image example
   params1, metrics1 = run(padded)
   for key in metrics0:
     np.testing.assert_array_equal(metrics0[key], metrics1[key], err_msg=key)
   jax.tree.map(np.testing.assert_array_equal, params0, params1)
 
   changed = video.copy()
-  changed[np.flatnonzero(~is_image)[0], 1:] = noise                # one video example
+  changed[np.flatnonzero(~is_image)[0], 1:] = noise  # one video example
   params2, metrics2 = run(changed)
   assert float(metrics2["loss"]) != float(metrics0["loss"])
-  assert not all(np.array_equal(a, b)
-                 for a, b in zip(jax.tree.leaves(params0), jax.tree.leaves(params2)))
+  assert not all(
+    np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params0), jax.tree.leaves(params2))
+  )
 
 
 # ---- config checks -----------------------------------------------------------------------------
-@pytest.mark.parametrize("key,value,named", [
+@pytest.mark.parametrize(
+  "key,value,named",
+  [
     ("tokenizer.workdir", "/nonexistent/cvivit", "tokenizer.workdir"),
     ("data.video_rate", 0.0, "video_rate"),
     ("data.image_rate", -0.5, "image_rate"),
@@ -393,7 +455,8 @@ def test_image_padded_frames_change_nothing(step_env, warm_steps):
     ("data.turn_rate", 1.0, "turn_rate"),
     ("ema_decay", 1.0, "ema_decay"),
     ("ema_decay", -0.1, "ema_decay"),
-])
+  ],
+)
 def test_config_errors_name_the_key(tiny_cvivit_dir, tmp_path, key, value, named):
   config = conftest.tiny_maskgit_config(tiny_cvivit_dir)
   parent, _, leaf = key.rpartition(".")
@@ -404,8 +467,9 @@ def test_config_errors_name_the_key(tiny_cvivit_dir, tmp_path, key, value, named
 
 
 @pytest.mark.parametrize("frames", [0, 2, 99])
-def test_turn_context_that_is_not_whole_time_steps_fails_at_start(tiny_cvivit_dir, tmp_path,
-                                                                  frames):
+def test_turn_context_that_is_not_whole_time_steps_fails_at_start(
+  tiny_cvivit_dir, tmp_path, frames
+):
   """0 frames, a context that splits a time step, and one that leaves nothing to predict."""
   config = conftest.tiny_maskgit_config(tiny_cvivit_dir)
   config.data.turn_rate, config.data.turn_context_frames = 0.2, frames
@@ -415,8 +479,12 @@ def test_turn_context_that_is_not_whole_time_steps_fails_at_start(tiny_cvivit_di
 
 
 def test_code_counts_split_first_and_later_time_steps():
-  codes = np.array([[[[1, 2]], [[3, 3]]],          # a video: first step 1, 2; later 3, 3
-                    [[[4, 4]], [[0, 0]]]])          # an image: its later step is padding
+  codes = np.array(
+    [
+      [[[1, 2]], [[3, 3]]],  # a video: first step 1, 2; later 3, 3
+      [[[4, 4]], [[0, 0]]],
+    ]
+  )  # an image: its later step is padding
   counts = trainer.code_counts(codes, np.array([False, True]), 5)
   np.testing.assert_array_equal(counts, [[0, 1, 1, 0, 2], [0, 0, 0, 2, 0]])
 
@@ -436,7 +504,7 @@ def test_finished_run_writes_its_code_support(tiny_maskgit_dir, tiny_cvivit_dir,
   images = 0
   for step in range(steps):
     batch = batches.batch(step)
-    codes = np.asarray(tok.encode(batch["video"]))                     # [8, t, h, w]
+    codes = np.asarray(tok.encode(batch["video"]))  # [8, t, h, w]
     is_image = np.asarray(batch["is_image"], bool)
     images += int(is_image.sum())
     np.add.at(expected[0], codes[:, 0].ravel(), 1)
@@ -447,12 +515,14 @@ def test_finished_run_writes_its_code_support(tiny_maskgit_dir, tiny_cvivit_dir,
   assert counts[1].sum() == (clips - images) * (t - 1) * h * w and 0 < images < clips
 
 
-def test_ema_run_checkpoints_the_average_and_the_sampler_uses_it(tiny_maskgit_dir,
-                                                                 tiny_cvivit_dir, tmp_path):
+def test_ema_run_checkpoints_the_average_and_the_sampler_uses_it(
+  tiny_maskgit_dir, tiny_cvivit_dir, tmp_path
+):
   """A run with ema_decay checkpoints `ema_params` beside `params`; Sampler.from_workdirs
   samples with the average by default and with the raw parameters when ema=False; asking a
   run without an EMA for one is an error that names the option."""
   from phenaki_jax import sample  # pylint: disable=g-import-not-at-top
+
   workdir = str(tmp_path / "ema")
   config = conftest.tiny_maskgit_config(tiny_cvivit_dir, total_steps=20)
   config.ema_decay = 0.9
@@ -461,18 +531,22 @@ def test_ema_run_checkpoints_the_average_and_the_sampler_uses_it(tiny_maskgit_di
   trainer.main(config, workdir)
   saved = config_io.from_workdir(workdir)
   ema = sample.Sampler.from_workdirs(tiny_cvivit_dir, workdir)
-  raw = sample.Sampler.from_workdirs(tiny_cvivit_dir, workdir, text_encoder=ema.text_encoder,
-                                     ema=False)
+  raw = sample.Sampler.from_workdirs(
+    tiny_cvivit_dir, workdir, text_encoder=ema.text_encoder, ema=False
+  )
   state, _ = _restore_state(workdir, saved, ema.text_encoder.dim)
   assert set(state) >= {"params", "ema_params"}
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(ema.params), state["ema_params"])
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(raw.params), state["params"])
-  gap = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(state["ema_params"]),
-                                                       jax.tree.leaves(state["params"])))
+  gap = max(
+    float(np.abs(a - b).max())
+    for a, b in zip(jax.tree.leaves(state["ema_params"]), jax.tree.leaves(state["params"]))
+  )
   assert gap > 1e-4
   with pytest.raises(ValueError, match="ema_decay"):
-    sample.Sampler.from_workdirs(tiny_cvivit_dir, tiny_maskgit_dir, text_encoder=ema.text_encoder,
-                                 ema=True)
+    sample.Sampler.from_workdirs(
+      tiny_cvivit_dir, tiny_maskgit_dir, text_encoder=ema.text_encoder, ema=True
+    )
 
 
 def test_resuming_with_ema_turned_on_or_off(tmp_path):
@@ -482,9 +556,10 @@ def test_resuming_with_ema_turned_on_or_off(tmp_path):
   params = {"w": jnp.arange(3.0)}
   fresh = {"params": {"w": jnp.zeros(3)}, "step": jnp.zeros((), jnp.int32)}
   plain_dir, ema_dir = str(tmp_path / "plain"), str(tmp_path / "ema")
-  for directory, state in ((plain_dir, {"params": params, "step": jnp.array(7)}),
-                           (ema_dir, {"params": params, "ema_params": {"w": jnp.ones(3)},
-                                      "step": jnp.array(7)})):
+  for directory, state in (
+    (plain_dir, {"params": params, "step": jnp.array(7)}),
+    (ema_dir, {"params": params, "ema_params": {"w": jnp.ones(3)}, "step": jnp.array(7)}),
+  ):
     ckpt = checkpoint.Checkpointer(directory, every_steps=1)
     ckpt.save(7, state, {"step": 7})
     ckpt.close()
@@ -507,8 +582,9 @@ def test_resuming_with_ema_turned_on_or_off(tmp_path):
 def test_token_embeddings_can_start_from_the_codebook():
   """token_embed_init="codebook": the K code rows are one linear map of the code vectors (so
   alike codes start alike); the [MASK] row is not; the default init is not such a map."""
-  model = maskgit_lib.get_model("tiny", codebook_size=32, grid=(2, 2, 2), width=16, depth=1,
-                                num_heads=2, mlp_dim=32)
+  model = maskgit_lib.get_model(
+    "tiny", codebook_size=32, grid=(2, 2, 2), width=16, depth=1, num_heads=2, mlp_dim=32
+  )
   k, c = model.codebook_size, 4
   codebook = np.array(jax.random.normal(jax.random.key(1), (k, c)))
   codebook /= np.linalg.norm(codebook, axis=-1, keepdims=True)
@@ -516,7 +592,8 @@ def test_token_embeddings_can_start_from_the_codebook():
 
   def table(cb):
     state = jax.jit(lambda r: nn.unbox(trainer.make_init_fn(model, tx, 3, 8, cb, ema=False)(r)))(
-        jax.random.key(0))
+      jax.random.key(0)
+    )
     return np.asarray(state["params"]["token_embed"]["embedding"])
 
   def residual(rows):
@@ -527,5 +604,5 @@ def test_token_embeddings_can_start_from_the_codebook():
   assert from_codebook.shape == (k + 1, model.width)
   err, proj = residual(from_codebook[:k])
   assert err < 1e-5 and 0.005 < proj.std() < 0.05, (err, proj.std())
-  assert not np.allclose(from_codebook[k], codebook[:1] @ proj, atol=1e-3)   # [MASK] row
+  assert not np.allclose(from_codebook[k], codebook[:1] @ proj, atol=1e-3)  # [MASK] row
   assert residual(table(None)[:k])[0] > 1e-2

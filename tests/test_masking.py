@@ -1,4 +1,5 @@
 """Tests of the MaskGIT training mask and masked loss (paper §4.2)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,8 +11,9 @@ sample_mask = jax.jit(masking.sample_training_mask)
 
 
 def test_cosine_mask_ratio():
-  np.testing.assert_allclose(masking.cosine_mask_ratio(jnp.array([0.0, 2 / 3, 1.0])),
-                             [1.0, 0.5, 0.0], atol=1e-6)
+  np.testing.assert_allclose(
+    masking.cosine_mask_ratio(jnp.array([0.0, 2 / 3, 1.0])), [1.0, 0.5, 0.0], atol=1e-6
+  )
 
 
 def test_mask_ratio_follows_cosine_schedule():
@@ -63,15 +65,15 @@ def test_prefix_given_is_whole_first_time_steps_of_videos():
   is_image = jnp.array([False] * 300 + [True] * 100)
   given = np.asarray(masking.sample_prefix_given(jax.random.PRNGKey(0), is_image, 0.5, grid))
   per_step = given.reshape(400, 5, 6)
-  assert (per_step.all(-1) == per_step.any(-1)).all()          # whole time steps only
-  steps = per_step.any(-1).sum(-1)                             # s per example
+  assert (per_step.all(-1) == per_step.any(-1)).all()  # whole time steps only
+  steps = per_step.any(-1).sum(-1)  # s per example
   # A prefix: the given time steps are the first s.
   np.testing.assert_array_equal(per_step.any(-1), np.arange(5)[None] < steps[:, None])
-  assert (steps[300:] == 0).all()                              # images: never
+  assert (steps[300:] == 0).all()  # images: never
   video = steps[:300]
-  assert video.max() == 4                                      # always something to predict
-  assert abs((video > 0).mean() - 0.5) < 0.1                   # the rate
-  assert set(video[video > 0]) == {1, 2, 3, 4}                 # s uniform over 1..t-1
+  assert video.max() == 4  # always something to predict
+  assert abs((video > 0).mean() - 0.5) < 0.1  # the rate
+  assert set(video[video > 0]) == {1, 2, 3, 4}  # s uniform over 1..t-1
   none = masking.sample_prefix_given(jax.random.PRNGKey(0), is_image, 0.0, grid)
   assert not np.asarray(none).any()
   single = masking.sample_prefix_given(jax.random.PRNGKey(0), is_image, 1.0, (1, 2, 3))
@@ -104,13 +106,16 @@ def test_masked_cross_entropy_value_and_zero_gradient_off_mask():
   np.testing.assert_allclose(np.asarray(metrics["token_nll"]), nll, rtol=1e-5)
   # The loss of a subset from the per-token values, normalised the same way.
   half = m & (np.arange(10) < 5)
-  np.testing.assert_allclose(float(layers.masked_mean(metrics["token_nll"], jnp.asarray(half))),
-                             nll[half].mean(), rtol=1e-5)
+  np.testing.assert_allclose(
+    float(layers.masked_mean(metrics["token_nll"], jnp.asarray(half))), nll[half].mean(), rtol=1e-5
+  )
   assert float(layers.masked_mean(metrics["token_nll"], jnp.zeros((3, 10), bool))) == 0.0
   for smoothing in (0.0, 0.1):
-    grads = jax.jit(jax.grad(
+    grads = jax.jit(
+      jax.grad(
         lambda x: masking.masked_cross_entropy(x, targets, mask, label_smoothing=smoothing)[0]
-    ))(logits)
+      )
+    )(logits)
     g = np.asarray(grads)
     assert (g[~m] == 0).all()  # exactly zero, not merely small
     assert (np.abs(g[m]).sum(-1) > 0).all()
@@ -119,6 +124,7 @@ def test_masked_cross_entropy_value_and_zero_gradient_off_mask():
 def test_masked_cross_entropy_with_nothing_masked():
   logits = jnp.zeros((2, 4, 5))
   loss, metrics = jax.jit(masking.masked_cross_entropy)(
-      logits, jnp.zeros((2, 4), jnp.int32), jnp.zeros((2, 4), bool))
+    logits, jnp.zeros((2, 4), jnp.int32), jnp.zeros((2, 4), bool)
+  )
   assert float(loss) == 0.0 and int(metrics["num_masked"]) == 0
   assert float(metrics["accuracy"]) == 0.0

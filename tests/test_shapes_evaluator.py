@@ -14,169 +14,179 @@ def _clips(split, count, spec=SPEC, seed=11):
   return [shapes.video_example(spec, seed, index, split) for index in range(count)]
 
 
-@pytest.mark.parametrize('split', shapes.SPLITS)
+@pytest.mark.parametrize("split", shapes.SPLITS)
 def test_ground_truth_scores_perfectly(split):
-  scores = [evaluator.score(ex['video'], ex['caption']) for ex in _clips(split, 36)]
+  scores = [evaluator.score(ex["video"], ex["caption"]) for ex in _clips(split, 36)]
   result = evaluator.aggregate(scores)
-  assert result == {'color_accuracy': 1.0, 'shape_accuracy': 1.0, 'direction_accuracy': 1.0,
-                    'all_accuracy': 1.0, 'num_clips': 36}, [s for s in scores if not s['all_ok']]
+  assert result == {
+    "color_accuracy": 1.0,
+    "shape_accuracy": 1.0,
+    "direction_accuracy": 1.0,
+    "all_accuracy": 1.0,
+    "num_clips": 36,
+  }, [s for s in scores if not s["all_ok"]]
 
 
 def test_ground_truth_images_and_other_resolutions():
   images = [shapes.image_example(SPEC, 3, index) for index in range(48)]
-  scores = [evaluator.score(ex['video'], ex['caption']) for ex in images]
-  assert all(s['all_ok'] and s['direction_ok'] is None for s in scores)
+  scores = [evaluator.score(ex["video"], ex["caption"]) for ex in images]
+  assert all(s["all_ok"] and s["direction_ok"] is None for s in scores)
   for res, frames in ((16, 5), (64, 11)):
     spec = shapes.ShapesSpec(resolution=res, num_frames=frames)
-    scores = [evaluator.score(ex['video'], ex['caption']) for ex in _clips('train', 12, spec)]
-    assert evaluator.aggregate(scores)['all_accuracy'] == 1.0
+    scores = [evaluator.score(ex["video"], ex["caption"]) for ex in _clips("train", 12, spec)]
+    assert evaluator.aggregate(scores)["all_accuracy"] == 1.0
 
 
 def test_analyze_video_reads_the_clip():
-  example = shapes.video_example(SPEC, 0, 2, 'heldout')
-  analysis = evaluator.analyze_video(example['video'])
-  assert (analysis['color'], analysis['shape'], analysis['direction']) == (
-      example['color'], example['shape'], example['direction'])
-  assert analysis['centroids'].shape == (9, 2) and analysis['present'].all()
-  step = np.array(shapes.DIRECTION_VECTORS[example['direction']]) * SPEC.speed_px
-  np.testing.assert_allclose(analysis['velocity'], step, atol=0.05)
+  example = shapes.video_example(SPEC, 0, 2, "heldout")
+  analysis = evaluator.analyze_video(example["video"])
+  assert (analysis["color"], analysis["shape"], analysis["direction"]) == (
+    example["color"],
+    example["shape"],
+    example["direction"],
+  )
+  assert analysis["centroids"].shape == (9, 2) and analysis["present"].all()
+  step = np.array(shapes.DIRECTION_VECTORS[example["direction"]]) * SPEC.speed_px
+  np.testing.assert_allclose(analysis["velocity"], step, atol=0.05)
   empty = evaluator.analyze_video(np.zeros((9, 32, 32, 3), np.uint8))
-  assert empty['color'] is None and empty['shape'] is None and empty['direction'] is None
-  assert not evaluator.score(np.zeros((9, 32, 32, 3), np.uint8),
-                             'a red circle moves left')['all_ok']
+  assert empty["color"] is None and empty["shape"] is None and empty["direction"] is None
+  assert not evaluator.score(np.zeros((9, 32, 32, 3), np.uint8), "a red circle moves left")[
+    "all_ok"
+  ]
 
 
 def test_robust_to_blur_and_noise():
   rng = np.random.default_rng(0)
   scores = []
-  for ex in _clips('eval', 30):
-    blurred = ndimage.gaussian_filter(ex['video'].astype(np.float32), (0, 1.0, 1.0, 0))
+  for ex in _clips("eval", 30):
+    blurred = ndimage.gaussian_filter(ex["video"].astype(np.float32), (0, 1.0, 1.0, 0))
     noisy = np.clip(blurred + rng.normal(0, 8, blurred.shape), 0, 255).astype(np.uint8)
-    scores.append(evaluator.score(noisy, ex['caption']))
-  assert evaluator.aggregate(scores)['all_accuracy'] >= 0.95
+    scores.append(evaluator.score(noisy, ex["caption"]))
+  assert evaluator.aggregate(scores)["all_accuracy"] >= 0.95
 
 
 def test_catches_wrong_color():
-  for ex in _clips('train', 24):
-    other = shapes.COLORS[(shapes.COLORS.index(ex['color']) + 3) % len(shapes.COLORS)]
-    coverage = ex['video'].max(axis=-1, keepdims=True) / max(shapes.PALETTE[ex['color']])
+  for ex in _clips("train", 24):
+    other = shapes.COLORS[(shapes.COLORS.index(ex["color"]) + 3) % len(shapes.COLORS)]
+    coverage = ex["video"].max(axis=-1, keepdims=True) / max(shapes.PALETTE[ex["color"]])
     recolored = np.rint(coverage * np.array(shapes.PALETTE[other])).astype(np.uint8)
-    result = evaluator.score(recolored, ex['caption'])
-    assert not result['color_ok'] and result['pred_color'] == other
-    assert result['shape_ok'] and result['direction_ok'] and not result['all_ok']
+    result = evaluator.score(recolored, ex["caption"])
+    assert not result["color_ok"] and result["pred_color"] == other
+    assert result["shape_ok"] and result["direction_ok"] and not result["all_ok"]
 
 
 def test_catches_wrong_direction():
-  for ex in _clips('heldout', 24):
-    result = evaluator.score(ex['video'][::-1], ex['caption'])  # time-reversed
-    assert not result['direction_ok'] and not result['all_ok']
-    assert result['color_ok'] and result['shape_ok']
-  static = np.repeat(_clips('train', 1)[0]['video'][:1], 9, axis=0)
-  assert evaluator.analyze_video(static)['direction'] is None
+  for ex in _clips("heldout", 24):
+    result = evaluator.score(ex["video"][::-1], ex["caption"])  # time-reversed
+    assert not result["direction_ok"] and not result["all_ok"]
+    assert result["color_ok"] and result["shape_ok"]
+  static = np.repeat(_clips("train", 1)[0]["video"][:1], 9, axis=0)
+  assert evaluator.analyze_video(static)["direction"] is None
 
 
 def test_catches_wrong_shape():
-  for ex in _clips('image_only', 24):
-    analysis = evaluator.analyze_video(ex['video'])
-    other = 'circle' if ex['shape'] == 'square' else 'square'  # a different mask, same motion
-    swapped = shapes.render_trajectory(SPEC, analysis['centroids'], [other] * 9, [ex['color']] * 9)
-    result = evaluator.score(swapped, ex['caption'])
-    assert not result['shape_ok'] and result['pred_shape'] == other
-    assert result['color_ok'] and result['direction_ok']
+  for ex in _clips("image_only", 24):
+    analysis = evaluator.analyze_video(ex["video"])
+    other = "circle" if ex["shape"] == "square" else "square"  # a different mask, same motion
+    swapped = shapes.render_trajectory(SPEC, analysis["centroids"], [other] * 9, [ex["color"]] * 9)
+    result = evaluator.score(swapped, ex["caption"])
+    assert not result["shape_ok"] and result["pred_shape"] == other
+    assert result["color_ok"] and result["direction_ok"]
 
 
-@pytest.mark.parametrize('split', ['train', 'heldout', 'image_only'])
+@pytest.mark.parametrize("split", ["train", "heldout", "image_only"])
 def test_ground_truth_stories(split):
   stories = []
   for index in range(6):
-    prompts = shapes.random_story_prompts(SPEC, 5, index, 3, 9, split=split,
-                                          vary_appearance=index % 2 == 1)
+    prompts = shapes.random_story_prompts(
+      SPEC, 5, index, 3, 9, split=split, vary_appearance=index % 2 == 1
+    )
     story = shapes.story_example(SPEC, 5, index, prompts, 9)
-    stories.append(evaluator.score_story(story['video'], prompts, frames_per_segment=9,
-                                         spec=SPEC))
+    stories.append(evaluator.score_story(story["video"], prompts, frames_per_segment=9, spec=SPEC))
   result = evaluator.aggregate(stories, jump_limit=SPEC.resolution / 16)
-  assert result['segment_accuracy'] == 1.0 and result['num_segments'] == 18
-  assert result['feasible_fraction'] == 1.0 and result['feasible_segment_accuracy'] == 1.0
+  assert result["segment_accuracy"] == 1.0 and result["num_segments"] == 18
+  assert result["feasible_fraction"] == 1.0 and result["feasible_segment_accuracy"] == 1.0
   # The raw jump is one frame of motion, well under 1/16 of the canvas; so is every step
   # inside a segment (27 frames, 2 boundaries: 24 steps per story).
-  assert abs(result['mean_jump'] - SPEC.speed_px) < 0.1
-  assert result['max_jump'] < SPEC.resolution / 16
-  assert all(len(s['steps']) == 24 for s in stories)
-  assert abs(result['mean_step'] - SPEC.speed_px) < 0.1 and result['max_step'] < 2
-  assert result['jumps_over_limit'] == 0.0 and result['steps_over_limit'] == 0.0
+  assert abs(result["mean_jump"] - SPEC.speed_px) < 0.1
+  assert result["max_jump"] < SPEC.resolution / 16
+  assert all(len(s["steps"]) == 24 for s in stories)
+  assert abs(result["mean_step"] - SPEC.speed_px) < 0.1 and result["max_step"] < 2
+  assert result["jumps_over_limit"] == 0.0 and result["steps_over_limit"] == 0.0
 
 
 def test_story_catches_wrong_segments_and_jumps():
-  prompts = ['a red circle moves right', 'a red circle moves down', 'a red circle moves left']
+  prompts = ["a red circle moves right", "a red circle moves down", "a red circle moves left"]
   story = shapes.story_example(SPEC, 0, 1, prompts, [9, 5, 5])
-  good = evaluator.score_story(story['video'], prompts, segment_starts=[0, 9, 14])
-  assert good['segment_ok'] == [True, True, True] and good['max_jump'] < 2
-  wrong = evaluator.score_story(story['video'], prompts[::-1], frames_per_segment=[9, 5, 5])
-  assert wrong['segment_ok'] == [False, True, False] and wrong['segment_accuracy'] == 1 / 3
+  good = evaluator.score_story(story["video"], prompts, segment_starts=[0, 9, 14])
+  assert good["segment_ok"] == [True, True, True] and good["max_jump"] < 2
+  wrong = evaluator.score_story(story["video"], prompts[::-1], frames_per_segment=[9, 5, 5])
+  assert wrong["segment_ok"] == [False, True, False] and wrong["segment_accuracy"] == 1 / 3
   # A teleport at the second boundary: the third segment restarts elsewhere.
   far = shapes.story_example(SPEC, 0, 99, prompts, [9, 5, 5])
-  spliced = np.concatenate([story['video'][:14], far['video'][14:]])
-  jump = np.linalg.norm(story['centroids'][13] - far['centroids'][14])
+  spliced = np.concatenate([story["video"][:14], far["video"][14:]])
+  jump = np.linalg.norm(story["centroids"][13] - far["centroids"][14])
   result = evaluator.score_story(spliced, prompts, frames_per_segment=[9, 5, 5])
-  assert result['jumps'][1] == pytest.approx(jump, abs=0.2) and result['max_jump'] > 2
-  assert max(result['steps']) < 2 and len(result['steps']) == 19 - 1 - 2
+  assert result["jumps"][1] == pytest.approx(jump, abs=0.2) and result["max_jump"] > 2
+  assert max(result["steps"]) < 2 and len(result["steps"]) == 19 - 1 - 2
   limited = evaluator.aggregate([result], jump_limit=2.0)
-  assert limited['jumps_over_limit'] == 0.5 and limited['steps_over_limit'] == 0.0
+  assert limited["jumps_over_limit"] == 0.5 and limited["steps_over_limit"] == 0.0
   # The same teleport inside a segment is a step, not a jump.
-  inside = np.concatenate([story['video'][:5], far['video'][5:]])
+  inside = np.concatenate([story["video"][:5], far["video"][5:]])
   result = evaluator.score_story(inside, prompts, frames_per_segment=[9, 5, 5])
-  assert result['steps'][4] == pytest.approx(
-      np.linalg.norm(story['centroids'][4] - far['centroids'][5]), abs=0.2)
-  assert result['steps'][4] > 2 and evaluator.aggregate([result])['max_step'] > 2
-  assert 'jumps_over_limit' not in evaluator.aggregate([result])
+  assert result["steps"][4] == pytest.approx(
+    np.linalg.norm(story["centroids"][4] - far["centroids"][5]), abs=0.2
+  )
+  assert result["steps"][4] > 2 and evaluator.aggregate([result])["max_step"] > 2
+  assert "jumps_over_limit" not in evaluator.aggregate([result])
   # Very short segments still read their direction (the step into the segment counts).
   short = shapes.story_example(SPEC, 0, 2, prompts, [9, 2, 1])
-  assert evaluator.score_story(short['video'], prompts, [9, 2, 1])['segment_ok'] == [True] * 3
-  with pytest.raises(ValueError, match='cover 18 frames'):
-    evaluator.score_story(story['video'], prompts, frames_per_segment=6)
+  assert evaluator.score_story(short["video"], prompts, [9, 2, 1])["segment_ok"] == [True] * 3
+  with pytest.raises(ValueError, match="cover 18 frames"):
+    evaluator.score_story(story["video"], prompts, frames_per_segment=6)
 
 
 def test_story_feasibility():
   (x0, x1), (y0, y1) = SPEC.centroid_bounds
   step, mid = SPEC.speed_px, ((x0 + x1) / 2, (y0 + y1) / 2)
-  assert evaluator.segment_feasible(SPEC, mid, 'up', 4)
-  assert evaluator.segment_feasible(SPEC, (mid[0], y0 + 4 * step), 'up', 4)
-  assert not evaluator.segment_feasible(SPEC, (mid[0], y0 + step), 'up', 4)
-  assert not evaluator.segment_feasible(SPEC, (x1 - step, mid[1]), 'right', 4)
-  assert evaluator.segment_feasible(SPEC, (x1 - step, mid[1]), 'left', 4)
-  assert evaluator.segment_feasible(SPEC, (np.nan, np.nan), 'down', 4)  # no object: not excused
+  assert evaluator.segment_feasible(SPEC, mid, "up", 4)
+  assert evaluator.segment_feasible(SPEC, (mid[0], y0 + 4 * step), "up", 4)
+  assert not evaluator.segment_feasible(SPEC, (mid[0], y0 + step), "up", 4)
+  assert not evaluator.segment_feasible(SPEC, (x1 - step, mid[1]), "right", 4)
+  assert evaluator.segment_feasible(SPEC, (x1 - step, mid[1]), "left", 4)
+  assert evaluator.segment_feasible(SPEC, (np.nan, np.nan), "down", 4)  # no object: not excused
   # A story whose first segment ends 10 px up from the bottom edge: 8 more steps up would leave
   # the canvas (infeasible), 8 steps left from the right edge stay inside.
-  positions = shapes.trajectory(SPEC, (x1, y1), ['up'] * 9 + ['left'] * 8)
-  video = shapes.render_trajectory(SPEC, positions, ['circle'] * 17, ['red'] * 17)
-  up, left = 'a red circle moves up', 'a red circle moves left'
+  positions = shapes.trajectory(SPEC, (x1, y1), ["up"] * 9 + ["left"] * 8)
+  video = shapes.render_trajectory(SPEC, positions, ["circle"] * 17, ["red"] * 17)
+  up, left = "a red circle moves up", "a red circle moves left"
   asked_up = evaluator.score_story(video, [up, up], [9, 8], spec=SPEC)
-  assert asked_up['segment_feasible'] == [True, False] and asked_up['segment_ok'] == [True, False]
+  assert asked_up["segment_feasible"] == [True, False] and asked_up["segment_ok"] == [True, False]
   asked_left = evaluator.score_story(video, [up, left], [9, 8], spec=SPEC)
-  assert asked_left['segment_feasible'] == [True, True] and asked_left['segment_ok'] == [True] * 2
+  assert asked_left["segment_feasible"] == [True, True] and asked_left["segment_ok"] == [True] * 2
   result = evaluator.aggregate([asked_up, asked_left])
-  assert result['segment_accuracy'] == 0.75 and result['feasible_fraction'] == 0.75
-  assert result['feasible_segment_accuracy'] == 1.0
+  assert result["segment_accuracy"] == 0.75 and result["feasible_fraction"] == 0.75
+  assert result["feasible_segment_accuracy"] == 1.0
   # The boundary into the infeasible segment drops out of the feasible jump figures: splice a
   # teleport into that one only and the feasible mean keeps the one-step jump of the other.
-  far = np.roll(video[9:], -12, axis=2)                     # the second segment 12 px further left
+  far = np.roll(video[9:], -12, axis=2)  # the second segment 12 px further left
   teleported = evaluator.score_story(np.concatenate([video[:9], far]), [up, up], [9, 8], spec=SPEC)
-  assert teleported['segment_feasible'] == [True, False] and teleported['jumps'][0] > 10
+  assert teleported["segment_feasible"] == [True, False] and teleported["jumps"][0] > 10
   result = evaluator.aggregate([teleported, asked_left])
-  assert result['max_jump'] > 10 and result['mean_jump'] > 5
-  assert result['feasible_mean_jump'] == pytest.approx(asked_left['jumps'][0])
-  assert result['feasible_max_jump'] == pytest.approx(asked_left['jumps'][0])
-  assert abs(result['feasible_mean_jump'] - SPEC.speed_px) < 0.1
-  assert 'segment_feasible' not in evaluator.score_story(video, [up, left], [9, 8])
+  assert result["max_jump"] > 10 and result["mean_jump"] > 5
+  assert result["feasible_mean_jump"] == pytest.approx(asked_left["jumps"][0])
+  assert result["feasible_max_jump"] == pytest.approx(asked_left["jumps"][0])
+  assert abs(result["feasible_mean_jump"] - SPEC.speed_px) < 0.1
+  assert "segment_feasible" not in evaluator.score_story(video, [up, left], [9, 8])
 
 
 def test_aggregate_mixes_clips_and_stories():
-  ex = _clips('train', 1)[0]
-  clip = evaluator.score(ex['video'], ex['caption'])
-  image = evaluator.score(ex['video'][:1], f'a {ex["color"]} {ex["shape"]}')
-  wrong = evaluator.score(ex['video'], 'a orange triangle moves left')
+  ex = _clips("train", 1)[0]
+  clip = evaluator.score(ex["video"], ex["caption"])
+  image = evaluator.score(ex["video"][:1], f"a {ex['color']} {ex['shape']}")
+  wrong = evaluator.score(ex["video"], "a orange triangle moves left")
   result = evaluator.aggregate([clip, image, wrong])
-  assert result['num_clips'] == 3 and result['direction_accuracy'] == 0.5  # the image has none
-  assert result['all_accuracy'] == pytest.approx(2 / 3)
-  with pytest.raises(ValueError, match='uint8'):
-    evaluator.analyze_video(ex['video'].astype(np.float32) / 255)
+  assert result["num_clips"] == 3 and result["direction_accuracy"] == 0.5  # the image has none
+  assert result["all_accuracy"] == pytest.approx(2 / 3)
+  with pytest.raises(ValueError, match="uint8"):
+    evaluator.analyze_video(ex["video"].astype(np.float32) / 255)

@@ -7,6 +7,7 @@ Meshes ('data', 'fsdp', 'model'): (1, 1, 1) on one device, (8, 1, 1) and (2, 2, 
 splits batch rows, the width (fsdp) and heads/MLP/codebook rows (model). Two steps each (the
 warm-up makes step 0's learning rate 0; step 1 moves every parameter).
 """
+
 import json
 import os
 import subprocess
@@ -20,7 +21,7 @@ from phenaki_jax import sharding
 from conftest import REPO
 
 MESHES = ((1, 1, 1), (8, 1, 1), (2, 2, 2))
-LR = 2e-3                                  # conftest.tiny_cvivit_config's peak learning rate
+LR = 2e-3  # conftest.tiny_cvivit_config's peak learning rate
 
 SCRIPT = r"""
 import functools, json, sys
@@ -79,11 +80,15 @@ np.save(sys.argv[2], results, allow_pickle=True)
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
   out = tmp_path_factory.mktemp("sharding") / "results.npy"
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
   proc = subprocess.run(
-      [sys.executable, "-c", SCRIPT, json.dumps([list(m) for m in MESHES]), str(out), str(LR)],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=480)
+    [sys.executable, "-c", SCRIPT, json.dumps([list(m) for m in MESHES]), str(out), str(LR)],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=480,
+  )
   assert proc.returncode == 0, proc.stderr[-5000:]
   return np.load(out, allow_pickle=True).item()
 
@@ -113,8 +118,9 @@ def test_sharded_step_matches_one_device(results, mesh):
     np.testing.assert_array_equal(b, a, err_msg=path)
   for i in range(2):
     for key in ("loss", "l2", "vq_loss", "grad_norm", "param_norm"):
-      np.testing.assert_allclose(got["metrics"][i][key], ref["metrics"][i][key], rtol=1e-5,
-                                 err_msg=f"step {i} {key}")
+      np.testing.assert_allclose(
+        got["metrics"][i][key], ref["metrics"][i][key], rtol=1e-5, err_msg=f"step {i} {key}"
+      )
     assert got["metrics"][i]["codebook_usage"] == ref["metrics"][i]["codebook_usage"]
   ref_leaves, got_leaves = list(_leaves(ref["state"])), list(_leaves(got["state"]))
   assert [p for p, _ in ref_leaves] == [p for p, _ in got_leaves]
@@ -125,13 +131,16 @@ def test_sharded_step_matches_one_device(results, mesh):
     atol = LR if "key_bias" in path else 1e-5
     np.testing.assert_allclose(b, a, atol=atol, rtol=1e-4, err_msg=path)
   # Meaningful: step 1 moved the parameters by much more than the tolerance.
-  moved = max(np.abs(a - b).max() for (_, a), (_, b) in
-              zip(_leaves(ref["init"]), _leaves(ref["state"]["params"])))
+  moved = max(
+    np.abs(a - b).max()
+    for (_, a), (_, b) in zip(_leaves(ref["init"]), _leaves(ref["state"]["params"]))
+  )
   assert moved > 1e-3
 
 
 def test_make_mesh_checks_its_shape():
   import jax  # pylint: disable=g-import-not-at-top
+
   n = jax.device_count()
   assert dict(sharding.make_mesh((-1, 1, 1)).shape) == {"data": n, "fsdp": 1, "model": 1}
   with pytest.raises(ValueError, match="3 entries"):

@@ -1,6 +1,7 @@
 """T5 v1.1 encoder: parity with transformers' PyTorch T5EncoderModel (random weights, tiny
 size), every checkpoint layout we read (HF safetensors single/sharded, T5X msgpack +
 TensorStore, T5X Orbax), mask handling, clear errors, SentencePiece tokenisation."""
+
 import functools
 import os
 import pathlib
@@ -25,9 +26,16 @@ def reference():
   """A random tiny T5EncoderModel whose sizes equal t5.SIZES['tiny']."""
   s = t5.SIZES["tiny"]
   cfg = transformers.T5Config(
-      vocab_size=t5.VOCAB_SIZE, d_model=s["width"], d_kv=s["head_dim"], d_ff=s["mlp_dim"],
-      num_layers=s["depth"], num_heads=s["num_heads"], feed_forward_proj="gated-gelu",
-      dropout_rate=0.0, tie_word_embeddings=False)
+    vocab_size=t5.VOCAB_SIZE,
+    d_model=s["width"],
+    d_kv=s["head_dim"],
+    d_ff=s["mlp_dim"],
+    num_layers=s["depth"],
+    num_heads=s["num_heads"],
+    feed_forward_proj="gated-gelu",
+    dropout_rate=0.0,
+    tie_word_embeddings=False,
+  )
   torch.manual_seed(0)
   return transformers.T5EncoderModel(cfg).eval()
 
@@ -43,8 +51,10 @@ def batch():
 
 def torch_hidden(reference, ids, mask):
   with torch.no_grad():
-    out = reference(input_ids=torch.tensor(ids, dtype=torch.long),
-                    attention_mask=torch.tensor(mask, dtype=torch.long))
+    out = reference(
+      input_ids=torch.tensor(ids, dtype=torch.long),
+      attention_mask=torch.tensor(mask, dtype=torch.long),
+    )
   return out.last_hidden_state.numpy()
 
 
@@ -70,22 +80,29 @@ def hf_to_t5x_target(reference) -> dict:
   sd = {k: v.numpy() for k, v in reference.state_dict().items()}
   e = "encoder.block.{}.layer."
   encoder = {
-      "relpos_bias": {"rel_embedding": sd[e.format(0) + "0.SelfAttention.relative_attention_bias"
-                                          ".weight"].T},  # [heads, buckets]
-      "encoder_norm": {"scale": sd["encoder.final_layer_norm.weight"]},
+    "relpos_bias": {
+      "rel_embedding": sd[e.format(0) + "0.SelfAttention.relative_attention_bias.weight"].T
+    },  # [heads, buckets]
+    "encoder_norm": {"scale": sd["encoder.final_layer_norm.weight"]},
   }
   for i in range(DEPTH):
     b = e.format(i)
     encoder[f"layers_{i}"] = {
-        "pre_attention_layer_norm": {"scale": sd[b + "0.layer_norm.weight"]},
-        "attention": {n: {"kernel": sd[f"{b}0.SelfAttention.{m}.weight"].T}
-                      for n, m in (("query", "q"), ("key", "k"), ("value", "v"), ("out", "o"))},
-        "pre_mlp_layer_norm": {"scale": sd[b + "1.layer_norm.weight"]},
-        "mlp": {w: {"kernel": sd[f"{b}1.DenseReluDense.{w}.weight"].T}
-                for w in ("wi_0", "wi_1", "wo")},
+      "pre_attention_layer_norm": {"scale": sd[b + "0.layer_norm.weight"]},
+      "attention": {
+        n: {"kernel": sd[f"{b}0.SelfAttention.{m}.weight"].T}
+        for n, m in (("query", "q"), ("key", "k"), ("value", "v"), ("out", "o"))
+      },
+      "pre_mlp_layer_norm": {"scale": sd[b + "1.layer_norm.weight"]},
+      "mlp": {
+        w: {"kernel": sd[f"{b}1.DenseReluDense.{w}.weight"].T} for w in ("wi_0", "wi_1", "wo")
+      },
     }
-  return {"token_embedder": {"embedding": sd["shared.weight"]}, "encoder": encoder,
-          "decoder": {"decoder_norm": {"scale": np.ones(4, np.float32)}}}
+  return {
+    "token_embedder": {"embedding": sd["shared.weight"]},
+    "encoder": encoder,
+    "decoder": {"decoder_norm": {"scale": np.ones(4, np.float32)}},
+  }
 
 
 def write_t5x_msgpack(model_dir: pathlib.Path, target: dict, step: int) -> pathlib.Path:
@@ -93,6 +110,7 @@ def write_t5x_msgpack(model_dir: pathlib.Path, target: dict, step: int) -> pathl
   zarr arrays through TensorStore with relative paths in their spec, the rest inline, all under
   {'version': 3, 'optimizer': {'target', 'state'}} in the msgpack file `checkpoint`."""
   import tensorstore as ts
+
   ckpt = model_dir / f"checkpoint_{step}"
   ckpt.mkdir(parents=True)
 
@@ -100,13 +118,26 @@ def write_t5x_msgpack(model_dir: pathlib.Path, target: dict, step: int) -> pathl
     if arr.ndim < 2:
       return arr
     rel = ".".join(("target",) + path)
-    metadata = {"compressor": {"id": "gzip"}, "shape": list(arr.shape),
-                "chunks": np.array(arr.shape)}
-    spec = {"driver": "zarr", "dtype": arr.dtype.name,
-            "kvstore": {"driver": "file", "path": rel}, "metadata": metadata}
-    ts.open({**spec, "kvstore": {"driver": "file", "path": str(ckpt / rel)},
-             "metadata": {**metadata, "chunks": list(arr.shape)}},
-            create=True, delete_existing=True).result().write(arr).result()
+    metadata = {
+      "compressor": {"id": "gzip"},
+      "shape": list(arr.shape),
+      "chunks": np.array(arr.shape),
+    }
+    spec = {
+      "driver": "zarr",
+      "dtype": arr.dtype.name,
+      "kvstore": {"driver": "file", "path": rel},
+      "metadata": metadata,
+    }
+    ts.open(
+      {
+        **spec,
+        "kvstore": {"driver": "file", "path": str(ckpt / rel)},
+        "metadata": {**metadata, "chunks": list(arr.shape)},
+      },
+      create=True,
+      delete_existing=True,
+    ).result().write(arr).result()
     return spec
 
   flat = flax.traverse_util.flatten_dict(target)
@@ -140,8 +171,12 @@ def test_hf_safetensors_parity(reference, batch, tmp_path, shard):
 
 def test_hf_bfloat16_safetensors_load(reference, tmp_path):
   from safetensors.torch import save_file
-  state = {k: v.to(torch.bfloat16).contiguous() for k, v in reference.state_dict().items()
-           if k != "encoder.embed_tokens.weight"}  # tied to shared.weight
+
+  state = {
+    k: v.to(torch.bfloat16).contiguous()
+    for k, v in reference.state_dict().items()
+    if k != "encoder.embed_tokens.weight"
+  }  # tied to shared.weight
   save_file(state, str(tmp_path / "model.safetensors"))
   params = t5.load(str(tmp_path), t5.get_model("tiny"))
   got = params["layers_1"]["mlp"]["wo"]["kernel"]
@@ -162,6 +197,7 @@ def test_t5x_msgpack_tensorstore_parity(reference, batch, tmp_path):
 @pytest.mark.parametrize("use_ocdbt", [False, True])
 def test_t5x_orbax_parity(reference, batch, tmp_path, use_ocdbt):
   import orbax.checkpoint as ocp
+
   state = {"target": hf_to_t5x_target(reference), "state": {"step": np.int32(3)}}
   checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(use_ocdbt=use_ocdbt))
   checkpointer.save(tmp_path / "checkpoint_3" / "state", args=ocp.args.PyTreeSave(state))
@@ -198,10 +234,14 @@ def test_bfloat16_close_to_float32(reference, batch, tmp_path):
 
 def test_wrong_checkpoint_names_the_tensor(reference, tmp_path):
   reference.save_pretrained(tmp_path)
-  with pytest.raises(ValueError, match=r"'small'[\s\S]*encoder\.block\.0\.layer\.0\.SelfAttention"
-                                       r"\.q\.weight' has shape \(32, 32\), expected \(384, 512\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"'small'[\s\S]*encoder\.block\.0\.layer\.0\.SelfAttention"
+    r"\.q\.weight' has shape \(32, 32\), expected \(384, 512\)",
+  ):
     t5.load(str(tmp_path), t5.get_model("small"))
   from safetensors.numpy import load_file, save_file
+
   tensors = load_file(tmp_path / "model.safetensors")
   del tensors["encoder.block.1.layer.1.DenseReluDense.wo.weight"]
   save_file(tensors, tmp_path / "model.safetensors")
@@ -222,11 +262,23 @@ def test_wrong_checkpoint_names_the_tensor(reference, tmp_path):
 
 def test_sentencepiece_tokenizer(tmp_path):
   import sentencepiece as spm
-  lines = [f"a {c} {s} moves {d}" for c in ("red", "green", "blue", "yellow", "orange")
-           for s in ("circle", "square", "triangle") for d in ("left", "right", "up", "down")]
+
+  lines = [
+    f"a {c} {s} moves {d}"
+    for c in ("red", "green", "blue", "yellow", "orange")
+    for s in ("circle", "square", "triangle")
+    for d in ("left", "right", "up", "down")
+  ]
   spm.SentencePieceTrainer.train(
-      sentence_iterator=iter(lines), model_prefix=str(tmp_path / "sp"), vocab_size=40,
-      pad_id=0, eos_id=1, unk_id=2, bos_id=-1, hard_vocab_limit=False)
+    sentence_iterator=iter(lines),
+    model_prefix=str(tmp_path / "sp"),
+    vocab_size=40,
+    pad_id=0,
+    eos_id=1,
+    unk_id=2,
+    bos_id=-1,
+    hard_vocab_limit=False,
+  )
   tok = t5.Tokenizer(str(tmp_path / "sp.model"), max_length=6)
   ids, mask = tok(["a red circle moves left", "", "red " * 20])
   assert ids.shape == mask.shape == (3, 6) and ids.dtype == np.int32 and mask.dtype == bool

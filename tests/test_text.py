@@ -4,6 +4,7 @@ The default (MiniLM-L6, real weights, offline) encodes every Shapes caption; cac
 identical arrays (memory and disk); the forward pass compiles once per batch bucket; the null
 embedding is deterministic; gradients are stopped; bad configs name their key; a T5 encoder
 built from a HF checkpoint matches transformers; the encode_text CLI fills the disk cache."""
+
 import os
 import subprocess
 import sys
@@ -23,8 +24,9 @@ from phenaki_jax.models import t5
 COLORS = ("red", "green", "blue", "yellow", "magenta", "cyan", "white", "orange")
 SHAPES = ("circle", "square", "triangle")
 DIRECTIONS = ("left", "right", "up", "down")
-SHAPES_CAPTIONS = ([f"a {c} {s} moves {d}" for c in COLORS for s in SHAPES for d in DIRECTIONS]
-                   + [f"a {c} {s}" for c in COLORS for s in SHAPES])
+SHAPES_CAPTIONS = [f"a {c} {s} moves {d}" for c in COLORS for s in SHAPES for d in DIRECTIONS] + [
+  f"a {c} {s}" for c in COLORS for s in SHAPES
+]
 SEP = 102  # MiniLM's [SEP]
 
 
@@ -35,7 +37,7 @@ def encoder():
 
 def test_default_config_encodes_every_shapes_caption_offline(encoder):
   assert encoder.dim == 384 and encoder.max_length == 16
-  batches = [encoder.encode(SHAPES_CAPTIONS[i:i + 8]) for i in range(0, 120, 8)]  # as in training
+  batches = [encoder.encode(SHAPES_CAPTIONS[i : i + 8]) for i in range(0, 120, 8)]  # as in training
   tokens, mask = np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
   assert tokens.shape == (120, 16, 384) and tokens.dtype == np.float32
   assert mask.shape == (120, 16) and mask.dtype == bool
@@ -101,12 +103,15 @@ def test_disk_cache_is_shared_across_instances(encoder, tmp_path):
   assert text.TextEncoder.from_config(other, cache_dir=str(tmp_path)).identity != writer.identity
 
 
-@pytest.mark.parametrize("key,value,match", [
+@pytest.mark.parametrize(
+  "key,value,match",
+  [
     ("name", "clip", r"text_encoder\.name='clip'"),
     ("size", "L7", r"text_encoder\.size='L7'"),
     ("max_length", 1, r"text_encoder\.max_length=1"),
     ("dtype", "float16", r"text_encoder\.dtype='float16'"),
-])
+  ],
+)
 def test_bad_config_names_the_key(key, value, match):
   cfg = text.default_config()
   cfg[key] = value
@@ -117,8 +122,9 @@ def test_bad_config_names_the_key(key, value, match):
 def test_bad_checkpoints_are_explained(tmp_path):
   with pytest.raises(ValueError, match=r"unknown key\(s\) \['max_len'\]"):
     text.TextEncoder.from_config(dict(text.default_config(), max_len=16))
-  cfg = ml_collections.ConfigDict(dict(name="t5", size="tiny", checkpoint="", vocab="",
-                                       max_length=16, dtype="float32"))
+  cfg = ml_collections.ConfigDict(
+    dict(name="t5", size="tiny", checkpoint="", vocab="", max_length=16, dtype="float32")
+  )
   with pytest.raises(ValueError, match=r"text_encoder\.checkpoint is empty: T5 has no embedded"):
     text.TextEncoder.from_config(cfg)
   with pytest.raises(ValueError, match=r"text_encoder\.vocab is empty"):
@@ -133,34 +139,52 @@ def test_bad_checkpoints_are_explained(tmp_path):
 def train_t5_vocab(directory) -> str:
   """A tiny SentencePiece model with T5's special ids (pad 0, eos 1, unk 2), trained here."""
   import sentencepiece as spm
+
   spm.SentencePieceTrainer.train(
-      sentence_iterator=iter(SHAPES_CAPTIONS), model_prefix=str(directory / "spiece"),
-      vocab_size=48, pad_id=0, eos_id=1, unk_id=2, bos_id=-1, hard_vocab_limit=False)
+    sentence_iterator=iter(SHAPES_CAPTIONS),
+    model_prefix=str(directory / "spiece"),
+    vocab_size=48,
+    pad_id=0,
+    eos_id=1,
+    unk_id=2,
+    bos_id=-1,
+    hard_vocab_limit=False,
+  )
   return str(directory / "spiece.model")
 
 
 def test_t5_from_hf_checkpoint_matches_transformers(tmp_path):
   import torch  # the [torch] extra, which `make test` installs; imported here: it is slow
   import transformers
+
   s = t5.SIZES["tiny"]
   ref_cfg = transformers.T5Config(
-      vocab_size=t5.VOCAB_SIZE, d_model=s["width"], d_kv=s["head_dim"], d_ff=s["mlp_dim"],
-      num_layers=s["depth"], num_heads=s["num_heads"], feed_forward_proj="gated-gelu",
-      dropout_rate=0.0)
+    vocab_size=t5.VOCAB_SIZE,
+    d_model=s["width"],
+    d_kv=s["head_dim"],
+    d_ff=s["mlp_dim"],
+    num_layers=s["depth"],
+    num_heads=s["num_heads"],
+    feed_forward_proj="gated-gelu",
+    dropout_rate=0.0,
+  )
   torch.manual_seed(1)
   reference = transformers.T5EncoderModel(ref_cfg).eval()
   reference.save_pretrained(tmp_path)
   train_t5_vocab(tmp_path)  # spiece.model beside the weights, as on the HF hub
-  cfg = ml_collections.ConfigDict(dict(name="t5", size="tiny", checkpoint=str(tmp_path),
-                                       vocab="", max_length=16, dtype="float32"))
+  cfg = ml_collections.ConfigDict(
+    dict(name="t5", size="tiny", checkpoint=str(tmp_path), vocab="", max_length=16, dtype="float32")
+  )
   enc = text.TextEncoder.from_config(cfg)
   captions = ["a red circle moves left", "a cyan triangle", ""]
   tokens, mask = enc.encode(captions)
   assert tokens.shape == (3, 16, 32) and mask.sum(1)[2] == 1  # empty caption: EOS only
   ids, _ = enc.tokenize(captions)
   with torch.no_grad():
-    want = reference(input_ids=torch.tensor(ids, dtype=torch.long),
-                     attention_mask=torch.tensor(mask, dtype=torch.long)).last_hidden_state.numpy()
+    want = reference(
+      input_ids=torch.tensor(ids, dtype=torch.long),
+      attention_mask=torch.tensor(mask, dtype=torch.long),
+    ).last_hidden_state.numpy()
   err = np.abs(tokens[mask] - want[mask]).max()
   assert err <= 1e-4, f"max |TextEncoder(t5) - transformers| = {err:.2e}"
   assert (tokens[~mask] == 0).all()
@@ -172,18 +196,28 @@ def test_t5_from_hf_checkpoint_matches_transformers(tmp_path):
 
 def test_encode_text_cli_fills_the_cache(tmp_path):
   (tmp_path / "cfg.py").write_text(
-      "from phenaki_jax import text\n"
-      "import ml_collections\n"
-      "def get_config():\n"
-      "  return ml_collections.ConfigDict(dict(text_encoder=text.default_config()))\n")
+    "from phenaki_jax import text\n"
+    "import ml_collections\n"
+    "def get_config():\n"
+    "  return ml_collections.ConfigDict(dict(text_encoder=text.default_config()))\n"
+  )
   captions = ["a red circle moves left", "a green square", "a white triangle moves up"]
   (tmp_path / "captions.txt").write_text("\n".join(captions) + "\n")
   out = tmp_path / "out"
   result = subprocess.run(
-      [sys.executable, "-m", "phenaki_jax.encode_text", f"--config={tmp_path / 'cfg.py'}",
-       f"--captions={tmp_path / 'captions.txt'}", f"--out={out}"],
-      capture_output=True, text=True, timeout=300,
-      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    [
+      sys.executable,
+      "-m",
+      "phenaki_jax.encode_text",
+      f"--config={tmp_path / 'cfg.py'}",
+      f"--captions={tmp_path / 'captions.txt'}",
+      f"--out={out}",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert '"captions": 4' in result.stdout  # the three captions and the null caption
   reader = text.TextEncoder.from_config(text.default_config(), cache_dir=str(out))
@@ -206,13 +240,17 @@ def test_cache_only_serves_the_cache_without_weights(tmp_path):
   np.testing.assert_array_equal(mask2, mask[::-1])
   null = reader.null_embedding()
   np.testing.assert_array_equal(null[0], tokens[1])
-  with pytest.raises(ValueError, match=r"1 caption\(s\) not in the text cache .*'a green star'.*"
-                     r"encode_text"):
+  with pytest.raises(
+    ValueError,
+    match=r"1 caption\(s\) not in the text cache .*'a green star'.*"
+    r"encode_text",
+  ):
     reader.encode(["a red circle moves left", "a green star"])
   assert reader.forward_batches == 0
   # Nothing cached for this encoder: say how to fill the cache.
-  with pytest.raises(FileNotFoundError, match="no embeddings of a minilm-L6-len16-float32-.*"
-                     "encode_text"):
+  with pytest.raises(
+    FileNotFoundError, match="no embeddings of a minilm-L6-len16-float32-.*encode_text"
+  ):
     text.TextEncoder.from_config(cfg, cache_dir=str(tmp_path / "empty"))
   with pytest.raises(ValueError, match="needs a text cache directory"):
     text.TextEncoder.from_config(cfg)

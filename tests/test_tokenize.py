@@ -5,6 +5,7 @@ would draw; a run with `config.data.pretokenized` pointing at them must train ex
 that tokenises inside its step (same codes, same captions, same order), and a directory written
 for another run is refused with the differing key named.
 """
+
 import glob
 import json
 import os
@@ -39,13 +40,23 @@ def tokens_dir(tiny_cvivit_dir, tmp_path_factory):
   out = str(tmp_path_factory.mktemp("tokens") / "tokens")
   c = _config(tiny_cvivit_dir)
   proc = subprocess.run(
-      [sys.executable, "-m", "phenaki_jax.tokenize", "--config=configs/maskgit_b.py:tiny",
-       f"--config.tokenizer.workdir={tiny_cvivit_dir}",
-       f"--config.data.batch_size={c.data.batch_size}",
-       f"--config.data.static_images={c.data.static_images}", f"--out={out}",
-       f"--num_steps={STEPS}"],
-      cwd=REPO, capture_output=True, text=True, timeout=600,
-      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    [
+      sys.executable,
+      "-m",
+      "phenaki_jax.tokenize",
+      "--config=configs/maskgit_b.py:tiny",
+      f"--config.tokenizer.workdir={tiny_cvivit_dir}",
+      f"--config.data.batch_size={c.data.batch_size}",
+      f"--config.data.static_images={c.data.static_images}",
+      f"--out={out}",
+      f"--num_steps={STEPS}",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "wrote steps 0..11" in proc.stdout
   return out
@@ -74,18 +85,22 @@ def test_tokens_are_the_trainers_batches(tokens_dir, tiny_cvivit_dir):
     stored.batch(STEPS)
 
 
-def test_trainer_on_tokens_matches_tokenising_inside_the_step(tokens_dir, tiny_cvivit_dir,
-                                                               tmp_path):
+def test_trainer_on_tokens_matches_tokenising_inside_the_step(
+  tokens_dir, tiny_cvivit_dir, tmp_path
+):
   inline = trainer.main(_config(tiny_cvivit_dir), str(tmp_path / "inline"))
-  from_disk = trainer.main(_config(tiny_cvivit_dir, pretokenized=tokens_dir),
-                           str(tmp_path / "pretokenized"))
+  from_disk = trainer.main(
+    _config(tiny_cvivit_dir, pretokenized=tokens_dir), str(tmp_path / "pretokenized")
+  )
   assert int(from_disk["state"]["step"]) == STEPS
   a, b = jax.device_get(inline["state"]["params"]), jax.device_get(from_disk["state"]["params"])
   jax.tree.map(np.testing.assert_array_equal, a, b)
   # The step count past the written steps fails with what to do.
   with pytest.raises(ValueError, match="write more with --num_steps"):
-    trainer.main(_config(tiny_cvivit_dir, total_steps=STEPS + 2,
-                         pretokenized=tokens_dir), str(tmp_path / "pretokenized"))
+    trainer.main(
+      _config(tiny_cvivit_dir, total_steps=STEPS + 2, pretokenized=tokens_dir),
+      str(tmp_path / "pretokenized"),
+    )
 
 
 def test_tokens_of_another_run_are_refused(tokens_dir, tiny_cvivit_dir, tmp_path):
@@ -108,5 +123,4 @@ def test_tokens_of_another_run_are_refused(tokens_dir, tiny_cvivit_dir, tmp_path
   with pytest.raises(ValueError, match="turn_rate=0.0, but this run has 0.2"):
     pretokenized.PretokenizedBatches(str(old), pretokenized.expected_meta(_config(tiny_cvivit_dir)))
   with pytest.raises(FileNotFoundError, match="has no meta.json"):
-    trainer.main(_config(tiny_cvivit_dir, pretokenized=str(tmp_path)),
-                 str(tmp_path / "other2"))
+    trainer.main(_config(tiny_cvivit_dir, pretokenized=str(tmp_path)), str(tmp_path / "other2"))

@@ -12,11 +12,12 @@ SCRIPT = str(REPO / "benchmarks" / "train_step.py")
 
 
 def run_benchmark(*args) -> list:
-  proc = subprocess.run([sys.executable, SCRIPT, *args], cwd=REPO, capture_output=True,
-                        text=True, timeout=600)
+  proc = subprocess.run(
+    [sys.executable, SCRIPT, *args], cwd=REPO, capture_output=True, text=True, timeout=600
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"run"')]
-  summary = json.loads(proc.stdout[proc.stdout.index("{\n"):])
+  summary = json.loads(proc.stdout[proc.stdout.index("{\n") :])
   assert summary["benchmark"] == "train_step" and summary["results"] == rows
   return rows
 
@@ -34,8 +35,13 @@ def test_scanned_layers_count_all_their_flops():
 
 
 def test_timed_steps():
-  (row,) = run_benchmark("--runs=maskgit:tiny:2", "--steps=2", "--scan=true",
-                         "--unrolled_flops=false", "--maskgit_input=codes")
+  (row,) = run_benchmark(
+    "--runs=maskgit:tiny:2",
+    "--steps=2",
+    "--scan=true",
+    "--unrolled_flops=false",
+    "--maskgit_input=codes",
+  )
   assert row["batch"] == 2 and row["grid"] == [5, 8, 8] and row["input"] == "codes"
   assert row["flops_per_step"] is None  # a scanned step's own count is not reported
   assert 0 < row["ms_per_step_min"] <= row["ms_per_step"]
@@ -45,10 +51,13 @@ def test_timed_steps():
 
 def test_trainers_import_without_tensorflow():
   """clu's metric writers need TensorFlow; the trainers import clu only when they train."""
-  code = ("import sys; sys.modules['tensorflow'] = None\n"
-          "import phenaki_jax.trainers.cvivit, phenaki_jax.trainers.maskgit\n"
-          "assert 'clu.metric_writers' not in sys.modules\n"
-          "print('ok')")
-  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                        timeout=300)
+  code = (
+    "import sys; sys.modules['tensorflow'] = None\n"
+    "import phenaki_jax.trainers.cvivit, phenaki_jax.trainers.maskgit\n"
+    "assert 'clu.metric_writers' not in sys.modules\n"
+    "print('ok')"
+  )
+  proc = subprocess.run(
+    [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300
+  )
   assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]

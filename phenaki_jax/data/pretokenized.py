@@ -8,6 +8,7 @@ which records what the batches depend on (`expected_meta`). The trainer reads th
 `PretokenizedBatches` when `config.data.pretokenized` names the directory; resuming stays exact
 because batches are addressed by step (docs/design.md, invariant 6).
 """
+
 import json
 import os
 
@@ -24,22 +25,28 @@ class PretokenizedBatches:
   def __init__(self, directory: str, expect: dict):
     path = os.path.join(directory, "meta.json")
     if not os.path.exists(path):
-      raise FileNotFoundError(f"config.data.pretokenized={directory!r} has no meta.json: write it "
-                              f"with `python -m phenaki_jax.tokenize`")
+      raise FileNotFoundError(
+        f"config.data.pretokenized={directory!r} has no meta.json: write it "
+        f"with `python -m phenaki_jax.tokenize`"
+      )
     with open(path) as f:
       self.meta = json.load(f)
     for key, value in expect.items():
       written = self.meta.get(key, _META_DEFAULTS.get(key))
       if written != value:
-        raise ValueError(f"config.data.pretokenized={directory!r} was written with {key}="
-                         f"{written!r}, but this run has {value!r}")
+        raise ValueError(
+          f"config.data.pretokenized={directory!r} was written with {key}="
+          f"{written!r}, but this run has {value!r}"
+        )
     self.directory = directory
     self._cache = (None, None)
 
   def batch(self, step: int) -> dict:
     if step >= self.meta["num_steps"]:
-      raise ValueError(f"step {step} is past the {self.meta['num_steps']} pre-tokenised steps in "
-                       f"{self.directory}: write more with --num_steps")
+      raise ValueError(
+        f"step {step} is past the {self.meta['num_steps']} pre-tokenised steps in "
+        f"{self.directory}: write more with --num_steps"
+      )
     first = step - step % self.meta["chunk"]
     if self._cache[0] != first:
       with np.load(os.path.join(self.directory, f"chunk_{first:08d}.npz")) as z:
@@ -55,10 +62,15 @@ class PretokenizedBatches:
 
 
 def expected_meta(config) -> dict:
-  meta = {"tokenizer_workdir": os.path.abspath(config.tokenizer.workdir),
-          "batch_size": config.data.batch_size, "seed": config.data.seed,
-          "video_rate": config.data.video_rate, "image_rate": config.data.image_rate,
-          "turn_rate": config.data.turn_rate, "static_images": bool(config.data.static_images)}
+  meta = {
+    "tokenizer_workdir": os.path.abspath(config.tokenizer.workdir),
+    "batch_size": config.data.batch_size,
+    "seed": config.data.seed,
+    "video_rate": config.data.video_rate,
+    "image_rate": config.data.image_rate,
+    "turn_rate": config.data.turn_rate,
+    "static_images": bool(config.data.static_images),
+  }
   if config.data.turn_rate > 0:
     meta["turn_context_frames"] = config.data.turn_context_frames
   return meta
@@ -68,9 +80,10 @@ def write_chunk(directory: str, first_step: int, batches: list) -> str:
   """Writes the batches of steps first_step, first_step + 1, ... (dicts of codes, is_image,
   caption, context_frames) as one chunk, atomically; returns its path."""
   path = os.path.join(directory, f"chunk_{first_step:08d}.npz")
-  stacked = {k: np.stack([np.asarray(b[k], dtype=str if k == "caption" else None)
-                          for b in batches])
-             for k in ("codes", "is_image", "caption", "context_frames")}
+  stacked = {
+    k: np.stack([np.asarray(b[k], dtype=str if k == "caption" else None) for b in batches])
+    for k in ("codes", "is_image", "caption", "context_frames")
+  }
   np.savez(path + ".tmp.npz", **stacked)
   os.replace(path + ".tmp.npz", path)
   return path

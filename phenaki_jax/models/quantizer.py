@@ -9,6 +9,7 @@ whose usage (an exponential moving average of its assignment counts) falls below
 moved onto a random encoder output of the current batch (VideoGPT-style restarts). With all
 usages starting at zero, the first restart initialises the codebook from encoder outputs.
 """
+
 from typing import NamedTuple, Optional
 
 import flax.linen as nn
@@ -25,11 +26,11 @@ def l2_normalize(x: Array, axis: int = -1, eps: float = 1e-6) -> Array:
 
 
 class QuantizerOutput(NamedTuple):
-  quantized: Array     # [..., code_dim] straight-through: forward = codebook row, grad → z
-  codes: Array         # [...] int32
-  loss: Array          # scalar L_VQ (codebook + β·commitment)
-  z: Array             # [..., code_dim] ℓ2-normalised encoder output (before quantisation)
-  counts: Array        # [K] assignments of each code in this call
+  quantized: Array  # [..., code_dim] straight-through: forward = codebook row, grad → z
+  codes: Array  # [...] int32
+  loss: Array  # scalar L_VQ (codebook + β·commitment)
+  z: Array  # [..., code_dim] ℓ2-normalised encoder output (before quantisation)
+  counts: Array  # [K] assignments of each code in this call
 
 
 class VectorQuantizer(nn.Module):
@@ -39,8 +40,10 @@ class VectorQuantizer(nn.Module):
 
   def setup(self):
     self.codebook = self.param(
-        "codebook", nn.with_logical_partitioning(nn.initializers.normal(1.0), ("vocab", None)),
-        (self.codebook_size, self.code_dim))
+      "codebook",
+      nn.with_logical_partitioning(nn.initializers.normal(1.0), ("vocab", None)),
+      (self.codebook_size, self.code_dim),
+    )
 
   def normalized_codebook(self) -> Array:
     return l2_normalize(self.codebook)  # [K, C]
@@ -50,11 +53,11 @@ class VectorQuantizer(nn.Module):
     return jnp.take(self.normalized_codebook(), codes, axis=0)
 
   def __call__(self, z: Array) -> QuantizerOutput:
-    z = l2_normalize(z.astype(jnp.float32))                   # [..., C]
-    codebook = self.normalized_codebook()                      # [K, C]
-    similarity = jnp.einsum("...c,kc->...k", z, codebook)     # [..., K]
+    z = l2_normalize(z.astype(jnp.float32))  # [..., C]
+    codebook = self.normalized_codebook()  # [K, C]
+    similarity = jnp.einsum("...c,kc->...k", z, codebook)  # [..., K]
     codes = jnp.argmax(similarity, axis=-1).astype(jnp.int32)  # [...]
-    e = jnp.take(codebook, codes, axis=0)                      # [..., C]
+    e = jnp.take(codebook, codes, axis=0)  # [..., C]
     loss = vq_loss(z, e, self.commitment_cost)
     quantized = z + jax.lax.stop_gradient(e - z)
     counts = code_counts(codes, self.codebook_size)
@@ -69,8 +72,9 @@ def vq_loss(z: Array, e: Array, commitment_cost: float, mask: Optional[Array] = 
   commitment_sq = jnp.sum((z - jax.lax.stop_gradient(e)) ** 2, axis=-1)
   if mask is None:
     return jnp.mean(codebook_sq) + commitment_cost * jnp.mean(commitment_sq)
-  return (layers.masked_mean(codebook_sq, mask)
-          + commitment_cost * layers.masked_mean(commitment_sq, mask))
+  return layers.masked_mean(codebook_sq, mask) + commitment_cost * layers.masked_mean(
+    commitment_sq, mask
+  )
 
 
 def code_counts(codes: Array, codebook_size: int, mask: Optional[Array] = None) -> Array:
@@ -87,8 +91,9 @@ def codebook_metrics(counts: Array) -> dict:
   return {"codebook_usage": jnp.mean(counts > 0), "codebook_perplexity": jnp.exp(entropy)}
 
 
-def restart_dead_codes(codebook: Array, usage: Array, z: Array, rng: Array,
-                       threshold: float) -> Array:
+def restart_dead_codes(
+  codebook: Array, usage: Array, z: Array, rng: Array, threshold: float
+) -> Array:
   """Moves codes with usage < threshold onto random rows of z (encoder outputs).
 
   codebook [K, C], usage [K], z [M, C] (any M ≥ 1). Pure and jittable; a small noise keeps

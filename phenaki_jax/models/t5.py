@@ -27,6 +27,7 @@ the shape this size expects. Pickled PyTorch files (`pytorch_model.bin`) are ref
 Tokenisation: SentencePiece with the T5 conventions (pad 0, EOS 1 appended, truncated so that
 EOS always fits).
 """
+
 import functools
 import json
 import math
@@ -47,12 +48,12 @@ Array = jax.Array
 
 # T5 v1.1 sizes (Raffel et al. 2020; the t5x `t5_1_1` gin files). `tiny` is for tests only.
 SIZES = {
-    "tiny": dict(width=32, depth=2, num_heads=4, head_dim=8, mlp_dim=64),
-    "small": dict(width=512, depth=8, num_heads=6, head_dim=64, mlp_dim=1024),
-    "base": dict(width=768, depth=12, num_heads=12, head_dim=64, mlp_dim=2048),
-    "large": dict(width=1024, depth=24, num_heads=16, head_dim=64, mlp_dim=2816),
-    "xl": dict(width=2048, depth=24, num_heads=32, head_dim=64, mlp_dim=5120),
-    "xxl": dict(width=4096, depth=24, num_heads=64, head_dim=64, mlp_dim=10240),
+  "tiny": dict(width=32, depth=2, num_heads=4, head_dim=8, mlp_dim=64),
+  "small": dict(width=512, depth=8, num_heads=6, head_dim=64, mlp_dim=1024),
+  "base": dict(width=768, depth=12, num_heads=12, head_dim=64, mlp_dim=2048),
+  "large": dict(width=1024, depth=24, num_heads=16, head_dim=64, mlp_dim=2816),
+  "xl": dict(width=2048, depth=24, num_heads=32, head_dim=64, mlp_dim=5120),
+  "xxl": dict(width=4096, depth=24, num_heads=64, head_dim=64, mlp_dim=10240),
 }
 VOCAB_SIZE = 32128  # 32000 SentencePiece pieces + 100 sentinels, padded to a multiple of 128.
 PAD_ID, EOS_ID = 0, 1
@@ -79,33 +80,46 @@ def relative_position_buckets(length: int, num_buckets: int, max_distance: int) 
   max_exact = half // 2
   safe = np.maximum(distance, max_exact).astype(np.float32)  # log(0) never evaluated
   large = max_exact + (
-      np.log(safe / np.float32(max_exact)) / np.float32(math.log(max_distance / max_exact))
-      * np.float32(half - max_exact)).astype(np.int32)
+    np.log(safe / np.float32(max_exact))
+    / np.float32(math.log(max_distance / max_exact))
+    * np.float32(half - max_exact)
+  ).astype(np.int32)
   large = np.minimum(large, half - 1)
   return (buckets + np.where(distance < max_exact, distance, large)).astype(np.int32)
 
 
 class RMSNorm(nn.Module):
   """T5's layer norm: scale only, no mean subtraction; statistics in float32."""
+
   eps: float = 1e-6
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-                       (x.shape[-1],), jnp.float32)
+    scale = self.param(
+      "scale",
+      nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+      (x.shape[-1],),
+      jnp.float32,
+    )
     x = x.astype(jnp.float32)
     x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.eps)
     return (x * jnp.asarray(scale, jnp.float32)).astype(self.dtype)
 
 
 def _dense(features: int, axes: tuple, dtype, name: str) -> nn.Dense:
-  return nn.Dense(features, use_bias=False, dtype=dtype, name=name,
-                  kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes))
+  return nn.Dense(
+    features,
+    use_bias=False,
+    dtype=dtype,
+    name=name,
+    kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes),
+  )
 
 
 class SelfAttention(nn.Module):
   """Multi-head attention with an additive position bias; T5 does not scale the logits."""
+
   num_heads: int
   head_dim: int
   dtype: Any = jnp.float32
@@ -129,6 +143,7 @@ class SelfAttention(nn.Module):
 
 class GatedGeluMlp(nn.Module):
   """gelu(x W0) * (x W1) then W_out; GELU with the tanh approximation (HF `gelu_new`)."""
+
   mlp_dim: int
   dtype: Any = jnp.float32
 
@@ -156,6 +171,7 @@ class EncoderLayer(nn.Module):
 
 class T5Encoder(nn.Module):
   """T5 v1.1 encoder stack: tokens int32 [B, L] + mask bool [B, L] -> hidden [B, L, width]."""
+
   width: int = 512
   depth: int = 8
   num_heads: int = 6
@@ -168,15 +184,20 @@ class T5Encoder(nn.Module):
 
   @nn.compact
   def __call__(self, tokens: Array, mask: Array) -> Array:
-    x = nn.Embed(self.vocab_size, self.width, dtype=self.dtype, name="token_embedder",
-                 embedding_init=nn.with_logical_partitioning(
-                     nn.initializers.normal(1.0), ("vocab", "embed")))(tokens)  # [B, L, D]
+    x = nn.Embed(
+      self.vocab_size,
+      self.width,
+      dtype=self.dtype,
+      name="token_embedder",
+      embedding_init=nn.with_logical_partitioning(nn.initializers.normal(1.0), ("vocab", "embed")),
+    )(tokens)  # [B, L, D]
     rel = RelativePositionBias(self.num_heads, self.num_buckets, name="relpos_bias")
     bias = rel(tokens.shape[1], self.max_distance)  # [H, L, L], shared by all layers
     mask = mask.astype(bool)
     for i in range(self.depth):
-      x = EncoderLayer(self.num_heads, self.head_dim, self.mlp_dim, self.dtype,
-                       name=f"layers_{i}")(x, bias, mask)
+      x = EncoderLayer(self.num_heads, self.head_dim, self.mlp_dim, self.dtype, name=f"layers_{i}")(
+        x, bias, mask
+      )
     return RMSNorm(dtype=self.dtype, name="encoder_norm")(x)
 
 
@@ -186,9 +207,12 @@ class RelativePositionBias(nn.Module):
 
   @nn.compact
   def __call__(self, length: int, max_distance: int) -> Array:
-    table = self.param("rel_embedding", nn.with_logical_partitioning(
-        nn.initializers.normal(1.0), ("heads", None)), (self.num_heads, self.num_buckets),
-                       jnp.float32)
+    table = self.param(
+      "rel_embedding",
+      nn.with_logical_partitioning(nn.initializers.normal(1.0), ("heads", None)),
+      (self.num_heads, self.num_buckets),
+      jnp.float32,
+    )
     buckets = relative_position_buckets(length, self.num_buckets, max_distance)  # static
     return jnp.asarray(table, jnp.float32)[:, buckets]  # [H, L, L]
 
@@ -198,8 +222,13 @@ class RelativePositionBias(nn.Module):
 # ------------------------------------------------------------------------------------------
 def _size_name(model: T5Encoder) -> str:
   """The `SIZES` name of `model`'s shape, or 'custom'."""
-  sizes = [n for n, s in SIZES.items() if all(
-      s[k] == getattr(model, k) for k in ("width", "depth", "num_heads", "head_dim", "mlp_dim"))]
+  sizes = [
+    n
+    for n, s in SIZES.items()
+    if all(
+      s[k] == getattr(model, k) for k in ("width", "depth", "num_heads", "head_dim", "mlp_dim")
+    )
+  ]
   return sizes[0] if sizes else "custom"
 
 
@@ -209,13 +238,14 @@ def assemble(model: T5Encoder, sources: Mapping[tuple, checkpoint_io.Source], wh
   Shapes are checked in the source's own layout, so errors quote the file's tensor shapes.
   """
   return checkpoint_io.assemble(
-      model, sources, f"T5 checkpoint {where} does not fit T5 v1.1 size {_size_name(model)!r}")
+    model, sources, f"T5 checkpoint {where} does not fit T5 v1.1 size {_size_name(model)!r}"
+  )
 
 
 def _hf_sources(keys: Sequence[str], read: Callable[[str], np.ndarray], depth: int) -> dict:
   """Maps our param paths to Hugging Face T5 tensor names (torch Linear is [out, in])."""
   anchor = [k for k in keys if k.endswith("encoder.final_layer_norm.weight")]
-  prefix = anchor[0][:-len("encoder.final_layer_norm.weight")] if anchor else ""
+  prefix = anchor[0][: -len("encoder.final_layer_norm.weight")] if anchor else ""
   e = prefix + "encoder."
   t = functools.partial(checkpoint_io.source, read, transposed=True)
   same = functools.partial(checkpoint_io.source, read)
@@ -223,10 +253,11 @@ def _hf_sources(keys: Sequence[str], read: Callable[[str], np.ndarray], depth: i
   if embed not in keys and e + "embed_tokens.weight" in keys:
     embed = e + "embed_tokens.weight"
   sources = {
-      ("token_embedder", "embedding"): same(embed),
-      ("relpos_bias", "rel_embedding"):
-          t(e + "block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
-      ("encoder_norm", "scale"): same(e + "final_layer_norm.weight"),
+    ("token_embedder", "embedding"): same(embed),
+    ("relpos_bias", "rel_embedding"): t(
+      e + "block.0.layer.0.SelfAttention.relative_attention_bias.weight"
+    ),
+    ("encoder_norm", "scale"): same(e + "final_layer_norm.weight"),
   }
   for i in range(depth):
     b, layer = f"{e}block.{i}.layer.", f"layers_{i}"
@@ -250,8 +281,10 @@ def hf_safetensors_files(path: str) -> list[pathlib.Path]:
       files = sorted(p.glob("*.safetensors"))
       if not files:
         if (p / "pytorch_model.bin").exists() or list(p.glob("pytorch_model*.bin")):
-          raise ValueError(f"{p} holds only pickled PyTorch weights (pytorch_model*.bin), which "
-                           "we never unpickle; convert them to safetensors first.")
+          raise ValueError(
+            f"{p} holds only pickled PyTorch weights (pytorch_model*.bin), which "
+            "we never unpickle; convert them to safetensors first."
+          )
         raise FileNotFoundError(f"no *.safetensors or *.safetensors.index.json in {p}")
       return files
   if p.name.endswith(".index.json"):
@@ -281,27 +314,35 @@ def _t5x_location(path: str) -> tuple[str, pathlib.Path]:
     return "orbax", p
   if (p / "checkpoint").is_file():
     return "msgpack", p
-  steps = [(int(m.group(1)), c) for c in p.iterdir()
-           if (m := re.fullmatch(r"checkpoint_(\d+)", c.name)) and c.is_dir()]
+  steps = [
+    (int(m.group(1)), c)
+    for c in p.iterdir()
+    if (m := re.fullmatch(r"checkpoint_(\d+)", c.name)) and c.is_dir()
+  ]
   if steps:
     return _t5x_location(str(max(steps)[1]))
-  raise ValueError(f"{p} is not a T5X checkpoint: no `checkpoint` msgpack file, no Orbax "
-                   "`_METADATA`, no checkpoint_<step> sub-directory")
+  raise ValueError(
+    f"{p} is not a T5X checkpoint: no `checkpoint` msgpack file, no Orbax "
+    "`_METADATA`, no checkpoint_<step> sub-directory"
+  )
 
 
 def _read_tensorstore(spec: dict, ckpt_dir: pathlib.Path) -> np.ndarray:
   """Reads one array that T5X wrote with TensorStore; its spec holds a relative path."""
   import tensorstore as ts  # pylint: disable=g-import-not-at-top
+
   spec = dict(spec)
   kvstore = dict(spec.get("kvstore", {}))
   rel = kvstore.get("path", spec.pop("path", None))
   if rel is None:
     raise ValueError(f"TensorStore spec without a path: {spec}")
   spec["kvstore"] = {"driver": "file", "path": str(ckpt_dir / rel)}
-  metadata = {k: v for k, v in dict(spec.get("metadata", {})).items()
-              if k not in ("chunks", "compressor")}
-  spec["metadata"] = {k: (v.tolist() if isinstance(v, np.ndarray) else v)
-                      for k, v in metadata.items()}
+  metadata = {
+    k: v for k, v in dict(spec.get("metadata", {})).items() if k not in ("chunks", "compressor")
+  }
+  spec["metadata"] = {
+    k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in metadata.items()
+  }
   spec.pop("bucket", None)
   return np.asarray(ts.open(spec, open=True).result().read().result())
 
@@ -334,22 +375,30 @@ def load_t5x(path: str, model: T5Encoder) -> dict:
       if isinstance(node, Mapping) and "driver" in node:
         return _read_tensorstore(node, ckpt_dir)
       return np.asarray(node)
+
     return assemble(model, _t5x_sources(read, model.depth), str(ckpt_dir))
 
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
   checkpointer = ocp.PyTreeCheckpointer()
   tree = checkpointer.metadata(ckpt_dir).item_metadata.tree
-  wanted = {"target": {k: v for k, v in tree.get("target", {}).items()
-                       if k in ("encoder", "token_embedder")}}
+  wanted = {
+    "target": {
+      k: v for k, v in tree.get("target", {}).items() if k in ("encoder", "token_embedder")
+    }
+  }
   restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
-  restored = checkpointer.restore(ckpt_dir, args=ocp.args.PyTreeRestore(
-      item=wanted, restore_args=restore_args, partial_restore=True))
+  restored = checkpointer.restore(
+    ckpt_dir,
+    args=ocp.args.PyTreeRestore(item=wanted, restore_args=restore_args, partial_restore=True),
+  )
 
   def read_restored(name: tuple) -> np.ndarray:
     node = restored
     for part in name:
       node = node[part]
     return np.asarray(node)
+
   return assemble(model, _t5x_sources(read_restored, model.depth), str(ckpt_dir))
 
 
@@ -359,11 +408,17 @@ def load(path: str, model: T5Encoder) -> dict:
   if not p.exists():
     raise FileNotFoundError(f"T5 checkpoint {p} does not exist")
   is_hf = (p.is_file() and (p.suffix == ".safetensors" or p.name.endswith(".index.json"))) or (
-      p.is_dir() and (any(p.glob("*.safetensors")) or any(p.glob("*.safetensors.index.json"))
-                      or any(p.glob("pytorch_model*.bin"))))
+    p.is_dir()
+    and (
+      any(p.glob("*.safetensors"))
+      or any(p.glob("*.safetensors.index.json"))
+      or any(p.glob("pytorch_model*.bin"))
+    )
+  )
   if p.is_file() and p.suffix == ".bin":
-    raise ValueError(f"{p} is a pickled PyTorch file, which we never unpickle; convert it to "
-                     "safetensors first.")
+    raise ValueError(
+      f"{p} is a pickled PyTorch file, which we never unpickle; convert it to safetensors first."
+    )
   return load_hf_safetensors(path, model) if is_hf else load_t5x(path, model)
 
 
@@ -402,20 +457,23 @@ class Tokenizer:
 
   def __init__(self, vocab_path: str, max_length: int):
     import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+
     if not os.path.isfile(vocab_path):
       raise FileNotFoundError(f"SentencePiece model {vocab_path} does not exist")
     self.sp = spm.SentencePieceProcessor(model_file=vocab_path)
     self.max_length = max_length
     if self.sp.pad_id() not in (PAD_ID, -1) or self.sp.eos_id() != EOS_ID:
-      raise ValueError(f"{vocab_path} is not a T5 vocabulary: pad id {self.sp.pad_id()}, "
-                       f"eos id {self.sp.eos_id()} (T5 uses pad 0, eos 1)")
+      raise ValueError(
+        f"{vocab_path} is not a T5 vocabulary: pad id {self.sp.pad_id()}, "
+        f"eos id {self.sp.eos_id()} (T5 uses pad 0, eos 1)"
+      )
 
   def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """-> (ids int32 [B, max_length], mask bool [B, max_length])."""
     ids = np.full((len(texts), self.max_length), PAD_ID, np.int32)
     mask = np.zeros((len(texts), self.max_length), bool)
     for row, pieces in enumerate(self.sp.encode(list(texts))):
-      pieces = pieces[:self.max_length - 1] + [EOS_ID]
-      ids[row, :len(pieces)] = pieces
-      mask[row, :len(pieces)] = True
+      pieces = pieces[: self.max_length - 1] + [EOS_ID]
+      ids[row, : len(pieces)] = pieces
+      mask[row, : len(pieces)] = True
     return ids, mask

@@ -1,5 +1,6 @@
 """Pieces both trainers share: work directory set-up, metric logging, the train state and its
 parameter EMA, the NaN guard, and the training loop's tail (log, evaluate, checkpoint, stop)."""
+
 import contextlib
 import json
 import logging as logging_std
@@ -86,8 +87,13 @@ class StepRate:
     if now - last_time >= self.every and step > last_step:
       rate = (step - last_step) / (now - last_time)
       self.writer.write_scalars(step, {"steps_per_sec": rate})
-      logging.info("step %d/%d, %.2f steps/s, %.1f min left", step, self.total, rate,
-                   (self.total - step) / rate / 60)
+      logging.info(
+        "step %d/%d, %.2f steps/s, %.1f min left",
+        step,
+        self.total,
+        rate,
+        (self.total - step) / rate / 60,
+      )
       self._last = (step, now)
 
 
@@ -107,6 +113,7 @@ def progress_reporter(total: int, writer):
   if isinstance(writer, JsonLinesWriter):
     return StepRate(total, writer)
   from clu import periodic_actions  # pylint: disable=g-import-not-at-top
+
   return periodic_actions.ReportProgress(num_train_steps=total, writer=writer)
 
 
@@ -132,8 +139,10 @@ def check_choice(config: ml_collections.ConfigDict, key: str, choices: Iterable)
 def check_turn_rate(config: ml_collections.ConfigDict) -> None:
   """config.data.turn_rate is the share of the video examples that are turn clips: [0, 1)."""
   if not 0.0 <= config.data.turn_rate < 1.0:
-    raise ValueError(f"config.data.turn_rate={config.data.turn_rate} must be in [0, 1) (the "
-                     f"share of the video examples that are turn clips)")
+    raise ValueError(
+      f"config.data.turn_rate={config.data.turn_rate} must be in [0, 1) (the "
+      f"share of the video examples that are turn clips)"
+    )
 
 
 def mean_metrics(history: list) -> dict:
@@ -148,8 +157,13 @@ def init_state(params, tx, *, ema: bool, **extra) -> dict:
   """A fresh train state: step 0, `params` and their optimizer state, no non-finite step yet
   (`first_bad_step` −1), `extra` entries (e.g. the discriminator's), and with `ema` the
   parameters' moving average `ema_params`, starting at `params`."""
-  state = dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-               first_bad_step=jnp.full((), -1, jnp.int32), **extra)
+  state = dict(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    opt_state=tx.init(params),
+    first_bad_step=jnp.full((), -1, jnp.int32),
+    **extra,
+  )
   if ema:
     state["ema_params"] = params
   return state
@@ -186,12 +200,18 @@ def restore_state(ckpt, state: dict):
     except ValueError:
       raise error from None
     if "ema_params" in state:
-      logging.warning("the checkpoints in %s keep no parameter EMA: config.ema_decay starts "
-                      "it at the restored step-%d parameters", ckpt.directory, meta["step"])
+      logging.warning(
+        "the checkpoints in %s keep no parameter EMA: config.ema_decay starts "
+        "it at the restored step-%d parameters",
+        ckpt.directory,
+        meta["step"],
+      )
       return dict(restored, ema_params=restored["params"]), meta
-    raise ValueError(f"the checkpoints in {ckpt.directory} keep a parameter EMA (ema_params) "
-                     f"and this config has ema_decay=0: resume with the --config.ema_decay the "
-                     f"run started with, or use another --workdir") from None
+    raise ValueError(
+      f"the checkpoints in {ckpt.directory} keep a parameter EMA (ema_params) "
+      f"and this config has ema_decay=0: resume with the --config.ema_decay the "
+      f"run started with, or use another --workdir"
+    ) from None
 
 
 def guard_update(ok, new_tree, old_tree):
@@ -211,9 +231,10 @@ def all_finite(tree) -> jax.Array:
 def raise_if_bad(first_bad_step: int, latest_checkpoint) -> None:
   if first_bad_step >= 0:
     raise FloatingPointError(
-        f"non-finite loss or update at step {first_bad_step}; the update was skipped and "
-        f"training stopped. The last good checkpoint is step {latest_checkpoint} (unchanged). "
-        f"Lower the learning rate or check the data, then rerun the same command to resume.")
+      f"non-finite loss or update at step {first_bad_step}; the update was skipped and "
+      f"training stopped. The last good checkpoint is step {latest_checkpoint} (unchanged). "
+      f"Lower the learning rate or check the data, then rerun the same command to resume."
+    )
 
 
 def finish_step(state, new_state, ok, step):
@@ -222,14 +243,21 @@ def finish_step(state, new_state, ok, step):
   new_state = guard_update(ok, new_state, state)
   new_state["step"] = step + 1
   new_state["first_bad_step"] = jnp.where(
-      ok | (state["first_bad_step"] >= 0), state["first_bad_step"], step)
+    ok | (state["first_bad_step"] >= 0), state["first_bad_step"], step
+  )
   return new_state
 
 
 # ---- The training loop ----------------------------------------------------------------------------
-def train_loop(config: ml_collections.ConfigDict, state: dict, batches,
-               step_fn: Callable[[dict, int, dict], tuple], ckpt: checkpoint.Checkpointer,
-               writer, evaluate: Optional[Callable[[dict, int], None]] = None) -> tuple:
+def train_loop(
+  config: ml_collections.ConfigDict,
+  state: dict,
+  batches,
+  step_fn: Callable[[dict, int, dict], tuple],
+  ckpt: checkpoint.Checkpointer,
+  writer,
+  evaluate: Optional[Callable[[dict, int], None]] = None,
+) -> tuple:
   """Runs `state, metrics = step_fn(state, step, batch)` from the state's step to
   config.total_steps (or config.stop_after_steps, config.max_train_seconds, a preemption).
 
@@ -252,8 +280,11 @@ def train_loop(config: ml_collections.ConfigDict, state: dict, batches,
       history.append(metrics)
       done = step + 1
       report(done, time.time())
-      last = (done >= total or (config.stop_after_steps and done >= config.stop_after_steps)
-              or (config.max_train_seconds and time.time() - start_time > config.max_train_seconds))
+      last = (
+        done >= total
+        or (config.stop_after_steps and done >= config.stop_after_steps)
+        or (config.max_train_seconds and time.time() - start_time > config.max_train_seconds)
+      )
       preempted = ckpt.preempted(done)
       if done % config.log_every == 0 or last or preempted:
         raise_if_bad(int(state["first_bad_step"]), ckpt.latest_step())
@@ -262,8 +293,7 @@ def train_loop(config: ml_collections.ConfigDict, state: dict, batches,
         history = []
       if ckpt.should_save(done, final=last or preempted):
         raise_if_bad(int(state["first_bad_step"]), ckpt.latest_step())
-        ckpt.save(done, state, {"step": done, "data_seed": config.data.seed,
-                                "data_position": done})
+        ckpt.save(done, state, {"step": done, "data_seed": config.data.seed, "data_position": done})
       if evaluate is not None and (done % config.eval_every == 0 or last):
         evaluate(state, done)
       if last or preempted:

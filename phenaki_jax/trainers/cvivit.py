@@ -12,6 +12,7 @@ a video; otherwise it is a 1-frame video, zero-padded to the batch's clip length
 (L2, VQ, code counts) covers only its first frame and first time step, so it trains exactly as
 the 1-frame video would (the causal encoder and decoder give frame 0 from frame 0 alone).
 """
+
 import functools
 import json
 import os
@@ -45,8 +46,10 @@ def validate_config(config: ml_collections.ConfigDict) -> cvivit.CViViT:
   common.check_choice(config, "model.dtype", layers.DTYPES)
   model = build_model(config)
   if config.data.resolution != model.image_size:
-    raise ValueError(f"config.data.resolution={config.data.resolution} but the {config.model_size}"
-                     f" C-ViViT takes {model.image_size}² frames")
+    raise ValueError(
+      f"config.data.resolution={config.data.resolution} but the {config.model_size}"
+      f" C-ViViT takes {model.image_size}² frames"
+    )
   try:
     model.check_video_shape((1, config.data.num_frames, model.image_size, model.image_size, 3))
   except ValueError as e:
@@ -58,19 +61,22 @@ def validate_config(config: ml_collections.ConfigDict) -> cvivit.CViViT:
   common.check_turn_rate(config)
   frames = config.data.num_frames
   if config.data.turn_rate > 0 and not 1 <= config.data.turn_context_frames < frames:
-    raise ValueError(f"config.data.turn_context_frames={config.data.turn_context_frames} must be "
-                     f"in [1, {frames}) (frames before the turn)")
+    raise ValueError(
+      f"config.data.turn_context_frames={config.data.turn_context_frames} must be "
+      f"in [1, {frames}) (frames before the turn)"
+    )
   if model.encoder_spatial_radius < -1:
-    raise ValueError(f"config.model.encoder_spatial_radius={model.encoder_spatial_radius}: use -1"
-                     " (whole-frame attention) or a radius >= 0 in patches")
+    raise ValueError(
+      f"config.model.encoder_spatial_radius={model.encoder_spatial_radius}: use -1"
+      " (whole-frame attention) or a radius >= 0 in patches"
+    )
   losses.check_perceptual_config(config.losses)
   common.check_ema_decay(config)
   return model
 
 
 def shapes_spec(config: ml_collections.ConfigDict) -> shapes_lib.ShapesSpec:
-  return shapes_lib.ShapesSpec(resolution=config.data.resolution,
-                               num_frames=config.data.num_frames)
+  return shapes_lib.ShapesSpec(resolution=config.data.resolution, num_frames=config.data.num_frames)
 
 
 def make_batches(config: ml_collections.ConfigDict) -> pipeline.Batches:
@@ -78,22 +84,36 @@ def make_batches(config: ml_collections.ConfigDict) -> pipeline.Batches:
   config.data.image_rate > 0, 1-frame images or, with config.data.static_images, static clips
   of them) as a pure f(step)."""
   spec, seed = shapes_spec(config), config.data.seed
-  mixture = tasks.shapes_mixture(spec, seed, video_rate=1.0 - config.data.image_rate,
-                                 image_rate=config.data.image_rate,
-                                 turn_rate=config.data.turn_rate,
-                                 turn_context_frames=config.data.turn_context_frames)
-  return pipeline.Batches(mixture, config.data.batch_size, seed=seed,
-                          num_frames=config.data.num_frames, process_index=jax.process_index(),
-                          process_count=jax.process_count(), prefetch=config.data.prefetch,
-                          static_images=config.data.static_images)
+  mixture = tasks.shapes_mixture(
+    spec,
+    seed,
+    video_rate=1.0 - config.data.image_rate,
+    image_rate=config.data.image_rate,
+    turn_rate=config.data.turn_rate,
+    turn_context_frames=config.data.turn_context_frames,
+  )
+  return pipeline.Batches(
+    mixture,
+    config.data.batch_size,
+    seed=seed,
+    num_frames=config.data.num_frames,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+    prefetch=config.data.prefetch,
+    static_images=config.data.static_images,
+  )
 
 
 def eval_clips(config: ml_collections.ConfigDict) -> np.ndarray:
   """Held-out reconstruction clips (the 'eval' split: never training clips). uint8 [N,F,H,W,3]."""
   spec = shapes_spec(config)
   # Index stride 7 (coprime with the 78 seen triples) spreads the clips over colours and shapes.
-  return np.stack([shapes_lib.video_example(spec, config.data.seed, 7 * i, split="eval")["video"]
-                   for i in range(config.eval.num_clips)])
+  return np.stack(
+    [
+      shapes_lib.video_example(spec, config.data.seed, 7 * i, split="eval")["video"]
+      for i in range(config.eval.num_clips)
+    ]
+  )
 
 
 # ---- State ---------------------------------------------------------------------------------------
@@ -108,16 +128,24 @@ def make_init_fn(model, disc, tx, disc_tx, *, num_frames: int, ema: bool):
     video = jnp.zeros(video_shape, jnp.float32)
     params = model.init(model_rng, video)["params"]
     disc_params = disc.init(disc_rng, video)["params"]
-    return common.init_state(params, tx, ema=ema, disc_params=disc_params,
-                             disc_opt_state=disc_tx.init(disc_params),
-                             code_usage=jnp.zeros((model.codebook_size,), jnp.float32))
+    return common.init_state(
+      params,
+      tx,
+      ema=ema,
+      disc_params=disc_params,
+      disc_opt_state=disc_tx.init(disc_params),
+      code_usage=jnp.zeros((model.codebook_size,), jnp.float32),
+    )
+
   return init
 
 
 def make_optimizers(config):
   tx = optim.make_optimizer(config.optim)
-  disc_tx = optax.chain(optax.clip_by_global_norm(config.optim.clip_norm),
-                        optax.adam(config.disc.lr, b1=config.disc.b1, b2=config.disc.b2))
+  disc_tx = optax.chain(
+    optax.clip_by_global_norm(config.optim.clip_norm),
+    optax.adam(config.disc.lr, b1=config.disc.b1, b2=config.disc.b2),
+  )
   return tx, disc_tx
 
 
@@ -126,16 +154,16 @@ def build(config):
   model = build_model(config)
   disc = discriminator.VideoDiscriminator(tuple(config.disc.channels))
   tx, disc_tx = make_optimizers(config)
-  init_fn = make_init_fn(model, disc, tx, disc_tx, num_frames=config.data.num_frames,
-                         ema=config_io.uses_ema(config))
+  init_fn = make_init_fn(
+    model, disc, tx, disc_tx, num_frames=config.data.num_frames, ema=config_io.uses_ema(config)
+  )
   return model, disc, tx, disc_tx, init_fn
 
 
 def abstract_state(config):
   """The train state's ShapeDtypeStructs (allocating nothing) — used to restore checkpoints."""
   init_fn = build(config)[-1]
-  return sharding.abstract_state(init_fn, sharding.make_mesh(config.mesh),
-                                 jax.random.PRNGKey(0))[0]
+  return sharding.abstract_state(init_fn, sharding.make_mesh(config.mesh), jax.random.PRNGKey(0))[0]
 
 
 # ---- Update step ---------------------------------------------------------------------------------
@@ -147,21 +175,23 @@ def first_frame_images(config: ml_collections.ConfigDict) -> bool:
 class DataMask(NamedTuple):
   """Which frames [B, F] and code time steps [B, t] hold the data: a 1-frame image, zero-padded
   to the batch's F frames, is data in its first frame and first time step only."""
+
   frames: jax.Array
   steps: jax.Array
 
   @classmethod
   def of(cls, is_image, num_frames: int, temporal_patch: int) -> "DataMask":
     t = 1 + (num_frames - 1) // temporal_patch
-    image = is_image.astype(bool)[:, None]                                  # [B, 1]
-    return cls(frames=~image | (jnp.arange(num_frames) == 0)[None],         # [B, F]
-               steps=~image | (jnp.arange(t) == 0)[None])                   # [B, t]
+    image = is_image.astype(bool)[:, None]  # [B, 1]
+    return cls(
+      frames=~image | (jnp.arange(num_frames) == 0)[None],  # [B, F]
+      steps=~image | (jnp.arange(t) == 0)[None],
+    )  # [B, t]
 
   def frame_mean(self, values, keep=None):
     """Mean of `values` [B, F', H, W, 3] over the frames `keep` [B, F'] (default: the data's)."""
     keep = self.frames if keep is None else keep
-    return layers.masked_mean(values, jnp.broadcast_to(keep[:, :, None, None, None],
-                                                        values.shape))
+    return layers.masked_mean(values, jnp.broadcast_to(keep[:, :, None, None, None], values.shape))
 
   def codes(self, codes):
     """bool [B, t, h, w]: the positions of `codes` that encode the data."""
@@ -172,8 +202,18 @@ class DataMask(NamedTuple):
     return jnp.where(self.frames[:, :, None, None, None], recon, video)
 
 
-def generator_loss(params, state, video, data: Optional[DataMask], dropout_rng, *, model, disc,
-                   config, adversarial: bool):
+def generator_loss(
+  params,
+  state,
+  video,
+  data: Optional[DataMask],
+  dropout_rng,
+  *,
+  model,
+  disc,
+  config,
+  adversarial: bool,
+):
   """L2 + VQ (+ temporal L2, + the adversarial term) of the reconstruction of `video` [B, F, H,
   W, 3] in [-1, 1]. `data` (1-frame images in the batch): the loss covers only the data's
   frames and codes. Returns (loss, (reconstruction, quantizer output, metrics))."""
@@ -189,14 +229,16 @@ def generator_loss(params, state, video, data: Optional[DataMask], dropout_rng, 
   metrics = {"l2": l2, "vq_loss": vq}
   if w.temporal_l2 > 0:  # L2 of the frame-to-frame changes (within and across tubelets)
     d = jnp.diff(recon.astype(jnp.float32), axis=1) - jnp.diff(video, axis=1)
-    tl2 = (data.frame_mean(d * d, data.frames[:, 1:] & data.frames[:, :-1]) if data is not None
-           else jnp.mean(d * d))                                          # pairs of data frames
+    tl2 = (
+      data.frame_mean(d * d, data.frames[:, 1:] & data.frames[:, :-1])
+      if data is not None
+      else jnp.mean(d * d)
+    )  # pairs of data frames
     loss = loss + w.temporal_l2 * tl2
     metrics["temporal_l2"] = tl2
   if adversarial:
     fake = data.disc_input(recon, video) if data is not None else recon
-    g_adv = losses.generator_adversarial_loss(
-        disc.apply({"params": state["disc_params"]}, fake))
+    g_adv = losses.generator_adversarial_loss(disc.apply({"params": state["disc_params"]}, fake))
     loss = loss + w.adversarial * g_adv
     metrics["g_adversarial"] = g_adv
   return loss, (recon, q, metrics)
@@ -209,8 +251,11 @@ def restart_codes(params, code_usage, q, data: Optional[DataMask], step, rng, *,
 
   Returns (params with the new codebook, the new usage, the codes restarted bool [K], the
   batch's code counts [K])."""
-  counts = (quantizer_lib.code_counts(q.codes, model.codebook_size, data.codes(q.codes))
-            if data is not None else q.counts)      # the padding frames' codes are not the data's
+  counts = (
+    quantizer_lib.code_counts(q.codes, model.codebook_size, data.codes(q.codes))
+    if data is not None
+    else q.counts
+  )  # the padding frames' codes are not the data's
   usage = qc.usage_decay * code_usage + (1 - qc.usage_decay) * counts
   do_restart = (step % qc.restart_every == 0) & (step < qc.restart_until)
   codebook = params["quantizer"]["codebook"]
@@ -226,6 +271,7 @@ def restart_codes(params, code_usage, q, data: Optional[DataMask], step, rng, *,
 def discriminator_update(state, video, fake, *, disc, disc_tx, r1_gamma: float):
   """One step of the discriminator on real `video` and (stopped) `fake` frames, with the R1
   penalty on the real ones. Returns (disc_params, disc_opt_state, metrics)."""
+
   def loss_fn(disc_params):
     apply = lambda x: disc.apply({"params": disc_params}, x)
     d = losses.discriminator_loss(apply(video), apply(fake))
@@ -244,46 +290,66 @@ def train_step(state, batch, rng, *, model, disc, tx, disc_tx, config, adversari
   step = state["step"]
   rng = jax.random.fold_in(rng, step)
   dropout_rng, restart_rng = jax.random.split(rng)
-  video = cvivit.to_model_range(batch["video"])                   # [B, F, H, W, 3] in [-1, 1]
+  video = cvivit.to_model_range(batch["video"])  # [B, F, H, W, 3] in [-1, 1]
   # 1-frame images in the batch (zero-padded to F frames, flagged is_image) train as 1-frame
   # videos: their loss sees only frame 0 and the first time step's codes, which the causal
   # encoder and decoder compute from frame 0 alone; the discriminator sees their real padding.
-  data = (DataMask.of(batch["is_image"], video.shape[1], model.temporal_patch)
-          if first_frame_images(config) else None)
+  data = (
+    DataMask.of(batch["is_image"], video.shape[1], model.temporal_patch)
+    if first_frame_images(config)
+    else None
+  )
 
   (loss, (recon, q, metrics)), grads = jax.value_and_grad(generator_loss, has_aux=True)(
-      state["params"], state, video, data, dropout_rng, model=model, disc=disc, config=config,
-      adversarial=adversarial)
+    state["params"],
+    state,
+    video,
+    data,
+    dropout_rng,
+    model=model,
+    disc=disc,
+    config=config,
+    adversarial=adversarial,
+  )
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
-  params, usage, moved, counts = restart_codes(params, state["code_usage"], q, data, step,
-                                               restart_rng, model=model, qc=config.quantizer)
+  params, usage, moved, counts = restart_codes(
+    params, state["code_usage"], q, data, step, restart_rng, model=model, qc=config.quantizer
+  )
   new_state = dict(state, params=params, opt_state=opt_state, code_usage=usage)
   if config_io.uses_ema(config):
     ema = common.ema_update(state["ema_params"], params, step, config.ema_decay)
     # A restarted code jumps to an encoder output: its average starts there, not as a blend.
-    ema_codebook = jnp.where(moved[:, None], params["quantizer"]["codebook"],
-                             ema["quantizer"]["codebook"])
-    new_state["ema_params"] = {**ema, "quantizer": {**ema["quantizer"],
-                                                     "codebook": ema_codebook}}
+    ema_codebook = jnp.where(
+      moved[:, None], params["quantizer"]["codebook"], ema["quantizer"]["codebook"]
+    )
+    new_state["ema_params"] = {**ema, "quantizer": {**ema["quantizer"], "codebook": ema_codebook}}
   metrics.update(quantizer_lib.codebook_metrics(counts))
   metrics["codes_restarted"] = jnp.sum(moved).astype(jnp.float32)
 
   if adversarial:
     fake = jax.lax.stop_gradient(data.disc_input(recon, video) if data is not None else recon)
     disc_params, disc_opt_state, disc_metrics = discriminator_update(
-        state, video, fake, disc=disc, disc_tx=disc_tx, r1_gamma=config.losses.r1_gamma)
+      state, video, fake, disc=disc, disc_tx=disc_tx, r1_gamma=config.losses.r1_gamma
+    )
     new_state.update(disc_params=disc_params, disc_opt_state=disc_opt_state)
     metrics.update(disc_metrics)
 
   # A finite loss can still give a non-finite update (overflowing gradients, a bad learning
   # rate): check the new parameters too, so that no checkpoint ever holds them.
-  ok = (jnp.isfinite(loss) & jnp.isfinite(metrics.get("d_loss", 0.0))
-        & common.all_finite((new_state["params"], new_state["disc_params"])))
+  ok = (
+    jnp.isfinite(loss)
+    & jnp.isfinite(metrics.get("d_loss", 0.0))
+    & common.all_finite((new_state["params"], new_state["disc_params"]))
+  )
   new_state = common.finish_step(state, new_state, ok, step)
-  metrics.update(loss=loss, psnr=10 * jnp.log10(4.0 / jnp.maximum(metrics["l2"], 1e-10)),
-                 grad_norm=optax.global_norm(grads), param_norm=optax.global_norm(params),
-                 lr=optim.make_schedule(config.optim)(step))
+  metrics.update(
+    loss=loss,
+    psnr=10 * jnp.log10(4.0 / jnp.maximum(metrics["l2"], 1e-10)),
+    grad_norm=optax.global_norm(grads),
+    param_norm=optax.global_norm(params),
+    lr=optim.make_schedule(config.optim)(step),
+  )
   return new_state, metrics
 
 
@@ -294,6 +360,7 @@ def make_eval_fn(model):
     video = cvivit.to_model_range(video_uint8)
     recon, q = model.apply({"params": params}, video)
     return cvivit.to_uint8(recon), q.counts
+
   return reconstruct
 
 
@@ -301,20 +368,21 @@ def evaluate(params, clips: np.ndarray, reconstruct, batch_size: int) -> tuple:
   """Held-out PSNR / SSIM (all frames and first frame alone) and codebook usage."""
   recons, counts = [], 0.0
   for i in range(0, len(clips), batch_size):
-    r, c = reconstruct(params, clips[i:i + batch_size])
+    r, c = reconstruct(params, clips[i : i + batch_size])
     recons.append(np.asarray(r))
     counts = counts + np.asarray(c)
   recon = np.concatenate(recons)
   a, b = clips.astype(np.float32) / 255.0, recon.astype(np.float32) / 255.0
   per_clip_psnr = np.asarray(recon_metrics.psnr(a, b, axis=(1, 2, 3, 4)))
   metrics = {
-      "eval/psnr": float(np.mean(per_clip_psnr)),
-      "eval/psnr_first_frame": float(np.mean(recon_metrics.psnr(a[:, 0], b[:, 0], axis=(1, 2, 3)))),
-      "eval/ssim": float(recon_metrics.ssim(a, b)),
-      "eval/codebook_usage": float(np.mean(counts > 0)),
+    "eval/psnr": float(np.mean(per_clip_psnr)),
+    "eval/psnr_first_frame": float(np.mean(recon_metrics.psnr(a[:, 0], b[:, 0], axis=(1, 2, 3)))),
+    "eval/ssim": float(recon_metrics.ssim(a, b)),
+    "eval/codebook_usage": float(np.mean(counts > 0)),
   }
   metrics["eval/codebook_perplexity"] = float(
-      quantizer_lib.codebook_metrics(jnp.asarray(counts))["codebook_perplexity"])
+    quantizer_lib.codebook_metrics(jnp.asarray(counts))["codebook_perplexity"]
+  )
   return metrics, recon
 
 
@@ -323,8 +391,9 @@ def write_eval_media(workdir, step, clips, recon, writer, num_videos):
   os.makedirs(out, exist_ok=True)
   n = min(num_videos, len(clips))
   pairs = np.stack([video_io.side_by_side(clips[i], recon[i]) for i in range(n)])
-  video_io.write_gif(os.path.join(out, f"recon_{step:07d}.gif"), np.concatenate(list(pairs), 1),
-                     fps=4, scale=4)
+  video_io.write_gif(
+    os.path.join(out, f"recon_{step:07d}.gif"), np.concatenate(list(pairs), 1), fps=4, scale=4
+  )
   sheet = os.path.join(out, f"recon_{step:07d}.png")
   video_io.contact_sheet(pairs, sheet, scale=3)
   grid = np.concatenate([np.concatenate(list(p), axis=1) for p in pairs], axis=0)  # rows: clips
@@ -356,9 +425,11 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logging.info("C-ViViT %s: %.2fM parameters", config.model_size, n_params / 1e6)
 
   # ---- Load checkpoint ----
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                 every_steps=config.checkpoint_every,
-                                 keep=config.keep_checkpoints)
+  ckpt = checkpoint.Checkpointer(
+    os.path.join(workdir, "checkpoints"),
+    every_steps=config.checkpoint_every,
+    keep=config.keep_checkpoints,
+  )
   ckpt.install_signal_handlers()
   if ckpt.latest_step() is not None:
     state, meta = common.restore_state(ckpt, state)
@@ -369,17 +440,30 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
   repl = sharding.replicated(mesh)
 
   def jit_step(adversarial):
-    fn = functools.partial(train_step, model=model, disc=disc, tx=tx, disc_tx=disc_tx,
-                           config=config, adversarial=adversarial)
-    return jax.jit(fn, in_shardings=(state_shardings, batch_shardings, repl),
-                   out_shardings=(state_shardings, repl), donate_argnums=0)
+    fn = functools.partial(
+      train_step,
+      model=model,
+      disc=disc,
+      tx=tx,
+      disc_tx=disc_tx,
+      config=config,
+      adversarial=adversarial,
+    )
+    return jax.jit(
+      fn,
+      in_shardings=(state_shardings, batch_shardings, repl),
+      out_shardings=(state_shardings, repl),
+      donate_argnums=0,
+    )
+
   step_fns = {False: jit_step(False), True: jit_step(True)}
   use_adv = config.losses.adversarial > 0
 
   def step_fn(state, step, batch):
     adversarial = use_adv and step >= config.losses.adversarial_start_step
     global_batch = sharding.put_global_batch(
-        {"video": batch["video"], "is_image": batch["is_image"]}, mesh)
+      {"video": batch["video"], "is_image": batch["is_image"]}, mesh
+    )
     return step_fns[adversarial](state, global_batch, train_rng)
 
   # ---- Evals ----
@@ -387,8 +471,9 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
   eval_metrics = {}
 
   def run_eval(state, step):
-    metrics, recon = evaluate(state[config_io.params_key(config)], clips, reconstruct,
-                              config.eval.batch_size)
+    metrics, recon = evaluate(
+      state[config_io.params_key(config)], clips, reconstruct, config.eval.batch_size
+    )
     writer.write_scalars(step, metrics)
     write_eval_media(workdir, step, clips, recon, writer, config.eval.num_videos)
     eval_metrics.update(metrics)
@@ -396,10 +481,15 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # ---- Train loop ----
   start_time = time.time()
   with jax.set_mesh(mesh):
-    state, train_metrics, _ = common.train_loop(config, state, batches, step_fn, ckpt, writer,
-                                                evaluate=run_eval)
+    state, train_metrics, _ = common.train_loop(
+      config, state, batches, step_fn, ckpt, writer, evaluate=run_eval
+    )
   if eval_metrics:
     with open(os.path.join(workdir, "metrics.json"), "w") as f:
       json.dump({"step": int(state["step"]), **eval_metrics}, f, indent=2)
-  return {"state": state, "eval": eval_metrics, "train": train_metrics,
-          "seconds": time.time() - start_time}
+  return {
+    "state": state,
+    "eval": eval_metrics,
+    "train": train_metrics,
+    "seconds": time.time() - start_time,
+  }

@@ -8,6 +8,7 @@ random subset of the valid tokens is masked, 10% of the examples get the null ca
 cross-entropy is taken on masked tokens only. An image example is a 1-frame video: only its
 first time step is valid, and its padded later steps are neither attended to nor scored.
 """
+
 import functools
 import json
 import os
@@ -41,9 +42,12 @@ def build_model(config: ml_collections.ConfigDict, tok_config=None) -> maskgit_l
   """The MaskGIT for this run; its token grid and codebook are the frozen tokenizer's."""
   tok_config = tokenizer_config(config) if tok_config is None else tok_config
   tok_model = cvivit.get_model(tok_config.model_size, **tok_config.model)
-  return maskgit_lib.get_model(config.model_size, codebook_size=tok_model.codebook_size,
-                               grid=tok_model.token_grid(tok_config.data.num_frames),
-                               **config.model)
+  return maskgit_lib.get_model(
+    config.model_size,
+    codebook_size=tok_model.codebook_size,
+    grid=tok_model.token_grid(tok_config.data.num_frames),
+    **config.model,
+  )
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -52,14 +56,20 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   common.check_choice(config, "model.head", maskgit_lib.HEADS)
   common.check_choice(config, "model.dtype", layers.DTYPES)
   if not os.path.isdir(config.tokenizer.workdir):
-    raise ValueError(f"config.tokenizer.workdir={config.tokenizer.workdir!r} does not exist: "
-                     f"train the C-ViViT first (configs/cvivit_b.py) and point to its workdir")
+    raise ValueError(
+      f"config.tokenizer.workdir={config.tokenizer.workdir!r} does not exist: "
+      f"train the C-ViViT first (configs/cvivit_b.py) and point to its workdir"
+    )
   if not 0.0 <= config.text_dropout < 1.0:
     raise ValueError(f"config.text_dropout={config.text_dropout} must be in [0, 1)")
-  if config.data.video_rate < 0 or config.data.image_rate < 0 or (
-      config.data.video_rate + config.data.image_rate) <= 0:
-    raise ValueError("config.data.video_rate and config.data.image_rate must be ≥ 0 with a "
-                     "positive sum")
+  if (
+    config.data.video_rate < 0
+    or config.data.image_rate < 0
+    or (config.data.video_rate + config.data.image_rate) <= 0
+  ):
+    raise ValueError(
+      "config.data.video_rate and config.data.image_rate must be ≥ 0 with a positive sum"
+    )
   if config.data.video_rate == 0:
     raise ValueError("config.data.video_rate=0 trains no video at all")
   common.check_ema_decay(config)
@@ -67,15 +77,19 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.prefix_rate={config.prefix_rate} must be in [0, 1]")
   common.check_turn_rate(config)
   if config.code_support_clips < 0:
-    raise ValueError(f"config.code_support_clips={config.code_support_clips} must be ≥ 0 "
-                     f"(0 skips the code support)")
-  maskgit_lib.check_group(config.model.group, build_model(config).grid[1:], config.model.head,
-                          prefix="config.model.")
+    raise ValueError(
+      f"config.code_support_clips={config.code_support_clips} must be ≥ 0 "
+      f"(0 skips the code support)"
+    )
+  maskgit_lib.check_group(
+    config.model.group, build_model(config).grid[1:], config.model.head, prefix="config.model."
+  )
 
 
 def shapes_spec(tok_config) -> shapes_lib.ShapesSpec:
-  return shapes_lib.ShapesSpec(resolution=tok_config.data.resolution,
-                               num_frames=tok_config.data.num_frames)
+  return shapes_lib.ShapesSpec(
+    resolution=tok_config.data.resolution, num_frames=tok_config.data.num_frames
+  )
 
 
 def given_time_steps(context_frames, temporal_patch: int, num_frames: int) -> np.ndarray:
@@ -86,22 +100,34 @@ def given_time_steps(context_frames, temporal_patch: int, num_frames: int) -> np
   frames = np.asarray(context_frames, np.int64)
   bad = (frames > 0) & (((frames - 1) % temporal_patch != 0) | (frames >= num_frames))
   if bad.any():
-    raise ValueError(f"context frames {sorted(set(frames[bad].tolist()))} are not whole time "
-                     f"steps of a {num_frames}-frame clip: use 1 + k·{temporal_patch} frames, "
-                     f"fewer than {num_frames} (config.data.turn_context_frames)")
+    raise ValueError(
+      f"context frames {sorted(set(frames[bad].tolist()))} are not whole time "
+      f"steps of a {num_frames}-frame clip: use 1 + k·{temporal_patch} frames, "
+      f"fewer than {num_frames} (config.data.turn_context_frames)"
+    )
   return np.where(frames > 0, 1 + (frames - 1) // temporal_patch, 0).astype(np.int32)
 
 
 def make_batches(config, tok_config) -> pipeline.Batches:
   spec, seed = shapes_spec(tok_config), config.data.seed
-  mixture = tasks.shapes_mixture(spec, seed, video_rate=config.data.video_rate,
-                                 image_rate=config.data.image_rate,
-                                 turn_rate=config.data.turn_rate,
-                                 turn_context_frames=config.data.turn_context_frames)
-  return pipeline.Batches(mixture, config.data.batch_size, seed=seed,
-                          num_frames=tok_config.data.num_frames,
-                          process_index=jax.process_index(), process_count=jax.process_count(),
-                          prefetch=config.data.prefetch, static_images=config.data.static_images)
+  mixture = tasks.shapes_mixture(
+    spec,
+    seed,
+    video_rate=config.data.video_rate,
+    image_rate=config.data.image_rate,
+    turn_rate=config.data.turn_rate,
+    turn_context_frames=config.data.turn_context_frames,
+  )
+  return pipeline.Batches(
+    mixture,
+    config.data.batch_size,
+    seed=seed,
+    num_frames=tok_config.data.num_frames,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+    prefetch=config.data.prefetch,
+    static_images=config.data.static_images,
+  )
 
 
 # ---- Code support: which codes the tokenizer emits at the first and at later time steps --------
@@ -124,7 +150,7 @@ def write_code_support(config, workdir: str, tok: tokenizer_lib.Tokenizer, batch
   embedding and its later steps are tubelets, so they use largely different codes."""
   counts = np.zeros((2, tok.codebook_size), np.int64)
   step = seen = 0
-  last_step = getattr(batches, "meta", {}).get("num_steps")   # pre-tokenised data may end
+  last_step = getattr(batches, "meta", {}).get("num_steps")  # pre-tokenised data may end
   while seen < config.code_support_clips and (last_step is None or step < last_step):
     batch = batches.batch(step)
     codes = batch["codes"] if "codes" in batch else np.asarray(tok.encode(batch["video"]))
@@ -132,8 +158,13 @@ def write_code_support(config, workdir: str, tok: tokenizer_lib.Tokenizer, batch
     seen += len(codes)
     step += 1
   path = sample_lib.save_code_support(workdir, counts, seen)
-  logging.info("code support from %d clips: %d codes at the first time step, %d later (%s)",
-               seen, int((counts[0] > 0).sum()), int((counts[1] > 0).sum()), path)
+  logging.info(
+    "code support from %d clips: %d codes at the first time step, %d later (%s)",
+    seen,
+    int((counts[0] > 0).sum()),
+    int((counts[1] > 0).sum()),
+    path,
+  )
   return path
 
 
@@ -148,19 +179,23 @@ def make_init_fn(model, tx, text_len: int, text_dim: int, codebook=None, *, ema:
   embeddings of the K codes start as a random projection of them, so codes that the C-ViViT
   finds alike start alike (the [MASK] row keeps its random init). `ema`: the state also holds
   `ema_params`, an exponential moving average of the parameters (config.ema_decay)."""
+
   def init(rng):
     t, h, w = model.grid
     tokens = jnp.zeros((1, t * h * w), jnp.int32)
-    params = model.init(rng, tokens, jnp.zeros((1, text_len, text_dim)),
-                        jnp.ones((1, text_len), bool))["params"]
+    params = model.init(
+      rng, tokens, jnp.zeros((1, text_len, text_dim)), jnp.ones((1, text_len), bool)
+    )["params"]
     if codebook is not None:
       box = params["token_embed"]["embedding"]
-      table = nn.unbox(box)                                           # [K + 1, D]
-      proj = 0.02 * jax.random.normal(jax.random.fold_in(rng, 7),
-                                      (codebook.shape[1], table.shape[1]), table.dtype)
-      table = table.at[:codebook.shape[0]].set(jnp.asarray(codebook, table.dtype) @ proj)
+      table = nn.unbox(box)  # [K + 1, D]
+      proj = 0.02 * jax.random.normal(
+        jax.random.fold_in(rng, 7), (codebook.shape[1], table.shape[1]), table.dtype
+      )
+      table = table.at[: codebook.shape[0]].set(jnp.asarray(codebook, table.dtype) @ proj)
       params = dict(params, token_embed=dict(embedding=box.replace_boxed(table)))
     return common.init_state(params, tx, ema=ema)
+
   return init
 
 
@@ -169,8 +204,10 @@ def abstract_state(config, text_len: int, text_dim: int):
   tx = optim.make_optimizer(config.optim)
   mesh = sharding.make_mesh(config.mesh)
   return sharding.abstract_state(
-      make_init_fn(model, tx, text_len, text_dim, ema=config_io.uses_ema(config)), mesh,
-      jax.random.PRNGKey(0))[0]
+    make_init_fn(model, tx, text_len, text_dim, ema=config_io.uses_ema(config)),
+    mesh,
+    jax.random.PRNGKey(0),
+  )[0]
 
 
 # ---- Update step ---------------------------------------------------------------------------------
@@ -190,12 +227,13 @@ def train_step(state, batch, null_text, tok_params, rng, *, model, tok_model, tx
   b = batch["is_image"].shape[0]
 
   if "codes" in batch:
-    codes = batch["codes"].astype(jnp.int32)                         # [B, t, h, w]
+    codes = batch["codes"].astype(jnp.int32)  # [B, t, h, w]
   else:
-    codes = tok_model.apply({"params": tok_params}, cvivit.to_model_range(batch["video"]),
-                            method=cvivit.CViViT.encode)              # [B, t, h, w]
-  codes = jax.lax.stop_gradient(codes).reshape(b, -1)                # [B, N]
-  valid = valid_tokens(batch["is_image"], model.grid)                # [B, N]
+    codes = tok_model.apply(
+      {"params": tok_params}, cvivit.to_model_range(batch["video"]), method=cvivit.CViViT.encode
+    )  # [B, t, h, w]
+  codes = jax.lax.stop_gradient(codes).reshape(b, -1)  # [B, N]
+  valid = valid_tokens(batch["is_image"], model.grid)  # [B, N]
 
   # Classifier-free guidance: some examples see the null (empty) caption.
   null_tokens, null_mask = null_text
@@ -211,9 +249,10 @@ def train_step(state, batch, null_text, tok_params, rng, *, model, tok_model, tx
     # Frame prediction: a share of the videos keep their first s time steps (1 ≤ s < t) given,
     # as story mode and image-to-video give the context; the mask is drawn over the rest.
     mask_rng, prefix_rng = jax.random.split(mask_rng)
-    maskable = maskable & ~masking.sample_prefix_given(prefix_rng, batch["is_image"],
-                                                       config.prefix_rate, model.grid)
-  mask = masking.sample_training_mask(mask_rng, maskable)            # [B, N]
+    maskable = maskable & ~masking.sample_prefix_given(
+      prefix_rng, batch["is_image"], config.prefix_rate, model.grid
+    )
+  mask = masking.sample_training_mask(mask_rng, maskable)  # [B, N]
   inputs = masking.apply_mask(codes, mask, model.mask_token_id)
 
   # The loss is a sum over tokens, so it takes the logits in the model's group order (no
@@ -221,8 +260,16 @@ def train_step(state, batch, null_text, tok_params, rng, *, model, tok_model, tx
   codes_g, mask_g = model.group_order(codes), model.group_order(mask)
 
   def loss_fn(params):
-    logits = model.apply({"params": params}, inputs, text_tokens, text_mask, token_valid=valid,
-                         train=True, rngs={"dropout": dropout_rng}, token_order=False)
+    logits = model.apply(
+      {"params": params},
+      inputs,
+      text_tokens,
+      text_mask,
+      token_valid=valid,
+      train=True,
+      rngs={"dropout": dropout_rng},
+      token_order=False,
+    )
     return masking.masked_cross_entropy(logits, codes_g, mask_g)
 
   (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
@@ -240,19 +287,28 @@ def train_step(state, batch, null_text, tok_params, rng, *, model, tok_model, tx
   if config_io.uses_ema(config):
     updated["ema_params"] = common.ema_update(state["ema_params"], params, step, config.ema_decay)
   new_state = common.finish_step(state, updated, ok, step)
-  metrics = dict(loss=loss, masked_accuracy=metrics["accuracy"],
-                 loss_video=loss_video, loss_image=loss_image,
-                 image_fraction=jnp.mean(batch["is_image"].astype(jnp.float32)),
-                 text_dropped=jnp.mean(drop.astype(jnp.float32)),
-                 mask_fraction=jnp.sum(mask) / jnp.maximum(jnp.sum(valid), 1),
-                 grad_norm=optax.global_norm(grads), param_norm=optax.global_norm(params),
-                 lr=optim.make_schedule(config.optim)(step))
+  metrics = dict(
+    loss=loss,
+    masked_accuracy=metrics["accuracy"],
+    loss_video=loss_video,
+    loss_image=loss_image,
+    image_fraction=jnp.mean(batch["is_image"].astype(jnp.float32)),
+    text_dropped=jnp.mean(drop.astype(jnp.float32)),
+    mask_fraction=jnp.sum(mask) / jnp.maximum(jnp.sum(valid), 1),
+    grad_norm=optax.global_norm(grads),
+    param_norm=optax.global_norm(params),
+    lr=optim.make_schedule(config.optim)(step),
+  )
   return new_state, metrics
 
 
 # ---- Main ----------------------------------------------------------------------------------------
-EVAL_PROMPTS = ("a red square moves right", "a cyan triangle moves up",
-                "a white circle moves down", "a orange square moves left")
+EVAL_PROMPTS = (
+  "a red square moves right",
+  "a cyan triangle moves up",
+  "a white circle moves down",
+  "a orange square moves left",
+)
 
 
 def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -267,8 +323,9 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # ---- Frozen tokenizer and text encoder ----
   tok = load_tokenizer(config)
-  text_encoder = text.TextEncoder.from_config(config.text_encoder,
-                                              cache_dir=os.path.join(workdir, "text_cache"))
+  text_encoder = text.TextEncoder.from_config(
+    config.text_encoder, cache_dir=os.path.join(workdir, "text_cache")
+  )
   null_text = tuple(jnp.asarray(x) for x in text_encoder.null_embedding())
   repl = sharding.replicated(mesh)
   tok_params = jax.device_put(tok.params, repl)
@@ -277,13 +334,16 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # ---- Input pipeline ----
   if config.data.turn_rate > 0:  # fail at start-up, naming the key, not at the first turn clip
     if config.data.turn_context_frames < 1:
-      raise ValueError(f"config.data.turn_context_frames={config.data.turn_context_frames} "
-                       f"must be >= 1")
-    given_time_steps([config.data.turn_context_frames], tok.temporal_patch,
-                     tok_config.data.num_frames)
+      raise ValueError(
+        f"config.data.turn_context_frames={config.data.turn_context_frames} must be >= 1"
+      )
+    given_time_steps(
+      [config.data.turn_context_frames], tok.temporal_patch, tok_config.data.num_frames
+    )
   if config.data.pretokenized:
-    batches = pretokenized.PretokenizedBatches(config.data.pretokenized,
-                                               pretokenized.expected_meta(config))
+    batches = pretokenized.PretokenizedBatches(
+      config.data.pretokenized, pretokenized.expected_meta(config)
+    )
   else:
     batches = make_batches(config, tok_config)
 
@@ -292,18 +352,26 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
   codebook = None
   if config.token_embed_init == "codebook":
     codebook = np.asarray(quantizer.l2_normalize(tok.params["quantizer"]["codebook"]))
-  init_fn = make_init_fn(model, tx, text_encoder.max_length, text_encoder.dim, codebook,
-                         ema=config_io.uses_ema(config))
+  init_fn = make_init_fn(
+    model, tx, text_encoder.max_length, text_encoder.dim, codebook, ema=config_io.uses_ema(config)
+  )
   rng = jax.random.PRNGKey(config.seed)
   init_rng, train_rng = jax.random.split(rng)
   state, state_shardings = sharding.create_sharded_state(init_fn, mesh, init_rng)
-  logging.info("MaskGIT %s: %.2fM parameters, grid %s, codebook %d", config.model_size,
-               sum(x.size for x in jax.tree.leaves(state["params"])) / 1e6, model.grid,
-               model.codebook_size)
+  logging.info(
+    "MaskGIT %s: %.2fM parameters, grid %s, codebook %d",
+    config.model_size,
+    sum(x.size for x in jax.tree.leaves(state["params"])) / 1e6,
+    model.grid,
+    model.codebook_size,
+  )
 
   # ---- Load checkpoint ----
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                 every_steps=config.checkpoint_every, keep=config.keep_checkpoints)
+  ckpt = checkpoint.Checkpointer(
+    os.path.join(workdir, "checkpoints"),
+    every_steps=config.checkpoint_every,
+    keep=config.keep_checkpoints,
+  )
   ckpt.install_signal_handlers()
   if ckpt.latest_step() is not None:
     state, meta = common.restore_state(ckpt, state)
@@ -311,49 +379,57 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # ---- Update step ----
   jitted_step = jax.jit(
-      functools.partial(train_step, model=model, tok_model=tok.model, tx=tx, config=config),
-      in_shardings=(state_shardings, sharding.batch_sharding(mesh), repl, repl, repl),
-      out_shardings=(state_shardings, repl), donate_argnums=0)
+    functools.partial(train_step, model=model, tok_model=tok.model, tx=tx, config=config),
+    in_shardings=(state_shardings, sharding.batch_sharding(mesh), repl, repl, repl),
+    out_shardings=(state_shardings, repl),
+    donate_argnums=0,
+  )
 
   def step_fn(state, step, batch):
     del step
     text_tokens, text_mask = text_encoder.encode(list(batch["caption"]))
     inputs = {"codes": batch["codes"]} if "codes" in batch else {"video": batch["video"]}
     if config.data.turn_rate > 0:
-      inputs["given_steps"] = given_time_steps(batch["context_frames"], tok.temporal_patch,
-                                               tok_config.data.num_frames)
+      inputs["given_steps"] = given_time_steps(
+        batch["context_frames"], tok.temporal_patch, tok_config.data.num_frames
+      )
     global_batch = sharding.put_global_batch(
-        {**inputs, "is_image": batch["is_image"], "text": text_tokens, "text_mask": text_mask},
-        mesh)
+      {**inputs, "is_image": batch["is_image"], "text": text_tokens, "text_mask": text_mask}, mesh
+    )
     return jitted_step(state, global_batch, null_text, tok_params, train_rng)
 
   # ---- Evals ----
   def run_eval(state, step):
     if config.sample.num_videos > 0:
-      write_samples(workdir, step, config, tok, model, state[config_io.params_key(config)],
-                    text_encoder, writer)
+      write_samples(
+        workdir, step, config, tok, model, state[config_io.params_key(config)], text_encoder, writer
+      )
 
   # ---- Train loop ----
   start_time = time.time()
   with jax.set_mesh(mesh):
     state, train_metrics, stopped_early = common.train_loop(
-        config, state, batches, step_fn, ckpt, writer, evaluate=run_eval)
+      config, state, batches, step_fn, ckpt, writer, evaluate=run_eval
+    )
   # A finished run (not a preempted one) records which codes occur where, for the sampler.
   if config.code_support_clips > 0 and jax.process_index() == 0 and not stopped_early:
     write_code_support(config, workdir, tok, batches)
-  return {"state": state, "train": train_metrics,
-          "seconds": time.time() - start_time}
+  return {"state": state, "train": train_metrics, "seconds": time.time() - start_time}
 
 
 def write_samples(workdir, step, config, tok, model, params, text_encoder, writer):
   """A few text-to-video samples (the default prompts) as GIF and a contact sheet."""
   sampler = sample_lib.Sampler(tok, model, params, text_encoder, config.sample)
-  prompts = list(EVAL_PROMPTS[:config.sample.num_videos])
-  videos = np.asarray(sampler.generate(prompts, seed=step))            # [B, T, H, W, 3]
+  prompts = list(EVAL_PROMPTS[: config.sample.num_videos])
+  videos = np.asarray(sampler.generate(prompts, seed=step))  # [B, T, H, W, 3]
   out = os.path.join(workdir, "samples")
   os.makedirs(out, exist_ok=True)
-  video_io.write_gif(os.path.join(out, f"samples_{step:07d}.gif"),
-                     np.concatenate(list(videos), axis=2), fps=4, scale=4)
+  video_io.write_gif(
+    os.path.join(out, f"samples_{step:07d}.gif"),
+    np.concatenate(list(videos), axis=2),
+    fps=4,
+    scale=4,
+  )
   grid = video_io.contact_sheet(videos, os.path.join(out, f"samples_{step:07d}.png"), scale=3)
   writer.write_images(step, {"samples": np.asarray(grid)[None]})
   with open(os.path.join(out, f"samples_{step:07d}.json"), "w") as f:
