@@ -178,10 +178,7 @@ def main(argv):
 
 def shapes_spec(tokenizer_dir: str) -> shapes_lib.ShapesSpec:
   """The Shapes clips a tokenizer's run was trained on (resolution, frames)."""
-  tok_config = config_io.from_workdir(tokenizer_dir)
-  return shapes_lib.ShapesSpec(
-    resolution=tok_config.data.resolution, num_frames=tok_config.data.num_frames
-  )
+  return shapes_lib.spec_from_config(config_io.from_workdir(tokenizer_dir))
 
 
 if __name__ == "__main__":

@@ -190,6 +190,11 @@ class ShapesSpec:
 # ----------------------------------------------------------------------------------------------
 # Captions and triples.
 # ----------------------------------------------------------------------------------------------
+def spec_from_config(config) -> ShapesSpec:
+  """The Shapes clips of a run config (its `data.resolution` and `data.num_frames`)."""
+  return ShapesSpec(resolution=config.data.resolution, num_frames=config.data.num_frames)
+
+
 def caption(color: str, shape: str, direction: Optional[str] = None) -> str:
   """The caption of a video (with direction) or of an image (direction None)."""
   if direction is None:

@@ -13,7 +13,6 @@ Videos enter as float in [-1, 1], shape [B, 1 + T, H, W, 3], for any T = k·t_p 
 """
 
 import dataclasses
-from typing import Optional
 
 import einops
 import flax.linen as nn

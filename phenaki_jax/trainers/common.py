@@ -16,6 +16,7 @@ import optax
 from absl import logging
 
 from phenaki_jax import checkpoint, config_io
+from phenaki_jax.data import pipeline, tasks
 
 
 class _QuietLibraries(logging_std.Filter):
@@ -150,6 +151,30 @@ def mean_metrics(history: list) -> dict:
   history = jax.device_get(history)
   keys = sorted({k for h in history for k in h})  # a window may span adversarial_start_step
   return {k: float(np.mean([h[k] for h in history if k in h])) for k in keys}
+
+
+def shapes_batches(config: ml_collections.ConfigDict, spec, *, video_rate: float):
+  """The step-indexed batches of the Shapes mixture that `config.data` describes (its image,
+  turn-clip and static-image options) in clips of `spec`, this process's rows of each."""
+  d = config.data
+  mixture = tasks.shapes_mixture(
+    spec,
+    d.seed,
+    video_rate=video_rate,
+    image_rate=d.image_rate,
+    turn_rate=d.turn_rate,
+    turn_context_frames=d.turn_context_frames,
+  )
+  return pipeline.Batches(
+    mixture,
+    d.batch_size,
+    seed=d.seed,
+    num_frames=spec.num_frames,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+    prefetch=d.prefetch,
+    static_images=d.static_images,
+  )
 
 
 # ---- Train state and its parameter EMA -----------------------------------------------------------

@@ -27,7 +27,7 @@ import optax
 from absl import logging
 
 from phenaki_jax import checkpoint, config_io, losses, optim, sharding
-from phenaki_jax.data import pipeline, tasks, video_io
+from phenaki_jax.data import pipeline, video_io
 from phenaki_jax.data import shapes as shapes_lib
 from phenaki_jax.evaluators import recon as recon_metrics
 from phenaki_jax.models import cvivit, discriminator, layers
@@ -75,38 +75,18 @@ def validate_config(config: ml_collections.ConfigDict) -> cvivit.CViViT:
   return model
 
 
-def shapes_spec(config: ml_collections.ConfigDict) -> shapes_lib.ShapesSpec:
-  return shapes_lib.ShapesSpec(resolution=config.data.resolution, num_frames=config.data.num_frames)
-
-
 def make_batches(config: ml_collections.ConfigDict) -> pipeline.Batches:
   """Shapes videos (a config.data.turn_rate share of them turn clips; and, if
   config.data.image_rate > 0, 1-frame images or, with config.data.static_images, static clips
   of them) as a pure f(step)."""
-  spec, seed = shapes_spec(config), config.data.seed
-  mixture = tasks.shapes_mixture(
-    spec,
-    seed,
-    video_rate=1.0 - config.data.image_rate,
-    image_rate=config.data.image_rate,
-    turn_rate=config.data.turn_rate,
-    turn_context_frames=config.data.turn_context_frames,
-  )
-  return pipeline.Batches(
-    mixture,
-    config.data.batch_size,
-    seed=seed,
-    num_frames=config.data.num_frames,
-    process_index=jax.process_index(),
-    process_count=jax.process_count(),
-    prefetch=config.data.prefetch,
-    static_images=config.data.static_images,
+  return common.shapes_batches(
+    config, shapes_lib.spec_from_config(config), video_rate=1.0 - config.data.image_rate
   )
 
 
 def eval_clips(config: ml_collections.ConfigDict) -> np.ndarray:
   """Held-out reconstruction clips (the 'eval' split: never training clips). uint8 [N,F,H,W,3]."""
-  spec = shapes_spec(config)
+  spec = shapes_lib.spec_from_config(config)
   # Index stride 7 (coprime with the 78 seen triples) spreads the clips over colours and shapes.
   return np.stack(
     [

@@ -25,7 +25,7 @@ from absl import logging
 from phenaki_jax import checkpoint, config_io, masking, optim, sharding, text
 from phenaki_jax import sample as sample_lib
 from phenaki_jax import tokenizer as tokenizer_lib
-from phenaki_jax.data import pipeline, pretokenized, tasks, video_io
+from phenaki_jax.data import pipeline, pretokenized, video_io
 from phenaki_jax.data import shapes as shapes_lib
 from phenaki_jax.models import cvivit, layers, quantizer
 from phenaki_jax.models import maskgit as maskgit_lib
@@ -86,12 +86,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   )
 
 
-def shapes_spec(tok_config) -> shapes_lib.ShapesSpec:
-  return shapes_lib.ShapesSpec(
-    resolution=tok_config.data.resolution, num_frames=tok_config.data.num_frames
-  )
-
-
 def given_time_steps(context_frames, temporal_patch: int, num_frames: int) -> np.ndarray:
   """int32 [B]: the time steps that `context_frames` [B] given frames fill (0 for 0 frames).
 
@@ -109,24 +103,9 @@ def given_time_steps(context_frames, temporal_patch: int, num_frames: int) -> np
 
 
 def make_batches(config, tok_config) -> pipeline.Batches:
-  spec, seed = shapes_spec(tok_config), config.data.seed
-  mixture = tasks.shapes_mixture(
-    spec,
-    seed,
-    video_rate=config.data.video_rate,
-    image_rate=config.data.image_rate,
-    turn_rate=config.data.turn_rate,
-    turn_context_frames=config.data.turn_context_frames,
-  )
-  return pipeline.Batches(
-    mixture,
-    config.data.batch_size,
-    seed=seed,
-    num_frames=tok_config.data.num_frames,
-    process_index=jax.process_index(),
-    process_count=jax.process_count(),
-    prefetch=config.data.prefetch,
-    static_images=config.data.static_images,
+  """The Shapes mixture of `config.data` in clips of the tokenizer's run (`tok_config`)."""
+  return common.shapes_batches(
+    config, shapes_lib.spec_from_config(tok_config), video_rate=config.data.video_rate
   )
 
 
