@@ -1,6 +1,6 @@
 """Shared fixtures: a shrunken C-ViViT and a MaskGIT trained on it for a few steps.
 
-Both are trained once per test session. Under pytest-xdist every worker is its own session, so
+Both are trained once per pytest run. Under pytest-xdist every worker has its own fixtures, so
 the runs go to a directory shared by all workers (the parent of each worker's basetemp) behind a
 file lock: the first worker to need a run trains it and the others reuse its work directory.
 The models are barely trained — enough for the mechanics of sampling, evaluation and resume,

@@ -87,7 +87,7 @@ def all_finite(tree) -> bool:
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-  """The 40-step run, trained once per test session (shared by the xdist workers): its workdir
+  """The 40-step run, trained once per pytest run (shared by the xdist workers): its workdir
   and {'state': the final checkpoint's state, 'eval': its final evaluation}."""
   workdir = _shared_run(
     tmp_path_factory, "cvivit_trainer_uninterrupted", lambda w: trainer.main(base_config(), w)
