@@ -18,6 +18,8 @@ Entries are keyed by the exact program, compiler options and JAX version, so the
 import getpass
 import os
 import pathlib
+import subprocess
+import sys
 import tempfile
 
 import filelock
@@ -50,6 +52,18 @@ def _enable_compilation_cache() -> None:
 
 
 _enable_compilation_cache()
+
+
+def run_module(module: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+  """`python -m module args...` from the repository root on the CPU, output captured."""
+  return subprocess.run(
+    [sys.executable, "-m", module, *args],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  )
 
 
 def load_config(name: str, variant: str):

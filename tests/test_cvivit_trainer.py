@@ -11,6 +11,7 @@ share their compiled programs through the persistent compilation cache that conf
 initialisation and evaluation programs are shared with the rest of the suite).
 """
 
+import functools
 import glob
 import json
 import os
@@ -25,7 +26,7 @@ import pytest
 from phenaki_jax import checkpoint
 from phenaki_jax.trainers import cvivit as trainer
 
-from conftest import REPO, _shared_run, tiny_cvivit_config
+from conftest import REPO, _shared_run, run_module, tiny_cvivit_config
 
 TOTAL = 40  # steps of the uninterrupted run
 STOP = 17  # where the interrupted run is stopped (not a checkpoint_every multiple)
@@ -83,6 +84,22 @@ def assert_trees_equal(a, b):
 
 def all_finite(tree) -> bool:
   return all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(tree))
+
+
+def jitted_train_step(config, adversarial: bool = False):
+  """The trainer's update step for `config`, jitted on one device (no mesh)."""
+  model, disc, tx, disc_tx, _ = trainer.build(config)
+  return jax.jit(
+    functools.partial(
+      trainer.train_step,
+      model=model,
+      disc=disc,
+      tx=tx,
+      disc_tx=disc_tx,
+      config=config,
+      adversarial=adversarial,
+    )
+  )
 
 
 @pytest.fixture(scope="module")
@@ -188,29 +205,15 @@ def test_one_frame_images_train_as_one_frame_videos(uninterrupted):
   zero-padded to the clip length and flagged is_image; its loss is its 1-frame video's: what
   the padding holds changes neither the loss nor the update, and the L2 and VQ terms equal the
   model's own on the frame alone. Video rows keep the plain loss."""
-  import functools  # pylint: disable=g-import-not-at-top
   from phenaki_jax import losses  # pylint: disable=g-import-not-at-top
-  from phenaki_jax.models import cvivit, discriminator  # pylint: disable=g-import-not-at-top
+  from phenaki_jax.models import cvivit  # pylint: disable=g-import-not-at-top
 
   config = tiny_cvivit_config()
   config.data.image_rate, config.data.static_images = 0.5, False
   assert trainer.first_frame_images(config)
   model = trainer.validate_config(config)
-  disc = discriminator.VideoDiscriminator(tuple(config.disc.channels))
-  tx, disc_tx = trainer.make_optimizers(config)
   state = uninterrupted[1]["state"]  # step 40: no dead-code restart this step
-  step_fn = lambda adversarial: jax.jit(
-    functools.partial(
-      trainer.train_step,
-      model=model,
-      disc=disc,
-      tx=tx,
-      disc_tx=disc_tx,
-      config=config,
-      adversarial=adversarial,
-    )
-  )
-  train_step = step_fn(False)
+  train_step = jitted_train_step(config)
   rng = jax.random.PRNGKey(1)
   clips = trainer.eval_clips(config)  # [4, 9, 32, 32, 3] uint8
   images = np.zeros_like(clips)
@@ -235,34 +238,23 @@ def test_one_frame_images_train_as_one_frame_videos(uninterrupted):
   _, m_v = train_step(state, {"video": clips, "is_image": ~flags}, rng)
   np.testing.assert_allclose([m_v["l2"], m_v["vq_loss"]], plain_loss(clips), rtol=2e-5)
   # The adversarial path runs on the same batches (the discriminator sees real padding).
-  _, m_adv = step_fn(True)(state, {"video": images, "is_image": flags}, rng)
+  _, m_adv = jitted_train_step(config, adversarial=True)(
+    state, {"video": images, "is_image": flags}, rng
+  )
   assert all(np.isfinite(float(m_adv[k])) for k in ("d_loss", "g_adversarial", "r1"))
 
 
 def test_temporal_l2_term(uninterrupted):
   """losses.temporal_l2 > 0 adds that weight times the L2 of the frame-to-frame differences
   (reconstruction against input) to the loss; a 1-frame image's padding does not enter it."""
-  import functools  # pylint: disable=g-import-not-at-top
   from phenaki_jax import losses  # pylint: disable=g-import-not-at-top
-  from phenaki_jax.models import cvivit, discriminator  # pylint: disable=g-import-not-at-top
+  from phenaki_jax.models import cvivit  # pylint: disable=g-import-not-at-top
 
   config = tiny_cvivit_config()
   config.losses.temporal_l2 = 0.5
   model = trainer.validate_config(config)
-  disc = discriminator.VideoDiscriminator(tuple(config.disc.channels))
-  tx, disc_tx = trainer.make_optimizers(config)
   state = uninterrupted[1]["state"]
-  train_step = jax.jit(
-    functools.partial(
-      trainer.train_step,
-      model=model,
-      disc=disc,
-      tx=tx,
-      disc_tx=disc_tx,
-      config=config,
-      adversarial=False,
-    )
-  )
+  train_step = jitted_train_step(config)
   clips = trainer.eval_clips(config)
   videos = np.zeros(len(clips), bool)
   _, m = train_step(state, {"video": clips, "is_image": videos}, jax.random.PRNGKey(1))
@@ -276,17 +268,7 @@ def test_temporal_l2_term(uninterrupted):
   )
   # 1-frame images: no frame pair is the data's, so the term is 0 whatever the padding holds.
   config.data.image_rate, config.data.static_images = 0.5, False
-  image_step = jax.jit(
-    functools.partial(
-      trainer.train_step,
-      model=model,
-      disc=disc,
-      tx=tx,
-      disc_tx=disc_tx,
-      config=config,
-      adversarial=False,
-    )
-  )
+  image_step = jitted_train_step(config)
   noisy = np.random.default_rng(0).integers(0, 256, clips.shape, dtype=np.uint8)
   _, m_img = image_step(state, {"video": noisy, "is_image": ~videos}, jax.random.PRNGKey(1))
   assert float(m_img["temporal_l2"]) == 0.0
@@ -313,19 +295,11 @@ def test_non_finite_update_stops_the_run_and_keeps_the_checkpoint(tmp_path, unin
 
 # ---- Start-up errors ----------------------------------------------------------------------------
 def test_misspelt_config_key_fails_with_its_name(tmp_path):
-  result = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "phenaki_jax.train",
-      "--config=configs/cvivit_b.py:tiny",
-      f"--workdir={tmp_path / 'run'}",
-      "--config.data.batchsize=3",
-    ],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=300,
+  result = run_module(
+    "phenaki_jax.train",
+    "--config=configs/cvivit_b.py:tiny",
+    f"--workdir={tmp_path / 'run'}",
+    "--config.data.batchsize=3",
   )
   assert result.returncode != 0
   assert "batchsize" in result.stderr

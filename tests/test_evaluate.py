@@ -6,16 +6,15 @@ evaluator's scoring itself is tested on ground-truth clips in test_shapes_evalua
 """
 
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 
 import pytest
 
 from phenaki_jax import evaluate
 from phenaki_jax.data import shapes as shapes_lib
+
+import conftest
 
 SPEC = shapes_lib.ShapesSpec(resolution=32, num_frames=9)
 STEPS = 4  # decoding steps of the sampled evaluations
@@ -137,26 +136,18 @@ def test_evaluate_shapes_pools_seeds(tiny_sampler):
 
 def test_cli_prints_and_writes_json(tiny_cvivit_dir, tiny_maskgit_dir, tmp_path):
   out = tmp_path / "eval"
-  proc = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "phenaki_jax.evaluate",
-      "shapes",
-      "--tokenizer_dir",
-      tiny_cvivit_dir,
-      "--maskgit_dir",
-      tiny_maskgit_dir,
-      "--samples_per_triple=1",
-      "--num_stories=2",
-      f"--steps={STEPS}",
-      "--out",
-      str(out),
-    ],
-    capture_output=True,
-    text=True,
-    timeout=600,
-    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  proc = conftest.run_module(
+    "phenaki_jax.evaluate",
+    "shapes",
+    "--tokenizer_dir",
+    tiny_cvivit_dir,
+    "--maskgit_dir",
+    tiny_maskgit_dir,
+    "--samples_per_triple=1",
+    "--num_stories=2",
+    f"--steps={STEPS}",
+    "--out",
+    str(out),
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   printed = json.loads(proc.stdout[proc.stdout.index("{") :])
@@ -170,22 +161,14 @@ def test_cli_text_cache_only_needs_a_filled_cache(tiny_cvivit_dir, tiny_maskgit_
   """--text_cache_only loads no encoder: with an empty text cache it fails and names the fix."""
   maskgit_dir = tmp_path / "maskgit"
   shutil.copytree(tiny_maskgit_dir, maskgit_dir, ignore=shutil.ignore_patterns("text_cache"))
-  proc = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "phenaki_jax.evaluate",
-      "shapes",
-      "--tokenizer_dir",
-      tiny_cvivit_dir,
-      "--maskgit_dir",
-      str(maskgit_dir),
-      "--text_cache_only",
-    ],
-    capture_output=True,
-    text=True,
-    timeout=600,
-    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  proc = conftest.run_module(
+    "phenaki_jax.evaluate",
+    "shapes",
+    "--tokenizer_dir",
+    tiny_cvivit_dir,
+    "--maskgit_dir",
+    str(maskgit_dir),
+    "--text_cache_only",
   )
   assert proc.returncode != 0
   assert "cache_only=True" in proc.stderr and "encode_text" in proc.stderr, proc.stderr[-3000:]

@@ -10,15 +10,14 @@ window, so the jitted decode compiles once for the whole module.
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from phenaki_jax import sample as sample_lib
 from phenaki_jax.data import shapes as shapes_lib
+
+import conftest
 
 P1 = "a red circle moves left"
 P2 = "a red circle moves up"
@@ -386,31 +385,23 @@ def test_argument_errors(tiny_sampler):
 
 def test_cli_story_writes_videos(tiny_cvivit_dir, tiny_maskgit_dir, tmp_path):
   out = tmp_path / "story"
-  proc = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "phenaki_jax.sample",
-      "--tokenizer_dir",
-      tiny_cvivit_dir,
-      "--maskgit_dir",
-      tiny_maskgit_dir,
-      "--prompt",
-      P1,
-      "--prompt",
-      P2,
-      "--frames_per_prompt",
-      "5",
-      "--context_frames",
-      "3",
-      "--out",
-      str(out),
-      "--save_npy",
-    ],
-    capture_output=True,
-    text=True,
-    timeout=600,
-    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  proc = conftest.run_module(
+    "phenaki_jax.sample",
+    "--tokenizer_dir",
+    tiny_cvivit_dir,
+    "--maskgit_dir",
+    tiny_maskgit_dir,
+    "--prompt",
+    P1,
+    "--prompt",
+    P2,
+    "--frames_per_prompt",
+    "5",
+    "--context_frames",
+    "3",
+    "--out",
+    str(out),
+    "--save_npy",
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "segment 1/2" in proc.stdout and "segment 2/2" in proc.stdout
@@ -425,46 +416,30 @@ def test_cli_story_writes_videos(tiny_cvivit_dir, tiny_maskgit_dir, tmp_path):
   assert video_io.read_video(str(out / "video.gif")).shape[0] == 10
   assert video_io.read_video(str(out / "video.mp4")).shape[0] == 10
   # --text_cache_only loads no text encoder: a prompt never encoded fails, naming the remedy.
-  proc = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "phenaki_jax.sample",
-      "--tokenizer_dir",
-      tiny_cvivit_dir,
-      "--maskgit_dir",
-      tiny_maskgit_dir,
-      "--prompt",
-      "a violet hexagon spins",
-      "--text_cache_only",
-      "--out",
-      str(tmp_path / "none"),
-    ],
-    capture_output=True,
-    text=True,
-    timeout=600,
-    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  proc = conftest.run_module(
+    "phenaki_jax.sample",
+    "--tokenizer_dir",
+    tiny_cvivit_dir,
+    "--maskgit_dir",
+    tiny_maskgit_dir,
+    "--prompt",
+    "a violet hexagon spins",
+    "--text_cache_only",
+    "--out",
+    str(tmp_path / "none"),
   )
   assert proc.returncode != 0 and "encode_text" in proc.stderr, proc.stderr[-3000:]
   # --ema asks for a moving average this run does not keep (its config.ema_decay is 0).
-  proc = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "phenaki_jax.sample",
-      "--tokenizer_dir",
-      tiny_cvivit_dir,
-      "--maskgit_dir",
-      tiny_maskgit_dir,
-      "--prompt",
-      P1,
-      "--ema",
-      "--out",
-      str(tmp_path / "e"),
-    ],
-    capture_output=True,
-    text=True,
-    timeout=600,
-    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  proc = conftest.run_module(
+    "phenaki_jax.sample",
+    "--tokenizer_dir",
+    tiny_cvivit_dir,
+    "--maskgit_dir",
+    tiny_maskgit_dir,
+    "--prompt",
+    P1,
+    "--ema",
+    "--out",
+    str(tmp_path / "e"),
   )
   assert proc.returncode != 0 and "ema_decay" in proc.stderr, proc.stderr[-3000:]

@@ -6,8 +6,6 @@ embedding is deterministic; gradients are stopped; bad configs name their key; a
 built from a HF checkpoint matches transformers; the encode_text CLI fills the disk cache."""
 
 import os
-import subprocess
-import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -20,6 +18,8 @@ import pytest
 from phenaki_jax import text
 from phenaki_jax.models import minilm
 from phenaki_jax.models import t5
+
+import conftest
 
 COLORS = ("red", "green", "blue", "yellow", "magenta", "cyan", "white", "orange")
 SHAPES = ("circle", "square", "triangle")
@@ -204,19 +204,11 @@ def test_encode_text_cli_fills_the_cache(tmp_path):
   captions = ["a red circle moves left", "a green square", "a white triangle moves up"]
   (tmp_path / "captions.txt").write_text("\n".join(captions) + "\n")
   out = tmp_path / "out"
-  result = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "phenaki_jax.encode_text",
-      f"--config={tmp_path / 'cfg.py'}",
-      f"--captions={tmp_path / 'captions.txt'}",
-      f"--out={out}",
-    ],
-    capture_output=True,
-    text=True,
-    timeout=300,
-    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+  result = conftest.run_module(
+    "phenaki_jax.encode_text",
+    f"--config={tmp_path / 'cfg.py'}",
+    f"--captions={tmp_path / 'captions.txt'}",
+    f"--out={out}",
   )
   assert result.returncode == 0, result.stderr[-3000:]
   assert '"captions": 4' in result.stdout  # the three captions and the null caption

@@ -9,8 +9,6 @@ for another run is refused with the differing key named.
 import glob
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -39,23 +37,14 @@ def tokens_dir(tiny_cvivit_dir, tmp_path_factory):
   """STEPS batches written by the CLI, with the fixture MaskGIT config's data settings."""
   out = str(tmp_path_factory.mktemp("tokens") / "tokens")
   c = _config(tiny_cvivit_dir)
-  proc = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "phenaki_jax.tokenize",
-      "--config=configs/maskgit_b.py:tiny",
-      f"--config.tokenizer.workdir={tiny_cvivit_dir}",
-      f"--config.data.batch_size={c.data.batch_size}",
-      f"--config.data.static_images={c.data.static_images}",
-      f"--out={out}",
-      f"--num_steps={STEPS}",
-    ],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=600,
-    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  proc = conftest.run_module(
+    "phenaki_jax.tokenize",
+    "--config=configs/maskgit_b.py:tiny",
+    f"--config.tokenizer.workdir={tiny_cvivit_dir}",
+    f"--config.data.batch_size={c.data.batch_size}",
+    f"--config.data.static_images={c.data.static_images}",
+    f"--out={out}",
+    f"--num_steps={STEPS}",
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "wrote steps 0..11" in proc.stdout
