@@ -149,6 +149,19 @@ BATCH = 64
 TEXT_LEN, TEXT_DIM = 4, 8  # synthetic text embeddings: what they are does not matter here
 
 
+def jitted_train_step(config, tok):
+  """The trainer's update step for `config` over the frozen tokenizer `tok`, jitted (no mesh)."""
+  return jax.jit(
+    functools.partial(
+      trainer.train_step,
+      model=trainer.build_model(config),
+      tok_model=tok.model,
+      tx=optim.make_optimizer(config.optim),
+      config=config,
+    )
+  )
+
+
 @pytest.fixture(scope="module")
 def step_env(tiny_cvivit_dir):
   """The pieces `train_step` takes, for a batch of 64 (no MiniLM: synthetic text tokens).
@@ -178,9 +191,7 @@ def step_env(tiny_cvivit_dir):
     text=rng.normal(size=(BATCH, TEXT_LEN, TEXT_DIM)).astype(np.float32),
     text_mask=np.ones((BATCH, TEXT_LEN), bool),
   )
-  step_fn = jax.jit(
-    functools.partial(trainer.train_step, model=model, tok_model=tok.model, tx=tx, config=config)
-  )
+  step_fn = jitted_train_step(config, tok)
   return dict(
     config=config,
     tok=tok,
@@ -278,11 +289,7 @@ def test_ema_params_follow_the_warmed_up_average(step_env):
     trainer.make_init_fn(model, tx, TEXT_LEN, TEXT_DIM, ema=True), mesh, jax.random.PRNGKey(0)
   )
   jax.tree.map(np.testing.assert_array_equal, state["ema_params"], state["params"])
-  step_fn = jax.jit(
-    functools.partial(
-      trainer.train_step, model=model, tok_model=env["tok"].model, tx=tx, config=config
-    )
-  )
+  step_fn = jitted_train_step(config, env["tok"])
   expected = jax.device_get(state["params"])
   plain = env["state"]
   for step in range(3):
@@ -314,16 +321,7 @@ def test_prefix_rate_leaves_first_time_steps_of_videos_unmasked(step_env):
   env = step_env
   config = env["config"].copy_and_resolve_references()
   config.prefix_rate = 1.0
-  model = trainer.build_model(config, trainer.tokenizer_config(config))
-  step_fn = jax.jit(
-    functools.partial(
-      trainer.train_step,
-      model=model,
-      tok_model=env["tok"].model,
-      tx=optim.make_optimizer(config.optim),
-      config=config,
-    )
-  )
+  step_fn = jitted_train_step(config, env["tok"])
   plain, prefixed = [], []
   for seed in range(4):
     _, m = _step(env, env["state"], env["batch"], seed)
@@ -360,17 +358,8 @@ def test_turn_clips_are_in_the_batches_and_their_context_is_never_masked(step_en
   assert turned.any() and not (turned & rows["is_image"]).any()
   assert set(rows["context_frames"][turned].tolist()) == {config.data.turn_context_frames}
 
-  model = trainer.build_model(config, trainer.tokenizer_config(config))
-  t, h, w = model.grid
-  step_fn = jax.jit(
-    functools.partial(
-      trainer.train_step,
-      model=model,
-      tok_model=env["tok"].model,
-      tx=optim.make_optimizer(config.optim),
-      config=config,
-    )
-  )
+  t, h, w = trainer.build_model(config).grid
+  step_fn = jitted_train_step(config, env["tok"])
   is_image = np.asarray(env["batch"]["is_image"])
   given = np.where(is_image, 0, t - 1).astype(np.int32)
   bound = (is_image.size * h * w) / (((~is_image).sum() * t + is_image.sum()) * h * w)
@@ -389,15 +378,7 @@ def test_turn_clips_are_in_the_batches_and_their_context_is_never_masked(step_en
 
   # With frame prediction on as well, the turn context stays given (prefix_rate adds to it).
   config.prefix_rate = 1.0
-  both_fn = jax.jit(
-    functools.partial(
-      trainer.train_step,
-      model=model,
-      tok_model=env["tok"].model,
-      tx=optim.make_optimizer(config.optim),
-      config=config,
-    )
-  )
+  both_fn = jitted_train_step(config, env["tok"])
   for seed in range(3):
     _, m = both_fn(
       env["state"],
