@@ -32,6 +32,8 @@ setuptools.setup(
     "tensorflow>=2.20,<2.22",
     "tensorflow-text>=2.20,<2.22",
     "tensorflow-datasets>=4.9.9,<4.10",
+    # tensorflow-datasets imports it to prepare a builder defined inside a package, undeclared.
+    "importlib_resources>=6,<8",
     "tensorboard>=2.19,<3",  # clu.metric_writers needs it; tensorflow 2.21 no longer brings it
     "imageio>=2.34,<3",
     "av>=12,<20",

@@ -5,8 +5,14 @@ Variants:
                              codebook 8192, VQ + 0.1 adv + 0.1 image-perceptual + 1.0 video-
                              perceptual + 1.0 L2. Needs VGG/I3D weights (set the checkpoints).
   configs/cvivit_b.py:tiny   the CPU demo on the embedded Shapes data (32², 9 frames, p=4).
+  configs/cvivit_b.py:real   the tiny model on real files at 64², 11 frames at 8 fps, p=8
+                             (data.source="files": set the shards or index and the held-out
+                             eval_ ones; data/tasks.default_config lists the keys).
 
   python -m phenaki_jax.train --config=configs/cvivit_b.py:tiny --workdir=workdirs/cvivit_tiny
+  python -m phenaki_jax.train --config=configs/cvivit_b.py:real --workdir=workdirs/cvivit_real \
+      --config.data.video_shards='videos/train-{00000..00127}.tar' \
+      --config.data.eval_video_shards='videos/heldout-00000.tar'
 
 The evidence behind the tiny variant's choices is in docs/experiments.md, "Stage 1".
 """
@@ -14,12 +20,13 @@ The evidence behind the tiny variant's choices is in docs/experiments.md, "Stage
 import ml_collections
 
 from phenaki_jax import optim
+from phenaki_jax.data import tasks
 
 
 def get_config(arg: str = "B"):
   variant = arg or "B"
-  if variant not in ("B", "tiny"):
-    raise ValueError(f"unknown variant {variant!r} of configs/cvivit_b.py; use B or tiny")
+  if variant not in ("B", "tiny", "real"):
+    raise ValueError(f"unknown variant {variant!r} of configs/cvivit_b.py; use B, tiny or real")
   c = ml_collections.ConfigDict()
   c.trainer = "cvivit"
   c.seed = 0
@@ -30,19 +37,11 @@ def get_config(arg: str = "B"):
     dict(dropout=0.0, scan=False, remat=False, dtype="float32", encoder_spatial_radius=-1)
   )
 
-  c.data = ml_collections.ConfigDict()
-  c.data.source = "shapes"  # the embedded procedural data
+  c.data = tasks.default_config()
   c.data.resolution = 128
   c.data.num_frames = 11
   c.data.batch_size = 128
   c.data.image_rate = 0.0  # share of image examples (0 = video only, the paper's stage 1)
-  c.data.static_images = False  # images as static clips (trained as videos), not 1-frame videos
-  # Turn clips: this share of the video examples turns after its first turn_context_frames
-  # frames (shapes.turn_example), the motion a story continuation produces. 0 = off.
-  c.data.turn_rate = 0.0
-  c.data.turn_context_frames = 5
-  c.data.seed = 0
-  c.data.prefetch = 4
 
   c.losses = ml_collections.ConfigDict(
     dict(
@@ -83,7 +82,10 @@ def get_config(arg: str = "B"):
   c.eval = ml_collections.ConfigDict(dict(num_clips=64, batch_size=16, num_videos=8))
   c.stop_after_steps = 0  # > 0: leave the loop after this step (tests, preemption drills)
 
-  if variant == "tiny":  # the CPU demo; docs/experiments.md, "Stage 1: the C-ViViT on Shapes"
+  if variant in (
+    "tiny",
+    "real",
+  ):  # the CPU demo; docs/experiments.md, "Stage 1: the C-ViViT on Shapes"
     c.model_size = "tiny"
     # Patch-local codes (background is one code wherever it is): stage 2 learns far more per
     # step for ~0.6 dB of reconstruction; "Patch-local codes".
@@ -111,4 +113,11 @@ def get_config(arg: str = "B"):
     )
     c.eval_every = 1000
     c.checkpoint_every = 500
+  if variant == "real":  # the tiny model on files; docs/experiments.md, "Real footage"
+    c.data.source = "files"
+    # 64² and the paper's 11 frames at 8 fps; p=8 keeps the tiny model's 8×8 token grid.
+    c.data.resolution, c.data.num_frames = 64, 11
+    c.model.update(dict(image_size=64, patch_size=8))
+    c.data.image_rate, c.data.static_images = 0.0, False  # videos only (the paper's stage 1)
+    c.eval.num_clips = 16
   return c.lock()

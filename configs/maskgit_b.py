@@ -4,11 +4,18 @@ Variants:
   configs/maskgit_b.py:tiny    CPU demo on Shapes: tiny MaskGIT, embedded MiniLM text encoder,
                                80% video / 20% image mixture. Needs the tiny C-ViViT trained
                                into config.tokenizer.workdir first.
+  configs/maskgit_b.py:real    the tiny MaskGIT on real files (data.source="files"): webdataset
+                               shards, a WebVid-style index or TFDS (data/tasks.default_config),
+                               over the C-ViViT of configs/cvivit_b.py:real.
   configs/maskgit_b.py:paper   the paper: 1.8B MaskGIT (24 layers, width 2048, 32 heads),
                                T5-XXL text, batch 512, cosine to 4M steps, 10K warm-up.
 
   python -m phenaki_jax.train --config=configs/maskgit_b.py:tiny --workdir=workdirs/maskgit \
       --config.tokenizer.workdir=workdirs/cvivit
+  python -m phenaki_jax.train --config=configs/maskgit_b.py:real --workdir=workdirs/maskgit_real \
+      --config.tokenizer.workdir=workdirs/cvivit_real \
+      --config.data.video_shards='videos/train-{00000..00127}.tar' \
+      --config.data.image_shards='laion/{00000..00999}.tar'
 
 The evidence behind the tiny variant's choices is in docs/experiments.md, "Stage 2" and
 "Sampling".
@@ -17,12 +24,15 @@ The evidence behind the tiny variant's choices is in docs/experiments.md, "Stage
 import ml_collections
 
 from phenaki_jax import optim, sample, text
+from phenaki_jax.data import tasks
 
 
 def get_config(arg: str = "tiny"):
   variant = arg or "tiny"
-  if variant not in ("tiny", "paper"):
-    raise ValueError(f"unknown variant {variant!r} of configs/maskgit_b.py; use tiny or paper")
+  if variant not in ("tiny", "real", "paper"):
+    raise ValueError(
+      f"unknown variant {variant!r} of configs/maskgit_b.py; use tiny, real or paper"
+    )
   c = ml_collections.ConfigDict()
   c.trainer = "maskgit"
   c.seed = 0
@@ -53,22 +63,10 @@ def get_config(arg: str = "tiny"):
   # docs/experiments.md, "Frame prediction (prefix_rate)".
   c.prefix_rate = 0.0
 
-  c.data = ml_collections.ConfigDict()
-  c.data.source = "shapes"
+  c.data = tasks.default_config(seed=1)  # seed: a different stream from stage 1's
   c.data.video_rate = 0.8  # paper Table 2: 80% video, 20% image
   c.data.image_rate = 0.2
-  # Images as static clips (the image over every frame, loss on all its tokens) instead of the
-  # paper's 1-frame videos (loss on the first time step only); they then count as videos in
-  # the logged image_fraction / loss_image.
-  c.data.static_images = False
   c.data.batch_size = 512
-  # Turn clips (story-mode training): this share of the video examples turns after its first
-  # turn_context_frames frames, captioned with the new direction, those frames' time steps
-  # given (never masked) as a story continuation's context is. Not in the paper; 0 = off.
-  c.data.turn_rate = 0.0
-  c.data.turn_context_frames = 5
-  c.data.seed = 1  # a different stream from stage 1's
-  c.data.prefetch = 4
   c.data.pretokenized = ""  # a directory written by `python -m phenaki_jax.tokenize`
 
   c.total_steps = 4_000_000
@@ -91,7 +89,10 @@ def get_config(arg: str = "tiny"):
   c.sample = sample.default_config()
   c.sample.num_videos = 4
 
-  if variant == "tiny":  # the CPU demo; docs/experiments.md, "Stage 2: the MaskGIT on Shapes"
+  if variant in (
+    "tiny",
+    "real",
+  ):  # the CPU demo; docs/experiments.md, "Stage 2: the MaskGIT on Shapes"
     c.mesh = (-1, 1, 1)
     c.model_size = "tiny"
     c.model.update(dict(scan=False, remat=False, dtype="float32"))
@@ -134,4 +135,10 @@ def get_config(arg: str = "tiny"):
         continue_candidates=4,
       )
     )
+  if variant == "real":  # the tiny model on files
+    c.data.source = "files"
+    c.data.turn_rate = 0.0  # turn clips exist only in the Shapes data
+    c.data.static_images = False  # photographs as 1-frame videos (the paper's way)
+    c.tokenizer.workdir = "workdirs/cvivit_real"
+    c.code_support_clips = 512  # decoded from files at the end of the run
   return c.lock()

@@ -391,7 +391,9 @@ class Sampler:
     **kw,
   ) -> np.ndarray:
     """Appends `num_new_frames` frames that follow `prompt`, conditioned on the last
-    `context_frames` frames of `video` ([T, H, W, 3] or a batch [B, T, H, W, 3]).
+    `context_frames` frames of `video` (uint8 [T, H, W, 3] or a batch [B, T, H, W, 3]; frames
+    of another size than the model's are first fitted to it as the training data was:
+    `Tokenizer.fit`, and the returned video holds the fitted frames).
 
     With more than one context frame the guidance scale is the option `continue_cfg_scale`
     when it is set (not None), else `cfg_scale`; a single frame (image-to-video) carries no
@@ -399,7 +401,7 @@ class Sampler:
     decoded one after another, and with `continue_candidates` N > 1 (and more than one context
     frame) the new frames are the minimum-Bayes-risk choice among N sampled ones (see
     `default_config`)."""
-    video = np.asarray(video)
+    video = self.tokenizer.fit(video)  # frames of another size: fitted as training's were
     single = video.ndim == 4
     videos = video[None] if single else video
     prompts = [prompt] * len(videos) if isinstance(prompt, str) else list(prompt)
@@ -450,7 +452,8 @@ class Sampler:
     seed: int = 0,
     **kw,
   ) -> np.ndarray:
-    """A video whose first frame is `image` ([H, W, 3] or [B, H, W, 3] uint8)."""
+    """A video whose first frame is `image` (uint8 [H, W, 3] or [B, H, W, 3], any size: fitted
+    to the model's as in `continue_video`)."""
     image = np.asarray(image)
     single = image.ndim == 3
     images = image[:, None] if not single else image[None, None]  # [B, 1, H, W, 3]

@@ -13,8 +13,10 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from phenaki_jax import checkpoint, config_io
+from phenaki_jax.data import media
 from phenaki_jax.models import cvivit
 
 
@@ -28,6 +30,7 @@ class Tokenizer:
     self.model = model
     self.params = params
     self.clip_frames = model.max_frames if clip_frames is None else int(clip_frames)
+    self._fitted = set()  # frame sizes fitted so far (each logged once)
     self._encode = jax.jit(
       lambda p, v: model.apply({"params": p}, cvivit.to_model_range(v), method=cvivit.CViViT.encode)
     )
@@ -91,11 +94,38 @@ class Tokenizer:
     return self.model.token_grid(self.clip_frames)
 
   # ---- encode / decode --------------------------------------------------------------------
-  def encode(self, video) -> jax.Array:
-    """uint8 [B, 1+T, H, W, 3] → codes int32 [B, 1 + T/t_p, H/p, W/p]."""
-    video = np.asarray(video) if not isinstance(video, jax.Array) else video
+  def fit(self, video) -> np.ndarray:
+    """uint8 frames [..., H, W, 3] of any size → [..., S, S, 3] at the model's image size S, as
+    the training data was made (short side resized, centre crop: `media.fit_frames`); frames
+    already S×S come back unchanged. The first fit of each size is logged."""
+    video = np.asarray(video)
+    if video.dtype != np.uint8:
+      raise ValueError(f"expected uint8 frames in [0, 255], got dtype {video.dtype}")
+    if video.ndim < 3 or video.shape[-1] != 3:
+      raise ValueError(f"expected frames [..., H, W, 3], got shape {video.shape}")
+    size = self.image_size
+    if video.shape[-3:-1] == (size, size):
+      return video
+    if video.shape[-3:-1] not in self._fitted:
+      self._fitted.add(video.shape[-3:-1])
+      logging.info(
+        "frames of %d×%d fitted to the C-ViViT's %d×%d (short side resized, centre crop)",
+        video.shape[-2],
+        video.shape[-3],
+        size,
+        size,
+      )
+    return media.fit_frames(video, size)
+
+  def encode(self, video, fit: bool = True) -> jax.Array:
+    """uint8 [B, 1+T, H, W, 3] → codes int32 [B, 1 + T/t_p, H/p, W/p]. With `fit`, frames of
+    another size are first fitted to the model's (`fit`); without, they are an error."""
+    if not isinstance(video, jax.Array):
+      video = np.asarray(video)
     if video.dtype != np.uint8:
       raise ValueError(f"Tokenizer.encode takes uint8 videos in [0, 255], got dtype {video.dtype}")
+    if fit and video.ndim == 5:
+      video = self.fit(video)
     self.model.check_video_shape(video.shape)
     return self._encode(self.params, video)
 

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from phenaki_jax import checkpoint
+from phenaki_jax.data import media
 from phenaki_jax.trainers import cvivit as trainer
 
 from conftest import REPO, _shared_run, run_module, tiny_cvivit_config
@@ -382,7 +383,11 @@ def test_tokenizer_from_workdir(uninterrupted):
   with pytest.raises(ValueError, match=r"1 \+ k·2 frames"):
     tok.encode(clips[:, :4])
   with pytest.raises(ValueError, match="expected 32×32 frames"):
-    tok.encode(clips[:, :3, :16, :16])
+    tok.encode(clips[:, :3, :16, :16], fit=False)
+  # Frames of another size are fitted as the training data was (short side, centre crop).
+  wide = np.repeat(np.repeat(clips[:, :3], 3, axis=2), 4, axis=3)  # [4, 3, 96, 128, 3]
+  np.testing.assert_array_equal(tok.encode(wide), tok.encode(media.fit_frames(wide, 32)))
+  assert tok.fit(wide).shape == (4, 3, 32, 32, 3)
   with pytest.raises(ValueError, match="uint8"):
     tok.encode(clips[:, :3].astype(np.float32) / 255)
   with pytest.raises(ValueError, match="codes must be"):

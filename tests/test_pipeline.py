@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from phenaki_jax.data import pipeline
+from phenaki_jax.data import media, pipeline
 from phenaki_jax.data import shapes
 from phenaki_jax.data import tasks
 
@@ -92,15 +92,18 @@ def test_resume_is_exact():
     assert s1 == s2 and _equal(b1, b2)
 
 
-def test_process_slices_make_the_global_batch():
-  whole = pipeline.Batches("shapes_mix", 12, seed=9).batch(5)
+def test_processes_read_their_own_rows():
+  """Each process's rows are a pure function of (seed, step, process); processes never render
+  the same procedural example (process p of P renders indexes k·P + p)."""
   parts = [
     pipeline.Batches("shapes_mix", 12, seed=9, process_index=p, process_count=3).batch(5)
     for p in range(3)
   ]
   assert all(p["video"].shape[0] == 4 for p in parts)
-  joined = {k: np.concatenate([p[k] for p in parts]) for k in whole}
-  assert _equal(whole, joined)
+  again = pipeline.Batches("shapes_mix", 12, seed=9, process_index=1, process_count=3).batch(5)
+  assert _equal(parts[1], again)
+  videos = [v.tobytes() for p in parts for v, im in zip(p["video"], p["is_image"]) if not im]
+  assert len(set(videos)) == len(videos)
   with pytest.raises(ValueError, match="multiple of process_count"):
     pipeline.Batches("shapes_mix", 10, process_count=3)
 
@@ -170,3 +173,104 @@ def test_seqio_mixture_yields_examples():
   # Mixtures registered after seqio was imported reach seqio directly.
   tasks.register_shapes_mixture("test_seqio_mix_50", 0.5, 0.5)
   assert "test_seqio_mix_50" in seqio.MixtureRegistry.names()
+
+
+# ---- Finite sources (files): epochs, host shards, skips ----------------------------------------
+class ListSource:
+  """A finite in-memory source: example i is a 3-frame clip filled with i; those in `bad`
+  raise media.SkipExample with their reason (how a corrupt file reaches the pipeline)."""
+
+  is_image = False
+
+  def __init__(self, num_examples: int, bad=None, offset: int = 0, size: int = 4):
+    self.num_examples, self.bad, self.offset = num_examples, dict(bad or {}), offset
+    self.size = size
+    self.calls = []
+
+  def describe(self) -> str:
+    return f"ListSource({self.num_examples})"
+
+  def example(self, index, num_frames=None, rng=None):
+    self.calls.append((index, rng))
+    if index in self.bad:
+      raise media.SkipExample(self.bad[index], f"clip{index + self.offset}.mp4", "made bad")
+    frames = num_frames or 3
+    shift = 0 if rng is None else int(rng.integers(100))  # stands for a random crop
+    video = np.full((frames, self.size, self.size, 3), index + self.offset, np.uint8)
+    video[:, 0, 0, 0] = shift
+    return dict(video=video, caption=f"clip {index + self.offset}")
+
+
+def _captions(batches, steps):
+  return [c for s in range(steps) for c in batches.batch(s)["caption"]]
+
+
+def test_finite_source_serves_every_example_once_per_epoch():
+  batches = pipeline.Batches([(ListSource(24), 1.0)], 8, seed=3)
+  seen = _captions(batches, 9)  # 72 draws = 3 epochs of 24
+  for epoch in range(3):
+    assert sorted(seen[24 * epoch : 24 * (epoch + 1)]) == sorted(f"clip {i}" for i in range(24))
+  assert seen[:24] != seen[24:48]  # each epoch in its own order
+  assert seen[:24] != [f"clip {i}" for i in range(24)]  # shuffled
+
+
+def test_two_processes_cover_their_disjoint_halves():
+  """Process p holds its own shards (a source over half the files): together one epoch covers
+  every example exactly once."""
+  halves = [ListSource(12, offset=0), ListSource(12, offset=12)]
+  seen = []
+  for p in range(2):
+    batches = pipeline.Batches([(halves[p], 1.0)], 8, seed=0, process_index=p, process_count=2)
+    seen += _captions(batches, 3)  # 12 rows per process
+  assert sorted(seen) == sorted(f"clip {i}" for i in range(24))
+
+
+def test_mixture_of_finite_and_procedural_sources_keeps_rates_and_epochs():
+  source = ListSource(50, size=tasks.DEFAULT_SPEC.resolution)
+  batches = pipeline.Batches(
+    [(source, 0.25), ("shapes_video", 0.75)], 16, seed=1, num_frames=tasks.DEFAULT_SPEC.num_frames
+  )
+  kinds = [batches.slot(step, row)[0] for step in range(256) for row in range(16)]  # 1 period
+  assert np.mean(np.array(kinds) == 0) == pytest.approx(0.25, abs=1e-3)
+  seen = [c for c in _captions(batches, 25) if c.startswith("clip")]
+  assert len(seen) >= 50 and sorted(seen[:50]) == sorted(f"clip {i}" for i in range(50))
+
+
+def test_unusable_examples_are_skipped_counted_and_replaced():
+  bad = {1: "corrupt_video", 5: "too_short", 6: "empty_caption"}
+  batches = pipeline.Batches([(ListSource(20, bad), 1.0)], 10, seed=0)
+  first = [batches.batch(s) for s in range(4)]  # two epochs
+  captions = [c for b in first for c in b["caption"]]
+  assert not {"clip 1", "clip 5", "clip 6"} & set(captions) and len(captions) == 40
+  assert batches.skip_counts() == {"corrupt_video": 2, "too_short": 2, "empty_caption": 2}
+  # Deterministic: a fresh pipeline (a resumed run) gives the same batches.
+  fresh = pipeline.Batches([(ListSource(20, bad), 1.0)], 10, seed=0)
+  for s, b in zip(range(4), first):
+    assert _equal(fresh.batch(s), b)
+  # Known-bad examples are not decoded again.
+  source = ListSource(20, bad)
+  batches = pipeline.Batches([(source, 1.0)], 10, seed=0)
+  for s in range(8):
+    batches.batch(s)
+  assert sum(1 for index, _ in source.calls if index == 1) == 1
+
+
+def test_a_source_with_no_usable_example_fails_at_start_up():
+  with pytest.raises(ValueError, match=r"ListSource\(20\).*corrupt_video"):
+    pipeline.Batches([(ListSource(20, {i: "corrupt_video" for i in range(20)}), 1.0)], 4)
+
+
+def test_random_crops_differ_per_epoch_and_resume_exactly():
+  source = ListSource(4)
+  batches = pipeline.Batches([(source, 1.0)], 4, seed=0, prefetch=2, num_threads=2)
+  crops = {}
+  for step, batch in batches.iterate(0, num_steps=6):
+    for caption, video in zip(batch["caption"], batch["video"]):
+      crops.setdefault(caption, []).append(int(video[0, 0, 0, 0]))
+  assert all(len(set(c)) > 1 for c in crops.values())  # a new crop every epoch
+  resumed = dict(pipeline.Batches([(ListSource(4), 1.0)], 4, seed=0).iterate(3, num_steps=3))
+  for step, batch in pipeline.Batches([(ListSource(4), 1.0)], 4, seed=0).iterate(0, num_steps=6):
+    if step >= 3:
+      assert _equal(batch, resumed[step])
+  centred = pipeline.Batches([(source, 1.0)], 4, seed=0, random_crops=False).batch(0)
+  assert not centred["video"][:, 0, 0, 0, 0].any() and source.calls[-1][1] is None

@@ -32,14 +32,18 @@ x264 without mbtree (see ``X264_OPTIONS``), bit-exact muxing, tar headers with m
 uid/gid 0): two builds with the same installed packages give byte-identical trees. It takes a few seconds on a 2-core CPU and the tree
 is about 4.6 MB.
 
-CLI: ``python -m phenaki_jax.data.fixture --out=DIR [--segment_seconds=2] [--no_broken]``.
-TensorFlow is never imported here.
+``build_tfds(out_dir, data_dir)`` then prepares the training segments as a TFDS dataset
+(``TFDS_NAME``, ArrayRecord) under ``data_dir``: the only part that imports TensorFlow.
+
+CLI: ``python -m phenaki_jax.data.fixture --out=DIR [--segment_seconds=2] [--no_broken]
+[--tfds_dir=DATA_DIR]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -1236,6 +1240,82 @@ def _build_broken(writer: _Writer, counter, train: list, photos: list, broken: l
 
 
 # ----------------------------------------------------------------------------------------------
+# A TFDS dataset of the training segments.
+# ----------------------------------------------------------------------------------------------
+TFDS_NAME = "phenaki_fixture_clips"
+TFDS_FPS = 8.0
+TFDS_RESOLUTION = 64
+
+
+@functools.lru_cache(maxsize=None)
+def _tfds_builder_class():
+  """The builder class, made once (TFDS registers every builder class by name on definition)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  from phenaki_jax.data import media  # pylint: disable=g-import-not-at-top
+
+  class PhenakiFixtureClips(tfds.core.GeneratorBasedBuilder):
+    """The fixture's training segments as a prepared TFDS dataset (split 'train')."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def __init__(self, *, fixture_dir: str = "", resolution: int = TFDS_RESOLUTION, **kwargs):
+      self._fixture_dir, self._resolution = fixture_dir, resolution
+      super().__init__(**kwargs)
+
+    def _info(self):
+      size = self._resolution
+      return tfds.core.DatasetInfo(
+        builder=self,
+        description=f"Segments of the phenaki_jax real-data fixture at {TFDS_FPS:g} fps.",
+        features=tfds.features.FeaturesDict(
+          {
+            "video": tfds.features.Video(shape=(None, size, size, 3)),
+            "caption": tfds.features.Text(),
+            "key": tfds.features.Text(),
+          }
+        ),
+      )
+
+    def _split_generators(self, dl_manager):
+      del dl_manager
+      return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+      webvid = pathlib.Path(self._fixture_dir) / "webvid"
+      with open(webvid / "train.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+      for row in rows:
+        path = webvid / "videos" / row["page_dir"] / f"{row['videoid']}.mp4"
+        frames = int(media.video_duration(str(path)) * TFDS_FPS)
+        clip = media.ClipSpec(num_frames=frames, fps=TFDS_FPS, resolution=self._resolution)
+        video = media.decode_video(str(path), clip)
+        yield row["videoid"], {"video": video, "caption": row["name"], "key": row["videoid"]}
+
+  return PhenakiFixtureClips
+
+
+def build_tfds(
+  fixture_dir, data_dir, *, resolution: int = TFDS_RESOLUTION, file_format: str = "array_record"
+) -> str:
+  """Prepares ``TFDS_NAME`` under ``data_dir`` from a built fixture's training segments.
+
+  Each record is one whole segment decoded at ``TFDS_FPS`` (TFDS videos carry no frame rate:
+  read them with ``source_fps=TFDS_FPS``), centre-cropped to ``resolution``², with its caption
+  (features ``video``, ``caption``, ``key``). ArrayRecord is the file format that TFDS random
+  access (``data_source``) reads. Imports tensorflow_datasets. Returns the dataset's name.
+  """
+  builder = _tfds_builder_class()(
+    fixture_dir=str(fixture_dir),
+    resolution=resolution,
+    data_dir=str(data_dir),
+    file_format=file_format,
+  )
+  builder.download_and_prepare()
+  return TFDS_NAME
+
+
+# ----------------------------------------------------------------------------------------------
 # CLI.
 # ----------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
@@ -1246,12 +1326,17 @@ def main(argv=None) -> int:
   parser.add_argument("--out", required=True, help="output folder (new, empty or a fixture)")
   parser.add_argument("--segment_seconds", type=float, default=2.0)
   parser.add_argument("--no_broken", action="store_true", help="leave out broken/")
+  parser.add_argument(
+    "--tfds_dir", default="", help=f"also prepare the TFDS dataset {TFDS_NAME!r} in this data_dir"
+  )
   args = parser.parse_args(argv)
   start = time.perf_counter()
   try:
     result = build(
       args.out, include_broken=not args.no_broken, segment_seconds=args.segment_seconds
     )
+    if args.tfds_dir:
+      build_tfds(result["out_dir"], args.tfds_dir)
   except (FixtureMediaError, FileExistsError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

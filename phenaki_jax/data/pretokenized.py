@@ -73,6 +73,10 @@ def expected_meta(config) -> dict:
   }
   if config.data.turn_rate > 0:
     meta["turn_context_frames"] = config.data.turn_context_frames
+  if config.data.get("source", "shapes") != "shapes" or config.data.get("mixture", ""):
+    # The data itself: which files (or registered mixture), decoded how.
+    keys = {k: v for k, v in dict(config.data).items() if k not in ("prefetch", "pretokenized")}
+    meta["data"] = json.loads(json.dumps(keys, sort_keys=True, default=str))
   return meta
 
 

@@ -2,6 +2,7 @@
 parameter EMA, the NaN guard, and the training loop's tail (log, evaluate, checkpoint, stop)."""
 
 import contextlib
+import importlib
 import json
 import logging as logging_std
 import os
@@ -153,23 +154,42 @@ def mean_metrics(history: list) -> dict:
   return {k: float(np.mean([h[k] for h in history if k in h])) for k in keys}
 
 
-def shapes_batches(config: ml_collections.ConfigDict, spec, *, video_rate: float):
-  """The step-indexed batches of the Shapes mixture that `config.data` describes (its image,
-  turn-clip and static-image options) in clips of `spec`, this process's rows of each."""
+def check_data_config(config: ml_collections.ConfigDict) -> None:
+  """The data settings both trainers share; fails at start-up naming the key."""
+  check_choice(config, "data.source", tasks.SOURCES)
+  check_turn_rate(config)
+  if config.data.source != "shapes" and config.data.turn_rate > 0:
+    raise ValueError(
+      f"config.data.turn_rate={config.data.turn_rate}: turn clips exist only in the Shapes data "
+      f"(config.data.source='shapes')"
+    )
+  if config.data.source == "files" and config.data.fps <= 0:
+    raise ValueError(f"config.data.fps={config.data.fps} must be > 0")
+  for module in config.data.module_imports:
+    importlib.import_module(module)
+
+
+def train_batches(
+  config: ml_collections.ConfigDict, *, num_frames: int, resolution: int, video_rate: float
+) -> pipeline.Batches:
+  """The step-indexed training batches of the mixture `config.data` describes
+  (`tasks.mixture_from_config`), `num_frames` frames of `resolution`², this process's rows."""
   d = config.data
-  mixture = tasks.shapes_mixture(
-    spec,
-    d.seed,
+  name = tasks.mixture_from_config(
+    d,
+    num_frames=num_frames,
+    resolution=resolution,
     video_rate=video_rate,
     image_rate=d.image_rate,
-    turn_rate=d.turn_rate,
-    turn_context_frames=d.turn_context_frames,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
   )
+  logging.info("data: %s", name)
   return pipeline.Batches(
-    mixture,
+    name,
     d.batch_size,
     seed=d.seed,
-    num_frames=spec.num_frames,
+    num_frames=num_frames,
     process_index=jax.process_index(),
     process_count=jax.process_count(),
     prefetch=d.prefetch,
@@ -314,6 +334,8 @@ def train_loop(
       if done % config.log_every == 0 or last or preempted:
         raise_if_bad(int(state["first_bad_step"]), ckpt.latest_step())
         train_metrics = mean_metrics(history)
+        skips = getattr(batches, "skip_counts", dict)()
+        train_metrics.update({f"data/skipped_{reason}": n for reason, n in skips.items()})
         writer.write_scalars(done, train_metrics)
         history = []
       if ckpt.should_save(done, final=last or preempted):

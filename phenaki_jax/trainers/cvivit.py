@@ -27,7 +27,7 @@ import optax
 from absl import logging
 
 from phenaki_jax import checkpoint, config_io, losses, optim, sharding
-from phenaki_jax.data import pipeline, video_io
+from phenaki_jax.data import media, pipeline, tasks, video_io
 from phenaki_jax.data import shapes as shapes_lib
 from phenaki_jax.evaluators import recon as recon_metrics
 from phenaki_jax.models import cvivit, discriminator, layers
@@ -42,7 +42,6 @@ def build_model(config: ml_collections.ConfigDict) -> cvivit.CViViT:
 
 def validate_config(config: ml_collections.ConfigDict) -> cvivit.CViViT:
   """Fails at start-up with the offending key named."""
-  common.check_choice(config, "data.source", ("shapes",))
   common.check_choice(config, "model.dtype", layers.DTYPES)
   model = build_model(config)
   if config.data.resolution != model.image_size:
@@ -58,7 +57,14 @@ def validate_config(config: ml_collections.ConfigDict) -> cvivit.CViViT:
     raise ValueError(f"config.data.image_rate={config.data.image_rate} must be in [0, 1]")
   if config.losses.temporal_l2 < 0:
     raise ValueError(f"config.losses.temporal_l2={config.losses.temporal_l2} must be >= 0")
-  common.check_turn_rate(config)
+  common.check_data_config(config)
+  if config.data.source == "files" and not (
+    config.data.eval_video_shards or config.data.eval_video_index
+  ):
+    raise ValueError(
+      "config.data.source='files' needs held-out clips for the reconstruction evaluation: set "
+      "config.data.eval_video_shards or config.data.eval_video_index (videos never trained on)"
+    )
   frames = config.data.num_frames
   if config.data.turn_rate > 0 and not 1 <= config.data.turn_context_frames < frames:
     raise ValueError(
@@ -76,24 +82,45 @@ def validate_config(config: ml_collections.ConfigDict) -> cvivit.CViViT:
 
 
 def make_batches(config: ml_collections.ConfigDict) -> pipeline.Batches:
-  """Shapes videos (a config.data.turn_rate share of them turn clips; and, if
-  config.data.image_rate > 0, 1-frame images or, with config.data.static_images, static clips
-  of them) as a pure f(step)."""
-  return common.shapes_batches(
-    config, shapes_lib.spec_from_config(config), video_rate=1.0 - config.data.image_rate
+  """The training mixture (`config.data`: Shapes or files; images when config.data.image_rate
+  > 0, as 1-frame images or, with config.data.static_images, static clips) as a pure f(step)."""
+  return common.train_batches(
+    config,
+    num_frames=config.data.num_frames,
+    resolution=config.data.resolution,
+    video_rate=1.0 - config.data.image_rate,
   )
 
 
 def eval_clips(config: ml_collections.ConfigDict) -> np.ndarray:
-  """Held-out reconstruction clips (the 'eval' split: never training clips). uint8 [N,F,H,W,3]."""
-  spec = shapes_lib.spec_from_config(config)
-  # Index stride 7 (coprime with the 78 seen triples) spreads the clips over colours and shapes.
-  return np.stack(
-    [
-      shapes_lib.video_example(spec, config.data.seed, 7 * i, split="eval")["video"]
-      for i in range(config.eval.num_clips)
-    ]
-  )
+  """Held-out reconstruction clips, uint8 [N, F, H, W, 3]: Shapes' 'eval' split (never a
+  training clip), or for files the first config.eval.num_clips usable clips of the held-out
+  videos (config.data.eval_video_shards / eval_video_index), centre-cropped."""
+  if config.data.source == "shapes":
+    spec = shapes_lib.spec_from_config(config)
+    # Index stride 7 (coprime with the 78 seen triples) spreads the clips over colours and shapes.
+    return np.stack(
+      [
+        shapes_lib.video_example(spec, config.data.seed, 7 * i, split="eval")["video"]
+        for i in range(config.eval.num_clips)
+      ]
+    )
+  clip = media.ClipSpec(config.data.num_frames, config.data.fps, config.data.resolution)
+  videos, _ = tasks.files_from_config(config.data, clip=clip, eval=True)
+  clips = []
+  for source in videos:
+    for index in range(source.num_examples):
+      if len(clips) == config.eval.num_clips:
+        return np.stack(clips)
+      try:
+        clips.append(source.example(index)["video"])
+      except media.SkipExample as e:
+        logging.warning("held-out clip skipped: %s", e)
+  if not clips:
+    raise ValueError(
+      "the held-out videos (config.data.eval_video_shards / eval_video_index) gave no usable clip"
+    )
+  return np.stack(clips)
 
 
 # ---- State ---------------------------------------------------------------------------------------

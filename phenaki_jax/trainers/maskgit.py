@@ -26,7 +26,6 @@ from phenaki_jax import checkpoint, config_io, masking, optim, sharding, text
 from phenaki_jax import sample as sample_lib
 from phenaki_jax import tokenizer as tokenizer_lib
 from phenaki_jax.data import pipeline, pretokenized, video_io
-from phenaki_jax.data import shapes as shapes_lib
 from phenaki_jax.models import cvivit, layers, quantizer
 from phenaki_jax.models import maskgit as maskgit_lib
 from phenaki_jax.trainers import common
@@ -51,7 +50,6 @@ def build_model(config: ml_collections.ConfigDict, tok_config=None) -> maskgit_l
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-  common.check_choice(config, "data.source", ("shapes",))
   common.check_choice(config, "token_embed_init", ("normal", "codebook"))
   common.check_choice(config, "model.head", maskgit_lib.HEADS)
   common.check_choice(config, "model.dtype", layers.DTYPES)
@@ -75,7 +73,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   common.check_ema_decay(config)
   if not 0.0 <= config.prefix_rate <= 1.0:
     raise ValueError(f"config.prefix_rate={config.prefix_rate} must be in [0, 1]")
-  common.check_turn_rate(config)
+  common.check_data_config(config)
   if config.code_support_clips < 0:
     raise ValueError(
       f"config.code_support_clips={config.code_support_clips} must be ≥ 0 "
@@ -103,9 +101,13 @@ def given_time_steps(context_frames, temporal_patch: int, num_frames: int) -> np
 
 
 def make_batches(config, tok_config) -> pipeline.Batches:
-  """The Shapes mixture of `config.data` in clips of the tokenizer's run (`tok_config`)."""
-  return common.shapes_batches(
-    config, shapes_lib.spec_from_config(tok_config), video_rate=config.data.video_rate
+  """The training mixture of `config.data` (Shapes or files) in clips of the tokenizer's run
+  (`tok_config`: its frames and resolution)."""
+  return common.train_batches(
+    config,
+    num_frames=tok_config.data.num_frames,
+    resolution=tok_config.data.resolution,
+    video_rate=config.data.video_rate,
   )
 
 
