@@ -238,3 +238,38 @@ def test_sampler_takes_a_full_hd_frame(tiny_sampler):
   assert fitted.min() > 150  # the centre crop, not a squeeze of the whole frame
   video = tiny_sampler.image_to_video(frame, "a red square moving right", seed=0)
   assert video.shape[-3:] == (tok.image_size, tok.image_size, 3)
+
+
+def test_seqio_reads_the_files_mixture_a_trainer_reads(real):
+  """The mixture a config's files describe is a seqio Mixture too: its tasks' datasets give the
+  same clips as the trainer's sources (centre crops), the broken samples dropped."""
+  import seqio  # pylint: disable=g-import-not-at-top
+
+  p = real["paths"]
+  config = tasks.default_config(
+    source="files",
+    video_shards=",".join(p["video_train"][:1] + p["broken_shards"][:1]),
+    image_shards=p["image_train"][0],
+  )
+  name = tasks.mixture_from_config(
+    config, num_frames=5, resolution=16, video_rate=0.8, image_rate=0.2
+  )
+  mixture = tasks.get_seqio(name)
+  assert isinstance(mixture, seqio.Mixture)
+  rates = {t.name: mixture.get_rate(t) for t in mixture.tasks}
+  assert sum(rates.values()) == pytest.approx(1.0)
+  video_task = next(t for t in mixture.tasks if "video" in t.name)
+  assert rates[video_task.name] == pytest.approx(0.8)
+  source = tasks.get_sources(video_task.name)[0][0]
+  got = list(video_task.get_dataset(None, split="train", shuffle=False).as_numpy_iterator())
+  usable = []
+  for i in range(source.num_examples):
+    try:
+      usable.append(source.example(i))
+    except media.SkipExample:
+      pass
+  assert len(got) == len(usable) < source.num_examples  # the broken ones dropped
+  for a, b in zip(got, usable):
+    assert a["video"].shape == (5, 16, 16, 3) and not a["is_image"]
+    np.testing.assert_array_equal(a["video"], b["video"])
+    assert a["caption"].decode() == b["caption"]

@@ -75,7 +75,9 @@ def expected_meta(config) -> dict:
     meta["turn_context_frames"] = config.data.turn_context_frames
   if config.data.get("source", "shapes") != "shapes" or config.data.get("mixture", ""):
     # The data itself: which files (or registered mixture), decoded how.
-    keys = {k: v for k, v in dict(config.data).items() if k not in ("prefetch", "pretokenized")}
+    keys = {
+      k: v for k, v in dict(config.data).items() if k not in ("prefetch", "threads", "pretokenized")
+    }
     meta["data"] = json.loads(json.dumps(keys, sort_keys=True, default=str))
   return meta
 

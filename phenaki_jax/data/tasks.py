@@ -223,7 +223,10 @@ def default_config(**overrides):
       mixture="",
       module_imports=(),
       seed=0,
-      prefetch=4,
+      prefetch=4,  # batches prepared ahead of the step
+      # Threads preparing those batches (each thread a whole batch). Decoding real video takes
+      # several cores per accelerator (BENCHMARKS.md, "Data throughput"); 1 suits Shapes.
+      threads=1,
       static_images=False,  # images as static clips (trained as videos), not 1-frame videos
       # Turn clips (Shapes only): this share of the video examples turns after its first
       # turn_context_frames frames, the motion a story continuation produces. 0 = off.

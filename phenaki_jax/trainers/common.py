@@ -192,7 +192,8 @@ def train_batches(
     num_frames=num_frames,
     process_index=jax.process_index(),
     process_count=jax.process_count(),
-    prefetch=d.prefetch,
+    prefetch=max(d.prefetch, d.get("threads", 1)),
+    num_threads=d.get("threads", 1),
     static_images=d.static_images,
   )
 
