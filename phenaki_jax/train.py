@@ -4,21 +4,32 @@ r"""Training entry point: one flag file, one work directory, dispatch on `config
   python -m phenaki_jax.train --config=configs/maskgit_b.py:tiny --workdir=workdirs/maskgit
 
 Configs are locked: a misspelt `--config.x=...` fails at start-up and names the key. A run
-resumes from the latest checkpoint in --workdir automatically.
+resumes from the latest checkpoint in --workdir automatically. Without --workdir a run goes to
+`workdirs/<config file name>[_<variant>]`, e.g. `workdirs/cvivit_b` or `workdirs/maskgit_b_tiny`.
 """
 
 import importlib
+import os
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Path to a config file[:variant].", lock_config=True
 )
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints and logs go.")
-flags.mark_flags_as_required(["config", "workdir"])
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "Where checkpoints and logs go (default: workdirs/<config>[_<variant>])."
+)
+flags.mark_flags_as_required(["config"])
 
 TRAINERS = {"cvivit": "phenaki_jax.trainers.cvivit", "maskgit": "phenaki_jax.trainers.maskgit"}
+
+
+def default_workdir(config_arg: str) -> str:
+  """`workdirs/<file stem>[_<variant>]` of a `--config=path.py[:variant]` argument."""
+  path, _, variant = config_arg.partition(":")
+  name = os.path.splitext(os.path.basename(path))[0]
+  return os.path.join("workdirs", f"{name}_{variant}" if variant else name)
 
 
 def main(argv):
@@ -26,7 +37,11 @@ def main(argv):
   config = _CONFIG.value
   if config.trainer not in TRAINERS:
     raise ValueError(f"config.trainer={config.trainer!r} is not one of {sorted(TRAINERS)}")
-  importlib.import_module(TRAINERS[config.trainer]).main(config, _WORKDIR.value)
+  workdir = _WORKDIR.value
+  if not workdir:
+    workdir = default_workdir(config_flags.get_config_filename(flags.FLAGS["config"]))
+    logging.info("no --workdir given: writing to %s", workdir)
+  importlib.import_module(TRAINERS[config.trainer]).main(config, workdir)
 
 
 if __name__ == "__main__":

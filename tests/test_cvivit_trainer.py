@@ -15,6 +15,7 @@ import functools
 import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -25,6 +26,7 @@ import pytest
 
 from phenaki_jax import checkpoint
 from phenaki_jax.data import media
+from phenaki_jax.trainers import common
 from phenaki_jax.trainers import cvivit as trainer
 
 from conftest import REPO, _shared_run, run_module, tiny_cvivit_config
@@ -486,3 +488,33 @@ def test_trains_without_tensorflow(tmp_path):
   assert any("psnr" in k for r in rows for k in r), rows  # the step-4 evaluation
   assert checkpoint_steps(str(workdir)) == [4]
   assert not list(workdir.glob("events.out.tfevents*"))
+
+
+def test_a_step_that_does_not_fit_stops_before_the_first_step(tmp_path, monkeypatch):
+  """The step is compiled and measured before training: one that cannot fit a device stops
+  with a MemoryError that says what to change, and nothing is written as a checkpoint."""
+  monkeypatch.setenv(common.MEMORY_ENV, "1000")
+  with pytest.raises(MemoryError, match=r"C-ViViT train step needs .* per device.*one example"):
+    trainer.main(base_config(), str(tmp_path))
+  assert not glob.glob(os.path.join(tmp_path, "checkpoints", "*"))
+
+
+def test_compile_checked_names_a_batch_size_that_fits(monkeypatch):
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+
+  batch, width = 64, 256
+  # The sort keeps a [batch, width] temporary (a fused chain would need none).
+  jitted = jax.jit(lambda x, w: (jnp.sort(jnp.tanh(x @ w), axis=0) @ w).sum())
+  args = (jax.ShapeDtypeStruct((batch, width), jnp.float32), jnp.ones((width, width)))
+  config = ml_collections.ConfigDict({"data": {"batch_size": batch}})
+  stats = jitted.lower(*args).compile().memory_analysis()
+  need = stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
+  monkeypatch.setenv(common.MEMORY_ENV, str(int(need / common.MEMORY_HEADROOM) + 1))
+  assert common.compile_checked(jitted, *args, config=config, what="f") is not None
+  fixed = need - stats.temp_size_in_bytes
+  monkeypatch.setenv(common.MEMORY_ENV, str(int((fixed + stats.temp_size_in_bytes / 2) / 0.9)))
+  with pytest.raises(MemoryError, match=r"batch_size=(\d+) should fit") as e:
+    common.compile_checked(jitted, *args, config=config, what="f")
+  fits = int(re.search(r"batch_size=(\d+) should", str(e.value)).group(1))
+  assert 1 <= fits < batch

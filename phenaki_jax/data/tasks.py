@@ -86,6 +86,10 @@ class ShapesSource:
   def is_image(self) -> bool:
     return self.split == "image"
 
+  def describe(self) -> str:
+    frames = "1 frame" if self.is_image else f"{self.spec.num_frames} frames"
+    return f"shapes:{self.split} ({frames} of {self.resolution}², seed {self.seed})"
+
   @property
   def num_frames(self) -> int:
     return 1 if self.is_image else self.spec.num_frames

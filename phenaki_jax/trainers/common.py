@@ -184,8 +184,7 @@ def train_batches(
     process_index=jax.process_index(),
     process_count=jax.process_count(),
   )
-  logging.info("data: %s", name)
-  return pipeline.Batches(
+  batches = pipeline.Batches(
     name,
     d.batch_size,
     seed=d.seed,
@@ -195,6 +194,82 @@ def train_batches(
     prefetch=max(d.prefetch, d.get("threads", 1)),
     num_threads=d.get("threads", 1),
     static_images=d.static_images,
+  )
+  logging.info("training data: mixture %r = %s", name, batches)
+  return batches
+
+
+# ---- Does the step fit? --------------------------------------------------------------------------
+# Environment override of the memory one device may use (bytes), e.g. to leave room for other
+# processes on a shared host, or to check the message without a large model.
+MEMORY_ENV = "PHENAKI_DEVICE_MEMORY_BYTES"
+MEMORY_HEADROOM = 0.9  # use at most this share of a device's memory
+
+
+def device_memory_bytes(device=None) -> int:
+  """The memory one device may use: `PHENAKI_DEVICE_MEMORY_BYTES`, an accelerator's own limit,
+  or for CPU devices the host's available memory shared among the local CPU devices."""
+  if os.environ.get(MEMORY_ENV):
+    return int(float(os.environ[MEMORY_ENV]))
+  device = device or jax.local_devices()[0]
+  stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+  if stats and stats.get("bytes_limit"):
+    return int(stats["bytes_limit"])
+  available = None
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          available = int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  if available is None:
+    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+  return available // max(1, len(jax.local_devices()))
+
+
+def _size(n: float) -> str:
+  return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def compile_checked(jitted, *args, config: ml_collections.ConfigDict, what: str):
+  """Compiles `jitted` for `args` (arrays or ShapeDtypeStructs) ahead of time and returns the
+  executable, after checking that one device can hold what the step needs (XLA's
+  `memory_analysis`: arguments + outputs − donated + temporaries). When it cannot, fails before
+  the first step, naming the batch size that should fit (the temporaries scale with the batch)."""
+  compiled = jitted.lower(*args).compile()
+  stats = compiled.memory_analysis()
+  if stats is None:  # a backend without the analysis
+    return compiled
+  fixed = stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
+  need = fixed + stats.temp_size_in_bytes
+  have = device_memory_bytes()
+  logging.info(
+    "%s: %s per device (%s of state and batch, %s of temporaries); %s available",
+    what,
+    _size(need),
+    _size(fixed),
+    _size(stats.temp_size_in_bytes),
+    _size(have),
+  )
+  if need <= MEMORY_HEADROOM * have:
+    return compiled
+  batch = config.data.batch_size
+  per_example = stats.temp_size_in_bytes / batch
+  room = MEMORY_HEADROOM * have - fixed
+  fits = int(room // per_example) if per_example > 0 and room > 0 else 0
+  step = jax.device_count()  # a batch must split evenly over the devices
+  fits = fits // step * step
+  hint = (
+    f"--config.data.batch_size={fits} should fit (the temporaries scale with the batch)"
+    if fits >= step
+    else "even one example per device does not fit: use a smaller model or resolution, "
+    "or devices with more memory (config.mesh shards the state over them)"
+  )
+  raise MemoryError(
+    f"{what} needs {_size(need)} per device at config.data.batch_size={batch}, but "
+    f"{_size(have)} is available ({MEMORY_HEADROOM:.0%} usable; {MEMORY_ENV} overrides "
+    f"it). {hint}; or train on more devices (config.mesh)."
   )
 
 

@@ -463,8 +463,27 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
       donate_argnums=0,
     )
 
-  step_fns = {False: jit_step(False), True: jit_step(True)}
-  use_adv = config.losses.adversarial > 0
+  use_adv = (
+    config.losses.adversarial > 0 and config.losses.adversarial_start_step < config.total_steps
+  )
+  # Compiled before the first step, each checked to fit a device (common.compile_checked).
+  b = config.data.batch_size
+  frames, size = config.data.num_frames, config.data.resolution
+  batch_spec = {
+    "video": jax.ShapeDtypeStruct((b, frames, size, size, 3), jnp.uint8, sharding=batch_shardings),
+    "is_image": jax.ShapeDtypeStruct((b,), jnp.bool_, sharding=batch_shardings),
+  }
+  step_fns = {
+    adversarial: common.compile_checked(
+      jit_step(adversarial),
+      state,
+      batch_spec,
+      train_rng,
+      config=config,
+      what=f"the C-ViViT train step{' with the discriminator' if adversarial else ''}",
+    )
+    for adversarial in ((False, True) if use_adv else (False,))
+  }
 
   def step_fn(state, step, batch):
     adversarial = use_adv and step >= config.losses.adversarial_start_step

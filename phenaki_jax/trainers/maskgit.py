@@ -366,6 +366,8 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
     donate_argnums=0,
   )
 
+  compiled = []
+
   def step_fn(state, step, batch):
     del step
     text_tokens, text_mask = text_encoder.encode(list(batch["caption"]))
@@ -377,7 +379,11 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
     global_batch = sharding.put_global_batch(
       {**inputs, "is_image": batch["is_image"], "text": text_tokens, "text_mask": text_mask}, mesh
     )
-    return jitted_step(state, global_batch, null_text, tok_params, train_rng)
+    args = (state, global_batch, null_text, tok_params, train_rng)
+    if not compiled:  # compiled at the first step, checked to fit a device
+      what = "the MaskGIT train step"
+      compiled.append(common.compile_checked(jitted_step, *args, config=config, what=what))
+    return compiled[0](*args)
 
   # ---- Evals ----
   def run_eval(state, step):
