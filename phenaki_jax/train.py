@@ -10,6 +10,7 @@ resumes from the latest checkpoint in --workdir automatically. Without --workdir
 
 import importlib
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -41,7 +42,11 @@ def main(argv):
   if not workdir:
     workdir = default_workdir(config_flags.get_config_filename(flags.FLAGS["config"]))
     logging.info("no --workdir given: writing to %s", workdir)
-  importlib.import_module(TRAINERS[config.trainer]).main(config, workdir)
+  try:
+    importlib.import_module(TRAINERS[config.trainer]).main(config, workdir)
+  except MemoryError as e:  # a step that cannot fit, found before the first step
+    logging.error("%s", e)
+    sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

