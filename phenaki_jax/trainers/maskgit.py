@@ -386,11 +386,19 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return compiled[0](*args)
 
   # ---- Evals ----
+  fvd_setup, last_eval = None, {}
+  if config.eval_metrics.fvd_videos > 0:
+    decoded = batches if hasattr(batches, "sources") else make_batches(config, tok_config)
+    fvd_setup = eval_metric_setup(config, tok_config, decoded)
+
   def run_eval(state, step):
+    params = state[config_io.params_key(config)]
     if config.sample.num_videos > 0:
-      write_samples(
-        workdir, step, config, tok, model, state[config_io.params_key(config)], text_encoder, writer
-      )
+      write_samples(workdir, step, config, tok, model, params, text_encoder, writer)
+    if fvd_setup is not None:
+      scalars = eval_metrics(workdir, step, config, tok, model, params, text_encoder, fvd_setup)
+      writer.write_scalars(step, scalars)
+      last_eval.update(scalars)
 
   # ---- Train loop ----
   start_time = time.time()
@@ -401,7 +409,74 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # A finished run (not a preempted one) records which codes occur where, for the sampler.
   if config.code_support_clips > 0 and jax.process_index() == 0 and not stopped_early:
     write_code_support(config, workdir, tok, batches)
-  return {"state": state, "train": train_metrics, "seconds": time.time() - start_time}
+  return {
+    "state": state,
+    "train": train_metrics,
+    "eval": last_eval,
+    "seconds": time.time() - start_time,
+  }
+
+
+def eval_metric_setup(config, tok_config, batches) -> dict:
+  """What the evaluation's FVD (and CLIP score) need: a fixed set of real clips with their
+  captions — the first `config.eval_metrics.fvd_videos` usable examples of the training
+  mixture's video sources, centred, in turn — and the frozen I3D (and CLIP) networks."""
+  from phenaki_jax.data import media  # pylint: disable=g-import-not-at-top
+  from phenaki_jax.models import clip, i3d  # pylint: disable=g-import-not-at-top
+
+  n, frames = config.eval_metrics.fvd_videos, tok_config.data.num_frames
+  videos, captions = [], []
+  sources = [s for s, image in zip(batches.sources, batches.is_image) if not image]
+  indexes = [0] * len(sources)
+  while len(videos) < n:
+    progress = False
+    for k, source in enumerate(sources):
+      size = getattr(source, "num_examples", None)
+      while len(videos) < n and (size is None or indexes[k] < size):
+        indexes[k] += 1
+        try:
+          example = source.example(indexes[k] - 1, num_frames=frames)
+        except media.SkipExample:
+          continue
+        videos.append(example["video"])
+        captions.append(str(example["caption"]))
+        progress = True
+        break
+    if not progress:
+      break
+  if not videos:
+    raise ValueError("config.eval_metrics.fvd_videos > 0 but the training data has no video")
+  setup = {
+    "videos": np.stack(videos),
+    "captions": captions,
+    "i3d": i3d.load_i3d_params(config.eval_metrics.i3d_checkpoint or None),
+  }
+  if config.eval_metrics.clip_dir:
+    setup["clip"] = clip.load_clip(config.eval_metrics.clip_dir)
+    setup["clip_tokenizer"] = clip.Tokenizer(config.eval_metrics.clip_dir)
+  logging.info("evaluation: FVD over %d prompts of the training data", len(captions))
+  return setup
+
+
+def eval_metrics(workdir, step, config, tok, model, params, text_encoder, setup) -> dict:
+  """FVD of samples for the fixed prompts against their real clips (statistics of the real
+  clips cached in workdir/fvd_reference.npz) and, with CLIP weights, their CLIP score."""
+  from phenaki_jax import metrics  # pylint: disable=g-import-not-at-top
+
+  sampler = sample_lib.Sampler(tok, model, params, text_encoder, config.sample)
+  captions = setup["captions"]
+  fake = np.concatenate(
+    [np.asarray(sampler.generate(captions[i : i + 8], seed=i)) for i in range(0, len(captions), 8)]
+  )
+  reference = os.path.join(workdir, "fvd_reference.npz")
+  result = metrics.fvd(setup["videos"], fake, setup["i3d"], real_stats=reference)
+  scalars = {"eval/fvd": result["fvd"]}
+  if "clip" in setup:
+    model_clip, params_clip = setup["clip"]
+    scalars["eval/clip_score"] = metrics.clip_score(
+      fake, captions, model_clip, params_clip, setup["clip_tokenizer"]
+    )["clip_score"]
+  return scalars
 
 
 def write_samples(workdir, step, config, tok, model, params, text_encoder, writer):
