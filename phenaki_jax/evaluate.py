@@ -231,7 +231,8 @@ def run_metric(command: str, f) -> dict:
     else:
       videos, captions = _generated(f, None)
     model, params = clip.load_clip(f.clip_dir)
-    return metrics.clip_score(videos, captions, model, params, clip.Tokenizer(f.clip_dir))
+    tokenizer = clip.Tokenizer(f.clip_dir, context_length=model.context_length)
+    return metrics.clip_score(videos, captions, model, params, tokenizer)
   # fvd / fid: a reference set (or its cached statistics) and a set.
   real, captions = (None, None)
   if f.real and not (f.real_stats and os.path.exists(f.real_stats)):

@@ -239,3 +239,23 @@ def test_errors(checkpoint, tmp_path):
     clip.get_model("H/14")
   with pytest.raises(ValueError, match="uint8"):
     clip.clip_preprocess(np.zeros((1, 32, 32, 3), np.float32))
+
+
+def test_clip_score_from_the_cli(checkpoint):
+  """`python -m phenaki_jax.evaluate clip` on captioned Shapes clips with the random checkpoint."""
+  import conftest  # pylint: disable=g-import-not-at-top
+
+  d, _ = checkpoint
+  proc = conftest.run_module(
+    "phenaki_jax.evaluate",
+    "clip",
+    f"--clip_dir={d}",
+    "--videos=shapes:eval",
+    "--num_videos=2",
+    "--num_frames=3",
+    "--resolution=32",
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(proc.stdout[proc.stdout.index("{") :])
+  assert 0 <= result["clip_score"] <= 100 and result["num_frames"] == 6
+  assert result["protocol"] == json.loads(json.dumps(clip.PROTOCOL))

@@ -338,3 +338,27 @@ def test_errors_name_the_tensor(checkpoint, tmp_path):
   with pytest.raises(ValueError, match="uint8"):
     inception.inception_features({}, np.zeros((1, 80, 80, 3), np.float32))
   assert not (tmp_path / "x.pth").exists()
+
+
+def test_fid_of_shapes_sets_from_the_cli(checkpoint, tmp_path):
+  """`python -m phenaki_jax.evaluate fid` with the converted (random) weights: a set against
+  itself is 0 up to rounding, against another split it is not, and the protocol is printed."""
+  d, _ = checkpoint
+  common = [
+    "--num_videos=3",
+    "--num_frames=2",
+    "--resolution=32",
+    f"--inception_checkpoint={d / 'inc.safetensors'}",
+    f"--real_stats={tmp_path / 'train.npz'}",
+    "--real=shapes:train",
+  ]
+  results = {}
+  for fake in ("shapes:train", "shapes:heldout"):
+    proc = conftest.run_module("phenaki_jax.evaluate", "fid", f"--fake={fake}", *common)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results[fake] = json.loads(proc.stdout[proc.stdout.index("{") :])
+  assert abs(results["shapes:train"]["fid"]) < 1e-3
+  assert results["shapes:heldout"]["fid"] > 1e-2
+  assert results["shapes:heldout"]["num_real_frames"] == 6
+  assert results["shapes:heldout"]["protocol"] == inception.PROTOCOL
+  assert os.path.exists(tmp_path / "train.npz")

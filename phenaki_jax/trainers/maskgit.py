@@ -453,7 +453,9 @@ def eval_metric_setup(config, tok_config, batches) -> dict:
   }
   if config.eval_metrics.clip_dir:
     setup["clip"] = clip.load_clip(config.eval_metrics.clip_dir)
-    setup["clip_tokenizer"] = clip.Tokenizer(config.eval_metrics.clip_dir)
+    setup["clip_tokenizer"] = clip.Tokenizer(
+      config.eval_metrics.clip_dir, context_length=setup["clip"][0].context_length
+    )
   logging.info("evaluation: FVD over %d prompts of the training data", len(captions))
   return setup
 
