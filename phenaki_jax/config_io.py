@@ -67,3 +67,10 @@ def params_key(config, ema: Optional[bool] = None) -> str:
       f"(config.ema_decay=0): load it with ema=False (or --noema)"
     )
   return "ema_params" if ema else "params"
+
+
+def default_workdir(config_arg: str) -> str:
+  """`workdirs/<file stem>[_<variant>]` of a `--config=path.py[:variant]` argument."""
+  path, _, variant = config_arg.partition(":")
+  name = os.path.splitext(os.path.basename(path))[0]
+  return os.path.join("workdirs", f"{name}_{variant}" if variant else name)

@@ -9,11 +9,12 @@ resumes from the latest checkpoint in --workdir automatically. Without --workdir
 """
 
 import importlib
-import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from phenaki_jax import config_io
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Path to a config file[:variant].", lock_config=True
@@ -26,13 +27,6 @@ flags.mark_flags_as_required(["config"])
 TRAINERS = {"cvivit": "phenaki_jax.trainers.cvivit", "maskgit": "phenaki_jax.trainers.maskgit"}
 
 
-def default_workdir(config_arg: str) -> str:
-  """`workdirs/<file stem>[_<variant>]` of a `--config=path.py[:variant]` argument."""
-  path, _, variant = config_arg.partition(":")
-  name = os.path.splitext(os.path.basename(path))[0]
-  return os.path.join("workdirs", f"{name}_{variant}" if variant else name)
-
-
 def main(argv):
   del argv
   config = _CONFIG.value
@@ -40,7 +34,7 @@ def main(argv):
     raise ValueError(f"config.trainer={config.trainer!r} is not one of {sorted(TRAINERS)}")
   workdir = _WORKDIR.value
   if not workdir:
-    workdir = default_workdir(config_flags.get_config_filename(flags.FLAGS["config"]))
+    workdir = config_io.default_workdir(config_flags.get_config_filename(flags.FLAGS["config"]))
     logging.info("no --workdir given: writing to %s", workdir)
   try:
     importlib.import_module(TRAINERS[config.trainer]).main(config, workdir)

@@ -259,3 +259,37 @@ def test_clip_score_from_the_cli(checkpoint):
   result = json.loads(proc.stdout[proc.stdout.index("{") :])
   assert 0 <= result["clip_score"] <= 100 and result["num_frames"] == 6
   assert result["protocol"] == json.loads(json.dumps(clip.PROTOCOL))
+
+
+def test_the_maskgit_evaluation_scores_fvd_and_clip(checkpoint, tiny_sampler, tiny_maskgit_dir):
+  """The stage-2 trainer's evaluation (`trainers.maskgit.eval_metrics`): FVD of samples for
+  fixed captions against their real clips (cached reference) and, given a CLIP checkpoint
+  directory, their CLIP score."""
+  import tempfile  # pylint: disable=g-import-not-at-top
+
+  from phenaki_jax import config_io  # pylint: disable=g-import-not-at-top
+  from phenaki_jax.data import shapes  # pylint: disable=g-import-not-at-top
+  from phenaki_jax.models import i3d  # pylint: disable=g-import-not-at-top
+  from phenaki_jax.trainers import maskgit  # pylint: disable=g-import-not-at-top
+
+  d, _ = checkpoint
+  config = config_io.from_workdir(tiny_maskgit_dir)
+  s = tiny_sampler
+  spec = shapes.ShapesSpec(resolution=s.tokenizer.image_size, num_frames=s.max_frames)
+  examples = [shapes.video_example(spec, 0, i, split="eval") for i in range(3)]
+  model_clip = clip.load_clip(str(d))
+  setup = {
+    "videos": np.stack([e["video"] for e in examples]),
+    "captions": [e["caption"] for e in examples],
+    "i3d": i3d.load_i3d_params(),
+    "clip": model_clip,
+    "clip_tokenizer": clip.Tokenizer(str(d), context_length=model_clip[0].context_length),
+  }
+  with tempfile.TemporaryDirectory() as workdir:
+    args = (workdir, 10, config, s.tokenizer, s.model, s.params, s.text_encoder, setup)
+    scores = maskgit.eval_metrics(*args)
+    assert os.path.exists(os.path.join(workdir, "fvd_reference.npz"))
+    again = maskgit.eval_metrics(*args)  # the reference from its cache
+  assert np.isfinite(scores["eval/fvd"]) and scores["eval/fvd"] > 0
+  assert 0 <= scores["eval/clip_score"] <= 100
+  assert again == pytest.approx(scores, rel=1e-6)

@@ -88,3 +88,18 @@ def test_trainers_do_not_import_each_other(graph):
   }
   assert len(trainers) >= 2
   assert not {m: sorted(graph[m] & trainers) for m in trainers if graph[m] & trainers}
+
+
+@pytest.mark.parametrize(
+  "arg, want",
+  [
+    ("configs/cvivit_b.py", "workdirs/cvivit_b"),
+    ("configs/maskgit_b.py:tiny", "workdirs/maskgit_b_tiny"),
+    ("/abs/path/my_run.py:real", "workdirs/my_run_real"),
+  ],
+)
+def test_default_workdir_is_named_after_the_config(arg, want):
+  """`python -m phenaki_jax.train` without --workdir writes to workdirs/<config>[_<variant>]."""
+  from phenaki_jax import config_io  # pylint: disable=g-import-not-at-top
+
+  assert config_io.default_workdir(arg) == want

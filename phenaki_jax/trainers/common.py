@@ -228,16 +228,58 @@ def device_memory_bytes(device=None) -> int:
   return available // max(1, len(jax.local_devices()))
 
 
+# Dense bfloat16 peak FLOP/s of one device, by a substring of `device_kind` (first match wins):
+# the MFU base. Vendor figures: TPU v6e 918T, v5p 459T, v5e 197T, v4 275T; H100/H200 SXM 989T,
+# A100 312T. Unknown devices (a CPU) get no MFU.
+PEAK_FLOPS = (
+  ("v6 lite", 918e12),
+  ("v6e", 918e12),
+  ("v5p", 459e12),
+  ("v5 lite", 197e12),
+  ("v5e", 197e12),
+  ("v4", 275e12),
+  ("H200", 989e12),
+  ("H100", 989e12),
+  ("A100", 312e12),
+)
+
+
+def peak_flops(device_kind: str) -> Optional[float]:
+  """The dense bf16 peak of one device of this kind, or None when unknown."""
+  for key, flops in PEAK_FLOPS:
+    if key.lower() in device_kind.lower():
+      return flops
+  return None
+
+
+def lowered_flops(lowered) -> Optional[float]:
+  """XLA's FLOP count of a whole lowered step (all devices; before compilation), or None."""
+  try:
+    cost = lowered.cost_analysis()
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  value = (cost or {}).get("flops")
+  return float(value) if value and value > 0 else None
+
+
 def _size(n: float) -> str:
   return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
-def compile_checked(jitted, *args, config: ml_collections.ConfigDict, what: str):
+def compile_checked(
+  jitted, *args, config: ml_collections.ConfigDict, what: str, perf: Optional[dict] = None
+):
   """Compiles `jitted` for `args` (arrays or ShapeDtypeStructs) ahead of time and returns the
   executable, after checking that one device can hold what the step needs (XLA's
   `memory_analysis`: arguments + outputs − donated + temporaries). When it cannot, fails before
-  the first step, naming the batch size that should fit (the temporaries scale with the batch)."""
-  compiled = jitted.lower(*args).compile()
+  the first step, naming the batch size that should fit (the temporaries scale with the batch).
+  `perf` (a dict) receives the step's FLOPs ('flops', for the MFU `train_loop` logs)."""
+  lowered = jitted.lower(*args)
+  if perf is not None:
+    perf["flops"] = max(perf.get("flops") or 0.0, lowered_flops(lowered) or 0.0) or None
+  compiled = lowered.compile()
   stats = compiled.memory_analysis()
   if stats is None:  # a backend without the analysis
     return compiled
@@ -378,6 +420,7 @@ def train_loop(
   ckpt: checkpoint.Checkpointer,
   writer,
   evaluate: Optional[Callable[[dict, int], None]] = None,
+  perf: Optional[dict] = None,
 ) -> tuple:
   """Runs `state, metrics = step_fn(state, step, batch)` from the state's step to
   config.total_steps (or config.stop_after_steps, config.max_train_seconds, a preemption).
@@ -386,12 +429,18 @@ def train_loop(
   step stops the run, naming it); checkpoints are saved every config.checkpoint_every steps and
   at the end; `evaluate(state, step)` runs every config.eval_every steps and at the end. A
   preemption (SIGTERM) saves at the next step and stops. Returns (state, the last logged mean
-  metrics, whether a preemption stopped the run before its end)."""
+  metrics, whether a preemption stopped the run before its end).
+
+  With `perf['flops']` (the step's FLOPs, `compile_checked`), each log also writes the mean
+  seconds per step since the last log, the achieved TFLOP/s per device and, on a device in
+  `PEAK_FLOPS`, the model FLOP utilisation (`perf/mfu`)."""
   step = int(state["step"])
   total = config.total_steps
   report = progress_reporter(total, writer)
   history, train_metrics, preempted, last = [], {}, False, False
   start_time = time.time()
+  last_log = (step, start_time)
+  peak = peak_flops(jax.devices()[0].device_kind)
   logging.info("training from step %d to %d", step, total)
   with flushing(writer):
     for step, batch in batches.iterate(step):
@@ -412,6 +461,17 @@ def train_loop(
         train_metrics = mean_metrics(history)
         skips = getattr(batches, "skip_counts", dict)()
         train_metrics.update({f"data/skipped_{reason}": n for reason, n in skips.items()})
+        now = time.time()
+        if done > last_log[0]:
+          seconds = (now - last_log[1]) / (done - last_log[0])
+          train_metrics["perf/step_seconds"] = seconds
+          flops = (perf or {}).get("flops")
+          if flops:
+            per_device = flops / seconds / jax.device_count()
+            train_metrics["perf/tflops_per_device"] = per_device / 1e12
+            if peak:
+              train_metrics["perf/mfu"] = per_device / peak
+        last_log = (done, now)
         writer.write_scalars(done, train_metrics)
         history = []
       if ckpt.should_save(done, final=last or preempted):

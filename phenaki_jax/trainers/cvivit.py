@@ -522,6 +522,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
     "video": jax.ShapeDtypeStruct((b, frames, size, size, 3), jnp.uint8, sharding=batch_shardings),
     "is_image": jax.ShapeDtypeStruct((b,), jnp.bool_, sharding=batch_shardings),
   }
+  perf = {}  # the step's FLOPs (the larger step's, with the discriminator) for the MFU log
   step_fns = {
     adversarial: common.compile_checked(
       jit_step(adversarial),
@@ -531,6 +532,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
       frozen,
       config=config,
       what=f"the C-ViViT train step{' with the discriminator' if adversarial else ''}",
+      perf=perf,
     )
     for adversarial in ((False, True) if use_adv else (False,))
   }
@@ -559,7 +561,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
   start_time = time.time()
   with jax.set_mesh(mesh):
     state, train_metrics, _ = common.train_loop(
-      config, state, batches, step_fn, ckpt, writer, evaluate=run_eval
+      config, state, batches, step_fn, ckpt, writer, evaluate=run_eval, perf=perf
     )
   if eval_metrics:
     with open(os.path.join(workdir, "metrics.json"), "w") as f:

@@ -366,7 +366,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
     donate_argnums=0,
   )
 
-  compiled = []
+  compiled, perf = [], {}  # perf: the step's FLOPs, for the MFU log
 
   def step_fn(state, step, batch):
     del step
@@ -382,7 +382,9 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
     args = (state, global_batch, null_text, tok_params, train_rng)
     if not compiled:  # compiled at the first step, checked to fit a device
       what = "the MaskGIT train step"
-      compiled.append(common.compile_checked(jitted_step, *args, config=config, what=what))
+      compiled.append(
+        common.compile_checked(jitted_step, *args, config=config, what=what, perf=perf)
+      )
     return compiled[0](*args)
 
   # ---- Evals ----
@@ -404,7 +406,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
   start_time = time.time()
   with jax.set_mesh(mesh):
     state, train_metrics, stopped_early = common.train_loop(
-      config, state, batches, step_fn, ckpt, writer, evaluate=run_eval
+      config, state, batches, step_fn, ckpt, writer, evaluate=run_eval, perf=perf
     )
   # A finished run (not a preempted one) records which codes occur where, for the sampler.
   if config.code_support_clips > 0 and jax.process_index() == 0 and not stopped_early:
