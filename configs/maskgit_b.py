@@ -68,6 +68,9 @@ def get_config(arg: str = "tiny"):
   c.data.image_rate = 0.2
   c.data.batch_size = 512
   c.data.pretokenized = ""  # a directory written by `python -m phenaki_jax.tokenize`
+  # Micro-batches per step: the batch's gradient summed over this many passes of batch/k
+  # examples (the same update, dropout apart; a k-th of the activation memory).
+  c.grad_accum_steps = 1
 
   c.total_steps = 4_000_000
   c.max_train_seconds = 0.0

@@ -587,3 +587,23 @@ def test_token_embeddings_can_start_from_the_codebook():
   assert err < 1e-5 and 0.005 < proj.std() < 0.05, (err, proj.std())
   assert not np.allclose(from_codebook[k], codebook[:1] @ proj, atol=1e-3)  # [MASK] row
   assert residual(table(None)[:k])[0] > 1e-2
+
+
+def test_gradient_accumulation_equals_the_whole_batch(step_env):
+  """config.grad_accum_steps=4: four passes of 16 examples give the update of one pass of 64
+  (the tiny MaskGIT has no dropout), its loss, accuracy and per-source losses; a count that does
+  not divide the batch fails naming the key."""
+  config = step_env["config"].copy_and_resolve_references()
+  config.grad_accum_steps = 4
+  accumulated = jitted_train_step(config, step_env["tok"])
+  args = (step_env["batch"], step_env["null_text"], step_env["tok"].params, jax.random.PRNGKey(5))
+  state = step_env["state"]
+  one, m_one = step_env["step"](state, *args)
+  four, m_four = accumulated(state, *args)
+  for key in ("loss", "masked_accuracy", "loss_video", "loss_image", "grad_norm"):
+    np.testing.assert_allclose(m_four[key], m_one[key], rtol=2e-5, atol=1e-6, err_msg=key)
+  for a, b in zip(jax.tree.leaves(one["params"]), jax.tree.leaves(four["params"])):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=2e-6)
+  config.grad_accum_steps = 3
+  with pytest.raises(ValueError, match=r"config\.grad_accum_steps=3 must .* divide"):
+    trainer.validate_config(config)

@@ -51,6 +51,12 @@ def build_model(config: ml_collections.ConfigDict, tok_config=None) -> maskgit_l
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
   common.check_choice(config, "token_embed_init", ("normal", "codebook"))
+  k = config.get("grad_accum_steps", 1)
+  if k < 1 or config.data.batch_size % k:
+    raise ValueError(
+      f"config.grad_accum_steps={k} must be >= 1 and divide "
+      f"config.data.batch_size={config.data.batch_size}"
+    )
   common.check_choice(config, "model.head", maskgit_lib.HEADS)
   common.check_choice(config, "model.dtype", layers.DTYPES)
   if not os.path.isdir(config.tokenizer.workdir):
@@ -240,7 +246,7 @@ def train_step(state, batch, null_text, tok_params, rng, *, model, tok_model, tx
   # transpose of the logits or their gradient) with the targets and mask permuted to match.
   codes_g, mask_g = model.group_order(codes), model.group_order(mask)
 
-  def loss_fn(params):
+  def loss_fn(params, inputs, text_tokens, text_mask, valid, codes_g, mask_g, rng):
     logits = model.apply(
       {"params": params},
       inputs,
@@ -248,12 +254,46 @@ def train_step(state, batch, null_text, tok_params, rng, *, model, tok_model, tx
       text_mask,
       token_valid=valid,
       train=True,
-      rngs={"dropout": dropout_rng},
+      rngs={"dropout": rng},
       token_order=False,
     )
     return masking.masked_cross_entropy(logits, codes_g, mask_g)
 
-  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+  parts = (inputs, text_tokens, text_mask, valid, codes_g, mask_g)
+  k = config.get("grad_accum_steps", 1)
+  if k == 1:
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state["params"], *parts, dropout_rng
+    )
+  else:
+    # Micro-batches: k forward/backward passes of B/k examples, one at a time (the activations
+    # of one), their gradients summed. Each micro-batch's mean is weighted by its share of the
+    # batch's masked tokens, so loss and gradient equal the whole batch's (dropout apart).
+    total = jnp.maximum(jnp.sum(mask_g), 1).astype(jnp.float32)
+    chunks = jax.tree.map(lambda x: x.reshape((k, b // k) + x.shape[1:]), parts)
+
+    def micro(carry, xs):
+      i, chunk = xs
+      weight = jnp.sum(chunk[-1]).astype(jnp.float32) / total
+
+      def weighted(params):
+        value, aux = loss_fn(params, *chunk, jax.random.fold_in(dropout_rng, i))
+        return value * weight, aux
+
+      (value, aux), g = jax.value_and_grad(weighted, has_aux=True)(state["params"])
+      loss_sum, grad_sum, correct = carry
+      carry = (
+        loss_sum + value,
+        jax.tree.map(jnp.add, grad_sum, g),
+        correct + aux["accuracy"] * weight,
+      )
+      return carry, aux["token_nll"]
+
+    zeros = jax.tree.map(jnp.zeros_like, state["params"])
+    (loss, grads, accuracy), nll = jax.lax.scan(
+      micro, (jnp.float32(0), zeros, jnp.float32(0)), (jnp.arange(k), chunks)
+    )
+    metrics = {"accuracy": accuracy, "token_nll": nll.reshape((b,) + nll.shape[2:])}
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
 
