@@ -311,7 +311,8 @@ def compile_checked(
   raise MemoryError(
     f"{what} needs {_size(need)} per device at config.data.batch_size={batch}, but "
     f"{_size(have)} is available ({MEMORY_HEADROOM:.0%} usable; {MEMORY_ENV} overrides "
-    f"it). {hint}; or train on more devices (config.mesh)."
+    f"it). {hint}; or train on more devices (config.mesh), or (MaskGIT) accumulate gradients "
+    f"over micro-batches (config.grad_accum_steps)."
   )
 
 
