@@ -93,14 +93,9 @@ def flops_of(lowered) -> float:
   Counted before compilation, so the same on every backend: a GPU-compiled step's count leaves
   out the convolutions it hands to cuDNN (the C-ViViT B step counted 2% of its FLOPs there).
   """
-  try:
-    cost = lowered.cost_analysis()
-  except Exception:  # pylint: disable=broad-except
-    return None
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else {}
-  value = (cost or {}).get("flops")
-  return float(value) if value and value > 0 else None
+  from phenaki_jax.trainers import common  # pylint: disable=g-import-not-at-top
+
+  return common.lowered_flops(lowered)
 
 
 def step_bytes(compiled):

@@ -56,7 +56,6 @@ Parameter tree (`load_i3d_params` builds it from the file's `params/.../Conv_0/k
 """
 
 import functools
-import importlib.util
 import pathlib
 from typing import Any, Optional, Sequence
 
@@ -398,16 +397,7 @@ def video_perceptual_loss(
 # ------------------------------------------------------------------------------------------
 def weights_path(package: str = PACKAGE) -> pathlib.Path:
   """The I3D weight file inside the installed `package`, which is not imported."""
-  spec = importlib.util.find_spec(package)
-  if spec is None or not spec.submodule_search_locations:
-    raise FileNotFoundError(
-      f"The I3D Kinetics-400 weights ship in the package {package!r}, which is not installed. "
-      f"Run: {PIP_HINT}"
-    )
-  path = pathlib.Path(list(spec.submodule_search_locations)[0]).joinpath(*WEIGHTS_FILE)
-  if not path.is_file():
-    raise FileNotFoundError(f"{path} does not exist; reinstall with: {PIP_HINT}")
-  return path
+  return safe_pickle.package_file(package, WEIGHTS_FILE, "I3D Kinetics-400 weights", PIP_HINT)
 
 
 @functools.lru_cache(maxsize=1)

@@ -7,8 +7,10 @@ code its author put in it; `load` admits exactly the globals that rebuild numpy 
 are pickle opcodes, not globals, so they need no admission.
 """
 
+import importlib.util
 import io
 import os
+import pathlib
 import pickle
 
 import numpy as np
@@ -69,3 +71,17 @@ def flatten(tree, prefix: str = "") -> dict:
     else:
       out[name] = np.asarray(value)
   return out
+
+
+def package_file(package: str, relative: tuple, what: str, pip_hint: str) -> pathlib.Path:
+  """The file `relative` (path parts) inside the installed `package`, found without importing
+  it: the weight carriers' modules are never run. FileNotFoundError names `pip_hint`."""
+  spec = importlib.util.find_spec(package)
+  if spec is None or not spec.submodule_search_locations:
+    raise FileNotFoundError(
+      f"The {what} ship in the package {package!r}, which is not installed. Run: {pip_hint}"
+    )
+  path = pathlib.Path(list(spec.submodule_search_locations)[0]).joinpath(*relative)
+  if not path.is_file():
+    raise FileNotFoundError(f"{path} does not exist; reinstall with: {pip_hint}")
+  return path

@@ -28,7 +28,6 @@ Parameter tree (`load_lpips_vgg16_params` builds it from the file's `VGG16_0/Con
 """
 
 import functools
-import importlib.util
 import pathlib
 from typing import Any, Optional
 
@@ -190,16 +189,7 @@ def image_perceptual_loss(
 # ------------------------------------------------------------------------------------------
 def weights_path(package: str = PACKAGE) -> pathlib.Path:
   """The VGG16 + LPIPS weight file inside the installed `package`, which is not imported."""
-  spec = importlib.util.find_spec(package)
-  if spec is None or not spec.submodule_search_locations:
-    raise FileNotFoundError(
-      f"The LPIPS VGG16 weights ship in the package {package!r}, which is not installed. "
-      f"Run: {PIP_HINT}"
-    )
-  path = pathlib.Path(list(spec.submodule_search_locations)[0]).joinpath(*WEIGHTS_FILE)
-  if not path.is_file():
-    raise FileNotFoundError(f"{path} does not exist; reinstall with: {PIP_HINT}")
-  return path
+  return safe_pickle.package_file(package, WEIGHTS_FILE, "LPIPS VGG16 weights", PIP_HINT)
 
 
 @functools.lru_cache(maxsize=1)
