@@ -19,6 +19,7 @@ are cached as `.npz` (`RunningStats.save`). The CLI is `python -m phenaki_jax.ev
 {fvd,fid,clip,recon}`.
 """
 
+import functools
 import glob
 import os
 from typing import Optional, Sequence
@@ -214,16 +215,26 @@ def reconstruction(videos, recon, lpips_params=None, batch_size: int = 16) -> di
   if lpips_params is not None:
     from phenaki_jax.models import vgg  # pylint: disable=g-import-not-at-top
 
+    distance = _jitted_lpips()
     distances = [
       np.asarray(
-        vgg.lpips_distance(
+        distance(
           lpips_params,
           jnp.asarray(a[i : i + batch_size] * 2 - 1),
           jnp.asarray(b[i : i + batch_size] * 2 - 1),
         )
-      )
+      ).ravel()
       for i in range(0, len(a), batch_size)
     ]
     out["lpips"] = float(np.mean(np.concatenate(distances)))
     out["lpips_protocol"] = dict(vgg.PROTOCOL)
   return out
+
+
+@functools.lru_cache(maxsize=1)
+def _jitted_lpips():
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from phenaki_jax.models import vgg  # pylint: disable=g-import-not-at-top
+
+  return jax.jit(vgg.lpips_distance)

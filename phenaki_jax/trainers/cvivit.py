@@ -27,6 +27,7 @@ import optax
 from absl import logging
 
 from phenaki_jax import checkpoint, config_io, losses, optim, sharding
+from phenaki_jax import metrics as metrics_lib
 from phenaki_jax.data import media, pipeline, tasks, video_io
 from phenaki_jax.data import shapes as shapes_lib
 from phenaki_jax.evaluators import recon as recon_metrics
@@ -391,35 +392,20 @@ def evaluate(params, clips: np.ndarray, reconstruct, batch_size: int, lpips_para
     recons.append(np.asarray(r))
     counts = counts + np.asarray(c)
   recon = np.concatenate(recons)
-  a, b = clips.astype(np.float32) / 255.0, recon.astype(np.float32) / 255.0
-  per_clip_psnr = np.asarray(recon_metrics.psnr(a, b, axis=(1, 2, 3, 4)))
+  scores = metrics_lib.reconstruction(clips, recon, lpips_params, batch_size)
+  a, b = clips[:, 0].astype(np.float32) / 255.0, recon[:, 0].astype(np.float32) / 255.0
   metrics = {
-    "eval/psnr": float(np.mean(per_clip_psnr)),
-    "eval/psnr_first_frame": float(np.mean(recon_metrics.psnr(a[:, 0], b[:, 0], axis=(1, 2, 3)))),
-    "eval/ssim": float(recon_metrics.ssim(a, b)),
+    "eval/psnr": scores["psnr"],
+    "eval/psnr_first_frame": float(np.mean(recon_metrics.psnr(a, b, axis=(1, 2, 3)))),
+    "eval/ssim": scores["ssim"],
     "eval/codebook_usage": float(np.mean(counts > 0)),
   }
   metrics["eval/codebook_perplexity"] = float(
     quantizer_lib.codebook_metrics(jnp.asarray(counts))["codebook_perplexity"]
   )
-  if lpips_params is not None:
-    metrics["eval/lpips"] = float(
-      np.mean(
-        [
-          np.asarray(_lpips(lpips_params, clips[i : i + batch_size], recon[i : i + batch_size]))
-          for i in range(0, len(clips), batch_size)
-        ]
-      )
-    )
+  if "lpips" in scores:
+    metrics["eval/lpips"] = scores["lpips"]
   return metrics, recon
-
-
-@jax.jit
-def _lpips(params, a_uint8, b_uint8):
-  """Mean LPIPS over the frames of uint8 clips [B, F, H, W, 3]."""
-  from phenaki_jax.models import vgg  # pylint: disable=g-import-not-at-top
-
-  return vgg.lpips_distance(params, cvivit.to_model_range(a_uint8), cvivit.to_model_range(b_uint8))
 
 
 def eval_lpips_params(frozen: dict):
