@@ -186,7 +186,7 @@ def measure(config, build, mesh, batches, args):
   )
   params = sum(x.size for x in jax.tree.leaves(state["params"]))
   out = dict(params_m=round(params / 1e6, 2), scan=bool(config.model.get("scan", False)))
-  with jax.set_mesh(mesh):
+  with sharding.rules_in_force(mesh):
     lowered = jitted.lower(state, batches[0], *args)
     if not config.model.get("scan"):
       flops = flops_of(lowered)

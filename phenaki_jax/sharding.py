@@ -6,6 +6,7 @@ device: `create_sharded_state` evaluates the init function abstractly, derives s
 runs the real init under `jax.jit(..., out_shardings=...)`.
 """
 
+import contextlib
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -48,6 +49,15 @@ def make_mesh(shape: Sequence[int] = (-1, 1, 1), devices=None) -> Mesh:
   return Mesh(devices.reshape(shape), MESH_AXES)
 
 
+@contextlib.contextmanager
+def rules_in_force(mesh: Mesh, rules=LOGICAL_RULES):
+  """The mesh and the logical rules under which a step is traced: inside, the activation
+  constraints of `models/layers.py` (`nn.with_logical_constraint`) become real sharding
+  constraints; outside either, Flax returns the activation unchanged."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    yield
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Leading (batch) axis split over data×fsdp; other axes replicated."""
   return NamedSharding(mesh, P(("data", "fsdp")))
@@ -78,7 +88,7 @@ def create_sharded_state(init_fn: Callable[..., Any], mesh: Mesh, *args, rules=L
   """
   abstract = jax.eval_shape(init_fn, *args)
   shardings = logical_shardings(abstract, mesh, rules)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+  with rules_in_force(mesh, rules):
     lowered = jax.jit(lambda *a: nn.unbox(init_fn(*a)), out_shardings=shardings).lower(*args)
     # Init runs once: on CPU, skip XLA's backend optimisations (halves its compile time, which
     # many random initialisers otherwise dominate). The values are the same.

@@ -69,7 +69,7 @@ for shape in json.loads(sys.argv[1]):
   step = jax.jit(step_fn, in_shardings=(shardings, sharding.batch_sharding(mesh), repl),
                  out_shardings=(shardings, repl))
   losses = []
-  with jax.set_mesh(mesh):
+  with sharding.rules_in_force(mesh):
     for i in range(2):
       batch = sharding.put_global_batch({"video": batches.batch(i)["video"]}, mesh)
       state, metrics = step(state, batch, train_rng)

@@ -9,6 +9,7 @@ import os
 import time
 from typing import Callable, Iterable, Mapping, Optional
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -16,7 +17,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from phenaki_jax import checkpoint, config_io
+from phenaki_jax import checkpoint, config_io, sharding
 from phenaki_jax.data import pipeline, tasks
 
 
@@ -275,8 +276,12 @@ def compile_checked(
   executable, after checking that one device can hold what the step needs (XLA's
   `memory_analysis`: arguments + outputs − donated + temporaries). When it cannot, fails before
   the first step, naming the batch size that should fit (the temporaries scale with the batch).
-  `perf` (a dict) receives the step's FLOPs ('flops', for the MFU `train_loop` logs)."""
-  lowered = jitted.lower(*args)
+  `perf` (a dict) receives the step's FLOPs ('flops', for the MFU `train_loop` logs).
+
+  The step is traced with the logical axis rules in force (`sharding.LOGICAL_RULES`), under
+  the mesh the caller set (`jax.set_mesh`): its activation constraints act."""
+  with nn.logical_axis_rules(sharding.LOGICAL_RULES):
+    lowered = jitted.lower(*args)
   if perf is not None:
     perf["flops"] = max(perf.get("flops") or 0.0, lowered_flops(lowered) or 0.0) or None
   compiled = lowered.compile()
