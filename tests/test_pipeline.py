@@ -94,7 +94,7 @@ def test_resume_is_exact():
 
 def test_processes_read_their_own_rows():
   """Each process's rows are a pure function of (seed, step, process); processes never render
-  the same procedural example (process p of P renders indexes k·P + p)."""
+  the same procedural example (they read different positions of one global stream)."""
   parts = [
     pipeline.Batches("shapes_mix", 12, seed=9, process_index=p, process_count=3).batch(5)
     for p in range(3)
@@ -106,6 +106,58 @@ def test_processes_read_their_own_rows():
   assert len(set(videos)) == len(videos)
   with pytest.raises(ValueError, match="multiple of process_count"):
     pipeline.Batches("shapes_mix", 10, process_count=3)
+
+
+def _old_single_process_row(batches, step, row):
+  """Row `row` of a 1-process batch at `step`, derived from first principles: stream position
+  step·B + row; its source from the period's seeded shuffle of the quotas; the source's ordinal
+  = its draws in earlier periods plus its earlier slots in this one; example number = ordinal."""
+  position = step * batches.global_batch_size + row
+  period, offset = divmod(position, pipeline.PERIOD)
+  order = np.repeat(np.arange(len(batches.sources)), batches.quotas)
+  order = np.random.default_rng([batches.seed, 0, period]).permutation(order)
+  source = int(order[offset])
+  k = period * int(batches.quotas[source]) + int(np.sum(order[:offset] == source))
+  frames = None if batches.is_image[source] else batches.num_frames
+  return source, batches.sources[source].example(k, num_frames=frames)
+
+
+def test_one_process_stream_is_position_step_times_batch_plus_row():
+  """One process reads positions step·B + row and renders a Shapes source's k-th draw as its
+  example k: the stream every published single-process figure was trained on."""
+  batches = pipeline.Batches("shapes_mix", 8, seed=1)
+  assert batches.global_stream
+  for step in (0, 1, 511, 512):  # 512·8 = PERIOD: the second period starts at step 512
+    batch = batches.batch(step)
+    for row in (0, 3, 7):
+      source, example = _old_single_process_row(batches, step, row)
+      assert batch["caption"][row] == example["caption"]
+      assert batch["is_image"][row] == batches.is_image[source]
+      frames = example["video"]
+      np.testing.assert_array_equal(batch["video"][row, : len(frames)], frames)
+
+
+@pytest.mark.parametrize("process_count", [2, 4])
+def test_processes_rows_make_the_one_process_global_batch(process_count):
+  """With only procedural sources, the processes' rows concatenated in process order are the
+  1-process run's global batch at every step (also across a period boundary): training data
+  does not depend on the process count."""
+  name = "shapes_mix"
+  whole = pipeline.Batches(name, 8, seed=4)
+  parts = [
+    pipeline.Batches(name, 8, seed=4, process_index=p, process_count=process_count)
+    for p in range(process_count)
+  ]
+  assert all(part.global_stream for part in parts)
+  for step in (0, 1, 2, 511, 512):
+    expected = whole.batch(step)
+    rows = [part.batch(step) for part in parts]
+    assert all(len(r["caption"]) == 8 // process_count for r in rows)
+    for key in ("video", "caption", "is_image", "context_frames"):
+      np.testing.assert_array_equal(np.concatenate([r[key] for r in rows]), expected[key])
+  # Not trivially equal: the steps differ, and a process's rows differ from its neighbour's.
+  assert not _equal(whole.batch(0), whole.batch(1))
+  assert not np.array_equal(parts[0].batch(0)["video"], parts[1].batch(0)["video"])
 
 
 @pytest.mark.parametrize("video_rate,image_rate", [(0.8, 0.2), (0.5, 0.5), (1.0, 0.0)])
@@ -223,6 +275,29 @@ def test_two_processes_cover_their_disjoint_halves():
     batches = pipeline.Batches([(halves[p], 1.0)], 8, seed=0, process_index=p, process_count=2)
     seen += _captions(batches, 3)  # 12 rows per process
   assert sorted(seen) == sorted(f"clip {i}" for i in range(24))
+
+
+def test_a_mixture_with_a_finite_source_keeps_per_process_streams():
+  """Files (finite sources) are split by host, so such a mixture reads each process's own
+  stream (position step·B_local + row), and its procedural rows render k·P + p."""
+  size, frames = tasks.DEFAULT_SPEC.resolution, tasks.DEFAULT_SPEC.num_frames
+  shapes_source = tasks.get_sources("shapes_video")[0][0]
+  mixture = [(ListSource(50, size=size), 0.25), (shapes_source, 0.75)]
+  alone = pipeline.Batches(mixture, 4, seed=1, num_frames=frames)
+  second = pipeline.Batches(mixture, 8, seed=1, num_frames=frames, process_index=1, process_count=2)
+  assert not second.global_stream and not alone.global_stream
+  checked = 0
+  for step in range(3):
+    batch = second.batch(step)
+    for row in range(4):
+      source, k = second.slot(step, row)
+      assert (source, k) == alone.slot(step, row)  # the same per-process positions
+      if source == 1:
+        expected = shapes_source.example(2 * k + 1, num_frames=frames)
+        assert batch["caption"][row] == expected["caption"]
+        np.testing.assert_array_equal(batch["video"][row], expected["video"])
+        checked += 1
+  assert checked > 0
 
 
 def test_mixture_of_finite_and_procedural_sources_keeps_rates_and_epochs():

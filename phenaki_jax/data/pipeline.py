@@ -1,19 +1,32 @@
 """The input pipeline the trainers use: step-indexed, random-access batches from a mixture.
 
 ``Batches(mixture, global_batch_size, seed, num_frames).batch(step)`` is a pure function of
-(seed, step, process): this process's rows of the global batch. Its rows are positions
-``g = step · B_local + row`` of the process's stream, and every position is addressed in O(1):
+(seed, step, process): this process's rows of the global batch, each a position of a *stream*
+addressed in O(1). Which stream depends on the sources:
+
+  * **Every source infinite** (procedural Shapes, ``num_examples`` None): one *global* stream.
+    Row r of process p at step s is position ``g = s · B_global + p · B_local + r``, so the
+    processes' rows, concatenated in process order, are exactly the global batch of a
+    1-process run: the data, and so the training, do not depend on the process count. With one
+    process this is ``s · B + r``.
+  * **Any finite source** (files: each process holds its own, disjoint shards): one stream per
+    process, position ``g = s · B_local + r`` of it. Processes cannot share one stream here,
+    since no process can render another's shards; the global batch then depends on the
+    process count (each process's epochs cover its own shards).
+
+Every position is then resolved the same way:
 
   * **Which source.** The stream is cut into periods of ``PERIOD`` positions; each period holds
     every source's quota (``PERIOD × rate``, largest remainders) in an order shuffled by
     (seed, period). So the mixture rates (Phenaki §3.3: 80% video, 20% image) hold exactly over
-    every period, and the number of earlier draws of the same source — its *ordinal* k — is a
-    table lookup.
-  * **Which example.** An infinite source (procedural Shapes) renders example
-    ``k · process_count + process_index``, so processes never repeat each other. A finite source
-    (files: ``num_examples`` N on this process, after its host split) serves epoch ``k // N`` in
-    an order shuffled by (seed, source, epoch): every example of the process's shards exactly
-    once per epoch, the shards of different processes disjoint.
+    every period, and the number of earlier draws of the same source in the stream — its
+    *ordinal* k — is a table lookup.
+  * **Which example.** An infinite source renders example k of the global stream (in a
+    per-process stream, mixed with finite sources: ``k · process_count + process_index``, so
+    processes never repeat each other). A finite source (``num_examples`` N on this process,
+    after its host split) serves epoch ``k // N`` in an order shuffled by (seed, source, epoch):
+    every example of the process's shards exactly once per epoch, the shards of different
+    processes disjoint.
   * **Which crop.** A finite source draws its random temporal and spatial crop from a generator
     seeded by (seed, source, k): the same example gets a new crop every epoch.
 
@@ -27,7 +40,8 @@ Why random access instead of iterating the seqio tasks' tf.data datasets:
   * Exact, O(1) resume (docs/design.md, invariant 6). A restarted run asks for ``batch(step)`` and
     gets what the uninterrupted run saw at that step: no iterator state to checkpoint, nothing to
     replay. The only data state is the step number, which the checkpoint already holds.
-  * Per-process epochs over disjoint shards without coordination between hosts.
+  * Per-process epochs over disjoint shards, and each host's rows of the global stream,
+    without coordination between hosts.
   * No TensorFlow in the training process (its import alone takes seconds on the 2-core CPU).
 The sources are the same objects the seqio Tasks wrap (``data/tasks.py``), so a task or mixture
 is defined once and seqio's tf.data path stays available for other tools.
@@ -154,6 +168,8 @@ class Batches:
     self.rates = rates / rates.sum()  # [num_sources]
     self.quotas = quotas(self.rates)  # [num_sources], sums to PERIOD
     self.sizes = [getattr(s, "num_examples", None) for s in self.sources]  # None = infinite
+    # One stream for all processes when every source can render any example; else per process.
+    self.global_stream = all(size is None for size in self.sizes)
     self.is_image = [bool(getattr(s, "is_image", False)) for s in self.sources]
     self.static_images = bool(static_images)
     self.random_crops = bool(random_crops)
@@ -231,10 +247,19 @@ class Batches:
         self._periods.popitem(last=False)
     return order, ordinal
 
+  def position(self, step: int, row: int) -> int:
+    """The stream position of row ``row`` of this process's batch at ``step``: of the global
+    stream (``step · B_global + process_index · B_local + row``) when every source is infinite,
+    else of this process's own stream (``step · B_local + row``)."""
+    if self.global_stream:
+      row = self.process_index * self.local_batch_size + int(row)
+      return int(step) * self.global_batch_size + row
+    return int(step) * self.local_batch_size + int(row)
+
   def slot(self, step: int, row: int) -> tuple:
-    """(source number, ordinal k: the source's earlier draws on this process) of one row of
-    this process's batch at ``step``."""
-    position = int(step) * self.local_batch_size + int(row)
+    """(source number, ordinal k: the source's earlier draws in the stream) of one row of this
+    process's batch at ``step``."""
+    position = self.position(step, row)
     period, offset = divmod(position, PERIOD)
     order, ordinal = self._period(period)
     source = int(order[offset])
@@ -253,10 +278,13 @@ class Batches:
     return order
 
   def _example(self, source: int, k: int) -> dict:
-    """The k-th draw of a source on this process: a rendered example, skipping unusable ones."""
+    """The k-th draw of a source in the stream: a rendered example, skipping unusable ones."""
     src, size = self.sources[source], self.sizes[source]
     frames = None if self.is_image[source] else self.num_frames
-    if size is None:  # infinite: one index space, interleaved over processes
+    if size is None:
+      if self.global_stream:  # k counts the draws of all processes: the same example anywhere
+        return src.example(k, num_frames=frames)
+      # A per-process stream: one index space, interleaved over the processes.
       return src.example(k * self.process_count + self.process_index, num_frames=frames)
     epoch, offset = divmod(k, size)
     order = self._order(source, epoch)
@@ -366,7 +394,8 @@ class Batches:
     parts = ", ".join(f"{_describe(s)}:{r:.3f}" for s, r in zip(self.sources, self.rates))
     return (
       f"Batches({parts}; global_batch={self.global_batch_size}, seed={self.seed}, "
-      f"frames={self.num_frames}, process={self.process_index}/{self.process_count})"
+      f"frames={self.num_frames}, process={self.process_index}/{self.process_count}, "
+      f"{'global' if self.global_stream else 'per-process'} stream)"
     )
 
 
