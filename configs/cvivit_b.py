@@ -42,6 +42,10 @@ def get_config(arg: str = "B"):
   c.data.num_frames = 11
   c.data.batch_size = 128
   c.data.image_rate = 0.0  # share of image examples (0 = video only, the paper's stage 1)
+  # Micro-batches per step: the batch's gradient (generator and discriminator) summed over this
+  # many passes of batch/k clips (the same update, dropout apart, while batch/k >= 4: the
+  # discriminator's minibatch-stddev groups; a k-th of the activation memory).
+  c.grad_accum_steps = 1
 
   c.losses = ml_collections.ConfigDict(
     dict(

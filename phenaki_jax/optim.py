@@ -11,6 +11,7 @@ Scalable for LLM Training", Liu et al. 2025), so one lr and weight decay serve b
 import functools
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 from optax import contrib as optax_contrib
@@ -111,3 +112,64 @@ def default_config(**overrides) -> ml_collections.ConfigDict:
   )
   cfg.update(overrides)
   return cfg
+
+
+# ---- Gradient accumulation -----------------------------------------------------------------------
+def check_accum_steps(config: ml_collections.ConfigDict) -> int:
+  """config.grad_accum_steps (default 1), checked to divide config.data.batch_size."""
+  k = config.get("grad_accum_steps", 1)
+  if k < 1 or config.data.batch_size % k:
+    raise ValueError(
+      f"config.grad_accum_steps={k} must be >= 1 and divide "
+      f"config.data.batch_size={config.data.batch_size}"
+    )
+  return k
+
+
+def micro_batches(tree, k: int):
+  """Leaves [B, ...] → [k, B/k, ...]. Micro-batch j holds rows j, j+k, j+2k, ...: on a mesh
+  whose devices hold contiguous rows of the batch, every micro-batch is spread over all the
+  devices (contiguous chunks would each sit on a few of them)."""
+  return jax.tree.map(lambda x: jnp.swapaxes(x.reshape((-1, k) + x.shape[1:]), 0, 1), tree)
+
+
+def merge_micro_batches(tree):
+  """The inverse of `micro_batches`: leaves [k, B/k, ...] → [B, ...] in the batch's row order."""
+  return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1).reshape((-1,) + x.shape[2:]), tree)
+
+
+def accumulate_gradients(loss_fn, params, chunks, weights):
+  """Σ_j w_j · ∇ loss_fn(params, chunk_j, j), one micro-batch at a time (`lax.scan`: the
+  activations of one micro-batch live at once).
+
+  `chunks`: a tree of leaves [k, B/k, ...] (`micro_batches`); `weights` [k]: each micro-batch's
+  share of the batch's loss (1/k for means over equal-sized micro-batches). `loss_fn` returns
+  (loss, (scalars, rows)): a dict of scalar metrics, averaged with the same weights, and a tree
+  of per-row outputs [B/k, ...], returned merged to [B, ...].
+
+  Returns (loss, grads, scalars, rows) — the whole batch's loss and gradient when each term is
+  a mean over its micro-batch weighted by that micro-batch's share."""
+
+  def micro(carry, xs):
+    i, chunk, w = xs
+
+    def weighted(p):
+      value, aux = loss_fn(p, chunk, i)
+      return value * w, aux
+
+    (value, (scalars, rows)), grads = jax.value_and_grad(weighted, has_aux=True)(params)
+    loss_sum, grad_sum, scalar_sum = carry
+    carry = (
+      loss_sum + value,
+      jax.tree.map(jnp.add, grad_sum, grads),
+      jax.tree.map(lambda a, s: a + w * s, scalar_sum, scalars),
+    )
+    return carry, rows
+
+  first = jax.tree.map(lambda x: x[0], chunks)
+  _, (scalar_shapes, _) = jax.eval_shape(lambda p: loss_fn(p, first, 0), params)
+  zeros = lambda t: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), t)
+  k = jnp.shape(weights)[0]
+  init = (jnp.float32(0), jax.tree.map(jnp.zeros_like, params), zeros(scalar_shapes))
+  (loss, grads, scalars), rows = jax.lax.scan(micro, init, (jnp.arange(k), chunks, weights))
+  return loss, grads, scalars, merge_micro_batches(rows)

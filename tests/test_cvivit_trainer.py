@@ -247,6 +247,55 @@ def test_one_frame_images_train_as_one_frame_videos(uninterrupted):
   assert all(np.isfinite(float(m_adv[k])) for k in ("d_loss", "g_adversarial", "r1"))
 
 
+def test_gradient_accumulation_equals_the_whole_batch(uninterrupted):
+  """config.grad_accum_steps=2: two passes of 4 clips give the update of one pass of 8 — the
+  generator, the dead-code restarts (they draw from the whole batch's encoder outputs) and the
+  discriminator with its R1 penalty (its minibatch-stddev groups of 4 rows fall inside each
+  micro-batch) — from a fresh state (step 0: the codebook restarts) and a trained one; 1-frame
+  images in the batch included. A count that does not divide the batch fails naming the key."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+
+  config = tiny_cvivit_config()
+  config.data.image_rate, config.data.static_images = 0.5, False
+  config.losses.adversarial = 0.1
+  accum = config.copy_and_resolve_references()
+  accum.grad_accum_steps = 2
+  one, two = jitted_train_step(config, True), jitted_train_step(accum, True)
+  clips = trainer.eval_clips(config)  # [4, 9, 32, 32, 3] uint8
+  video = np.concatenate([clips, clips[:, :, ::-1]])  # 8 clips
+  # Images and videos in pairs: each micro-batch (even rows, odd rows) holds two of each, so
+  # every term's normaliser splits evenly.
+  is_image = np.array([True, True, False, False] * 2)
+  video[is_image, 1:] = 0
+  batch = {"video": video, "is_image": is_image}
+  fresh = nn.unbox(trainer.build(config)[-1](jax.random.PRNGKey(0)))
+  restarted = []
+  for state in (fresh, uninterrupted[1]["state"]):
+    new_one, m_one = one(state, batch, jax.random.PRNGKey(3))
+    restarted.append(float(m_one["codes_restarted"]))
+    new_two, m_two = two(state, batch, jax.random.PRNGKey(3))
+    keys = ("loss", "l2", "vq_loss", "g_adversarial", "d_loss", "r1", "grad_norm")
+    for key in keys + ("codebook_usage", "codes_restarted"):
+      np.testing.assert_allclose(m_two[key], m_one[key], rtol=2e-5, atol=1e-6, err_msg=key)
+    for key in ("params", "disc_params", "code_usage"):
+      for path, a in jax.tree_util.tree_leaves_with_path(new_one[key]):
+        b = functools.reduce(lambda t, k: t[k.key], path, new_two[key])
+        # Attention key biases have an exactly zero gradient in exact arithmetic (softmax
+        # ignores a shift shared by all keys): Adam scales their float noise up to ~lr. Adam
+        # does the same, less, to the rare element whose gradient is near zero.
+        atol = config.optim.lr if "key_bias" in jax.tree_util.keystr(path) else 5e-5
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=atol, err_msg=f"{key}{path}")
+  assert restarted[0] > 0  # the fresh state's step restarted codes
+  moved = [
+    np.abs(np.asarray(a) - np.asarray(b)).max()
+    for a, b in zip(jax.tree.leaves(state["params"]), jax.tree.leaves(new_one["params"]))
+  ]
+  assert max(moved) > 5e-4  # the trained state's step moved parameters by 10× the tolerance
+  accum.grad_accum_steps = 3
+  with pytest.raises(ValueError, match=r"config\.grad_accum_steps=3 must .* divide"):
+    trainer.validate_config(accum)
+
+
 def test_temporal_l2_term(uninterrupted):
   """losses.temporal_l2 > 0 adds that weight times the L2 of the frame-to-frame differences
   (reconstruction against input) to the loss; a 1-frame image's padding does not enter it."""

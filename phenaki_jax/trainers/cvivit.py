@@ -44,6 +44,7 @@ def build_model(config: ml_collections.ConfigDict) -> cvivit.CViViT:
 def validate_config(config: ml_collections.ConfigDict) -> cvivit.CViViT:
   """Fails at start-up with the offending key named."""
   common.check_choice(config, "model.dtype", layers.DTYPES)
+  optim.check_accum_steps(config)
   model = build_model(config)
   if config.data.resolution != model.image_size:
     raise ValueError(
@@ -283,17 +284,29 @@ def restart_codes(params, code_usage, q, data: Optional[DataMask], step, rng, *,
   return params, usage, moved, counts
 
 
-def discriminator_update(state, video, fake, *, disc, disc_tx, r1_gamma: float):
+def discriminator_update(state, video, fake, *, disc, disc_tx, r1_gamma: float, accum: int = 1):
   """One step of the discriminator on real `video` and (stopped) `fake` frames, with the R1
-  penalty on the real ones. Returns (disc_params, disc_opt_state, metrics)."""
+  penalty on the real ones; over `accum` micro-batches of equal weight. Returns (disc_params,
+  disc_opt_state, metrics)."""
 
-  def loss_fn(disc_params):
+  def loss_fn(disc_params, chunk, i=0):
+    del i
+    real, made = chunk
     apply = lambda x: disc.apply({"params": disc_params}, x)
-    d = losses.discriminator_loss(apply(video), apply(fake))
-    r1 = losses.r1_penalty(apply, video)
-    return d + 0.5 * r1_gamma * r1, (d, r1)
+    d = losses.discriminator_loss(apply(real), apply(made))
+    r1 = losses.r1_penalty(apply, real)
+    return d + 0.5 * r1_gamma * r1, ({"d_loss": d, "r1": r1}, ())
 
-  (_, (d_loss, r1)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["disc_params"])
+  if accum == 1:
+    (_, (scalars, _)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state["disc_params"], (video, fake)
+    )
+  else:
+    chunks = optim.micro_batches((video, fake), accum)
+    _, grads, scalars, _ = optim.accumulate_gradients(
+      loss_fn, state["disc_params"], chunks, jnp.full((accum,), 1.0 / accum)
+    )
+  d_loss, r1 = scalars["d_loss"], scalars["r1"]
   updates, opt_state = disc_tx.update(grads, state["disc_opt_state"], state["disc_params"])
   return optax.apply_updates(state["disc_params"], updates), opt_state, dict(d_loss=d_loss, r1=r1)
 
@@ -318,18 +331,38 @@ def train_step(
     else None
   )
 
-  (loss, (recon, q, metrics)), grads = jax.value_and_grad(generator_loss, has_aux=True)(
-    state["params"],
-    state,
-    video,
-    data,
-    dropout_rng,
-    frozen,
-    model=model,
-    disc=disc,
-    config=config,
-    adversarial=adversarial,
+  gen = functools.partial(
+    generator_loss, model=model, disc=disc, config=config, adversarial=adversarial
   )
+  k = optim.check_accum_steps(config)
+  if k == 1:
+    (loss, (recon, q, metrics)), grads = jax.value_and_grad(gen, has_aux=True)(
+      state["params"], state, video, data, dropout_rng, frozen
+    )
+  else:
+    # Micro-batches (config.grad_accum_steps): k passes of B/k clips, one at a time, each
+    # weighted by its share of the batch's data frames (1/k for videos), so the loss and the
+    # gradient equal the whole batch's (dropout apart). The quantizer's codes and encoder
+    # outputs, and the reconstructions the discriminator sees, come back for the whole batch.
+    chunks = optim.micro_batches((video, data), k)
+    frames = chunks[1].frames if data is not None else jnp.ones(chunks[0].shape[:3], bool)
+    weights = jnp.sum(frames, axis=(1, 2)) / jnp.sum(frames)
+
+    def micro_loss(params, chunk, i):
+      v, d = chunk
+      value, (r, q, m) = gen(params, state, v, d, jax.random.fold_in(dropout_rng, i), frozen)
+      return value, (m, (r, q.codes, q.z))
+
+    loss, grads, metrics, (recon, codes, z) = optim.accumulate_gradients(
+      micro_loss, state["params"], chunks, weights
+    )
+    q = quantizer_lib.QuantizerOutput(
+      quantized=None,
+      codes=codes,
+      loss=metrics["vq_loss"],
+      z=z,
+      counts=quantizer_lib.code_counts(codes, model.codebook_size),
+    )
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
   params, usage, moved, counts = restart_codes(
@@ -349,7 +382,7 @@ def train_step(
   if adversarial:
     fake = jax.lax.stop_gradient(data.disc_input(recon, video) if data is not None else recon)
     disc_params, disc_opt_state, disc_metrics = discriminator_update(
-      state, video, fake, disc=disc, disc_tx=disc_tx, r1_gamma=config.losses.r1_gamma
+      state, video, fake, disc=disc, disc_tx=disc_tx, r1_gamma=config.losses.r1_gamma, accum=k
     )
     new_state.update(disc_params=disc_params, disc_opt_state=disc_opt_state)
     metrics.update(disc_metrics)

@@ -51,12 +51,7 @@ def build_model(config: ml_collections.ConfigDict, tok_config=None) -> maskgit_l
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
   common.check_choice(config, "token_embed_init", ("normal", "codebook"))
-  k = config.get("grad_accum_steps", 1)
-  if k < 1 or config.data.batch_size % k:
-    raise ValueError(
-      f"config.grad_accum_steps={k} must be >= 1 and divide "
-      f"config.data.batch_size={config.data.batch_size}"
-    )
+  optim.check_accum_steps(config)
   common.check_choice(config, "model.head", maskgit_lib.HEADS)
   common.check_choice(config, "model.dtype", layers.DTYPES)
   if not os.path.isdir(config.tokenizer.workdir):
@@ -269,31 +264,18 @@ def train_step(state, batch, null_text, tok_params, rng, *, model, tok_model, tx
     # Micro-batches: k forward/backward passes of B/k examples, one at a time (the activations
     # of one), their gradients summed. Each micro-batch's mean is weighted by its share of the
     # batch's masked tokens, so loss and gradient equal the whole batch's (dropout apart).
+    chunks = optim.micro_batches(parts, k)
     total = jnp.maximum(jnp.sum(mask_g), 1).astype(jnp.float32)
-    chunks = jax.tree.map(lambda x: x.reshape((k, b // k) + x.shape[1:]), parts)
+    weights = jnp.sum(chunks[-1], axis=tuple(range(1, chunks[-1].ndim))) / total
 
-    def micro(carry, xs):
-      i, chunk = xs
-      weight = jnp.sum(chunk[-1]).astype(jnp.float32) / total
+    def micro_loss(params, chunk, i):
+      value, aux = loss_fn(params, *chunk, jax.random.fold_in(dropout_rng, i))
+      return value, ({"accuracy": aux["accuracy"]}, aux["token_nll"])
 
-      def weighted(params):
-        value, aux = loss_fn(params, *chunk, jax.random.fold_in(dropout_rng, i))
-        return value * weight, aux
-
-      (value, aux), g = jax.value_and_grad(weighted, has_aux=True)(state["params"])
-      loss_sum, grad_sum, correct = carry
-      carry = (
-        loss_sum + value,
-        jax.tree.map(jnp.add, grad_sum, g),
-        correct + aux["accuracy"] * weight,
-      )
-      return carry, aux["token_nll"]
-
-    zeros = jax.tree.map(jnp.zeros_like, state["params"])
-    (loss, grads, accuracy), nll = jax.lax.scan(
-      micro, (jnp.float32(0), zeros, jnp.float32(0)), (jnp.arange(k), chunks)
+    loss, grads, scalars, nll = optim.accumulate_gradients(
+      micro_loss, state["params"], chunks, weights
     )
-    metrics = {"accuracy": accuracy, "token_nll": nll.reshape((b,) + nll.shape[2:])}
+    metrics = {"accuracy": scalars["accuracy"], "token_nll": nll}
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
 
