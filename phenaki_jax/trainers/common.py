@@ -238,6 +238,7 @@ PEAK_FLOPS = (
   ("v5p", 459e12),
   ("v5 lite", 197e12),
   ("v5e", 197e12),
+  ("TPU v5", 459e12),  # a v5p's device_kind is "TPU v5" (a v5e's "TPU v5 lite", matched above)
   ("v4", 275e12),
   ("H200", 989e12),
   ("H100", 989e12),

@@ -469,6 +469,49 @@ def write_eval_media(workdir, step, clips, recon, writer, num_videos):
   writer.write_images(step, {"eval/reconstructions": grid[None]})
 
 
+# ---- The jitted step, as training compiles it ---------------------------------------------------
+def step_phases(config) -> tuple:
+  """The `adversarial` settings of the steps a run compiles: without the discriminator, and with
+  it too when the run reaches losses.adversarial_start_step."""
+  use_adv = (
+    config.losses.adversarial > 0 and config.losses.adversarial_start_step < config.total_steps
+  )
+  return (False, True) if use_adv else (False,)
+
+
+def batch_spec(config, mesh) -> dict:
+  """ShapeDtypeStructs of one global batch (video uint8 [B, F, H, W, 3], is_image bool [B]),
+  rows split over data×fsdp as `sharding.put_global_batch` places them."""
+  rows = sharding.batch_sharding(mesh)
+  b, frames, size = config.data.batch_size, config.data.num_frames, config.data.resolution
+  return {
+    "video": jax.ShapeDtypeStruct((b, frames, size, size, 3), jnp.uint8, sharding=rows),
+    "is_image": jax.ShapeDtypeStruct((b,), jnp.bool_, sharding=rows),
+  }
+
+
+def jit_train_step(config, mesh, state_shardings, model, disc, tx, disc_tx, adversarial: bool):
+  """`train_step` jitted as training runs it: the state in `state_shardings` and donated, the
+  batch's rows split over data×fsdp, the rng and frozen networks replicated. One place for
+  `main` and the ahead-of-time fit check (`phenaki_jax.aot`), so both compile the same step."""
+  repl = sharding.replicated(mesh)
+  fn = functools.partial(
+    train_step,
+    model=model,
+    disc=disc,
+    tx=tx,
+    disc_tx=disc_tx,
+    config=config,
+    adversarial=adversarial,
+  )
+  return jax.jit(
+    fn,
+    in_shardings=(state_shardings, sharding.batch_sharding(mesh), repl, repl),
+    out_shardings=(state_shardings, repl),
+    donate_argnums=0,
+  )
+
+
 # ---- Main ----------------------------------------------------------------------------------------
 def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
   validate_config(config)
@@ -511,49 +554,21 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logging.info("resumed from step %d (%s)", int(state["step"]), meta)
 
   # ---- Update step ----
-  batch_shardings = sharding.batch_sharding(mesh)
-  repl = sharding.replicated(mesh)
-
-  def jit_step(adversarial):
-    fn = functools.partial(
-      train_step,
-      model=model,
-      disc=disc,
-      tx=tx,
-      disc_tx=disc_tx,
-      config=config,
-      adversarial=adversarial,
-    )
-    return jax.jit(
-      fn,
-      in_shardings=(state_shardings, batch_shardings, repl, repl),
-      out_shardings=(state_shardings, repl),
-      donate_argnums=0,
-    )
-
-  use_adv = (
-    config.losses.adversarial > 0 and config.losses.adversarial_start_step < config.total_steps
-  )
+  use_adv = True in step_phases(config)
   # Compiled before the first step, each checked to fit a device (common.compile_checked).
-  b = config.data.batch_size
-  frames, size = config.data.num_frames, config.data.resolution
-  batch_spec = {
-    "video": jax.ShapeDtypeStruct((b, frames, size, size, 3), jnp.uint8, sharding=batch_shardings),
-    "is_image": jax.ShapeDtypeStruct((b,), jnp.bool_, sharding=batch_shardings),
-  }
   perf = {}  # the step's FLOPs (the larger step's, with the discriminator) for the MFU log
   step_fns = {
     adversarial: common.compile_checked(
-      jit_step(adversarial),
+      jit_train_step(config, mesh, state_shardings, model, disc, tx, disc_tx, adversarial),
       state,
-      batch_spec,
+      batch_spec(config, mesh),
       train_rng,
       frozen,
       config=config,
       what=f"the C-ViViT train step{' with the discriminator' if adversarial else ''}",
       perf=perf,
     )
-    for adversarial in ((False, True) if use_adv else (False,))
+    for adversarial in step_phases(config)
   }
 
   def step_fn(state, step, batch):

@@ -305,6 +305,42 @@ def train_step(state, batch, null_text, tok_params, rng, *, model, tok_model, tx
   return new_state, metrics
 
 
+# ---- The jitted step, as training compiles it ---------------------------------------------------
+def batch_spec(config, tok_config, text_len: int, text_dim: int, mesh) -> dict:
+  """ShapeDtypeStructs of the global batch `main` hands the step (see `train_step`): videos of
+  the tokenizer's clips (or, pre-tokenised, their codes), is_image, the captions' embeddings
+  and mask, and with turn clips the given time steps; rows split over data×fsdp."""
+  rows = sharding.batch_sharding(mesh)
+  b = config.data.batch_size
+  spec = lambda shape, dtype: jax.ShapeDtypeStruct((b,) + tuple(shape), dtype, sharding=rows)
+  if config.data.pretokenized:
+    batch = {"codes": spec(build_model(config, tok_config).grid, jnp.int32)}
+  else:
+    size = tok_config.data.resolution
+    batch = {"video": spec((tok_config.data.num_frames, size, size, 3), jnp.uint8)}
+  if config.data.turn_rate > 0:
+    batch["given_steps"] = spec((), jnp.int32)
+  batch.update(
+    is_image=spec((), jnp.bool_),
+    text=spec((text_len, text_dim), jnp.float32),
+    text_mask=spec((text_len,), jnp.bool_),
+  )
+  return batch
+
+
+def jit_train_step(config, mesh, state_shardings, model, tok_model, tx):
+  """`train_step` jitted as training runs it: the state in `state_shardings` and donated, the
+  batch's rows split over data×fsdp, the null caption, frozen tokenizer and rng replicated.
+  One place for `main` and the ahead-of-time fit check (`phenaki_jax.aot`)."""
+  repl = sharding.replicated(mesh)
+  return jax.jit(
+    functools.partial(train_step, model=model, tok_model=tok_model, tx=tx, config=config),
+    in_shardings=(state_shardings, sharding.batch_sharding(mesh), repl, repl, repl),
+    out_shardings=(state_shardings, repl),
+    donate_argnums=0,
+  )
+
+
 # ---- Main ----------------------------------------------------------------------------------------
 EVAL_PROMPTS = (
   "a red square moves right",
@@ -381,12 +417,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logging.info("resumed from step %d (%s)", int(state["step"]), meta)
 
   # ---- Update step ----
-  jitted_step = jax.jit(
-    functools.partial(train_step, model=model, tok_model=tok.model, tx=tx, config=config),
-    in_shardings=(state_shardings, sharding.batch_sharding(mesh), repl, repl, repl),
-    out_shardings=(state_shardings, repl),
-    donate_argnums=0,
-  )
+  jitted_step = jit_train_step(config, mesh, state_shardings, model, tok.model, tx)
 
   compiled, perf = [], {}  # perf: the step's FLOPs, for the MFU log
 
