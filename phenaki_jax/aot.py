@@ -292,7 +292,11 @@ def build_steps(config, mesh, tok_config=None) -> tuple:
     state, shardings = sharding.abstract_state(init_fn, mesh, jax.random.PRNGKey(0))
     size = tok_model.image_size
     video = jax.ShapeDtypeStruct((1, tok_model.max_frames, size, size, 3), jnp.float32)
-    tok_params = checkpoint.abstract_params(tok_model.init, video, param_sharding=repl)
+    tok_params = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      checkpoint.abstract_params(tok_model.init, video),
+      trainer.tokenizer_shardings(tok_model, mesh),
+    )
     null_text = (
       jax.ShapeDtypeStruct((text_len, text_dim), jnp.float32, sharding=repl),
       jax.ShapeDtypeStruct((text_len,), jnp.bool_, sharding=repl),

@@ -58,6 +58,20 @@ def rules_in_force(mesh: Mesh, rules=LOGICAL_RULES):
     yield
 
 
+def local_mesh() -> Mesh:
+  """This process's devices alone, all on the 'fsdp' axis: where a frozen model that runs
+  outside the train step (the text encoder) is sharded, so that no other host takes part in
+  its forward passes."""
+  return make_mesh((1, -1, 1), devices=jax.local_devices())
+
+
+def param_shardings(init_fn: Callable[..., Any], mesh: Mesh, *args, rules=LOGICAL_RULES) -> Any:
+  """The shardings of `init_fn(*args)["params"]` (a Flax `model.init`; `args` may be
+  ShapeDtypeStructs) by their logical axes: where a frozen model's parameters go on `mesh`.
+  Parameters that declare no axes are replicated."""
+  return logical_shardings(jax.eval_shape(init_fn, *args)["params"], mesh, rules)
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Leading (batch) axis split over data×fsdp; other axes replicated."""
   return NamedSharding(mesh, P(("data", "fsdp")))
@@ -67,8 +81,24 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def divisible(sharding: NamedSharding, shape: Sequence[int]) -> NamedSharding:
+  """`sharding` with each dimension that its mesh axes do not divide evenly left whole
+  (replicated over those axes). E.g. the MaskGIT's token table has codebook + 1 rows (the
+  [MASK] token): 8193 rows cannot be split over 'model', its width still is over 'fsdp'."""
+  spec = tuple(sharding.spec) + (None,) * (len(shape) - len(sharding.spec))
+  kept = []
+  for dim, axes in zip(shape, spec):
+    names = () if axes is None else (axes if isinstance(axes, tuple) else (axes,))
+    split = int(np.prod([sharding.mesh.shape[n] for n in names]))
+    kept.append(axes if dim % split == 0 else None)
+  if tuple(kept) == spec:
+    return sharding
+  return NamedSharding(sharding.mesh, P(*kept))
+
+
 def logical_shardings(abstract_boxed_tree: Any, mesh: Mesh, rules=LOGICAL_RULES) -> Any:
-  """Shardings for a tree that may hold `nn.Partitioned` boxes (unboxed structure)."""
+  """Shardings for a tree that may hold `nn.Partitioned` boxes (unboxed structure). A
+  dimension the rules would split unevenly stays whole (`divisible`)."""
   # A box around a subtree without arrays (optax's MaskedNode, e.g. Muon's state for the
   # parameters AdamW updates) has nothing to shard: keep it unboxed, as `nn.unbox` does.
   is_box = lambda x: isinstance(x, nn.Partitioned)
@@ -78,7 +108,13 @@ def logical_shardings(abstract_boxed_tree: Any, mesh: Mesh, rules=LOGICAL_RULES)
     is_leaf=is_box,
   )
   specs = nn.get_partition_spec(abstract_boxed_tree)
-  return nn.logical_to_mesh_sharding(specs, mesh, rules)
+  shardings = nn.logical_to_mesh_sharding(specs, mesh, rules)
+  return jax.tree.map(
+    lambda s, x: divisible(s, x.shape) if hasattr(x, "shape") else s,
+    shardings,
+    nn.unbox(abstract_boxed_tree),
+    is_leaf=lambda x: isinstance(x, NamedSharding),
+  )
 
 
 def create_sharded_state(init_fn: Callable[..., Any], mesh: Mesh, *args, rules=LOGICAL_RULES):

@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from phenaki_jax import sharding
 from phenaki_jax.models import minilm
 from phenaki_jax.models import t5
 
@@ -230,18 +231,30 @@ class TextEncoder:
     cache_dir: Optional[str] = None,
     memory_bytes: int = 2 << 30,
     max_length: Optional[int] = None,
+    mesh: Optional[jax.sharding.Mesh] = None,
   ):
     """`params` and `tokenizer` None: a cache-only encoder (`max_length` then required), which
-    serves the captions in `cache_dir` and refuses any other."""
+    serves the captions in `cache_dir` and refuses any other. `mesh`: the parameters are
+    sharded over it by their logical axes (T5: the model width over 'fsdp', heads and MLP over
+    'model'; MiniLM declares none and is replicated) — e.g. `sharding.local_mesh()`, so that
+    T5-XXL (4.8B parameters) is split over a host's devices; default: one device."""
     if params is None and (tokenizer is not None or not cache_dir or not max_length):
       raise ValueError(
         "a cache-only TextEncoder (params=None) takes tokenizer=None, a cache_dir and max_length"
       )
     self.model = model
     # Frozen: never handed to an optimizer.
-    self.params = None if params is None else jax.device_put(params)
     self.tokenizer = tokenizer
     self._max_length = tokenizer.max_length if tokenizer is not None else int(max_length)
+    if params is None:
+      self.params = None
+    elif mesh is None:
+      self.params = jax.device_put(params)
+    else:
+      ids = jax.ShapeDtypeStruct((1, self._max_length), jnp.int32)
+      mask = jax.ShapeDtypeStruct((1, self._max_length), jnp.bool_)
+      where = sharding.param_shardings(model.init, mesh, jax.random.PRNGKey(0), ids, mask)
+      self.params = jax.device_put(params, where)
     self.identity = identity
     self.forward_batches = 0  # forward passes run by this instance (cache misses only)
     self._forward = _jitted_forward(model)
@@ -252,9 +265,15 @@ class TextEncoder:
   # ---------------------------------------------------------------------------------------
   @classmethod
   def from_config(
-    cls, cfg: Mapping, cache_dir: Optional[str] = None, *, allow_random_init: bool = False
+    cls,
+    cfg: Mapping,
+    cache_dir: Optional[str] = None,
+    *,
+    allow_random_init: bool = False,
+    mesh: Optional[jax.sharding.Mesh] = None,
   ) -> "TextEncoder":
-    """Builds the encoder of `config.text_encoder` (see the module doc for its keys)."""
+    """Builds the encoder of `config.text_encoder` (see the module doc for its keys); `mesh`
+    shards its parameters (see `__init__`)."""
     unknown = sorted(set(cfg.keys()) - set(KEYS))
     if unknown:
       raise ValueError(f"config.text_encoder has unknown key(s) {unknown}; known: {list(KEYS)}")
@@ -289,7 +308,7 @@ class TextEncoder:
       tokenizer = t5.Tokenizer(vocab, max_length)
     params = jax.tree.map(lambda x: np.asarray(x, jnp.dtype(dtype)), params)
     identity = _identity(cfg, weights_id, vocab)
-    return cls(model, params, tokenizer, identity=identity, cache_dir=cache_dir)
+    return cls(model, params, tokenizer, identity=identity, cache_dir=cache_dir, mesh=mesh)
 
   @classmethod
   def _from_cache(cls, cfg: Mapping, model: Any, cache_dir: Optional[str]) -> "TextEncoder":

@@ -1,11 +1,13 @@
-"""docs/design.md, invariant 5: a C-ViViT train step on a mesh of 8 (fake CPU) devices gives the same
-loss and updated parameters as on one device, up to float tolerance.
+"""docs/design.md, invariant 5: a train step of each trainer on a mesh of 8 (fake CPU) devices
+gives the same loss and updated parameters as on one device, up to float tolerance; the
+activation constraints act when the step is traced; the frozen networks are sharded.
 
 The 8 devices need `XLA_FLAGS` set before jax is imported, so the meshes run in a subprocess
 (with a timeout: XLA's CPU collectives can deadlock, and a hang must fail, not stall the suite).
-Meshes ('data', 'fsdp', 'model'): (1, 1, 1) on one device, (8, 1, 1) and (2, 2, 2) — the last
-splits batch rows, the width (fsdp) and heads/MLP/codebook rows (model). Two steps each (the
-warm-up makes step 0's learning rate 0; step 1 moves every parameter).
+Meshes ('data', 'fsdp', 'model'): (1, 1, 1) on one device, (8, 1, 1) pure data parallel,
+(2, 4, 1) data parallel × FSDP and (2, 2, 2), which also splits heads, MLP and codebook rows
+(model). Two steps each (the warm-up makes step 0's learning rate 0; step 1 moves every
+parameter).
 """
 
 import json
@@ -20,7 +22,7 @@ from phenaki_jax import sharding
 
 from conftest import REPO
 
-MESHES = ((1, 1, 1), (8, 1, 1), (2, 2, 2))
+MESHES = ((1, 1, 1), (8, 1, 1), (2, 4, 1), (2, 2, 2))
 LR = 2e-3  # conftest.tiny_cvivit_config's peak learning rate
 DATA_SEED = 1
 
@@ -28,12 +30,22 @@ SCRIPT = r"""
 import functools, json, sys
 import jax, jax.numpy as jnp, numpy as np
 sys.path.insert(0, "tests")
-from conftest import tiny_cvivit_config
-from phenaki_jax import sharding
-from phenaki_jax.models import discriminator
+from conftest import tiny_cvivit_config, tiny_maskgit_config
+from phenaki_jax import optim, sharding, text
+from phenaki_jax import tokenizer as tokenizer_lib
+from phenaki_jax.models import discriminator, t5
 from phenaki_jax.trainers import cvivit as trainer
+from phenaki_jax.trainers import maskgit as maskgit_trainer
 
 assert jax.device_count() == 8, jax.devices()
+meshes, out, lr, data_seed, tok_dir = json.loads(sys.argv[1]), sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+results = {"cvivit": {}, "maskgit": {}}
+
+def shards(x):
+  return len({tuple((s.start, s.stop) for s in idx)
+              for idx in x.sharding.devices_indices_map(x.shape).values()})
+
+# ---- C-ViViT ----
 config = tiny_cvivit_config()
 config.model.num_heads = 2            # divisible by the model axis (2)
 # Whole-frame encoder attention: at the tiny default (radius 0) the encoder's spatial query/key
@@ -43,9 +55,9 @@ config.model.encoder_spatial_radius = -1
 config.data.batch_size = 8
 # Data whose encoder outputs have no near-tie between two codes: a tie (to float noise) may go
 # either way under another summation order, and the step would then differ by design.
-config.data.seed = int(sys.argv[4])
+config.data.seed = data_seed
 config.optim.warmup_steps = 1         # lr 0 at step 0, the peak at step 1
-assert config.optim.lr == float(sys.argv[3])
+assert config.optim.lr == lr
 config.disc.channels = (4, 8)
 model = trainer.build_model(config)
 disc = discriminator.VideoDiscriminator(tuple(config.disc.channels))
@@ -56,15 +68,11 @@ init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
 batches = trainer.make_batches(config)
 step_fn = functools.partial(trainer.train_step, model=model, disc=disc, tx=tx, disc_tx=disc_tx,
                             config=config, adversarial=False)
-results = {}
-for shape in json.loads(sys.argv[1]):
+for shape in meshes:
   mesh = sharding.make_mesh(shape, devices=jax.devices()[:int(np.prod(shape))])
   state, shardings = sharding.create_sharded_state(init_fn, mesh, init_rng)
   kernel = state["params"]["enc_spatial"]["block_0"]["mlp"]["fc1"]["kernel"]
-  info = {"init": jax.device_get(state["params"]),
-          "fc1_kernel_shards": len({tuple((s.start, s.stop) for s in idx)
-                                    for idx in kernel.sharding.devices_indices_map(
-                                        kernel.shape).values()})}
+  info = {"init": jax.device_get(state["params"]), "fc1_kernel_shards": shards(kernel)}
   repl = sharding.replicated(mesh)
   step = jax.jit(step_fn, in_shardings=(shardings, sharding.batch_sharding(mesh), repl),
                  out_shardings=(shardings, repl))
@@ -75,14 +83,83 @@ for shape in json.loads(sys.argv[1]):
       state, metrics = step(state, batch, train_rng)
       losses.append({k: float(v) for k, v in jax.device_get(metrics).items()})
   info.update(metrics=losses, state=jax.device_get(state))
-  results[str(tuple(shape))] = info
-  print("done", shape, losses[-1]["loss"], flush=True)
-np.save(sys.argv[2], results, allow_pickle=True)
+  results["cvivit"][str(tuple(shape))] = info
+  print("cvivit", shape, losses[-1]["loss"], flush=True)
+
+# ---- MaskGIT, over the trained tiny C-ViViT in tok_dir ----
+TEXT_LEN, TEXT_DIM = 4, 8
+config = tiny_maskgit_config(tok_dir)
+config.optim.warmup_steps = 1
+tok_config = maskgit_trainer.tokenizer_config(config)
+tok = tokenizer_lib.Tokenizer.from_workdir(tok_dir)
+model = maskgit_trainer.build_model(config, tok_config)
+tx = optim.make_optimizer(config.optim)
+init_fn = maskgit_trainer.make_init_fn(model, tx, TEXT_LEN, TEXT_DIM, ema=False)
+mg_batches = maskgit_trainer.make_batches(config, tok_config)
+rng = np.random.default_rng(0)
+text_rows = [rng.normal(size=(config.data.batch_size, TEXT_LEN, TEXT_DIM)).astype(np.float32)
+             for _ in range(2)]
+null_text = (np.zeros((TEXT_LEN, TEXT_DIM), np.float32), np.array([True] + [False] * (TEXT_LEN - 1)))
+mg_step = functools.partial(maskgit_trainer.train_step, model=model, tok_model=tok.model, tx=tx,
+                            config=config)
+hlo = {}
+for shape in meshes:
+  mesh = sharding.make_mesh(shape, devices=jax.devices()[:int(np.prod(shape))])
+  state, shardings = sharding.create_sharded_state(init_fn, mesh, init_rng)
+  repl = sharding.replicated(mesh)
+  tok_shardings = maskgit_trainer.tokenizer_shardings(tok.model, mesh)
+  tok_params = jax.device_put(tok.params, tok_shardings)
+  step = jax.jit(mg_step,
+                 in_shardings=(shardings, sharding.batch_sharding(mesh), repl, tok_shardings, repl),
+                 out_shardings=(shardings, repl))
+  kernel = tok_params["enc_spatial"]["block_0"]["mlp"]["fc1"]["kernel"]
+  info = {"init": jax.device_get(state["params"]), "tok_fc1_kernel_shards": shards(kernel)}
+  losses = []
+  with sharding.rules_in_force(mesh):
+    for i in range(2):
+      rows = mg_batches.batch(i)
+      batch = sharding.put_global_batch(
+        {"video": rows["video"], "is_image": rows["is_image"], "text": text_rows[i],
+         "text_mask": np.ones((config.data.batch_size, TEXT_LEN), bool)}, mesh)
+      args = (state, batch, jax.device_put(null_text, repl), tok_params, train_rng)
+      if i == 0 and shape == [2, 2, 2]:
+        hlo["rules"] = step.lower(*args).as_text()
+      state, metrics = step(*args)
+      losses.append({k: float(v) for k, v in jax.device_get(metrics).items()})
+  if shape == [2, 2, 2]:  # the same step traced without the rules: the constraints are inert
+    with jax.set_mesh(mesh):
+      # (a new function: jax caches traces by function, and the rules are not in its key)
+      hlo["no_rules"] = jax.jit(lambda *a: mg_step(*a)).lower(*args).as_text()
+  info.update(metrics=losses, state=jax.device_get(state))
+  results["maskgit"][str(tuple(shape))] = info
+  print("maskgit", shape, losses[-1]["loss"], flush=True)
+results["hlo"] = hlo
+
+# ---- T5 text encoder sharded over a host's devices ----
+class Tok:  # a stand-in tokenizer: what the ids are does not matter here
+  max_length = 16
+  def __call__(self, texts):
+    ids, mask = np.zeros((len(texts), 16), np.int32), np.zeros((len(texts), 16), bool)
+    for i, t in enumerate(texts):
+      codes = [3 + ord(c) % 90 for c in t[:15]] + [1]
+      ids[i, :len(codes)], mask[i, :len(codes)] = codes, True
+    return ids, mask
+t5_model = t5.get_model("tiny")
+t5_params = t5.random_params(t5_model)
+captions = ["a red square moves left", "a cyan triangle moves up", "x"]
+one = text.TextEncoder(t5_model, t5_params, Tok(), identity="t5")
+split = text.TextEncoder(t5_model, t5_params, Tok(), identity="t5", mesh=sharding.local_mesh())
+results["t5"] = {
+  "one": one.encode(captions)[0], "split": split.encode(captions)[0],
+  "shards": {jax.tree_util.keystr(p): shards(x)
+             for p, x in jax.tree_util.tree_leaves_with_path(split.params)},
+}
+np.save(out, results, allow_pickle=True)
 """
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
+def results(tmp_path_factory, tiny_cvivit_dir):
   out = tmp_path_factory.mktemp("sharding") / "results.npy"
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
   proc = subprocess.run(
@@ -94,12 +171,13 @@ def results(tmp_path_factory):
       str(out),
       str(LR),
       str(DATA_SEED),
+      str(tiny_cvivit_dir),
     ],
     cwd=REPO,
     env=env,
     capture_output=True,
     text=True,
-    timeout=480,
+    timeout=600,
   )
   assert proc.returncode == 0, proc.stderr[-5000:]
   return np.load(out, allow_pickle=True).item()
@@ -119,12 +197,29 @@ def _leaves(tree, prefix=""):
     yield prefix, np.asarray(tree)
 
 
+def _assert_states_close(ref, got, atol):
+  ref_leaves, got_leaves = list(_leaves(ref)), list(_leaves(got))
+  assert [p for p, _ in ref_leaves] == [p for p, _ in got_leaves]
+  for (path, a), (_, b) in zip(ref_leaves, got_leaves):
+    # Attention key biases have an exactly zero gradient in exact arithmetic (softmax ignores a
+    # shift shared by all keys); Adam's first steps scale their float noise up to ~lr, so they
+    # agree only to within one step's size. Everything else agrees to float tolerance.
+    tol = LR if "key_bias" in path else atol
+    np.testing.assert_allclose(b, a, atol=tol, rtol=1e-4, err_msg=path)
+
+
+def _moved(ref) -> float:
+  return max(
+    np.abs(a - b).max()
+    for (_, a), (_, b) in zip(_leaves(ref["init"]), _leaves(ref["state"]["params"]))
+  )
+
+
 @pytest.mark.parametrize("mesh", MESHES[1:])
-def test_sharded_step_matches_one_device(results, mesh):
-  ref, got = results[str(MESHES[0])], results[str(mesh)]
-  # The parameters really are split on the model axis (2 shards of the MLP kernel), and not on
-  # the pure data-parallel mesh.
-  assert got["fc1_kernel_shards"] == (2 if mesh[2] == 2 else 1) * (2 if mesh[1] == 2 else 1)
+def test_cvivit_step_on_a_mesh_matches_one_device(results, mesh):
+  ref, got = results["cvivit"][str(MESHES[0])], results["cvivit"][str(mesh)]
+  # The parameters really are split: the MLP kernel [width, mlp] over fsdp × model.
+  assert got["fc1_kernel_shards"] == mesh[1] * mesh[2]
   # Sharded initialisation draws the same parameters.
   for (path, a), (_, b) in zip(_leaves(ref["init"]), _leaves(got["init"])):
     np.testing.assert_array_equal(b, a, err_msg=path)
@@ -134,20 +229,53 @@ def test_sharded_step_matches_one_device(results, mesh):
         got["metrics"][i][key], ref["metrics"][i][key], rtol=1e-5, err_msg=f"step {i} {key}"
       )
     assert got["metrics"][i]["codebook_usage"] == ref["metrics"][i]["codebook_usage"]
-  ref_leaves, got_leaves = list(_leaves(ref["state"])), list(_leaves(got["state"]))
-  assert [p for p, _ in ref_leaves] == [p for p, _ in got_leaves]
-  for (path, a), (_, b) in zip(ref_leaves, got_leaves):
-    # Attention key biases have an exactly zero gradient in exact arithmetic (softmax ignores a
-    # shift shared by all keys); Adam's first steps scale their float noise up to ~lr, so they
-    # agree only to within one step's size. Everything else agrees to float tolerance.
-    atol = LR if "key_bias" in path else 1e-5
-    np.testing.assert_allclose(b, a, atol=atol, rtol=1e-4, err_msg=path)
-  # Meaningful: step 1 moved the parameters by much more than the tolerance.
-  moved = max(
-    np.abs(a - b).max()
-    for (_, a), (_, b) in zip(_leaves(ref["init"]), _leaves(ref["state"]["params"]))
-  )
-  assert moved > 1e-3
+  _assert_states_close(ref["state"], got["state"], atol=1e-5)
+  assert _moved(ref) > 1e-3  # step 1 moved the parameters by much more than the tolerance
+
+
+@pytest.mark.parametrize("mesh", MESHES[1:])
+def test_maskgit_step_on_a_mesh_matches_one_device(results, mesh):
+  """The MaskGIT step, its frozen C-ViViT encoding the videos inside it, sharded by the same
+  rules (the tokenizer's parameters split over fsdp × model, not copied to every device)."""
+  ref, got = results["maskgit"][str(MESHES[0])], results["maskgit"][str(mesh)]
+  assert got["tok_fc1_kernel_shards"] == mesh[1] * mesh[2]
+  for (path, a), (_, b) in zip(_leaves(ref["init"]), _leaves(got["init"])):
+    np.testing.assert_array_equal(b, a, err_msg=path)
+  for i in range(2):
+    for key in ("loss", "masked_accuracy", "loss_video", "grad_norm", "param_norm"):
+      np.testing.assert_allclose(
+        got["metrics"][i][key], ref["metrics"][i][key], rtol=1e-5, err_msg=f"step {i} {key}"
+      )
+  _assert_states_close(ref["state"], got["state"], atol=1e-5)
+  assert _moved(ref) > 1e-3
+
+
+def _sharding_constraints(hlo: str) -> list:
+  """The mesh axes of every sharding constraint in the lowered StableHLO (Shardy dialect:
+  `sdy.sharding_constraint %x <@mesh, [{"data", "fsdp"}, {}, {"model"}]>`)."""
+  import re  # pylint: disable=g-import-not-at-top
+
+  return re.findall(r"sdy\.sharding_constraint %\S+ <@\w+, (\[.*?\])>", hlo)
+
+
+def test_activation_constraints_act_under_the_rules(results):
+  """Traced with the rules in force, the MaskGIT step carries its blocks' activation
+  constraints: the MLP hidden activation ('batch', 'length', 'mlp') split over data×fsdp and
+  model, the residual stream ('batch', 'length', 'embed') over data×fsdp alone ('embed' would
+  take fsdp, which 'batch' holds); traced without the rules, Flax leaves them out."""
+  with_rules = _sharding_constraints(results["hlo"]["rules"])
+  assert '[{"data", "fsdp"}, {}, {"model"}]' in with_rules, sorted(set(with_rules))
+  assert '[{"data", "fsdp"}, {}, {}]' in with_rules, sorted(set(with_rules))
+  assert _sharding_constraints(results["hlo"]["no_rules"]) == []
+
+
+def test_text_encoder_sharded_over_a_hosts_devices(results):
+  """T5 with `mesh=sharding.local_mesh()`: its kernels split over the host's 8 devices (the
+  width over fsdp), the embeddings equal one device's."""
+  t5 = results["t5"]
+  np.testing.assert_allclose(t5["split"], t5["one"], rtol=1e-5, atol=1e-5)
+  kernels = {p: n for p, n in t5["shards"].items() if p.endswith("['kernel']")}
+  assert kernels and all(n == 8 for n in kernels.values()), kernels
 
 
 def test_make_mesh_checks_its_shape():

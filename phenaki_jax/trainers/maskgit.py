@@ -155,6 +155,16 @@ def load_tokenizer(config) -> tokenizer_lib.Tokenizer:
   return tokenizer_lib.Tokenizer.from_workdir(config.tokenizer.workdir, step)
 
 
+def tokenizer_shardings(tok_model, mesh) -> dict:
+  """Where the frozen C-ViViT's parameters go on the training mesh: by their logical axes, as
+  the C-ViViT's own training shards them (the width over 'fsdp', heads, MLP and codebook rows
+  over 'model'), not a full copy on every device."""
+  video = jax.ShapeDtypeStruct(
+    (1, tok_model.max_frames, tok_model.image_size, tok_model.image_size, 3), jnp.float32
+  )
+  return sharding.param_shardings(tok_model.init, mesh, jax.random.PRNGKey(0), video)
+
+
 # ---- State ---------------------------------------------------------------------------------------
 def make_init_fn(model, tx, text_len: int, text_dim: int, codebook=None, *, ema: bool):
   """`codebook` (the tokenizer's ℓ2-normalised code vectors [K, C], optional): the token
@@ -330,12 +340,14 @@ def batch_spec(config, tok_config, text_len: int, text_dim: int, mesh) -> dict:
 
 def jit_train_step(config, mesh, state_shardings, model, tok_model, tx):
   """`train_step` jitted as training runs it: the state in `state_shardings` and donated, the
-  batch's rows split over data×fsdp, the null caption, frozen tokenizer and rng replicated.
-  One place for `main` and the ahead-of-time fit check (`phenaki_jax.aot`)."""
+  batch's rows split over data×fsdp, the frozen tokenizer by its logical axes
+  (`tokenizer_shardings`), the null caption and rng replicated. One place for `main` and the
+  ahead-of-time fit check (`phenaki_jax.aot`)."""
   repl = sharding.replicated(mesh)
+  tok = tokenizer_shardings(tok_model, mesh)
   return jax.jit(
     functools.partial(train_step, model=model, tok_model=tok_model, tx=tx, config=config),
-    in_shardings=(state_shardings, sharding.batch_sharding(mesh), repl, repl, repl),
+    in_shardings=(state_shardings, sharding.batch_sharding(mesh), repl, tok, repl),
     out_shardings=(state_shardings, repl),
     donate_argnums=0,
   )
@@ -362,12 +374,15 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # ---- Frozen tokenizer and text encoder ----
   tok = load_tokenizer(config)
+  # Sharded over this host's devices (T5-XXL: 4.8B parameters); each host encodes its own rows.
   text_encoder = text.TextEncoder.from_config(
-    config.text_encoder, cache_dir=os.path.join(workdir, "text_cache")
+    config.text_encoder,
+    cache_dir=os.path.join(workdir, "text_cache"),
+    mesh=sharding.local_mesh(),
   )
   null_text = tuple(jnp.asarray(x) for x in text_encoder.null_embedding())
   repl = sharding.replicated(mesh)
-  tok_params = jax.device_put(tok.params, repl)
+  tok_params = jax.device_put(tok.params, tokenizer_shardings(tok.model, mesh))
   null_text = jax.device_put(null_text, repl)
 
   # ---- Input pipeline ----
