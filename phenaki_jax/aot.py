@@ -458,7 +458,10 @@ def run(config, config_name: str, topology: str, mesh_flag, num_slices=1, tok_fl
     "tokenizer_config": tok_source,
   }
   steps, report["parameters"] = build_steps(config, mesh, tok_config)
-  report["steps"] = [compile_step(name, fn, args, mesh) for name, fn, args in steps]
+  report["steps"] = []
+  for name, fn, args in steps:  # a large step takes minutes: say what is under way
+    print(f"compiling the {name} for {tpu.given} ...", file=sys.stderr, flush=True)
+    report["steps"].append(compile_step(name, fn, args, mesh))
   for result, flops in zip(report["steps"], step_flops(config, tok_config)):
     result["flops"] = flops
   report["flops_counted_without_loops"] = loop_free(config) is not None
@@ -506,7 +509,9 @@ def format_report(report: dict) -> str:
       how = ", counted without loops" if report["flops_counted_without_loops"] else ""
       line = f"  FLOPs per step: {r['flops'] / 1e12:,.3f} TFLOP (all devices{how})"
       if r.get("seconds_at_peak"):
-        line += f"; >= {r['seconds_at_peak'] * 1e3:.3g} ms per step at the chips' bf16 peak"
+        t = r["seconds_at_peak"]
+        t = f"{t:.2f} s" if t >= 1 else f"{t * 1e3:.3g} ms"
+        line += f"; >= {t} per step at the chips' bf16 peak"
       lines.append(line)
   if report["fits"]:
     lines.append(f"fits: yes, on {report['slice']}")
