@@ -289,3 +289,77 @@ def test_make_mesh_checks_its_shape():
     sharding.make_mesh((-1, -1, 1))
   with pytest.raises(ValueError, match=r"needs \d+ devices"):
     sharding.make_mesh((n + 1, 1, 1))
+
+
+# ---- Checkpoints move between meshes ---------------------------------------------------------
+RUN = r"""
+import json, sys
+import jax
+sys.path.insert(0, "tests")
+from conftest import tiny_cvivit_config
+from phenaki_jax.trainers import cvivit as trainer
+
+for workdir, mesh, total, stop in json.loads(sys.argv[1]):
+  config = tiny_cvivit_config()
+  config.model.num_heads = 2  # divisible by the model axis
+  config.model.encoder_spatial_radius = -1  # as above: no exactly-zero gradients
+  config.data.batch_size = 8
+  config.data.seed = int(sys.argv[2])
+  config.optim.warmup_steps = 1
+  config.mesh = tuple(mesh)
+  config.total_steps, config.stop_after_steps = total, stop
+  config.checkpoint_every, config.eval_every, config.log_every = 2, 1000, 2
+  trainer.main(config, workdir)
+  print("trained on", jax.device_count(), "devices, mesh", mesh, flush=True)
+"""
+
+
+def _train(devices: int, runs) -> None:
+  """Trains each (workdir, mesh, total_steps, stop_after_steps) of `runs` in one process that
+  sees `devices` fake CPU devices (one process: the runs share their compiled steps)."""
+  env = dict(
+    os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu"
+  )
+  proc = subprocess.run(
+    [sys.executable, "-c", RUN, json.dumps([[str(w), *r] for w, *r in runs]), str(DATA_SEED)],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=400,
+  )
+  assert proc.returncode == 0, proc.stderr[-5000:]
+
+
+def test_a_checkpoint_resumes_on_another_mesh(tmp_path):
+  """Saved at step 2 by a run on 8 devices as (8, 1, 1), resumed on 4 devices as (1, 2, 2)
+  (another device count, its state now split over fsdp and model): step 4 equals the run that
+  stayed on the first mesh, to float tolerance."""
+  from phenaki_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from phenaki_jax.trainers import cvivit as trainer  # pylint: disable=g-import-not-at-top
+
+  from conftest import tiny_cvivit_config  # pylint: disable=g-import-not-at-top
+
+  stayed, moved = tmp_path / "stayed", tmp_path / "moved"
+  _train(8, [(stayed, (8, 1, 1), 4, 0), (moved, (8, 1, 1), 4, 2)])
+  assert sorted(os.listdir(moved / "checkpoints")) == ["2"]
+  _train(4, [(moved, (1, 2, 2), 4, 0)])
+  config = tiny_cvivit_config()
+  config.model.num_heads, config.model.encoder_spatial_radius = 2, -1
+  abstract = trainer.abstract_state(config)["params"]
+  params = {
+    name: jax_to_numpy(checkpoint.load_params(str(path), abstract, step=step))
+    for name, path, step in (("stayed", stayed, 4), ("moved", moved, 4), ("start", moved, 2))
+  }
+  _assert_states_close(params["stayed"], params["moved"], atol=2e-5)
+  moved_by = max(
+    np.abs(a - b).max()
+    for (_, a), (_, b) in zip(_leaves(params["start"]), _leaves(params["moved"]))
+  )
+  assert moved_by > 1e-3  # steps 3 and 4 moved the parameters by much more than the tolerance
+
+
+def jax_to_numpy(tree):
+  import jax  # pylint: disable=g-import-not-at-top
+
+  return jax.tree.map(np.asarray, jax.device_get(tree))
