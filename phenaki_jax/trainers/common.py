@@ -9,7 +9,6 @@ import os
 import time
 from typing import Callable, Iterable, Mapping, Optional
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -279,9 +278,17 @@ def compile_checked(
   the first step, naming the batch size that should fit (the temporaries scale with the batch).
   `perf` (a dict) receives the step's FLOPs ('flops', for the MFU `train_loop` logs).
 
-  The step is traced with the logical axis rules in force (`sharding.LOGICAL_RULES`), under
-  the mesh the caller set (`jax.set_mesh`): its activation constraints act."""
-  with nn.logical_axis_rules(sharding.LOGICAL_RULES):
+  The step is traced with the logical axis rules in force (`sharding.LOGICAL_RULES`) under the
+  mesh its arguments are placed on, so its activation constraints act."""
+  meshes = [
+    x.sharding.mesh
+    for x in jax.tree.leaves(args)
+    if isinstance(getattr(x, "sharding", None), jax.sharding.NamedSharding)
+  ]
+  if meshes:
+    with sharding.rules_in_force(meshes[0]):
+      lowered = jitted.lower(*args)
+  else:
     lowered = jitted.lower(*args)
   if perf is not None:
     perf["flops"] = max(perf.get("flops") or 0.0, lowered_flops(lowered) or 0.0) or None
@@ -317,8 +324,8 @@ def compile_checked(
   raise MemoryError(
     f"{what} needs {_size(need)} per device at config.data.batch_size={batch}, but "
     f"{_size(have)} is available ({MEMORY_HEADROOM:.0%} usable; {MEMORY_ENV} overrides "
-    f"it). {hint}; or train on more devices (config.mesh), or (MaskGIT) accumulate gradients "
-    f"over micro-batches (config.grad_accum_steps)."
+    f"it). {hint}; or train on more devices (config.mesh), or accumulate gradients over "
+    f"micro-batches (config.grad_accum_steps)."
   )
 
 
