@@ -596,3 +596,27 @@ def test_mfu_peaks_by_device_kind():
   assert common.peak_flops("TPU v5 lite") == 197e12 and common.peak_flops("TPU v5p") == 459e12
   assert common.peak_flops("TPU v4") == 275e12 and common.peak_flops("TPU v6 lite") == 918e12
   assert common.peak_flops("cpu") is None
+
+
+def test_mfu_counts_every_micro_batch():
+  """XLA's cost analysis counts a loop's body once: the step with 2 micro-batches lowers to
+  about half the FLOPs of the whole-batch step. The count the MFU log uses
+  (`common.step_flops`) is the whole batch's either way."""
+  from phenaki_jax import sharding  # pylint: disable=g-import-not-at-top
+  from phenaki_jax.trainers import specs  # pylint: disable=g-import-not-at-top
+
+  config = tiny_cvivit_config()
+  mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+
+  def lowered(cfg):
+    (_, fn, args), *_ = specs.build_steps(cfg, mesh)[0]
+    with sharding.rules_in_force(mesh):
+      return fn.lower(*args)
+
+  whole = common.lowered_flops(lowered(config))
+  accum = config.copy_and_resolve_references()
+  accum.grad_accum_steps = 2
+  looped = lowered(accum)
+  assert 0.4 * whole < common.lowered_flops(looped) < 0.6 * whole
+  np.testing.assert_allclose(common.step_flops(looped, accum, {}), whole, rtol=1e-3)
+  assert common.step_flops(lowered(config), config, {}) == whole  # no loop: as XLA counts it

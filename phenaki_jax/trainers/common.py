@@ -265,6 +265,25 @@ def lowered_flops(lowered) -> Optional[float]:
   return float(value) if value and value > 0 else None
 
 
+def step_flops(lowered, config: ml_collections.ConfigDict, perf: dict) -> Optional[float]:
+  """The FLOPs of one step for the MFU log. XLA's cost analysis counts a loop's body once (a
+  scanned layer stack, micro-batches) and a TPU backend gives none before compilation: then
+  the step is counted as `phenaki_jax.aot` counts it — lowered for one CPU device, without
+  its loops (`specs.step_flops`) — once per run (the largest of the run's steps)."""
+  from phenaki_jax.trainers import specs  # pylint: disable=g-import-not-at-top
+
+  flops = lowered_flops(lowered)
+  if flops is not None and specs.loop_free(config) is None:
+    return flops
+  if "loop_free_flops" not in perf:
+    try:
+      perf["loop_free_flops"] = max(f or 0.0 for f in specs.step_flops(config)) or None
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning("no FLOP count of the step (no MFU in the logs): %s", e)
+      perf["loop_free_flops"] = None
+  return perf["loop_free_flops"]
+
+
 def _size(n: float) -> str:
   return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
@@ -291,7 +310,7 @@ def compile_checked(
   else:
     lowered = jitted.lower(*args)
   if perf is not None:
-    perf["flops"] = max(perf.get("flops") or 0.0, lowered_flops(lowered) or 0.0) or None
+    perf["flops"] = max(perf.get("flops") or 0.0, step_flops(lowered, config, perf) or 0.0) or None
   compiled = lowered.compile()
   stats = compiled.memory_analysis()
   if stats is None:  # a backend without the analysis
