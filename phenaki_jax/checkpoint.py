@@ -5,6 +5,13 @@ position and RNG saved beside the model state (as JSON), SIGTERM/preemption noti
 auto-resume from the latest *complete* checkpoint (orbax writes to a temporary directory and
 renames atomically, so a half-written checkpoint is never restored).
 
+Preemption in a multi-process run: a save is collective, so every process must decide to save
+at the same step. `jax.distributed.initialize` starts JAX's preemption sync manager, whose
+notifier catches SIGTERM in C++; once any process is signalled, the processes agree on a step
+(``reached_preemption(step)`` turns True at the same step everywhere). A Python SIGTERM handler
+installed afterwards would replace the notifier's, and the signalled process alone would try to
+save (a hang), so none is installed there; a single process keeps a Python handler.
+
 A frozen model (the tokenizer in stage 2, the sampler) needs only its parameters: `load_params`
 restores that one subtree, shaped by `abstract_params` — `jax.eval_shape` of the model's own
 `init`, so no optimizer, discriminator or mesh of the training run is built to read it.
@@ -51,10 +58,26 @@ class Checkpointer:
       item_names=("state", "meta"),
     )
     self._preempted = threading.Event()
+    self._synced = False  # preemption decided by JAX's sync manager (several processes)
 
   # ---- preemption -------------------------------------------------------------------------
   def install_signal_handlers(self) -> None:
-    """SIGTERM (what TPU/GPU schedulers send before preemption) → save at the next step."""
+    """SIGTERM (what TPU/GPU schedulers send before preemption) → save at a step and stop.
+
+    Several processes with JAX's preemption sync manager: its own SIGTERM handler stays in
+    place, and `preempted` asks it (the step is agreed by all). Several processes without it
+    (``jax_enable_preemption_service`` off): no handler, since a process that saved alone would
+    hang the others; SIGTERM then ends the process. One process: a Python handler."""
+    if jax.process_count() > 1:
+      self._synced = _preemption_sync_manager_running()
+      if self._synced:
+        logging.info("SIGTERM on any process: every process saves at one agreed step and stops")
+      else:
+        logging.warning(
+          "the JAX preemption service is off (jax_enable_preemption_service): SIGTERM stops "
+          "this process without a checkpoint"
+        )
+      return
 
     def handler(signum, frame):
       logging.warning("signal %d received: checkpointing at the next step and stopping", signum)
@@ -64,14 +87,21 @@ class Checkpointer:
       signal.signal(signal.SIGTERM, handler)
 
   def preempted(self, step: int) -> bool:
-    return self._preempted.is_set() or self.manager.reached_preemption(step)
+    """Whether to save at `step` and stop. With several processes this is collective: every
+    process must call it at every step, with the same steps (JAX's sync protocol counts them),
+    and it turns True at the same step on all of them."""
+    if self._synced:
+      return self.manager.reached_preemption(step)
+    return self._preempted.is_set()
 
   # ---- save / restore ---------------------------------------------------------------------
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
 
   def should_save(self, step: int, final: bool = False) -> bool:
-    return final or self.preempted(step) or (self.every_steps > 0 and step % self.every_steps == 0)
+    """A periodic save is due at `step`, or `final` (the run's end or a preemption, which the
+    caller learnt from `preempted`, called once per step)."""
+    return final or (self.every_steps > 0 and step % self.every_steps == 0)
 
   def save(self, step: int, state: Any, meta: dict, *, force: bool = False) -> None:
     if self.manager.latest_step() == step:
@@ -121,6 +151,17 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _preemption_sync_manager_running() -> bool:
+  """Whether `jax.distributed.initialize` started JAX's preemption sync manager (it does unless
+  ``jax_enable_preemption_service`` was off)."""
+  try:
+    from jax._src import distributed  # pylint: disable=g-import-not-at-top
+
+    return distributed.global_state.preemption_sync_manager is not None
+  except (ImportError, AttributeError):  # another JAX layout: trust the option
+    return bool(jax.config.jax_enable_preemption_service)
 
 
 def abstract_like(tree: Any) -> Any:

@@ -11,8 +11,9 @@ Several processes (multi-host): with --coordinator_address, --num_processes and 
 the processes meet there; without them, `jax.distributed.initialize()` finds its peers itself
 where JAX can (a Cloud TPU pod slice, a SLURM job with several tasks, or the JAX_COORDINATOR_
 ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID environment). Every process runs the same
-command; each reads its own share of the data, process 0 alone writes logs and media, and
-checkpoints are saved by all together.
+command; each reads its own rows of the global batch, process 0 alone writes logs and media,
+and checkpoints are saved by all together. SIGTERM to any process (a preemption) makes all of
+them save at one step they agree on and exit 0; the same command resumes there.
 """
 
 import importlib

@@ -445,6 +445,28 @@ def finish_step(state, new_state, ok, step):
 
 
 # ---- The training loop ----------------------------------------------------------------------------
+def out_of_time(start_time: float, budget_seconds: float) -> bool:
+  """Whether `budget_seconds` have passed since `start_time`: by process 0's clock on every
+  process (a broadcast), so that all stop, and save, at the same step."""
+  over = time.time() - start_time > budget_seconds
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+    over = bool(multihost_utils.broadcast_one_to_all(np.asarray(over)))
+  return over
+
+
+def meet_all_processes(name: str, timeout_seconds: int = 3600) -> None:
+  """Waits until every process gets here (a barrier of JAX's distributed runtime, not a device
+  collective; nothing with one process). Before the first step: the processes finish compiling
+  at different times, and the first step's collectives connect them, which on CPUs (gloo)
+  fails when a peer is more than 30 s late."""
+  if jax.process_count() > 1:
+    from orbax.checkpoint import multihost  # pylint: disable=g-import-not-at-top
+
+    multihost.get_barrier_sync_fn()(key=name, timeout_ms=timeout_seconds * 1000)
+
+
 def train_loop(
   config: ml_collections.ConfigDict,
   state: dict,
@@ -461,8 +483,13 @@ def train_loop(
   Every config.log_every steps, and at the end, the mean metrics are written (and a non-finite
   step stops the run, naming it); checkpoints are saved every config.checkpoint_every steps and
   at the end; `evaluate(state, step)` runs every config.eval_every steps and at the end. A
-  preemption (SIGTERM) saves at the next step and stops. Returns (state, the last logged mean
-  metrics, whether a preemption stopped the run before its end).
+  preemption (SIGTERM) saves at the next step and stops (with several processes: at a step
+  they agree on, `Checkpointer.preempted`). Returns (state, the last logged mean metrics,
+  whether a preemption stopped the run before its end).
+
+  With several processes every decision to log, save, evaluate or stop must be the same on
+  all of them (saves and steps are collective): each is a function of the step, except the
+  wall-clock budget, which process 0's clock decides for all.
 
   With `perf['flops']` (the step's FLOPs, `compile_checked`), each log also writes the mean
   seconds per step since the last log, the achieved TFLOP/s per device and, on a device in
@@ -471,6 +498,7 @@ def train_loop(
   total = config.total_steps
   report = progress_reporter(total, writer)
   history, train_metrics, preempted, last = [], {}, False, False
+  meet_all_processes(f"train_loop_from_step_{step}")
   start_time = time.time()
   last_log = (step, start_time)
   peak = peak_flops(jax.devices()[0].device_kind)
@@ -483,12 +511,14 @@ def train_loop(
       history.append(metrics)
       done = step + 1
       report(done, time.time())
-      last = (
+      last = bool(
         done >= total
         or (config.stop_after_steps and done >= config.stop_after_steps)
-        or (config.max_train_seconds and time.time() - start_time > config.max_train_seconds)
+        or (config.max_train_seconds and out_of_time(start_time, config.max_train_seconds))
       )
-      preempted = ckpt.preempted(done)
+      preempted = ckpt.preempted(done)  # every step, on every process (collective)
+      if preempted:
+        logging.warning("preempted: saving the checkpoint of step %d and stopping", done)
       if done % config.log_every == 0 or last or preempted:
         raise_if_bad(int(state["first_bad_step"]), ckpt.latest_step())
         train_metrics = mean_metrics(history)
