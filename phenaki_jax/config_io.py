@@ -42,12 +42,23 @@ def write_to_workdir(config: ml_collections.ConfigDict, workdir: str) -> str:
 
 
 def from_workdir(workdir: str) -> ml_collections.ConfigDict:
-  """The config a run in `workdir` was started with (its `config.json`)."""
+  """The config a run in `workdir` was started with (its `config.json`); a damaged file is a
+  ValueError naming it rather than a JSON parser's message without a path."""
+  if not isinstance(workdir, (str, os.PathLike)):
+    raise TypeError(f"a work directory must be a path, got {type(workdir).__name__}")
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: is {workdir!r} a phenaki_jax work directory?")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  try:
+    with open(path, encoding="utf-8") as f:
+      config = json.load(f)
+  except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+    raise ValueError(
+      f"{path} is not a valid config.json ({e}): the run's config is damaged"
+    ) from None
+  if not isinstance(config, dict):
+    raise ValueError(f"{path} holds a JSON {type(config).__name__}, not a config (an object)")
+  return ml_collections.ConfigDict(config)
 
 
 def uses_ema(config) -> bool:

@@ -25,6 +25,8 @@ exactly the number of frames asked for.
 import functools
 import json
 import math
+import numbers
+import operator
 import os
 from typing import Optional, Sequence, Union
 
@@ -112,6 +114,99 @@ def load_code_support(workdir: str) -> Optional[np.ndarray]:
     return z["counts"]
 
 
+# ---- argument checks ---------------------------------------------------------------------------
+# Every public method checks its arguments here, before any text is encoded or any program is
+# compiled: a bad value then fails at once with a message that names it, instead of deep inside
+# XLA, as a silent garbage sample (a NaN guidance scale), or as an allocation that never ends.
+
+# JAX keys hold 32 bits of seed without x64: 2**32 and 0 would give the same video.
+SEED_LIMIT = 2**32
+# The memory one device may use, in bytes, when set (as for the trainers' fit check).
+MEMORY_ENV = "PHENAKI_DEVICE_MEMORY_BYTES"
+
+
+def _show(value) -> str:
+  text = repr(value)
+  return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _int(value, name: str, minimum: Optional[int] = None) -> int:
+  """`value` as a Python int: an int or a numpy/JAX integer scalar. A float or a bool is
+  refused, not rounded: `num_frames=2.5` is a mistake to report."""
+  if isinstance(value, (bool, np.bool_)):
+    raise TypeError(f"{name} must be an int, got {_show(value)}")
+  try:
+    out = operator.index(value)
+  except TypeError:
+    raise TypeError(f"{name} must be an int, got {type(value).__name__} {_show(value)}") from None
+  if minimum is not None and out < minimum:
+    raise ValueError(f"{name} must be ≥ {minimum}, got {out}")
+  return out
+
+
+def _real(value, name: str) -> float:
+  """`value` as a finite Python float (an int, a float or a numpy scalar; not a bool or str)."""
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+    raise TypeError(f"{name} must be a number, got {type(value).__name__} {_show(value)}")
+  out = float(value)
+  if not math.isfinite(out):
+    raise ValueError(f"{name} must be finite, got {out}")
+  return out
+
+
+def _flag(value, name: str) -> bool:
+  if not isinstance(value, (bool, np.bool_)):
+    raise TypeError(f"{name} must be True or False, got {type(value).__name__} {_show(value)}")
+  return bool(value)
+
+
+def check_seed(seed, segments: int = 1) -> int:
+  """`seed` as an int in [0, 2**32) (a story uses seed … seed + segments − 1)."""
+  seed = _int(seed, "seed", minimum=0)
+  if seed + segments - 1 >= SEED_LIMIT:
+    raise ValueError(
+      "seed must be below 2**32 (JAX keys keep 32 bits: larger seeds repeat smaller ones)"
+      + (f" and so must seed + {segments - 1} for this story's segments" if segments > 1 else "")
+      + f", got {seed}"
+    )
+  return seed
+
+
+def check_prompts(prompt, what: str = "prompt") -> tuple[list, bool]:
+  """(prompts as a list of str, whether `prompt` was a single str). A batch is any non-string
+  iterable of str with at least one prompt; an empty string is the unconditional prompt."""
+  if isinstance(prompt, str):
+    return [prompt], True
+  if isinstance(prompt, (bytes, bytearray)):
+    raise TypeError(f"{what} must be a str or a list of str, got bytes: decode it first")
+  try:
+    prompts = list(prompt)
+  except TypeError:
+    raise TypeError(
+      f"{what} must be a str or a list of str, got {type(prompt).__name__} {_show(prompt)}"
+    ) from None
+  for i, p in enumerate(prompts):
+    if not isinstance(p, str):
+      raise TypeError(f"{what}[{i}] must be a str, got {type(p).__name__} {_show(p)}")
+  if not prompts:
+    raise ValueError(f"{what} is an empty list: give at least one prompt")
+  return prompts, False
+
+
+def memory_budget() -> int:
+  """The bytes one device may use: $PHENAKI_DEVICE_MEMORY_BYTES, an accelerator's own limit, or
+  the host's physical memory for a CPU (the trainers' rule in trainers/common.py, which this
+  inference layer may not import; total rather than available memory, since this is a bound
+  against absurd requests, not a fit)."""
+  if os.environ.get(MEMORY_ENV):
+    return int(float(os.environ[MEMORY_ENV]))
+  device = jax.local_devices()[0]
+  stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+  if stats and stats.get("bytes_limit"):
+    return int(stats["bytes_limit"])
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def mbr_choice(candidates) -> np.ndarray:
   """int [B]: for each row of `candidates` [B, N, ...] (uint8 frames or floats), the index of
   the minimum-Bayes-risk candidate under squared error — the least summed squared difference to
@@ -193,7 +288,7 @@ class Sampler:
       params = checkpoint.load_params(
         maskgit_dir,
         checkpoint.abstract_params(model.init, *maskgit_lib.init_inputs(model, text_encoder.dim)),
-        step=step,
+        step=tokenizer_lib.check_step(step),
         key=key,
         what="MaskGIT",
       )
@@ -201,7 +296,9 @@ class Sampler:
       raise ValueError(
         f"the MaskGIT in {maskgit_dir} does not fit the tokenizer in "
         f"{tokenizer_dir} (codebook {tok.codebook_size}, grid {tok.token_grid}) "
-        f"and text encoder ({text_encoder.dim}-d): {e}"
+        f"and text encoder ({text_encoder.dim}-d): was it trained on another tokenizer "
+        f"(its config.tokenizer.workdir: {config.get('tokenizer', {}).get('workdir')!r})? "
+        f"{tokenizer_lib.shape_mismatch(e)}"
       ) from None
     code_support = load_code_support(maskgit_dir)
     return cls(tok, model, params, text_encoder, config.sample, code_support)
@@ -216,9 +313,84 @@ class Sampler:
     return self.tokenizer.temporal_patch
 
   def _options(self, **kw) -> dict:
+    """The defaults updated by `kw` (None: keep the default), every value checked: a misspelt
+    option is an error rather than silently ignored."""
+    unknown = sorted(set(kw) - set(self.defaults))
+    if unknown:
+      raise TypeError(
+        f"unknown sampling option(s) {unknown}; the options are {sorted(self.defaults)}"
+      )
     opts = dict(self.defaults)
     opts.update({k: v for k, v in kw.items() if v is not None})
-    return opts
+    return self._check_options(opts)
+
+  def _check_options(self, opts: dict) -> dict:
+    """The options with their types and ranges checked (see `default_config`)."""
+    k = self.model.codebook_size
+    out = dict(opts)
+    out["steps"] = _int(opts["steps"], "steps", minimum=1)
+    for name in ("cfg_scale", "continue_cfg_scale"):
+      if name == "continue_cfg_scale" and opts[name] is None:
+        continue
+      out[name] = _real(opts[name], name)
+      if out[name] < 0:
+        raise ValueError(
+          f"{name} must be ≥ 0 (0: unconditional, 1: conditional model alone), got {out[name]}"
+        )
+    out["temperature"] = _real(opts["temperature"], "temperature")
+    if out["temperature"] <= 0:
+      raise ValueError(
+        f"temperature must be > 0 (small values sample nearly greedily), got {out['temperature']}"
+      )
+    out["choice_temperature"] = _real(opts["choice_temperature"], "choice_temperature")
+    if out["choice_temperature"] < 0:
+      raise ValueError(f"choice_temperature must be ≥ 0, got {out['choice_temperature']}")
+    out["top_k"] = _int(opts["top_k"], "top_k", minimum=0)
+    if out["top_k"] > k:
+      raise ValueError(f"top_k must be in [0, {k}] (0: all of the {k} codes), got {out['top_k']}")
+    out["top_p"] = _real(opts["top_p"], "top_p")
+    if not 0.0 < out["top_p"] <= 1.0:
+      raise ValueError(f"top_p must be in (0, 1] (1: all codes), got {out['top_p']}")
+    out["cfg_support"] = _real(opts["cfg_support"], "cfg_support")
+    if not 0.0 <= out["cfg_support"] < 1.0:
+      raise ValueError(f"cfg_support must be in [0, 1) (0: off), got {out['cfg_support']}")
+    out["restrict_codes"] = _flag(opts["restrict_codes"], "restrict_codes")
+    out["continue_stepwise"] = _flag(opts["continue_stepwise"], "continue_stepwise")
+    out["continue_candidates"] = _int(opts["continue_candidates"], "continue_candidates", minimum=1)
+    return out
+
+  def _bytes_per_video(self, time_steps: int, guided: bool) -> int:
+    """A lower estimate of the float32 memory one video of `time_steps` takes to sample: the
+    logits and their sampling copies, one block's attention scores and MLP activations (twice
+    under guidance), and the decoded frames. Enough to refuse absurd batches before anything
+    is allocated; a batch that passes may still be refused by XLA itself."""
+    m = self.model
+    tokens = time_steps * m.grid[1] * m.grid[2]
+    positions = tokens // (m.group * m.group)
+    model = 4 * (4 * tokens * m.codebook_size + positions * (m.num_heads * positions + m.mlp_dim))
+    frames = 4 * 2 * self.tokenizer.num_frames(time_steps) * self.tokenizer.image_size**2 * 3
+    return model * (2 if guided else 1) + frames
+
+  def _check_batch(self, videos: int, time_steps: int, opts: dict, what: str) -> None:
+    """Refuses, before any work, a batch whose sampling would not fit this device's memory."""
+    need = videos * self._bytes_per_video(time_steps, opts["cfg_scale"] != 1.0)
+    have = memory_budget()
+    if need > have:
+      fit = max(0, have // max(1, need // videos))
+      raise ValueError(
+        f"{what}: {videos} videos of {time_steps} time steps need about {need / 2**30:.1f} GiB "
+        f"to sample, more than this device's {have / 2**30:.1f} GiB: give at most {fit} per "
+        f"call (split the prompts into smaller batches)"
+      )
+
+  def _check_steps(self, steps: int, free_tokens: int) -> None:
+    """A decode commits at least one token per step: more steps than the tokens it generates
+    would only repeat work (and a huge count would run for ever)."""
+    if steps > free_tokens:
+      raise ValueError(
+        f"steps={steps} exceeds the {free_tokens} tokens this decode generates (each step "
+        f"commits at least one): use at most {free_tokens}"
+      )
 
   # ---- the jitted core --------------------------------------------------------------------
   def _generate_fn(self, steps: int, top_k: int, top_p: float, guided: bool):
@@ -280,13 +452,12 @@ class Sampler:
     `stream` (optional): draw from random stream `stream` of `seed` (one per decode of a
     stepwise continuation) instead of `seed`'s own key. `frames=False` skips the C-ViViT
     decoder and returns (codes, None)."""
-    if not 0.0 <= float(opts["cfg_support"]) < 1.0:
-      raise ValueError(f"cfg_support must be in [0, 1), got {opts['cfg_support']}")
+    b = len(prompts)
+    self._check_steps(opts["steps"], int((~np.asarray(fixed, bool)).reshape(b, -1).sum(1).max()))
     text, text_mask = self.text_encoder.encode(list(prompts))
     fn = self._generate_fn(
       int(opts["steps"]), int(opts["top_k"]), float(opts["top_p"]), float(opts["cfg_scale"]) != 1.0
     )
-    b = len(prompts)
     null_text = jnp.broadcast_to(self._null[0], (b,) + self._null[0].shape[1:])
     null_mask = jnp.broadcast_to(self._null[1], (b,) + self._null[1].shape[1:])
     rng = jax.random.PRNGKey(seed)
@@ -346,6 +517,16 @@ class Sampler:
     t_c = self._steps_for(context_frames)
     return (self.model.grid[0] - t_c) * self.temporal_patch
 
+  def _check_context(self, context_frames) -> int:
+    """`context_frames` as an int 1 + k·t_p (whole time steps of the tokenizer)."""
+    context_frames = _int(context_frames, "context_frames")
+    tp = self.temporal_patch
+    if (context_frames - 1) % tp or context_frames < 1:
+      raise ValueError(
+        f"context_frames must be 1 + k·{tp} (1, {1 + tp}, {1 + 2 * tp}, ...), got {context_frames}"
+      )
+    return context_frames
+
   def _check_window(self, time_steps: int, what: str, hint: str = "") -> None:
     if time_steps > self.model.grid[0]:
       raise ValueError(
@@ -366,14 +547,13 @@ class Sampler:
     **kw,
   ) -> np.ndarray:
     """Text → video. A str gives uint8 [T, H, W, 3]; a list of prompts one batch [B, T, ...]."""
-    single = isinstance(prompt, str)
-    prompts = [prompt] if single else list(prompt)
-    num_frames = self.max_frames if num_frames is None else int(num_frames)
-    if num_frames < 1:
-      raise ValueError(f"num_frames must be ≥ 1, got {num_frames}")
+    prompts, single = check_prompts(prompt)
+    num_frames = self.max_frames if num_frames is None else _int(num_frames, "num_frames", 1)
     t = self._steps_for(num_frames)
     self._check_window(t, f"{num_frames} frames")
     opts = self._options(steps=steps, cfg_scale=cfg_scale, temperature=temperature, **kw)
+    seed = check_seed(seed)
+    self._check_batch(len(prompts), t, opts, "generate")
     h = w = self.tokenizer.grid_size
     init = np.zeros((len(prompts), t, h, w), np.int32)
     _, video = self._run(prompts, init, np.zeros_like(init, bool), seed, opts)
@@ -401,21 +581,23 @@ class Sampler:
     decoded one after another, and with `continue_candidates` N > 1 (and more than one context
     frame) the new frames are the minimum-Bayes-risk choice among N sampled ones (see
     `default_config`)."""
+    video = tokenizer_lib.check_frames(video, "video", ranks=(4, 5))
     video = self.tokenizer.fit(video)  # frames of another size: fitted as training's were
     single = video.ndim == 4
     videos = video[None] if single else video
-    prompts = [prompt] * len(videos) if isinstance(prompt, str) else list(prompt)
+    prompts, one = check_prompts(prompt)
+    prompts = prompts * len(videos) if one else prompts
     if len(prompts) != len(videos):
       raise ValueError(f"{len(prompts)} prompts for {len(videos)} videos")
-    tp = self.temporal_patch
-    if (context_frames - 1) % tp or context_frames < 1:
-      raise ValueError(f"context_frames must be 1 + k·{tp}, got {context_frames}")
+    num_new_frames = _int(num_new_frames, "num_new_frames", minimum=1)
+    context_frames = self._check_context(context_frames)
+    seed = check_seed(seed)
     if videos.shape[1] < context_frames:
       raise ValueError(
         f"the video has {videos.shape[1]} frames, fewer than context_frames={context_frames}"
       )
     t_c = self._steps_for(context_frames)
-    t = t_c + math.ceil(num_new_frames / tp)
+    t = t_c + math.ceil(num_new_frames / self.temporal_patch)
     self._check_window(
       t,
       f"{context_frames} context + {num_new_frames} new frames",
@@ -424,11 +606,10 @@ class Sampler:
       f"repeat the prompt)",
     )
     opts = self._options(**kw)
-    n = int(opts["continue_candidates"])
-    if n < 1:
-      raise ValueError(f"continue_candidates must be ≥ 1, got {n}")
+    n = opts["continue_candidates"]
     if context_frames == 1:  # image-to-video: no gain measured from candidates, N× the cost
       n = 1
+    self._check_batch(len(videos) * n, t, opts, "continue_video")
     ctx_codes = np.asarray(self.tokenizer.encode(videos[:, -context_frames:]))  # [B, t_c, h, w]
     b, _, h, w = ctx_codes.shape
     init = np.zeros((b * n, t, h, w), np.int32)  # n candidates of each, one batch
@@ -454,10 +635,15 @@ class Sampler:
   ) -> np.ndarray:
     """A video whose first frame is `image` (uint8 [H, W, 3] or [B, H, W, 3], any size: fitted
     to the model's as in `continue_video`)."""
-    image = np.asarray(image)
+    image = tokenizer_lib.check_frames(image, "image", ranks=(3, 4))
     single = image.ndim == 3
     images = image[:, None] if not single else image[None, None]  # [B, 1, H, W, 3]
-    num_frames = self.max_frames if num_frames is None else int(num_frames)
+    num_frames = self.max_frames if num_frames is None else _int(num_frames, "num_frames")
+    if not 2 <= num_frames <= self.max_frames:
+      raise ValueError(
+        f"num_frames must be in [2, {self.max_frames}] (the image and at least one new frame, "
+        f"within the model's window; for more, continue_video the result), got {num_frames}"
+      )
     out = self.continue_video(images, prompt, num_frames - 1, context_frames=1, seed=seed, **kw)
     return out[0] if single else out
 
@@ -478,11 +664,15 @@ class Sampler:
     model's clip length and every later one what a window holds after its `context_frames`
     (on the tiny models: 9, then 4 per prompt). For a longer segment, repeat its prompt.
     """
-    batched = len(prompts) > 0 and not isinstance(prompts[0], str)
-    stories = [list(p) for p in prompts] if batched else [list(prompts)]
+    if isinstance(prompts, (str, bytes)):
+      raise TypeError(
+        "story takes a list of prompts (one per segment) or a list of such lists, got a "
+        f"{type(prompts).__name__}: for one prompt use generate, or wrap it in a list"
+      )
+    stories, batched = self._check_stories(prompts)
     num_segments = len(stories[0])
-    if num_segments == 0 or any(len(s) != num_segments for s in stories):
-      raise ValueError("every story needs the same, non-zero number of prompts")
+    context_frames = self._check_context(context_frames)
+    seed = check_seed(seed, num_segments)
     if frames_per_prompt is None:
       room = self._room_after(context_frames)
       if num_segments > 1 and room < 1:
@@ -491,15 +681,17 @@ class Sampler:
           f"model's {self.max_frames}-frame window: lower context_frames"
         )
       frames_per_prompt = [self.max_frames] + [room] * (num_segments - 1)
-    lengths = (
-      [int(frames_per_prompt)] * num_segments
-      if isinstance(frames_per_prompt, int)
-      else [int(n) for n in frames_per_prompt]
-    )
+    if isinstance(frames_per_prompt, (list, tuple)) or getattr(frames_per_prompt, "ndim", 0):
+      lengths = [_int(n, "frames_per_prompt[i]") for n in frames_per_prompt]
+    else:
+      name = "frames_per_prompt (an int, or a list of one per prompt)"
+      lengths = [_int(frames_per_prompt, name)] * num_segments
     if len(lengths) != num_segments or min(lengths) < 1:
       raise ValueError(
         f"frames_per_prompt must be a positive int or one per prompt, got {frames_per_prompt}"
       )
+    if progress is not None and not callable(progress):
+      raise TypeError(f"progress must be callable or None, got {type(progress).__name__}")
     video = self.generate([s[0] for s in stories], lengths[0], seed=seed, **kw)
     if progress:
       progress(0, num_segments, [s[0] for s in stories])
@@ -520,6 +712,33 @@ class Sampler:
       if progress:
         progress(i, num_segments, [s[i] for s in stories])
     return video if batched else video[0]
+
+  @staticmethod
+  def _check_stories(prompts) -> tuple[list, bool]:
+    """A story (a list of str) or a batch of them (a list of equal-length lists of str) →
+    (a list of stories, whether `prompts` was a batch)."""
+    try:
+      items = list(prompts)
+    except TypeError:
+      raise TypeError(
+        f"prompts must be a list of str (one per segment) or a list of such lists, got "
+        f"{type(prompts).__name__} {_show(prompts)}"
+      ) from None
+    if not items:
+      raise ValueError("prompts is empty: a story needs at least one prompt")
+    if all(isinstance(p, str) for p in items):
+      return [items], False
+    if any(isinstance(p, str) for p in items):
+      raise TypeError(
+        "prompts mixes strings and lists: give one story (a list of str) or a batch of "
+        "stories (a list of lists of str)"
+      )
+    stories = [check_prompts(p, f"prompts[{i}]")[0] for i, p in enumerate(items)]
+    if any(len(s) != len(stories[0]) for s in stories):
+      raise ValueError(
+        f"every story of a batch needs the same number of prompts, got {[len(s) for s in stories]}"
+      )
+    return stories, True
 
 
 # ---- CLI ---------------------------------------------------------------------------------------

@@ -204,6 +204,34 @@ class _DiskCache:
 _TRACES = collections.Counter()
 
 
+def check_captions(captions) -> list:
+  """`captions` as a list of str, or a TypeError / ValueError naming the first bad one."""
+  if isinstance(captions, (str, bytes)):
+    raise TypeError(
+      f"encode takes a list of caption strings, got one {type(captions).__name__}: "
+      f"wrap it in a list ([caption])"
+    )
+  try:
+    captions = list(captions)
+  except TypeError:
+    raise TypeError(
+      f"encode takes a list of caption strings, got {type(captions).__name__}"
+    ) from None
+  for i, c in enumerate(captions):
+    if not isinstance(c, str):
+      hint = ": decode bytes first (c.decode('utf-8', 'replace'))" if isinstance(c, bytes) else ""
+      raise TypeError(f"caption {i} is a {type(c).__name__}, not a str{hint}")
+    try:
+      c.encode("utf-8")
+    except UnicodeEncodeError as e:
+      raise ValueError(
+        f"caption {i} is not Unicode text: {e.reason} at position {e.start} "
+        f"({c[e.start : e.end]!r}); clean it first, e.g. "
+        f"c.encode('utf-8', 'replace').decode('utf-8')"
+      ) from None
+  return captions
+
+
 def forward(model: Any, params: Any, ids: jax.Array, mask: jax.Array) -> jax.Array:
   """The frozen forward pass: f32 [B, L, D], zero at padded positions, no gradients."""
   _TRACES[model] += 1  # Runs at trace time only.
@@ -417,10 +445,13 @@ class TextEncoder:
       self._memory_bytes -= t.nbytes + m.nbytes
 
   def encode(self, captions: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Captions -> (tokens np.float32 [B, L, D], mask bool [B, L]); cached per caption."""
-    if isinstance(captions, str) or not all(isinstance(c, str) for c in captions):
-      raise TypeError("encode takes a list of caption strings")
-    captions = list(captions)
+    """Captions -> (tokens np.float32 [B, L, D], mask bool [B, L]); cached per caption.
+
+    Any text is a caption: empty (the null caption), longer than `max_length` tokens (cut),
+    control characters and NUL included. Not a caption: a non-str (TypeError) or a str that is
+    not Unicode text (a lone surrogate, e.g. from bytes decoded with 'surrogateescape'), which
+    neither the tokenizer nor the cache's UTF-8 files can hold (ValueError)."""
+    captions = check_captions(captions)
     found = {}
     for c in dict.fromkeys(captions):
       if c in self._memory:

@@ -20,6 +20,76 @@ from phenaki_jax.data import media
 from phenaki_jax.models import cvivit
 
 
+def check_step(step) -> Optional[int]:
+  """A checkpoint step: None (the latest) or an int ≥ 0."""
+  if step is None:
+    return None
+  if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer)):
+    raise TypeError(f"step must be None (the latest) or an int, got {type(step).__name__}")
+  if step < 0:
+    raise ValueError(f"step must be ≥ 0, got {step}")
+  return int(step)
+
+
+def shape_mismatch(error: Exception) -> str:
+  """The first line of orbax's error for stored arrays of other shapes ('Requested shape: …
+  is not compatible with the stored shape: …'), without the storage spec it appends."""
+  text = str(error).strip().split("\n")[0]
+  text = text.split(" Truncating/padding")[0]
+  return text if len(text) <= 240 else text[:237] + "..."
+
+
+def _fix_for(dtype: np.dtype) -> str:
+  """How to turn frames of `dtype` into uint8 ones (for the error message)."""
+  if dtype == np.bool_:
+    return "for masks, frames = mask.astype(np.uint8) * 255"
+  if np.issubdtype(dtype, np.floating):
+    return (
+      "floats in [0, 1]: np.clip(x * 255, 0, 255).round().astype(np.uint8); "
+      "floats in [0, 255]: np.clip(x, 0, 255).round().astype(np.uint8)"
+    )
+  return "np.clip(x, 0, 255).astype(np.uint8)"
+
+
+def check_frames(video, what: str = "frames", ranks: Optional[tuple] = None) -> np.ndarray:
+  """`video` as a uint8 array of RGB frames [..., H, W, 3] (of rank in `ranks` if given), or a
+  TypeError / ValueError that says what is wrong and how to convert it. Frames of any size
+  above 0×0 pass (`fit` resizes them). Checked before anything is compiled: a float video
+  would otherwise be quantised silently, and a wrong shape fail deep inside XLA."""
+  if isinstance(video, jax.Array):
+    video = np.asarray(video)
+  try:
+    video = np.asarray(video)
+  except (ValueError, TypeError) as e:  # ragged nested lists
+    raise TypeError(f"{what} must be a uint8 array [..., H, W, 3]: {e}") from None
+  if video.dtype == object or video.dtype.kind in "USV":
+    raise TypeError(
+      f"{what} must be a uint8 array [..., H, W, 3], got {type(video).__name__} of dtype "
+      f"{video.dtype}"
+    )
+  if video.dtype != np.uint8:
+    raise ValueError(
+      f"{what} must be uint8 RGB frames in [0, 255], got dtype {video.dtype}: convert them "
+      f"first ({_fix_for(video.dtype)})"
+    )
+  if video.ndim < 3 or video.shape[-1] != 3:
+    hint = ""
+    if video.ndim >= 3 and video.shape[-1] == 1:
+      hint = ": grey frames, repeat the channel (np.repeat(x, 3, axis=-1))"
+    elif video.ndim >= 3 and video.shape[-1] == 4:
+      hint = ": RGBA frames, drop or composite the alpha channel (x[..., :3])"
+    elif video.ndim == 2:
+      hint = ": one grey image, repeat it to 3 channels (np.repeat(x[..., None], 3, axis=-1))"
+    raise ValueError(f"{what} must be RGB frames [..., H, W, 3], got shape {video.shape}{hint}")
+  if ranks is not None and video.ndim not in ranks:
+    shapes = {3: "[H, W, 3]", 4: "[T, H, W, 3]", 5: "[B, T, H, W, 3]"}
+    allowed = " or ".join(shapes[r] for r in ranks)
+    raise ValueError(f"{what} must be {allowed}, got shape {video.shape}")
+  if video.shape[-3] < 1 or video.shape[-2] < 1:
+    raise ValueError(f"{what} has empty frames (shape {video.shape}): H and W must be ≥ 1")
+  return video
+
+
 class Tokenizer:
   """A frozen C-ViViT: `params` plus jitted `encode`/`decode`.
 
@@ -56,9 +126,20 @@ class Tokenizer:
       (1, model.max_frames, model.image_size, model.image_size, 3), jnp.float32
     )
     key = config_io.params_key(config, ema)
-    params = checkpoint.load_params(
-      workdir, checkpoint.abstract_params(model.init, video), step=step, key=key, what="C-ViViT"
-    )
+    try:
+      params = checkpoint.load_params(
+        workdir,
+        checkpoint.abstract_params(model.init, video),
+        step=check_step(step),
+        key=key,
+        what="C-ViViT",
+      )
+    except ValueError as e:  # orbax: the stored arrays' shapes differ from this model's
+      raise ValueError(
+        f"the checkpoint in {workdir} does not fit the C-ViViT its config.json describes "
+        f"(model_size {config.model_size!r}, {dict(config.model)}): was config.json edited or "
+        f"copied from another run? {shape_mismatch(e)}"
+      ) from None
     return cls(model, params, clip_frames=config.data.num_frames)
 
   # ---- geometry ---------------------------------------------------------------------------
@@ -98,11 +179,7 @@ class Tokenizer:
     """uint8 frames [..., H, W, 3] of any size → [..., S, S, 3] at the model's image size S, as
     the training data was made (short side resized, centre crop: `media.fit_frames`); frames
     already S×S come back unchanged. The first fit of each size is logged."""
-    video = np.asarray(video)
-    if video.dtype != np.uint8:
-      raise ValueError(f"expected uint8 frames in [0, 255], got dtype {video.dtype}")
-    if video.ndim < 3 or video.shape[-1] != 3:
-      raise ValueError(f"expected frames [..., H, W, 3], got shape {video.shape}")
+    video = check_frames(video)
     size = self.image_size
     if video.shape[-3:-1] == (size, size):
       return video
@@ -120,35 +197,50 @@ class Tokenizer:
   def encode(self, video, fit: bool = True) -> jax.Array:
     """uint8 [B, 1+T, H, W, 3] → codes int32 [B, 1 + T/t_p, H/p, W/p]. With `fit`, frames of
     another size are first fitted to the model's (`fit`); without, they are an error."""
-    if not isinstance(video, jax.Array):
-      video = np.asarray(video)
-    if video.dtype != np.uint8:
-      raise ValueError(f"Tokenizer.encode takes uint8 videos in [0, 255], got dtype {video.dtype}")
-    if fit and video.ndim == 5:
-      video = self.fit(video)
+    if isinstance(video, jax.Array) and video.dtype == jnp.uint8 and video.ndim == 5:
+      if fit and video.shape[2:4] != (self.image_size, self.image_size):
+        video = self.fit(video)
+    else:
+      video = check_frames(video, "Tokenizer.encode's video", ranks=(5,))
+      if fit:
+        video = self.fit(video)
     self.model.check_video_shape(video.shape)
     return self._encode(self.params, video)
 
-  def _check_codes(self, codes):
+  def _check_codes(self, codes) -> jax.Array:
+    """`codes` as int32 [B, t, h, w] with every code in [0, K): a code out of range would
+    otherwise be clamped silently by XLA's gather, and an int64 one wrap on its way to int32."""
+    if not isinstance(codes, jax.Array):
+      try:
+        codes = np.asarray(codes)
+      except (ValueError, TypeError) as e:  # ragged nested lists
+        raise TypeError(f"codes must be an integer array [B, t, h, w]: {e}") from None
+    if codes.dtype == object or codes.dtype.kind in "USV":
+      raise TypeError(f"codes must be an integer array [B, t, h, w], got dtype {codes.dtype}")
     if codes.ndim != 4 or codes.shape[2:] != (self.grid_size, self.grid_size):
       raise ValueError(
         f"codes must be [B, t, {self.grid_size}, {self.grid_size}], got {tuple(codes.shape)}"
       )
-    if not jnp.issubdtype(codes.dtype, jnp.integer):
+    if codes.dtype == bool or not jnp.issubdtype(codes.dtype, jnp.integer):
       raise ValueError(f"codes must be integers, got dtype {codes.dtype}")
-    if codes.shape[1] > self.model.max_time_steps:
+    if not 1 <= codes.shape[1] <= self.model.max_time_steps:
       raise ValueError(
-        f"{codes.shape[1]} time steps exceed max_time_steps={self.model.max_time_steps}"
+        f"codes have {codes.shape[1]} time steps; 1 to max_time_steps="
+        f"{self.model.max_time_steps} decode"
       )
+    if codes.size:
+      low, high = int(codes.min()), int(codes.max())
+      if low < 0 or high >= self.codebook_size:
+        raise ValueError(
+          f"codes must be in [0, {self.codebook_size}) (this tokenizer's codebook), got values "
+          f"in [{low}, {high}]"
+        )
+    return jnp.asarray(codes, jnp.int32)
 
   def decode(self, codes) -> jax.Array:
     """codes int [B, t, h, w] → uint8 video [B, 1 + (t−1)·t_p, H, W, 3]."""
-    codes = jnp.asarray(codes)
-    self._check_codes(codes)
-    return self._decode(self.params, codes.astype(jnp.int32))
+    return self._decode(self.params, self._check_codes(codes))
 
   def decode_float(self, codes) -> jax.Array:
     """codes → float video in ~[-1, 1] (unclipped model output)."""
-    codes = jnp.asarray(codes)
-    self._check_codes(codes)
-    return self._decode_float(self.params, codes.astype(jnp.int32))
+    return self._decode_float(self.params, self._check_codes(codes))

@@ -424,8 +424,10 @@ def _read_ranges(path: str, ranges: Sequence[tuple], where: str) -> list:
 def _json_caption(data: bytes, where: str):
   try:
     obj = json.loads(data)
-  except ValueError as e:
-    raise media.SkipExample("corrupt_caption", where, f"the .json does not parse: {e}") from None
+  except (ValueError, RecursionError) as e:  # RecursionError: nesting deeper than Python's stack
+    raise media.SkipExample(
+      "corrupt_caption", where, f"the .json does not parse: {type(e).__name__}: {str(e)[:200]}"
+    ) from None
   caption = obj.get("caption") if isinstance(obj, dict) else None
   return caption if isinstance(caption, str) else None
 
@@ -643,11 +645,26 @@ def _read_table(path: str):
       return pcsv.read_csv(
         stream(f),
         parse_options=parse,
+        # Not checked here: one cell of invalid UTF-8 would refuse the whole index, where
+        # `IndexSource.row` decodes that cell alone, its bad bytes replaced.
         convert_options=pcsv.ConvertOptions(
-          column_types={n: pyarrow.string() for n in names}, strings_can_be_null=True
+          column_types={n: pyarrow.string() for n in names},
+          strings_can_be_null=True,
+          check_utf8=False,
         ),
       )
   raise ValueError(f"Index {path!r}: expected a .csv, .tsv (optionally .gz) or .parquet file.")
+
+
+def _cell(column, index: int):
+  """A cell's Python value; a string cell of invalid UTF-8 (a CSV is read unchecked) decoded
+  with its bad bytes replaced by U+FFFD."""
+  try:
+    return column[index].as_py()
+  except UnicodeDecodeError:
+    import pyarrow  # pylint: disable=g-import-not-at-top
+
+    return column.cast(pyarrow.binary())[index].as_py().decode("utf-8", "replace")
 
 
 class IndexSource:
@@ -734,7 +751,7 @@ class IndexSource:
     index = int(index)
     if not 0 <= index < self.num_examples:
       raise IndexError(f"{self.describe()}: index {index} is not in [0, {self.num_examples}).")
-    return {c: col[index].as_py() for c, col in self._columns.items()}
+    return {c: _cell(col, index) for c, col in self._columns.items()}
 
   def example(self, index: int, num_frames: Optional[int] = None, rng=None) -> dict:
     """Example ``index``: dict(video=uint8 [F, R, R, 3], caption, key=the relative video
