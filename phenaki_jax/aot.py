@@ -50,7 +50,6 @@ from typing import Optional
 from absl import app, flags
 from ml_collections import config_flags
 
-from phenaki_jax.trainers.specs import build_steps, loop_free, step_flops, tokenizer_config
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Path to a config file[:variant].", lock_config=True
@@ -201,6 +200,62 @@ def slice_devices(tpu: Slice, num_slices: int = 1) -> list:
     kwargs["chip_config_name"] = CHIP_CONFIG[tpu.generation]
   desc = topologies.get_topology_desc(topology_name=tpu.topology, platform="tpu", **kwargs)
   return list(desc.devices)
+
+
+# ---- The steps, abstractly (each trainer's `abstract_steps`) ----------------------------------
+def tokenizer_config(config, flag_value: Optional[str]):
+  """(the C-ViViT config a MaskGIT config models, where it came from). See --tokenizer_config."""
+  from phenaki_jax import config_io  # pylint: disable=g-import-not-at-top
+
+  if flag_value:
+    path, _, variant = flag_value.partition(":")
+    return config_io.from_file(path, variant), flag_value
+  workdir = config.tokenizer.workdir
+  if os.path.exists(os.path.join(workdir, config_io.CONFIG_FILE)):
+    return config_io.from_workdir(workdir), os.path.join(workdir, config_io.CONFIG_FILE)
+  if config.model_size == "tiny":
+    variant = "real" if config.data.source == "files" else "tiny"
+  else:
+    variant = ""
+  name = "configs/cvivit_b.py" + (f":{variant}" if variant else "")
+  return config_io.from_file("cvivit_b", variant), name
+
+
+def build_steps(config, mesh, tok_config=None) -> tuple:
+  """([(name, jitted step, abstract args)], parameter count) of what `config`'s trainer
+  compiles before its first step, over `mesh` (its `abstract_steps`)."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  if config.trainer == "cvivit":
+    from phenaki_jax.trainers import cvivit  # pylint: disable=g-import-not-at-top
+
+    steps = cvivit.abstract_steps(config, mesh)
+  elif config.trainer == "maskgit":
+    from phenaki_jax.trainers import maskgit  # pylint: disable=g-import-not-at-top
+
+    steps = maskgit.abstract_steps(config, mesh, tok_config)
+  else:
+    raise ValueError(f"config.trainer={config.trainer!r} is not cvivit or maskgit")
+  state = steps[0][2][0]
+  params = sum(math.prod(x.shape) for x in jax.tree.leaves(state["params"]))
+  return steps, params
+
+
+def step_flops(config, tok_config=None) -> list:
+  """XLA's FLOP count of each step `build_steps` gives, for the whole batch (all devices),
+  without the loops its cost analysis counts once (`common.loop_free_flops`)."""
+  from phenaki_jax.trainers import common  # pylint: disable=g-import-not-at-top
+
+  if config.trainer == "maskgit" and tok_config is None:
+    tok_config = tokenizer_config(config, None)[0]
+  return common.loop_free_flops(lambda c, m: build_steps(c, m, tok_config)[0], config)
+
+
+def loop_free(config):
+  """See `common.loop_free`."""
+  from phenaki_jax.trainers import common  # pylint: disable=g-import-not-at-top
+
+  return common.loop_free(config)
 
 
 # ---- Compile and measure --------------------------------------------------------------------------

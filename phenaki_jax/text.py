@@ -34,6 +34,7 @@ fingerprint of its weight and vocabulary files), so two encoders never share cac
 """
 
 import collections
+import contextlib
 import functools
 import hashlib
 import json
@@ -274,6 +275,7 @@ class TextEncoder:
     # Frozen: never handed to an optimizer.
     self.tokenizer = tokenizer
     self._max_length = tokenizer.max_length if tokenizer is not None else int(max_length)
+    self._mesh = mesh
     if params is None:
       self.params = None
     elif mesh is None:
@@ -429,7 +431,10 @@ class TextEncoder:
       pad = bucket - len(chunk)
       ids = np.pad(ids, ((0, pad), (0, 0)))
       mask_padded = np.pad(mask, ((0, pad), (0, 0)))
-      out = np.asarray(self._forward(self.params, ids, mask_padded))[: len(chunk)]
+      # Under the encoder's own mesh: a caller's (a trainer's global mesh, set around its loop)
+      # spans other hosts' devices, which a forward on this host's devices may not mix with.
+      with jax.set_mesh(self._mesh) if self._mesh is not None else contextlib.nullcontext():
+        out = np.asarray(self._forward(self.params, ids, mask_padded))[: len(chunk)]
       self.forward_batches += 1
       tokens.append(out)
       masks.append(mask)

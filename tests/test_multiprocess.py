@@ -189,12 +189,6 @@ def test_two_processes_train_the_cvivit_like_one(cvivit_runs):
   _assert_same_training(one, two, HALF, STEPS)
 
 
-@pytest.mark.xfail(
-  strict=True,
-  reason="the MaskGIT encodes captions under the global mesh (jax.set_mesh around the loop), "
-  "but the text encoder's parameters sit on this host's devices (sharding.local_mesh): jit "
-  "refuses the mix in a multi-process run",
-)
 def test_two_processes_train_the_maskgit_like_one(cvivit_runs, tmp_path):
   args = [*MASKGIT, f"--config.tokenizer.workdir={cvivit_runs[0]}"]
   # One launch at a time: the MaskGIT compiles its step within the first step, after the

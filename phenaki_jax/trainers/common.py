@@ -265,19 +265,53 @@ def lowered_flops(lowered) -> Optional[float]:
   return float(value) if value and value > 0 else None
 
 
-def step_flops(lowered, config: ml_collections.ConfigDict, perf: dict) -> Optional[float]:
-  """The FLOPs of one step for the MFU log. XLA's cost analysis counts a loop's body once (a
-  scanned layer stack, micro-batches) and a TPU backend gives none before compilation: then
-  the step is counted as `phenaki_jax.aot` counts it — lowered for one CPU device, without
-  its loops (`specs.step_flops`) — once per run (the largest of the run's steps)."""
-  from phenaki_jax.trainers import specs  # pylint: disable=g-import-not-at-top
+def abstract_key(sharding_) -> jax.ShapeDtypeStruct:
+  """The ShapeDtypeStruct of a PRNG key placed with `sharding_`."""
+  key = jax.eval_shape(lambda: jax.random.PRNGKey(0))
+  return jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=sharding_)
 
+
+def loop_free(config: ml_collections.ConfigDict) -> Optional[ml_collections.ConfigDict]:
+  """`config` without the loops XLA's cost analysis counts once (a copy), or None if it has
+  none: layers unrolled (model.scan=False) and one pass over the batch (grad_accum_steps=1)."""
+  changed = config.copy_and_resolve_references()
+  changed.unlock()
+  loops = False
+  if changed.model.get("scan", False):
+    changed.model.scan, loops = False, True
+  if changed.get("grad_accum_steps", 1) > 1:
+    changed.grad_accum_steps, loops = 1, True
+  return changed if loops else None
+
+
+def loop_free_flops(abstract_steps: Callable, config: ml_collections.ConfigDict) -> list:
+  """XLA's FLOP count of each step `abstract_steps(config, mesh)` gives ([(name, jitted,
+  abstract args)]: a trainer's `abstract_steps`), for the whole batch (all devices).
+
+  Counted on the steps lowered for one CPU device: the lowered (not yet partitioned) program
+  is the same computation whatever the mesh, and XLA's TPU plugin offers no cost analysis
+  before compilation. A config with loops (`loop_free`) is counted without them."""
+  mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices("cpu")[:1])
+  flops = []
+  for _, fn, args in abstract_steps(loop_free(config) or config, mesh):
+    with sharding.rules_in_force(mesh):
+      flops.append(lowered_flops(fn.lower(*args)))
+  return flops
+
+
+def step_flops(lowered, config, perf: dict, abstract_steps=None) -> Optional[float]:
+  """The FLOPs of one step for the MFU log. XLA's cost analysis counts a loop's body once (a
+  scanned layer stack, micro-batches) and a TPU backend gives none before compilation: then,
+  given the trainer's `abstract_steps`, the step is counted as `phenaki_jax.aot` counts it —
+  lowered for one CPU device, without its loops (`loop_free_flops`) — once per run (the
+  largest of the run's steps)."""
   flops = lowered_flops(lowered)
-  if flops is not None and specs.loop_free(config) is None:
+  if (flops is not None and loop_free(config) is None) or abstract_steps is None:
     return flops
   if "loop_free_flops" not in perf:
     try:
-      perf["loop_free_flops"] = max(f or 0.0 for f in specs.step_flops(config)) or None
+      counts = loop_free_flops(abstract_steps, config)
+      perf["loop_free_flops"] = max(f or 0.0 for f in counts) or None
     except Exception as e:  # pylint: disable=broad-except
       logging.warning("no FLOP count of the step (no MFU in the logs): %s", e)
       perf["loop_free_flops"] = None
@@ -289,13 +323,19 @@ def _size(n: float) -> str:
 
 
 def compile_checked(
-  jitted, *args, config: ml_collections.ConfigDict, what: str, perf: Optional[dict] = None
+  jitted,
+  *args,
+  config: ml_collections.ConfigDict,
+  what: str,
+  perf: Optional[dict] = None,
+  abstract_steps: Optional[Callable] = None,
 ):
   """Compiles `jitted` for `args` (arrays or ShapeDtypeStructs) ahead of time and returns the
   executable, after checking that one device can hold what the step needs (XLA's
   `memory_analysis`: arguments + outputs − donated + temporaries). When it cannot, fails before
   the first step, naming the batch size that should fit (the temporaries scale with the batch).
-  `perf` (a dict) receives the step's FLOPs ('flops', for the MFU `train_loop` logs).
+  `perf` (a dict) receives the step's FLOPs ('flops', for the MFU `train_loop` logs; see
+  `step_flops` for `abstract_steps`, the trainer's steps built abstractly).
 
   The step is traced with the logical axis rules in force (`sharding.LOGICAL_RULES`) under the
   mesh its arguments are placed on, so its activation constraints act."""
@@ -310,8 +350,14 @@ def compile_checked(
   else:
     lowered = jitted.lower(*args)
   if perf is not None:
-    perf["flops"] = max(perf.get("flops") or 0.0, step_flops(lowered, config, perf) or 0.0) or None
+    perf["flops"] = (
+      max(perf.get("flops") or 0.0, step_flops(lowered, config, perf, abstract_steps) or 0.0)
+      or None
+    )
   compiled = lowered.compile()
+  # The processes finish compiling at different times; the first collective connects them,
+  # which on CPUs (gloo) fails when a peer is more than 30 s late.
+  meet_all_processes(f"compiled {what}")
   stats = compiled.memory_analysis()
   if stats is None:  # a backend without the analysis
     return compiled

@@ -19,6 +19,7 @@ import os
 import time
 from typing import NamedTuple, Optional
 
+import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -490,6 +491,40 @@ def batch_spec(config, mesh) -> dict:
   }
 
 
+def abstract_perceptual_params(losses_config, repl) -> dict:
+  """Shapes of `losses.load_perceptual_params(losses_config)` (the frozen VGG16/LPIPS and I3D
+  trees), replicated, without their weight files."""
+  from phenaki_jax.models import i3d, vgg  # pylint: disable=g-import-not-at-top
+
+  shapes = {"image": vgg.expected_shapes, "video": i3d.expected_shapes}
+  return {
+    kind: flax.traverse_util.unflatten_dict(
+      {k: jax.ShapeDtypeStruct(s, jnp.float32, sharding=repl) for k, s in shapes[kind]().items()}
+    )
+    for kind in ("image", "video")
+    if losses_config[f"{kind}_perceptual"] > 0
+  }
+
+
+def abstract_steps(config, mesh) -> list:
+  """[(name, jitted step, abstract args)] of the steps `main` compiles before its first step,
+  over `mesh`, on ShapeDtypeStructs alone (no allocation, no weight file read): for the
+  ahead-of-time fit check and the FLOP count of the MFU log."""
+  repl = sharding.replicated(mesh)
+  model, disc, tx, disc_tx, init_fn = build(config)
+  state, shardings = sharding.abstract_state(init_fn, mesh, jax.random.PRNGKey(0))
+  frozen = abstract_perceptual_params(config.losses, repl)
+  args = (state, batch_spec(config, mesh), common.abstract_key(repl), frozen)
+  return [
+    (
+      "train step" + (" with the discriminator" if adversarial else ""),
+      jit_train_step(config, mesh, shardings, model, disc, tx, disc_tx, adversarial),
+      args,
+    )
+    for adversarial in step_phases(config)
+  ]
+
+
 def jit_train_step(config, mesh, state_shardings, model, disc, tx, disc_tx, adversarial: bool):
   """`train_step` jitted as training runs it: the state in `state_shardings` and donated, the
   batch's rows split over data×fsdp, the rng and frozen networks replicated. One place for
@@ -567,6 +602,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
       config=config,
       what=f"the C-ViViT train step{' with the discriminator' if adversarial else ''}",
       perf=perf,
+      abstract_steps=abstract_steps,
     )
     for adversarial in step_phases(config)
   }

@@ -338,6 +338,42 @@ def batch_spec(config, tok_config, text_len: int, text_dim: int, mesh) -> dict:
   return batch
 
 
+def text_shape(text_config) -> tuple:
+  """(tokens L, width D) of the caption embeddings `config.text_encoder` gives, no weights read."""
+  from phenaki_jax.models import minilm, t5  # pylint: disable=g-import-not-at-top
+
+  module = minilm if text_config.name == "minilm" else t5
+  width = module.get_model(text_config.size, text_config.get("dtype", "float32")).width
+  return int(text_config.max_length), int(width)
+
+
+def abstract_steps(config, mesh, tok_config) -> list:
+  """[(name, jitted step, abstract args)] of the step `main` compiles, over `mesh`, for the
+  C-ViViT config `tok_config`, on ShapeDtypeStructs alone (no tokenizer checkpoint or text
+  encoder weights read): for the ahead-of-time fit check and the FLOP count of the MFU log."""
+  repl = sharding.replicated(mesh)
+  model = build_model(config, tok_config)
+  tok_model = cvivit.get_model(tok_config.model_size, **tok_config.model)
+  text_len, text_dim = text_shape(config.text_encoder)
+  tx = optim.make_optimizer(config.optim)
+  init_fn = make_init_fn(model, tx, text_len, text_dim, ema=config_io.uses_ema(config))
+  state, shardings = sharding.abstract_state(init_fn, mesh, jax.random.PRNGKey(0))
+  size = tok_model.image_size
+  video = jax.ShapeDtypeStruct((1, tok_model.max_frames, size, size, 3), jnp.float32)
+  tok_params = jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+    checkpoint.abstract_params(tok_model.init, video),
+    tokenizer_shardings(tok_model, mesh),
+  )
+  null_text = (
+    jax.ShapeDtypeStruct((text_len, text_dim), jnp.float32, sharding=repl),
+    jax.ShapeDtypeStruct((text_len,), jnp.bool_, sharding=repl),
+  )
+  batch = batch_spec(config, tok_config, text_len, text_dim, mesh)
+  jitted = jit_train_step(config, mesh, shardings, model, tok_model, tx)
+  return [("train step", jitted, (state, batch, null_text, tok_params, common.abstract_key(repl)))]
+
+
 def jit_train_step(config, mesh, state_shardings, model, tok_model, tx):
   """`train_step` jitted as training runs it: the state in `state_shardings` and donated, the
   batch's rows split over data×fsdp, the frozen tokenizer by its logical axes
@@ -451,7 +487,14 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if not compiled:  # compiled at the first step, checked to fit a device
       what = "the MaskGIT train step"
       compiled.append(
-        common.compile_checked(jitted_step, *args, config=config, what=what, perf=perf)
+        common.compile_checked(
+          jitted_step,
+          *args,
+          config=config,
+          what=what,
+          perf=perf,
+          abstract_steps=lambda c, m: abstract_steps(c, m, tok_config),
+        )
       )
     return compiled[0](*args)
 
