@@ -592,3 +592,29 @@ def train_loop(
         break
   ckpt.close()
   return state, train_metrics, preempted and not last
+
+
+# ---- The final evaluation -------------------------------------------------------------------------
+FINAL_METRICS = "metrics.json"  # written after a run's final evaluation
+
+
+def final_evaluation_missing(workdir: str, step: int, total: int) -> bool:
+  """Whether a run at `step` still owes its final evaluation: it is at its end (`total`) and
+  workdir/metrics.json does not record that step. A run killed during its final evaluation,
+  once its final checkpoint was saved, resumes with no step left, and `train_loop` would end
+  it without the evaluation; the trainers call this first and evaluate where it is True."""
+  if step < total:
+    return False
+  try:
+    with open(os.path.join(workdir, FINAL_METRICS), encoding="utf-8") as f:
+      return json.load(f).get("step") != step
+  except (OSError, ValueError, AttributeError):  # absent or torn: not recorded
+    return True
+
+
+def write_final_metrics(workdir: str, step: int, metrics: Mapping) -> None:
+  """workdir/metrics.json = {"step": step, **metrics}, written whole or not at all."""
+  path = os.path.join(workdir, FINAL_METRICS)
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    json.dump({"step": int(step), **metrics}, f, indent=2)
+  os.replace(path + ".tmp", path)

@@ -14,7 +14,6 @@ the 1-frame video would (the causal encoder and decoder give frame 0 from frame 
 """
 
 import functools
-import json
 import os
 import time
 from typing import NamedTuple, Optional
@@ -630,12 +629,13 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # ---- Train loop ----
   start_time = time.time()
   with jax.set_mesh(mesh):
+    if common.final_evaluation_missing(workdir, int(state["step"]), config.total_steps):
+      run_eval(state, int(state["step"]))  # killed in it last time, after the final save
     state, train_metrics, _ = common.train_loop(
       config, state, batches, step_fn, ckpt, writer, evaluate=run_eval, perf=perf
     )
   if eval_metrics:
-    with open(os.path.join(workdir, "metrics.json"), "w") as f:
-      json.dump({"step": int(state["step"]), **eval_metrics}, f, indent=2)
+    common.write_final_metrics(workdir, int(state["step"]), eval_metrics)
   return {
     "state": state,
     "eval": eval_metrics,

@@ -516,9 +516,13 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # ---- Train loop ----
   start_time = time.time()
   with jax.set_mesh(mesh):
+    if common.final_evaluation_missing(workdir, int(state["step"]), config.total_steps):
+      run_eval(state, int(state["step"]))  # killed in it last time, after the final save
     state, train_metrics, stopped_early = common.train_loop(
       config, state, batches, step_fn, ckpt, writer, evaluate=run_eval, perf=perf
     )
+  if int(state["step"]) >= config.total_steps and jax.process_index() == 0:
+    common.write_final_metrics(workdir, int(state["step"]), last_eval)  # the end was evaluated
   # A finished run (not a preempted one) records which codes occur where, for the sampler.
   if config.code_support_clips > 0 and jax.process_index() == 0 and not stopped_early:
     write_code_support(config, workdir, tok, batches)
