@@ -75,6 +75,9 @@ def get_config(arg: str = "B"):
 
   c.total_steps = 1_000_000
   c.max_train_seconds = 0.0  # > 0: stop (and checkpoint) after this wall-clock budget
+  # A step whose loss or update is not finite is never applied; then "stop" the run (naming
+  # the step and what was not finite) or "skip" it and go on, counted (nonfinite/skipped_steps).
+  c.nonfinite = "stop"
   # An exponential moving average of the generator's parameters (state["ema_params"]): what the
   # held-out evaluation and the frozen tokenizer (stage 2, sampling) use when on; 0 = off.
   c.ema_decay = 0.0

@@ -74,6 +74,9 @@ def get_config(arg: str = "tiny"):
 
   c.total_steps = 4_000_000
   c.max_train_seconds = 0.0
+  # A step whose loss or update is not finite is never applied; then "stop" the run (naming
+  # the step and what was not finite) or "skip" it and go on, counted (nonfinite/skipped_steps).
+  c.nonfinite = "stop"
   c.optim = optim.default_config(lr=1e-4, warmup_steps=10_000, decay_steps=4_000_000)
   # An exponential moving average of the parameters (state["ema_params"]), what the sampler
   # uses when on; 0 = off.

@@ -21,6 +21,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -337,12 +338,79 @@ def test_non_finite_update_stops_the_run_and_keeps_the_checkpoint(tmp_path, unin
   config.total_steps = TOTAL + 10
   config.checkpoint_every = 1
   config.log_every = 1
-  with pytest.raises(FloatingPointError, match=rf"non-finite .* at step {TOTAL}\b"):
+  message = rf"non-finite step {TOTAL}: its loss was finite .* but the update was not"
+  with pytest.raises(FloatingPointError, match=message):
     trainer.main(config, workdir)
   assert checkpoint_steps(workdir)[-1] == TOTAL
   state, meta = restore(workdir, reference["state"])
   assert meta["step"] == TOTAL and all_finite(state)
   assert_trees_equal(state, reference["state"])
+
+
+def _poison(monkeypatch, loss_at: int, grads_at: int) -> None:
+  """The generator loss made NaN at step `loss_at`, and its gradients (the loss itself kept
+  finite) at step `grads_at`."""
+
+  @jax.custom_vjp
+  def nan_gradient(x, poison):  # the identity, whose gradient is NaN where `poison`
+    return x
+
+  nan_gradient.defvjp(
+    lambda x, poison: (x, poison),
+    lambda poison, g: (jnp.where(poison, jnp.nan, g), None),
+  )
+  clean = trainer.generator_loss
+
+  def poisoned(params, state, *args, **kwargs):
+    loss, aux = clean(params, state, *args, **kwargs)
+    loss = jnp.where(state["step"] == loss_at, jnp.nan, loss)
+    return nan_gradient(loss, state["step"] == grads_at), aux
+
+  monkeypatch.setattr(trainer, "generator_loss", poisoned)
+
+
+def test_non_finite_loss_stops_the_run_naming_it(tmp_path, uninterrupted, monkeypatch):
+  """A NaN loss at step 41 (config.nonfinite='stop', the default): the run stops naming the
+  step and the loss; the checkpoint of step 41 (before it) is the last, and finite."""
+  reference_dir, _ = uninterrupted
+  workdir = str(tmp_path / "run")
+  shutil.copytree(reference_dir, workdir)
+  _poison(monkeypatch, loss_at=TOTAL + 1, grads_at=-1)
+  config = base_config()
+  config.total_steps, config.checkpoint_every, config.log_every = TOTAL + 4, 1, 1
+  with pytest.raises(FloatingPointError, match=rf"non-finite step {TOTAL + 1}: its loss was not"):
+    trainer.main(config, workdir)
+  assert checkpoint_steps(workdir)[-1] == TOTAL + 1
+  assert all_finite(restore(workdir, uninterrupted[1]["state"])[0])
+
+
+def test_skip_policy_skips_and_counts_non_finite_steps(tmp_path, uninterrupted, monkeypatch):
+  """config.nonfinite='skip': a NaN loss at step 41 and NaN gradients at step 42 leave the
+  state as it was (checkpoints 41, 42 and 43 hold the same parameters), the run goes on
+  (step 43 moves them again) and counts 2 skipped steps; 20 in a row stop it all the same."""
+  reference_dir, _ = uninterrupted
+  workdir = str(tmp_path / "run")
+  shutil.copytree(reference_dir, workdir)
+  _poison(monkeypatch, loss_at=TOTAL + 1, grads_at=TOTAL + 2)
+  config = base_config()
+  config.nonfinite = "skip"
+  config.total_steps, config.checkpoint_every, config.log_every = TOTAL + 4, 1, 1
+  config.keep_checkpoints = 10
+  out = trainer.main(config, workdir)
+  assert out["train"]["nonfinite/skipped_steps"] == 2
+  states = {s: restore(workdir, out["state"], step=s)[0] for s in (TOTAL + 1, TOTAL + 3, TOTAL + 4)}
+  assert_trees_equal(states[TOTAL + 1]["params"], states[TOTAL + 3]["params"])
+  assert_trees_equal(states[TOTAL + 1]["opt_state"], states[TOTAL + 3]["opt_state"])
+  assert not np.array_equal(
+    *(np.asarray(jax.tree.leaves(states[s]["params"])[0]) for s in (TOTAL + 3, TOTAL + 4))
+  )
+  assert all_finite(out["state"])
+  assert read_scalars(workdir)["nonfinite/skipped_steps"][TOTAL + 4] == 2
+  # Divergence: every step non-finite (an infinite learning rate) stops after 20 in a row.
+  config.optim.lr = float("inf")
+  config.total_steps = TOTAL + 30
+  with pytest.raises(FloatingPointError, match=r"20 non-finite steps in a row"):
+    trainer.main(config, workdir)
 
 
 # ---- Start-up errors ----------------------------------------------------------------------------

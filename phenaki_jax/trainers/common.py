@@ -470,12 +470,43 @@ def all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-def raise_if_bad(first_bad_step: int, latest_checkpoint) -> None:
+# What a step whose loss or update is not finite does to the run (config.nonfinite); the update
+# itself is never applied (`finish_step`).
+NONFINITE_POLICIES = ("stop", "skip")
+# Under "skip", this many non-finite steps in a row stop the run all the same: the training has
+# diverged, and skipping on would only burn the budget.
+MAX_CONSECUTIVE_NONFINITE = 20
+
+
+def health_metrics(ok, loss) -> dict:
+  """Per-step flags the loop reads (jittable): `skipped` (the update was not applied) and
+  `nonfinite_loss` (the loss itself was not finite, rather than only the update)."""
+  return {
+    "skipped": 1.0 - ok.astype(jnp.float32),
+    "nonfinite_loss": 1.0 - jnp.isfinite(loss).astype(jnp.float32),
+  }
+
+
+def nonfinite_cause(metrics: Optional[Mapping]) -> str:
+  """What was not finite at a step, from its metrics (`health_metrics`), for the error."""
+  if not metrics:
+    return "its loss or update was not finite"
+  metrics = jax.device_get(metrics)
+  if float(metrics.get("nonfinite_loss", 0.0)) > 0:
+    return f"its loss was not finite (loss={float(metrics['loss'])})"
+  return (
+    f"its loss was finite (loss={float(metrics['loss']):.6g}) but the update was not "
+    f"(grad_norm={float(metrics.get('grad_norm', float('nan')))})"
+  )
+
+
+def raise_if_bad(first_bad_step: int, latest_checkpoint, cause: str = "") -> None:
   if first_bad_step >= 0:
     raise FloatingPointError(
-      f"non-finite loss or update at step {first_bad_step}; the update was skipped and "
-      f"training stopped. The last good checkpoint is step {latest_checkpoint} (unchanged). "
-      f"Lower the learning rate or check the data, then rerun the same command to resume."
+      f"non-finite step {first_bad_step}: {cause or 'its loss or update was not finite'}; the "
+      f"update was skipped and training stopped. The last good checkpoint is step "
+      f"{latest_checkpoint} (unchanged). Lower the learning rate or check the data, then "
+      f"rerun the same command to resume (or set config.nonfinite='skip' to skip such steps)."
     )
 
 
@@ -539,11 +570,37 @@ def train_loop(
 
   With `perf['flops']` (the step's FLOPs, `compile_checked`), each log also writes the mean
   seconds per step since the last log, the achieved TFLOP/s per device and, on a device in
-  `PEAK_FLOPS`, the model FLOP utilisation (`perf/mfu`)."""
+  `PEAK_FLOPS`, the model FLOP utilisation (`perf/mfu`).
+
+  However it ends (an error included), the checkpoint saves under way are finished first: a
+  run stopped by a non-finite step keeps the good checkpoint it was writing."""
+  try:
+    return _train_loop(config, state, batches, step_fn, ckpt, writer, evaluate, perf)
+  finally:
+    ckpt.close()
+
+
+def _train_loop(config, state, batches, step_fn, ckpt, writer, evaluate, perf) -> tuple:
   step = int(state["step"])
   total = config.total_steps
   report = progress_reporter(total, writer)
   history, train_metrics, preempted, last = [], {}, False, False
+  stop_on_nonfinite = config.get("nonfinite", "stop") == "stop"
+  skipped_total, skipped_in_a_row = 0, 0
+
+  def check_finite():
+    """At a log or save: under "stop", a recorded non-finite step raises, naming what was not
+    finite (its metrics are in this window's history); under "skip", only a run of
+    MAX_CONSECUTIVE_NONFINITE does."""
+    bad = int(state["first_bad_step"])
+    if stop_on_nonfinite:
+      index = bad - last_log[0]
+      raise_if_bad(
+        bad,
+        ckpt.latest_step(),
+        nonfinite_cause(history[index] if 0 <= index < len(history) else None),
+      )
+
   meet_all_processes(f"train_loop_from_step_{step}")
   start_time = time.time()
   last_log = (step, start_time)
@@ -566,8 +623,24 @@ def train_loop(
       if preempted:
         logging.warning("preempted: saving the checkpoint of step %d and stopping", done)
       if done % config.log_every == 0 or last or preempted:
-        raise_if_bad(int(state["first_bad_step"]), ckpt.latest_step())
+        check_finite()
+        if not stop_on_nonfinite:
+          for flags in jax.device_get([h["skipped"] for h in history]):
+            skipped_in_a_row = skipped_in_a_row + 1 if flags > 0 else 0
+            skipped_total += int(flags > 0)
+            if skipped_in_a_row >= MAX_CONSECUTIVE_NONFINITE:
+              raise FloatingPointError(
+                f"{skipped_in_a_row} non-finite steps in a row (to step {done}): the training "
+                f"has diverged. The last checkpoint is step {ckpt.latest_step()}. Lower the "
+                f"learning rate or check the data, then rerun the same command to resume."
+              )
         train_metrics = mean_metrics(history)
+        if not stop_on_nonfinite:
+          train_metrics["nonfinite/skipped_steps"] = skipped_total
+          if train_metrics.get("skipped"):
+            logging.warning(
+              "non-finite steps skipped (config.nonfinite='skip'): %d so far", skipped_total
+            )
         skips = getattr(batches, "skip_counts", dict)()
         train_metrics.update({f"data/skipped_{reason}": n for reason, n in skips.items()})
         now = time.time()
@@ -584,13 +657,12 @@ def train_loop(
         writer.write_scalars(done, train_metrics)
         history = []
       if ckpt.should_save(done, final=last or preempted):
-        raise_if_bad(int(state["first_bad_step"]), ckpt.latest_step())
+        check_finite()
         ckpt.save(done, state, {"step": done, "data_seed": config.data.seed, "data_position": done})
       if evaluate is not None and (done % config.eval_every == 0 or last):
         evaluate(state, done)
       if last or preempted:
         break
-  ckpt.close()
   return state, train_metrics, preempted and not last
 
 

@@ -80,6 +80,7 @@ def validate_config(config: ml_collections.ConfigDict) -> cvivit.CViViT:
     )
   losses.check_perceptual_config(config.losses)
   common.check_ema_decay(config)
+  common.check_choice(config, "nonfinite", common.NONFINITE_POLICIES)
   return model
 
 
@@ -395,6 +396,7 @@ def train_step(
     & common.all_finite((new_state["params"], new_state["disc_params"]))
   )
   new_state = common.finish_step(state, new_state, ok, step)
+  metrics.update(common.health_metrics(ok, loss))
   metrics.update(
     loss=loss,
     psnr=10 * jnp.log10(4.0 / jnp.maximum(metrics["l2"], 1e-10)),

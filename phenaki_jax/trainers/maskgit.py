@@ -72,6 +72,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.data.video_rate == 0:
     raise ValueError("config.data.video_rate=0 trains no video at all")
   common.check_ema_decay(config)
+  common.check_choice(config, "nonfinite", common.NONFINITE_POLICIES)
   if not 0.0 <= config.prefix_rate <= 1.0:
     raise ValueError(f"config.prefix_rate={config.prefix_rate} must be in [0, 1]")
   common.check_data_config(config)
@@ -300,6 +301,7 @@ def train_step(state, batch, null_text, tok_params, rng, *, model, tok_model, tx
   if config_io.uses_ema(config):
     updated["ema_params"] = common.ema_update(state["ema_params"], params, step, config.ema_decay)
   new_state = common.finish_step(state, updated, ok, step)
+  health = common.health_metrics(ok, loss)
   metrics = dict(
     loss=loss,
     masked_accuracy=metrics["accuracy"],
@@ -311,6 +313,7 @@ def train_step(state, batch, null_text, tok_params, rng, *, model, tok_model, tx
     grad_norm=optax.global_norm(grads),
     param_norm=optax.global_norm(params),
     lr=optim.make_schedule(config.optim)(step),
+    **health,
   )
   return new_state, metrics
 
@@ -432,7 +435,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
   if config.data.pretokenized:
     batches = pretokenized.PretokenizedBatches(
-      config.data.pretokenized, pretokenized.expected_meta(config)
+      config.data.pretokenized, pretokenized.expected_meta(config), config.total_steps
     )
   else:
     batches = make_batches(config, tok_config)
