@@ -18,6 +18,7 @@ settings, so that the same command, rerun, keeps the chunks an interrupted pass 
 import glob
 import json
 import os
+from typing import Optional
 
 import numpy as np
 
@@ -31,7 +32,8 @@ _META_DEFAULTS = {"turn_rate": 0.0, "static_images": False}
 class PretokenizedBatches:
   """Reads what a finished pass wrote: `batch(step)` → dict(codes, is_image, caption, context_frames)."""
 
-  def __init__(self, directory: str, expect: dict):
+  def __init__(self, directory: str, expect: dict, num_steps: Optional[int] = None):
+    """`num_steps`: the steps the run will train, checked against those written."""
     path = os.path.join(directory, META)
     if not os.path.exists(path):
       unfinished = os.path.exists(os.path.join(directory, PENDING))
@@ -54,6 +56,11 @@ class PretokenizedBatches:
         )
     self.directory = directory
     self._cache = (None, None)
+    if num_steps is not None and num_steps > self.meta["num_steps"]:
+      raise ValueError(
+        f"the run trains {num_steps} steps, past the {self.meta['num_steps']} pre-tokenised "
+        f"steps in {directory}: write more with --num_steps"
+      )
 
   def batch(self, step: int) -> dict:
     if step >= self.meta["num_steps"]:
@@ -69,10 +76,11 @@ class PretokenizedBatches:
     return {k: v[step - first] for k, v in chunk.items()}
 
   def iterate(self, start_step: int = 0):
-    step = start_step
-    while True:
+    """(step, batch) from `start_step` to the last step written. It ends there rather than
+    raise: a run resumed at its end (killed after its final checkpoint) asks for no batch,
+    but a training loop opens the iterator all the same."""
+    for step in range(start_step, self.meta["num_steps"]):
       yield step, self.batch(step)
-      step += 1
 
 
 def expected_meta(config) -> dict:
