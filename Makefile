@@ -8,7 +8,7 @@ WORKDIR ?= workdirs/demo
 # Extra flags for the demo, e.g. DEMO_FLAGS="--stage2_steps=6000 --stage2_minutes=23".
 DEMO_FLAGS ?=
 
-.PHONY: demo test install format clean
+.PHONY: demo test test-faults install format clean
 
 $(STAMP): setup.py Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --timeout=900 tests
+
+# Every kill -9 and SIGTERM trial of tests/test_faults.py (`make test` runs a fixed subset);
+# each trial's kills and the SIGTERM latencies are appended to $(FAULTS_LOG) as JSON lines.
+FAULTS_LOG ?= workdirs/faults.jsonl
+test-faults: $(STAMP)
+	mkdir -p $(dir $(FAULTS_LOG))
+	PHENAKI_FAULTS_LOG=$(abspath $(FAULTS_LOG)) $(BIN)/python -m pytest -q -n 2 --timeout=1800 \
+	  -m "" tests/test_faults.py
 
 format: $(STAMP)
 	$(BIN)/ruff format .
