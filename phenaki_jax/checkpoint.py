@@ -17,7 +17,9 @@ restores that one subtree, shaped by `abstract_params` — `jax.eval_shape` of t
 `init`, so no optimizer, discriminator or mesh of the training run is built to read it.
 """
 
+import errno
 import os
+import shutil
 import signal
 import threading
 from typing import Any, Optional
@@ -43,8 +45,9 @@ class Checkpointer:
     read_only: bool = False,
   ):
     """`read_only=True` for loaders (tokenizer, sampler): nothing in `directory` is touched."""
-    self.directory = os.path.abspath(directory)
+    self.directory = os.path.abspath(directory) if "://" not in directory else directory
     self.every_steps = every_steps
+    self.keep = keep
     self.manager = ocp.CheckpointManager(
       self.directory,
       options=ocp.CheckpointManagerOptions(
@@ -103,14 +106,62 @@ class Checkpointer:
     caller learnt from `preempted`, called once per step)."""
     return final or (self.every_steps > 0 and step % self.every_steps == 0)
 
+  def complete_steps(self) -> list:
+    """The steps whose checkpoints are complete on storage (orbax finalises one by renaming its
+    temporary directory to the step's number; a save under way or torn is not among them)."""
+    try:
+      names = os.listdir(self.directory) if "://" not in self.directory else []
+    except OSError:
+      return []
+    return sorted(int(n) for n in names if n.isdigit())
+
+  def check_room(self, state: Any) -> None:
+    """Fails before the first step when the directory's file system cannot hold the
+    checkpoints still to be written: the state's size for each of the `keep` kept (fewer those
+    already there) and the one being written. Remote storage (gs://...) is not checked."""
+    if "://" in self.directory:
+      return
+    size = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+    need = size * max(1, self.keep + 1 - len(self.complete_steps()))
+    free = shutil.disk_usage(self.directory).free
+    if free < need:
+      raise OSError(
+        errno.ENOSPC,
+        f"{self.directory} has {free / 2**20:.1f} MiB free, and the run's checkpoints need "
+        f"{need / 2**20:.1f} MiB ({size / 2**20:.1f} MiB each, config.keep_checkpoints="
+        f"{self.keep} kept + 1 being written). Free space, lower config.keep_checkpoints, or "
+        f"choose another --workdir",
+      )
+
   def save(self, step: int, state: Any, meta: dict, *, force: bool = False) -> None:
+    """Saves asynchronously. A save that fails (this one, or the previous one finishing in
+    the background: orbax raises it here) stops the run with an error naming the last
+    complete checkpoint, which the failure leaves restorable."""
     if self.manager.latest_step() == step:
       return
-    self.manager.save(
-      step,
-      args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-      force=True,
-    )
+    try:
+      self.manager.save(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+        force=True,
+      )
+    except Exception as e:  # pylint: disable=broad-except
+      self._raise_save_error(step, e)
+
+  def _raise_save_error(self, step: int, error: Exception) -> None:
+    try:  # an earlier save may still be finishing: let it, so that it counts
+      self.manager.wait_until_finished()
+    except Exception:  # pylint: disable=broad-except
+      pass  # it failed too: not complete
+    complete = self.complete_steps()
+    last = complete[-1] if complete else None
+    raise OSError(
+      getattr(error, "errno", None) or errno.EIO,
+      f"could not write the checkpoint of step {step} (or finish the one before it) in "
+      f"{self.directory}: {error}. The last complete checkpoint is "
+      f"{'step ' + str(last) if last is not None else 'none'}, unchanged: free space or fix "
+      f"the directory, then rerun the same command to resume from it",
+    ) from error
 
   def restore(self, abstract_state: Any, step: Optional[int] = None):
     """Returns (state, meta) of `step` (default: latest) laid out like `abstract_state`."""
@@ -149,8 +200,12 @@ class Checkpointer:
     self.manager.wait_until_finished()
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      self._raise_save_error(self.manager.latest_step(), e)
+    finally:
+      self.manager.close()
 
 
 def _preemption_sync_manager_running() -> bool:

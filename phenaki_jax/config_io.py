@@ -34,10 +34,12 @@ def from_file(name: str, variant: str = "") -> ml_collections.ConfigDict:
 
 
 def write_to_workdir(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Writes `workdir/config.json`; returns its path."""
+  """Writes `workdir/config.json` whole or not at all (a run killed while writing it keeps the
+  previous one); returns its path."""
   path = os.path.join(workdir, CONFIG_FILE)
-  with open(path, "w") as f:
+  with open(path + ".tmp", "w") as f:
     f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  os.replace(path + ".tmp", path)
   return path
 
 

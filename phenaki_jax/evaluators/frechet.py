@@ -93,14 +93,18 @@ class RunningStats:
     return self._m2 / (self.count - 1)
 
   def save(self, path: Union[str, os.PathLike]) -> None:
-    """Writes count, mean, the centred sum of squares and `meta` (JSON) to a .npz file."""
+    """Writes count, mean, the centred sum of squares and `meta` (JSON) to a .npz file, whole
+    or not at all (a torn cache would fail every later evaluation)."""
+    path = os.fspath(path)
+    tmp = path + ".tmp.npz"  # np.savez appends .npz to a name without it
     np.savez(
-      path,
+      tmp,
       count=np.int64(self.count),
       mean=self._mean,
       m2=self._m2,
       meta=np.array(json.dumps(self.meta, sort_keys=True)),
     )
+    os.replace(tmp, path)
 
   @classmethod
   def load(cls, path: Union[str, os.PathLike]) -> "RunningStats":

@@ -36,8 +36,16 @@ def quiet_library_logs() -> None:
 def setup_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Creates the work directory and writes config.json (the exact config of this run)."""
   quiet_library_logs()
-  os.makedirs(workdir, exist_ok=True)
-  logging.info("config written to %s", config_io.write_to_workdir(config, workdir))
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    path = config_io.write_to_workdir(config, workdir)
+  except OSError as e:
+    raise OSError(
+      e.errno,
+      f"cannot write to the work directory {workdir} ({e.strerror or e}): choose a writable "
+      f"--workdir, or fix its permissions or free space",
+    ) from e
+  logging.info("config written to %s", path)
 
 
 # ---- Metric writers ------------------------------------------------------------------------------

@@ -584,6 +584,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
     every_steps=config.checkpoint_every,
     keep=config.keep_checkpoints,
   )
+  ckpt.check_room(state)
   ckpt.install_signal_handlers()
   if ckpt.latest_step() is not None:
     state, meta = common.restore_state(ckpt, state)
