@@ -18,13 +18,19 @@ def _clips(split, count, spec=SPEC, seed=11):
 def test_ground_truth_scores_perfectly(split):
   scores = [evaluator.score(ex["video"], ex["caption"]) for ex in _clips(split, 36)]
   result = evaluator.aggregate(scores)
-  assert result == {
+  accuracy = {k: v for k, v in result.items() if k.endswith("_accuracy") or k == "num_clips"}
+  assert accuracy == {
     "color_accuracy": 1.0,
     "shape_accuracy": 1.0,
     "direction_accuracy": 1.0,
     "all_accuracy": 1.0,
     "num_clips": 36,
   }, [s for s in scores if not s["all_ok"]]
+  # Fidelity: the rendered objects are their templates, alone, at a constant size.
+  assert min(v for s in scores for v in s["frame_template_iou"]) >= 0.97
+  assert result["template_iou"] >= 0.97 and result["num_frames"] == 36 * 9
+  assert result["stray_components"] == 0.0 and result["stray_frame_fraction"] == 0.0
+  assert max(s["area_change"] for s in scores) <= 0.05 and result["area_change"] <= 0.05
 
 
 def test_ground_truth_images_and_other_resolutions():
@@ -105,6 +111,10 @@ def test_ground_truth_stories(split):
     stories.append(evaluator.score_story(story["video"], prompts, frames_per_segment=9, spec=SPEC))
   result = evaluator.aggregate(stories, jump_limit=SPEC.resolution / 16)
   assert result["segment_accuracy"] == 1.0 and result["num_segments"] == 18
+  # Fidelity with each segment's own shape (half the stories change shape and colour).
+  assert result["template_iou"] >= 0.97 and result["num_frames"] == 6 * 27
+  assert result["stray_frame_fraction"] == 0.0 and result["area_change"] <= 0.05
+  assert all(len(s["area_changes"]) == 24 for s in stories)  # the pairs inside the segments
   assert result["feasible_fraction"] == 1.0 and result["feasible_segment_accuracy"] == 1.0
   # The raw jump is one frame of motion, well under 1/16 of the canvas; so is every step
   # inside a segment (27 frames, 2 boundaries: 24 steps per story).
@@ -190,3 +200,103 @@ def test_aggregate_mixes_clips_and_stories():
   assert result["all_accuracy"] == pytest.approx(2 / 3)
   with pytest.raises(ValueError, match="uint8"):
     evaluator.analyze_video(ex["video"].astype(np.float32) / 255)
+
+
+def _square_clip():
+  positions = shapes.trajectory(SPEC, (14.3, 15.1), ["right"] * 9)
+  video = shapes.render_trajectory(SPEC, positions, ["square"] * 9, ["green"] * 9)
+  return video, positions, "a green square moves right"
+
+
+def test_fidelity_of_other_resolutions():
+  for res, frames in ((64, 11), (48, 9)):
+    spec = shapes.ShapesSpec(resolution=res, num_frames=frames)
+    scores = [evaluator.score(ex["video"], ex["caption"]) for ex in _clips("eval", 12, spec)]
+    result = evaluator.aggregate(scores)
+    assert result["template_iou"] >= 0.97 and result["stray_frame_fraction"] == 0.0, res
+    assert result["area_change"] <= 0.05, res
+
+
+def test_fidelity_catches_a_bite():
+  """A square with a bite out of its top edge: the prompt scores stay right, the template IoU
+  drops; no stray component and no change of area between frames."""
+  clean, _, caption = _square_clip()
+  bitten = clean.copy()
+  for t in range(len(clean)):
+    rows, cols = np.nonzero(clean[t].max(axis=-1))
+    middle = (cols.min() + cols.max()) // 2
+    bitten[t, rows.min() : rows.min() + 3, middle - 2 : middle + 2] = 0  # 3 x 4 px
+  good, bad = evaluator.score(clean, caption), evaluator.score(bitten, caption)
+  assert good["all_ok"] and bad["all_ok"]
+  assert good["template_iou"] >= 0.97 and bad["template_iou"] < 0.95
+  assert max(bad["frame_template_iou"]) < 0.95
+  assert sum(bad["stray_components"]) == 0 and bad["area_change"] <= 0.05
+
+
+def test_fidelity_catches_a_stray_block():
+  """A 4 x 4 block 3 px beside the square in frames 0, 2, 4 and 6: one stray component in each;
+  the object's template fit and area are untouched."""
+  clean, _, caption = _square_clip()
+  strayed = clean.copy()
+  for t in (0, 2, 4, 6):
+    rows, cols = np.nonzero(clean[t].max(axis=-1))
+    strayed[t, rows.min() : rows.min() + 4, cols.max() + 4 : cols.max() + 8] = 200
+  good, bad = evaluator.score(clean, caption), evaluator.score(strayed, caption)
+  assert bad["all_ok"] and bad["stray_components"] == [1, 0, 1, 0, 1, 0, 1, 0, 0]
+  assert sum(good["stray_components"]) == 0
+  assert bad["template_iou"] == pytest.approx(good["template_iou"], abs=1e-9)
+  assert bad["area_change"] == pytest.approx(good["area_change"], abs=1e-9)
+  result = evaluator.aggregate([good, bad])
+  assert result["stray_frame_fraction"] == pytest.approx(4 / 18)
+  assert result["stray_components"] == pytest.approx(4 / 18)
+  # Two blocks in one frame are two components; one smaller than min_stray_pixels is ignored.
+  strayed[8, 1:3, 1:3] = 200
+  strayed[8, 28:31, 1:2] = 200
+  assert evaluator.score(strayed, caption)["stray_components"][8] == 2
+  counted = evaluator.score(strayed, caption, min_stray_pixels=4)["stray_components"]
+  assert counted == [1, 0, 1, 0, 1, 0, 1, 0, 1]
+
+
+@pytest.mark.parametrize("shape", shapes.SHAPES)
+def test_fidelity_catches_a_size_that_oscillates(shape):
+  """Every other frame drawn at 9 instead of 12 px: each frame is a clean shape (the template
+  fit follows the size), but the area changes by about half its mean at every pair."""
+  positions = shapes.trajectory(SPEC, (14.3, 15.1), ["right"] * 9)
+  clean = shapes.render_trajectory(SPEC, positions, [shape] * 9, ["red"] * 9)
+  small = shapes.ShapesSpec(object_size=9 / 32)
+  pulsing = clean.copy()
+  pulsing[1::2] = shapes.render_trajectory(small, positions, [shape] * 9, ["red"] * 9)[1::2]
+  caption = f"a red {shape} moves right"
+  good, bad = evaluator.score(clean, caption), evaluator.score(pulsing, caption)
+  assert bad["all_ok"] and good["area_change"] <= 0.05
+  # |12² - 9²| over the mean of five 12² and four 9² frames: 63 / 116 = 0.54 at every pair.
+  expected = (12**2 - 9**2) / ((5 * 12**2 + 4 * 9**2) / 9)
+  assert bad["area_change"] == pytest.approx(expected, rel=0.05)
+  assert bad["template_iou"] >= 0.97 and sum(bad["stray_components"]) == 0
+
+
+def test_fidelity_of_missing_and_wrong_objects():
+  clean, _, caption = _square_clip()
+  gap = clean.copy()
+  gap[4] = 0  # the object vanishes for one frame
+  result = evaluator.score(gap, caption)
+  assert result["frame_template_iou"][4] == 0.0
+  assert result["template_iou"] == pytest.approx(np.mean(result["frame_template_iou"]))
+  assert result["area_changes"][3] == pytest.approx(result["area_changes"][4], rel=0.01)
+  assert result["area_changes"][3] > 1.0  # the whole area, over a mean of 8/9 of it
+  empty = evaluator.score(np.zeros_like(clean), caption)
+  assert empty["template_iou"] == 0.0 and np.isnan(empty["area_change"])
+  image = evaluator.score(clean[:1], "a green square")
+  assert image["area_changes"] == [] and np.isnan(image["area_change"])
+  assert image["template_iou"] >= 0.97
+  # A frame read as another shape is still fitted with the clip's shape.
+  positions = shapes.trajectory(SPEC, (14.3, 15.1), ["right"] * 9)
+  mixed = clean.copy()
+  mixed[2] = shapes.render_trajectory(SPEC, positions[2:3], ["circle"], ["green"])[0]
+  analysis = evaluator.analyze_video(mixed)
+  assert analysis["shape"] == "square" and analysis["frame_shapes"][2] == "circle"
+  assert (
+    analysis["frame_template_iou"][2]
+    < 0.95
+    <= min(v for t, v in enumerate(analysis["frame_template_iou"]) if t != 2)
+  )
