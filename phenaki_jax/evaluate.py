@@ -47,6 +47,11 @@ JSON with colour / shape / direction / all-three accuracy on
               mean_step, max_step and steps_over_limit give the same figures for the moves
               between consecutive frames inside the segments, the generator's own motion
               noise that a boundary is measured against.
+Every set also reports the evaluator's fidelity measures (how cleanly the object is drawn):
+template_iou (soft IoU with the best-fitting template of its shape, mean over frames),
+stray_components (per frame) and stray_frame_fraction (frames with any), area_change (between
+consecutive frames, over the mean area); `real_clips` beside them holds the same figures for
+ground-truth Shapes clips of the same prompts (the ceiling; `real_clip_sets`).
 """
 
 import json
@@ -86,6 +91,43 @@ def prompt_sets(spec: shapes_lib.ShapesSpec, samples_per_triple: int) -> dict:
     "heldout": captions(shapes_lib.split_triples(spec, "heldout"), samples_per_triple),
     "image_only": captions(shapes_lib.image_only_triples(spec), samples_per_triple),
   }
+
+
+FIDELITY_KEYS = ("template_iou", "stray_components", "stray_frame_fraction", "area_change")
+
+
+def real_clips(spec: shapes_lib.ShapesSpec, prompts, split: str, seed: int = 0) -> list:
+  """Ground-truth clips of `prompts` (captions of `split`'s triples), rendered as the data is:
+  the k-th occurrence of triple j is `shapes.video_example(spec, seed, j + k·n, split)`."""
+  triples = shapes_lib.split_triples(spec, split)
+  seen_count, videos = {}, []
+  for prompt in prompts:
+    j = triples.index(shapes_lib.parse_caption(prompt))
+    k = seen_count[j] = seen_count.get(j, -1) + 1
+    example = shapes_lib.video_example(spec, seed, j + k * len(triples), split)
+    assert example["caption"] == prompt, (example["caption"], prompt)
+    videos.append(example["video"])
+  return videos
+
+
+def real_clip_sets(spec: shapes_lib.ShapesSpec, samples_per_triple: int, stories, lengths, seed=0):
+  """Fidelity of ground-truth clips of every prompt set and of the stories (`story_example`)."""
+  split_of = {"seen": "eval", "heldout": "heldout", "image_only": "image_only"}
+  results = {}
+  for name, prompts in prompt_sets(spec, samples_per_triple).items():
+    scores = [
+      shapes_eval.score(v, p)
+      for v, p in zip(real_clips(spec, prompts, split_of[name], seed), prompts)
+    ]
+    results[name] = shapes_eval.aggregate(scores)
+  story_scores = [
+    shapes_eval.score_story(
+      shapes_lib.story_example(spec, seed, i, p, lengths)["video"], p, lengths
+    )
+    for i, p in enumerate(stories)
+  ]
+  results["story"] = shapes_eval.aggregate(story_scores)
+  return {name: {k: r[k] for k in FIDELITY_KEYS} for name, r in results.items()}
 
 
 # Seed offset between the repeats of an evaluation with num_seeds > 1.
@@ -161,6 +203,9 @@ def evaluate_shapes(
     max_jump_limit=jump_limit,
   )
   results["num_seeds"] = int(num_seeds)
+  ceiling = real_clip_sets(spec, samples_per_triple, stories, lengths, seed)
+  for name, figures in ceiling.items():
+    results[name]["real_clips"] = figures
   if out_dir:
     video_io.contact_sheet(videos[:8], os.path.join(out_dir, "stories.png"), scale=3)
     video_io.write_gif(os.path.join(out_dir, "story.gif"), videos[0], fps=4, scale=4)

@@ -13,6 +13,7 @@ import pytest
 
 from phenaki_jax import evaluate
 from phenaki_jax.data import shapes as shapes_lib
+from phenaki_jax.evaluators import shapes as evaluator
 
 import conftest
 
@@ -53,6 +54,15 @@ def _check_report(results, num_stories):
   # First segment a full clip, the next two the frames after 5 context frames (9 − 5 = 4).
   assert story["frames_per_segment"] == [9, 4, 4] and story["context_frames"] == 5
   assert story["canvas"] == SPEC.resolution
+  # Fidelity of every set, with ground-truth clips of the same prompts beside it.
+  for name in ("seen", "heldout", "image_only", "story"):
+    r = results[name]
+    assert 0.0 <= r["template_iou"] <= 1.0 and r["stray_components"] >= 0.0, (name, r)
+    assert 0.0 <= r["stray_frame_fraction"] <= 1.0 and r["area_change"] >= 0.0, (name, r)
+    real = r["real_clips"]
+    assert set(real) == set(evaluate.FIDELITY_KEYS), name
+    assert real["template_iou"] >= 0.97 and real["stray_frame_fraction"] == 0.0, (name, real)
+    assert real["area_change"] <= 0.05, (name, real)
 
 
 def test_story_prompts_are_seen_same_object_stories():
@@ -81,6 +91,22 @@ def test_prompt_sets_cover_the_three_splits():
   image_only = [_triple(p) for p in sets["image_only"]]
   assert {c for c, _, _ in image_only} == set(SPEC.image_only_colors)
   assert not set(image_only) & seen
+
+
+def test_real_clips_follow_the_prompts():
+  """The ceiling's clips are the data's own clips of the very prompts, in order."""
+  prompts = evaluate.prompt_sets(SPEC, samples_per_triple=2)["heldout"]
+  videos = evaluate.real_clips(SPEC, prompts, "heldout", seed=3)
+  assert len(videos) == len(prompts) and videos[0].shape == (9, 32, 32, 3)
+  scores = [evaluator.score(v, p) for v, p in zip(videos, prompts)]
+  assert all(s["all_ok"] for s in scores)
+  assert not (videos[0] == videos[1]).all()  # two samples of a triple: two starts
+  n = len(shapes_lib.split_triples(SPEC, "heldout"))
+  index = shapes_lib.split_triples(SPEC, "heldout").index(shapes_lib.parse_caption(prompts[1]))
+  expected = shapes_lib.video_example(SPEC, 3, index + n, "heldout")["video"]
+  assert (videos[1] == expected).all()
+  with pytest.raises(ValueError):
+    evaluate.real_clips(SPEC, ["a red circle moves left"], "train")  # a held-out triple
 
 
 def test_evaluate_shapes(tiny_sampler, tmp_path):
