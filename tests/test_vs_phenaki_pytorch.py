@@ -1,0 +1,86 @@
+"""benchmarks/vs_phenaki_pytorch.py, our side only (the reference's torch venv stays out of CI),
+and configs/race.py: the shapes both sides are timed at."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from phenaki_jax import config_io
+from phenaki_jax.trainers import cvivit as cv_trainer
+from phenaki_jax.trainers import maskgit as mg_trainer
+
+SCRIPT = str(REPO / "benchmarks" / "vs_phenaki_pytorch.py")
+
+# The race's table: (frames, resolution, C-ViViT width, heads × head width, codebook, MaskGIT
+# width, MaskGIT depth, batch).
+TABLE = {
+  "small": (9, 32, 64, (4, 16), 512, 64, 2, 4),
+  "paper_like_small": (11, 64, 128, (4, 32), 1024, 128, 4, 2),
+}
+
+
+@pytest.mark.parametrize("size", sorted(TABLE))
+def test_race_configs_mirror_the_table(size, tmp_path):
+  frames, res, width, (heads, head_dim), codebook, mg_width, mg_depth, batch = TABLE[size]
+  cv = config_io.from_file("race", size)
+  cv_trainer.validate_config(cv)
+  model = cv_trainer.build_model(cv)
+  assert (cv.data.num_frames, cv.data.resolution, cv.data.batch_size) == (frames, res, batch)
+  assert (model.patch_size, model.temporal_patch) == (8, 2)
+  assert (model.width, model.num_heads, model.width // model.num_heads) == (width, heads, head_dim)
+  assert (model.spatial_depth, model.temporal_depth, model.codebook_size) == (2, 2, codebook)
+  assert model.token_grid(frames) == (1 + (frames - 1) // 2, res // 8, res // 8)
+  assert cv.optim.name == "adamw" and cv.losses.adversarial > 0 and cv.losses.image_perceptual > 0
+
+  mg = config_io.from_file("race", f"{size}.maskgit")
+  cv_dir = tmp_path / "cvivit"
+  cv_dir.mkdir()
+  config_io.write_to_workdir(cv, str(cv_dir))
+  with mg.unlocked():
+    mg.tokenizer.workdir = str(cv_dir)
+  mg_trainer.validate_config(mg)
+  net = mg_trainer.build_model(mg)
+  assert (net.width, net.depth, net.num_heads, net.width // net.num_heads) == (
+    mg_width,
+    mg_depth,
+    heads,
+    head_dim,
+  )
+  assert net.codebook_size == codebook and mg.data.batch_size == batch
+  assert mg.text_encoder.name == "minilm" and mg.text_encoder.max_length == 8
+  assert mg.sample.steps == 12 and mg.sample.cfg_scale > 1
+
+
+def test_unknown_variant_is_refused():
+  with pytest.raises(ValueError, match="unknown variant"):
+    config_io.from_file("race", "medium")
+
+
+def run(*args, timeout=300):
+  return subprocess.run(
+    [sys.executable, SCRIPT, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+  )
+
+
+def test_quick_ours_only():
+  proc = run("--quick", "--ours_only", "--ops=sample,encode_decode")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"config"')]
+  summary = json.loads(proc.stdout[proc.stdout.index("{\n") :])
+  assert summary["benchmark"] == "vs_phenaki_pytorch" and summary["reference"] is None
+  assert summary["results"] == rows
+  assert [(r["config"], r["op"]) for r in rows] == [("small", "sample"), ("small", "encode_decode")]
+  for r in rows:
+    assert r["runs"] == 2 and 0 < r["ours_ms_min"] <= r["ours_ms"]
+    assert r["ours_compile_s"] > 0 and "theirs_ms" not in r and "ratio" not in r
+    assert r["load_before"] >= 0
+  assert "intra_op_parallelism_threads=2" in summary["threads"]["ours_xla_flags"]
+  assert summary["machine"]["load_average_1min"] >= 0
+
+
+def test_unknown_op_fails():
+  proc = run("--quick", "--ours_only", "--ops=nonsense", timeout=120)
+  assert proc.returncode != 0 and "unknown" in proc.stderr
