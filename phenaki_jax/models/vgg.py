@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from phenaki_jax.models import checkpoint_io
+from phenaki_jax.models import conv as conv_lib
 from phenaki_jax.models import layers
 from phenaki_jax.models import safe_pickle
 
@@ -88,7 +89,7 @@ class VGG16Features(nn.Module):
       if stage > 1:
         x = nn.max_pool(x, (2, 2), strides=(2, 2))  # floor, as torch's MaxPool2d(2, 2)
       for i, width in enumerate(widths, 1):
-        conv = nn.Conv(
+        conv = conv_lib.Conv(  # nn.Conv, minus XLA:CPU's slow path on 2×2 maps
           width,
           (3, 3),
           padding=((1, 1), (1, 1)),
