@@ -112,9 +112,17 @@ def logical_shardings(abstract_boxed_tree: Any, mesh: Mesh, rules=LOGICAL_RULES)
   return jax.tree.map(
     lambda s, x: divisible(s, x.shape) if hasattr(x, "shape") else s,
     shardings,
-    nn.unbox(abstract_boxed_tree),
+    box_values(abstract_boxed_tree),
     is_leaf=lambda x: isinstance(x, NamedSharding),
   )
+
+
+def box_values(tree: Any) -> Any:
+  """`tree` with each `nn.Partitioned` box replaced by its value. Unlike `nn.unbox`, which
+  under logical rules and a mesh (`rules_in_force`) constrains each value's sharding — an
+  error on abstract values outside a trace — this only takes the boxes off."""
+  is_box = lambda x: isinstance(x, nn.Partitioned)
+  return jax.tree.map(lambda x: x.value if is_box(x) else x, tree, is_leaf=is_box)
 
 
 def create_sharded_state(init_fn: Callable[..., Any], mesh: Mesh, *args, rules=LOGICAL_RULES):
@@ -137,7 +145,7 @@ def abstract_state(init_fn: Callable[..., Any], mesh: Mesh, *args, rules=LOGICAL
   """ShapeDtypeStructs (with shardings) of the state, allocating nothing."""
   abstract = jax.eval_shape(init_fn, *args)
   shardings = logical_shardings(abstract, mesh, rules)
-  unboxed = nn.unbox(abstract)
+  unboxed = box_values(abstract)
   return jax.tree.map(
     lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), unboxed, shardings
   ), shardings
