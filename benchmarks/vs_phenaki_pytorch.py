@@ -85,6 +85,13 @@ _VENV = flags.DEFINE_string(
   "venv", os.path.join(REPO, "workdirs", "race_venv"), "The reference's venv."
 )
 _SETUP = flags.DEFINE_bool("setup", True, "Make the reference's venv when absent.")
+_WAIT_LOAD = flags.DEFINE_float(
+  "wait_load",
+  0.0,
+  "Before each op (compiled, warmed up), wait until the 1-minute load average is below this "
+  "(0 = never wait): other processes on a small machine skew both sides, torch's most.",
+)
+_WAIT_MAX_S = flags.DEFINE_integer("wait_max_s", 600, "The longest wait for --wait_load.")
 
 
 # ---- The reference: venv and worker ---------------------------------------------------------
@@ -385,10 +392,19 @@ def load() -> float:
   return round(os.getloadavg()[0], 2)
 
 
+def wait_for_load(threshold: float, max_s: float) -> float:
+  """Sleeps until the 1-minute load average is below `threshold` (at most `max_s`); returns the
+  seconds waited."""
+  t = time.perf_counter()
+  while threshold > 0 and load() >= threshold and time.perf_counter() - t < max_s:
+    time.sleep(5)
+  return round(time.perf_counter() - t, 1)
+
+
 def race_op(op: str, ours: Ours, theirs, runs: int, blocks: int, warmup: int) -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  row = dict(op=op, load_before=load())
+  row = dict(op=op)
   row["ours_compile_s"] = ours.compile(op)
   t = time.perf_counter()
   ours.times(op, warmup)
@@ -397,6 +413,8 @@ def race_op(op: str, ours: Ours, theirs, runs: int, blocks: int, warmup: int) ->
     t = time.perf_counter()
     theirs.run(op, warmup)
     row["theirs_warmup_s"] = round(time.perf_counter() - t, 2)
+  row["waited_for_load_s"] = wait_for_load(_WAIT_LOAD.value, _WAIT_MAX_S.value)
+  row["load_before"] = load()
   ours_t, theirs_t = [], []
   per_block = [runs // blocks + (i < runs % blocks) for i in range(blocks)]
   for n in per_block:
