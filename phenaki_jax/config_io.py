@@ -37,9 +37,10 @@ def write_to_workdir(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Writes `workdir/config.json` whole or not at all (a run killed while writing it keeps the
   previous one); returns its path."""
   path = os.path.join(workdir, CONFIG_FILE)
-  with open(path + ".tmp", "w") as f:
+  tmp = f"{path}.tmp{os.getpid()}"  # one per process: every host of a run writes it
+  with open(tmp, "w") as f:
     f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-  os.replace(path + ".tmp", path)
+  os.replace(tmp, path)
   return path
 
 

@@ -1,8 +1,8 @@
 """Several processes on this machine (`jax.distributed` over 127.0.0.1, CPU collectives, fake
 devices) run the same `python -m phenaki_jax.train` command.
 
-  * Two processes × 2 devices train what one process × 4 devices trains: the same global batch
-    (the Shapes stream does not depend on the process count) on the same (4, 1, 1) mesh, so both
+  * Two processes × 4 devices train what one process × 8 devices trains: the same global batch
+    (the Shapes stream does not depend on the process count) on the same (8, 1, 1) mesh, so both
     stages, the C-ViViT and the MaskGIT over it, end with the same parameters.
   * They save checkpoints together, process 0 alone writes the summaries.
   * SIGTERM to one process: both save at one agreed step and exit 0; a relaunch resumes there
@@ -68,7 +68,7 @@ class Launch:
   """`processes` copies of one training command, `devices` fake CPU devices each, their output
   in `<workdir>.<n>.log<p>` (n: the launch's number in this work directory)."""
 
-  def __init__(self, workdir, args, processes: int = 2, devices: int = 2):
+  def __init__(self, workdir, args, processes: int = 2, devices: int = 4):
     self.workdir = workdir
     env = dict(
       os.environ,
@@ -166,19 +166,19 @@ def _assert_same_training(one, two, first: int, last: int) -> None:
 
 @pytest.fixture(scope="module")
 def cvivit_runs(tmp_path_factory):
-  """The tiny C-ViViT trained for STEPS steps, saved at HALF and STEPS, by 2 processes × 2
-  devices and by 1 process × 4 devices (launched together: the CPU is shared, not idle).
+  """The tiny C-ViViT trained for STEPS steps, saved at HALF and STEPS, by 2 processes × 4
+  devices and by 1 process × 8 devices (launched together: the CPU is shared, not idle).
   Returns their work directories; the first is the reference of the SIGTERM test and the
   tokenizer of the MaskGIT runs."""
   base = tmp_path_factory.mktemp("multiprocess")
   args = [*CVIVIT, f"--config.total_steps={STEPS}", f"--config.checkpoint_every={HALF}"]
-  two = Launch(base / "cvivit_2x2", args)
-  one = Launch(base / "cvivit_1x4", args, processes=1, devices=4)
+  two = Launch(base / "cvivit_2x4", args)
+  one = Launch(base / "cvivit_1x8", args, processes=1, devices=8)
   logs = two.finish() + one.finish()
   for p, log in enumerate(logs[:2]):
-    assert f"process {p} of 2: 2 local of 4 devices" in log
+    assert f"process {p} of 2: 4 local of 8 devices" in log
   for log in logs:
-    assert "mesh {'data': 4, 'fsdp': 1, 'model': 1}" in log
+    assert "mesh {'data': 8, 'fsdp': 1, 'model': 1}" in log
   assert sorted(os.listdir(two.workdir / "checkpoints"), key=int) == [str(HALF), str(STEPS)]
   assert len(list(two.workdir.glob("events.out.tfevents*"))) == 1  # process 0's summaries only
   return two.workdir, one.workdir
@@ -193,9 +193,9 @@ def test_two_processes_train_the_maskgit_like_one(cvivit_runs, tmp_path):
   args = [*MASKGIT, f"--config.tokenizer.workdir={cvivit_runs[0]}"]
   # One launch at a time: the MaskGIT compiles its step within the first step, after the
   # processes met, and a third process on the CPU would spread their finishing times.
-  two = Launch(tmp_path / "maskgit_2x2", args)
+  two = Launch(tmp_path / "maskgit_2x4", args)
   two.finish()
-  one = Launch(tmp_path / "maskgit_1x4", args, processes=1, devices=4)
+  one = Launch(tmp_path / "maskgit_1x8", args, processes=1, devices=8)
   one.finish()
   _assert_same_training(one.workdir, two.workdir, MASKGIT_STEPS // 2, MASKGIT_STEPS)
 

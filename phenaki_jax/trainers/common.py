@@ -695,6 +695,7 @@ def final_evaluation_missing(workdir: str, step: int, total: int) -> bool:
 def write_final_metrics(workdir: str, step: int, metrics: Mapping) -> None:
   """workdir/metrics.json = {"step": step, **metrics}, written whole or not at all."""
   path = os.path.join(workdir, FINAL_METRICS)
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
+  tmp = f"{path}.tmp{os.getpid()}"  # one per process: several hosts may write it
+  with open(tmp, "w", encoding="utf-8") as f:
     json.dump({"step": int(step), **metrics}, f, indent=2)
-  os.replace(path + ".tmp", path)
+  os.replace(tmp, path)
