@@ -26,6 +26,10 @@ logits are kept only for tokens the conditional model itself finds plausible —
 least `cfg_support` times that of its most likely token — and the rest are excluded, so that
 guidance cannot promote a token merely because the unconditional model finds it even less
 likely (on Shapes, guidance otherwise put the later-frame background code into the first frame).
+
+`pseudo_log_likelihood` scores finished tokens under a model (each scored token masked once, in
+one of a few chunks, and read from the logits given the rest): the sampler's choice among
+several candidates of one prompt (option `candidates`).
 """
 
 from typing import Callable, Optional, Union
@@ -165,6 +169,51 @@ def decode(
 
   tokens, _, trace = jax.lax.fori_loop(0, num_steps, step, (tokens, generate, trace))
   return (tokens, trace) if return_trace else tokens
+
+
+def pseudo_log_likelihood(
+  logits_fn: LogitsFn,
+  tokens: Array,
+  scored: Array,
+  rng: Array,
+  *,
+  num_chunks: int,
+  mask_token_id: int,
+) -> Array:
+  """Mean log-probability of the `scored` tokens, each read with its own chunk masked: f32 [B].
+
+  The scored positions of each row are split at random into `num_chunks` chunks of (nearly)
+  equal size; for each chunk one call of `logits_fn` sees those positions as [MASK] and every
+  other token as given, and the chunk's tokens are read from its log-softmax. The sum over all
+  scored tokens, over their number, is the row's pseudo-log-likelihood per token (a masked
+  model's stand-in for the likelihood it cannot compute). Unscored positions (fixed context,
+  padding) are never masked.
+
+  Args:
+    logits_fn: tokens int32 [B, N] -> logits [B, N, K] (e.g. the conditional model).
+    tokens: int32 [B, N] without [MASK].
+    scored: bool [B, N], the positions to score (at least one per row).
+    rng: PRNG key of the random chunks.
+    num_chunks: model calls (static); more chunks give each token more context.
+    mask_token_id: the [MASK] id.
+  """
+  if num_chunks < 1:
+    raise ValueError(f"num_chunks must be >= 1, got {num_chunks}")
+  if scored.shape != tokens.shape:
+    raise ValueError(f"scored must be {tokens.shape}, got {scored.shape}")
+  scored = scored.astype(bool)
+  count = scored.sum(-1)  # [B]
+  # Scored positions first, in random order; chunk c holds ranks [c·n/C, (c+1)·n/C).
+  keys = jnp.where(scored, jax.random.uniform(rng, tokens.shape), 2.0)
+  chunk = (_rank(keys) * num_chunks) // jnp.maximum(count, 1)[:, None]  # [B, N]
+  total = jnp.zeros(tokens.shape[0], jnp.float32)
+  for c in range(num_chunks):
+    hidden = scored & (chunk == c)
+    logits = logits_fn(jnp.where(hidden, mask_token_id, tokens)).astype(jnp.float32)
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    read = jnp.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]  # [B, N]
+    total = total + jnp.where(hidden, read, 0.0).sum(-1)
+  return total / jnp.maximum(count, 1).astype(jnp.float32)
 
 
 def guided_logits_fn(

@@ -19,7 +19,9 @@ prompt (guided with the option `continue_cfg_scale` when set, else `cfg_scale`; 
 option `continue_stepwise`, one time step after another, each with the later ones still
 [MASK]; with `continue_candidates` N > 1, the typical one of N sampled continuations); the
 decoded new frames are appended. Any number of segments; the returned video has
-exactly the number of frames asked for.
+exactly the number of frames asked for. With the option `candidates` N > 1, a clip from text
+(`generate`, a story's first segment) is the one of N samples that the conditional MaskGIT
+finds most likely.
 """
 
 import functools
@@ -68,6 +70,13 @@ def default_config(**overrides) -> ml_collections.ConfigDict:
                          candidates in one batch and keeps the minimum-Bayes-risk one (the
                          candidate nearest their pixel mean: `mbr_choice`); 1 = one sample.
                          Image-to-video samples once.
+    candidates           text-to-video (`generate`, a story's first segment) samples this many
+                         candidates of each prompt in one batch and keeps the one the
+                         conditional MaskGIT finds most likely (pseudo-log-likelihood per
+                         token, `decode.pseudo_log_likelihood`, `score_chunks` model calls per
+                         candidate); 1 = one sample.
+    score_chunks         the chunks that pseudo-log-likelihood masks in turn (one model call
+                         each, on every candidate)
 
   What each did on Shapes: docs/experiments.md, "Sampling".
   """
@@ -84,6 +93,8 @@ def default_config(**overrides) -> ml_collections.ConfigDict:
       continue_cfg_scale=ml_collections.config_dict.placeholder(float),
       continue_stepwise=False,
       continue_candidates=1,
+      candidates=1,
+      score_chunks=4,
     )
   )
   config.update(overrides)
@@ -357,6 +368,8 @@ class Sampler:
     out["restrict_codes"] = _flag(opts["restrict_codes"], "restrict_codes")
     out["continue_stepwise"] = _flag(opts["continue_stepwise"], "continue_stepwise")
     out["continue_candidates"] = _int(opts["continue_candidates"], "continue_candidates", minimum=1)
+    out["candidates"] = _int(opts["candidates"], "candidates", minimum=1)
+    out["score_chunks"] = _int(opts["score_chunks"], "score_chunks", minimum=1)
     return out
 
   def _bytes_per_video(self, time_steps: int, guided: bool) -> int:
@@ -436,6 +449,49 @@ class Sampler:
 
       self._fns[key] = jax.jit(generate)
     return self._fns[key]
+
+  def _score_fn(self, num_chunks: int):
+    """Jitted (params, text, text_mask, codes [B, t, h, w], scored, rng) -> pseudo-log-likelihood
+    per token [B] under the conditional model (`decode.pseudo_log_likelihood`)."""
+    key = ("score", num_chunks)
+    if key not in self._fns:
+      model = self.model
+
+      def score(params, text, text_mask, codes, scored, rng):
+        b = codes.shape[0]
+
+        def logits_fn(tokens):
+          return model.apply({"params": params}, tokens, text, text_mask)
+
+        return decode_lib.pseudo_log_likelihood(
+          logits_fn,
+          codes.reshape(b, -1),
+          scored.reshape(b, -1),
+          rng,
+          num_chunks=num_chunks,
+          mask_token_id=model.mask_token_id,
+        )
+
+      self._fns[key] = jax.jit(score)
+    return self._fns[key]
+
+  def _most_likely(self, prompts: Sequence[str], codes, scored, n: int, seed: int, opts: dict):
+    """codes [B·n, t, h, w] (n candidates of each of the B prompts, candidate-minor) → the most
+    likely candidate of each prompt, codes [B, t, h, w], by `_score_fn` over `scored`."""
+    text, text_mask = self.text_encoder.encode([p for p in prompts for _ in range(n)])
+    rng = jax.random.fold_in(jax.random.PRNGKey(seed), 0x5C0E)
+    scores = self._score_fn(int(opts["score_chunks"]))(
+      self.params,
+      jnp.asarray(text),
+      jnp.asarray(text_mask),
+      jnp.asarray(codes, jnp.int32),
+      jnp.asarray(scored, bool),
+      rng,
+    )
+    best = np.argmax(np.asarray(scores).reshape(len(prompts), n), axis=1)
+    return np.asarray(codes).reshape((len(prompts), n) + codes.shape[1:])[
+      np.arange(len(prompts)), best
+    ]
 
   def _run(
     self,
@@ -546,17 +602,27 @@ class Sampler:
     seed: int = 0,
     **kw,
   ) -> np.ndarray:
-    """Text → video. A str gives uint8 [T, H, W, 3]; a list of prompts one batch [B, T, ...]."""
+    """Text → video. A str gives uint8 [T, H, W, 3]; a list of prompts one batch [B, T, ...].
+
+    With the option `candidates` N > 1, each prompt's clip is the most likely (to the
+    conditional MaskGIT, `decode.pseudo_log_likelihood`) of N sampled in one batch."""
     prompts, single = check_prompts(prompt)
     num_frames = self.max_frames if num_frames is None else _int(num_frames, "num_frames", 1)
     t = self._steps_for(num_frames)
     self._check_window(t, f"{num_frames} frames")
     opts = self._options(steps=steps, cfg_scale=cfg_scale, temperature=temperature, **kw)
     seed = check_seed(seed)
-    self._check_batch(len(prompts), t, opts, "generate")
+    n = opts["candidates"]
+    self._check_batch(len(prompts) * n, t, opts, "generate")
     h = w = self.tokenizer.grid_size
-    init = np.zeros((len(prompts), t, h, w), np.int32)
-    _, video = self._run(prompts, init, np.zeros_like(init, bool), seed, opts)
+    init = np.zeros((len(prompts) * n, t, h, w), np.int32)
+    if n == 1:
+      _, video = self._run(prompts, init, np.zeros_like(init, bool), seed, opts)
+    else:  # n candidates of each prompt in one batch; the most likely one is decoded
+      every = [p for p in prompts for _ in range(n)]
+      codes, _ = self._run(every, init, np.zeros_like(init, bool), seed, opts, frames=False)
+      best = self._most_likely(prompts, codes, np.ones_like(init, bool), n, seed, opts)
+      video = np.asarray(self.tokenizer.decode(best))
     video = video[:, :num_frames]
     return video[0] if single else video
 
@@ -775,6 +841,12 @@ def define_flags(required: bool = True) -> None:
     None,
     "Sample this many candidates of every story segment after the first and keep the most typical.",
   )
+  flags.DEFINE_integer(
+    "candidates",
+    None,
+    "Sample this many candidates of every text-to-video clip and keep the one the model finds "
+    "most likely.",
+  )
   flags.DEFINE_float("temperature", None, "Sampling temperature.")
   flags.DEFINE_integer("top_k", None, "Sample each token from its k most likely codes (0 = all).")
   flags.DEFINE_float(
@@ -812,6 +884,7 @@ def options_from_flags(f) -> dict:
     "continue_cfg_scale",
     "continue_stepwise",
     "continue_candidates",
+    "candidates",
   )
   return {k: getattr(f, k) for k in names if getattr(f, k) is not None}
 

@@ -125,6 +125,43 @@ def test_decode_follows_the_logits_and_commits_a_token_per_step():
   assert counts[-1] == 0 and (np.diff(np.concatenate([[5], counts]))[counts > 0] < 0).all()
 
 
+def test_pseudo_log_likelihood(tiny):
+  """Every scored token is read once, with its own chunk masked and the rest given: with one
+  chunk per scored token it is the leave-one-out log-probability; unscored positions are never
+  masked nor counted; the chunks are random but the score of a context-free model is not."""
+  model, params, text, text_mask = tiny
+  logits_fn = functools.partial(model.apply, {"params": params}, text=text, text_mask=text_mask)
+  rng = np.random.default_rng(0)
+  tokens = jnp.asarray(rng.integers(0, K, (BATCH, N)), jnp.int32)
+  scored = np.zeros((BATCH, N), bool)
+  scored[0, :7] = True  # row 0: seven positions; row 1: all
+  scored[1] = True
+  pll = functools.partial(decode.pseudo_log_likelihood, logits_fn, mask_token_id=K)
+  # Leave one out, by hand: mask position n alone and read the log-probability of its token.
+  loo = np.zeros((BATCH, N))
+  for n in range(N):
+    hidden = tokens.at[:, n].set(K)
+    log_probs = jax.nn.log_softmax(logits_fn(hidden), axis=-1)
+    loo[:, n] = np.asarray(log_probs[jnp.arange(BATCH), n, tokens[:, n]])
+  expected = (loo * scored).sum(1) / scored.sum(1)
+  got = pll(tokens, jnp.asarray(scored), jax.random.key(0), num_chunks=N)
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
+  # Fewer chunks: another value (more is masked at once), still a mean log-probability.
+  coarse = np.asarray(pll(tokens, jnp.asarray(scored), jax.random.key(0), num_chunks=3))
+  assert (coarse < 0).all() and np.abs(coarse - expected).max() > 1e-4
+  # A model that ignores its input: every chunking gives the mean of the scored tokens' log p.
+  table = jax.nn.log_softmax(jnp.asarray(rng.normal(size=(N, K)), jnp.float32))
+  flat = lambda t: jnp.broadcast_to(table, t.shape + (K,))
+  exact = np.array(
+    [np.asarray(table)[np.arange(N), np.asarray(tokens[b])][scored[b]].mean() for b in range(BATCH)]
+  )
+  for key in range(3):
+    out = decode.pseudo_log_likelihood(
+      flat, tokens, jnp.asarray(scored), jax.random.key(key), num_chunks=4, mask_token_id=K
+    )
+    np.testing.assert_allclose(out, exact, rtol=1e-6)
+
+
 def test_restricted_logits_fn():
   logits = jnp.arange(12.0).reshape(1, 3, 4)
   allowed = jnp.array([[True, False, True, False], [False] * 3 + [True], [True] * 4])

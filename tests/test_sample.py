@@ -11,6 +11,8 @@ window, so the jitted decode compiles once for the whole module.
 
 import json
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -343,6 +345,37 @@ def test_continuation_candidates_keep_the_typical_one(tiny_sampler):
     s.image_to_video(video[0], P2, seed=3, continue_candidates=3),
     s.image_to_video(video[0], P2, seed=3, continue_candidates=1),
   )
+
+
+def test_candidates_keep_the_most_likely_one(tiny_sampler):
+  """candidates=N: the clip is the one of the N that the same call samples as one batch (the
+  same as generating N copies of the prompt) with the highest pseudo-log-likelihood under the
+  conditional model; N=1 is plain sampling."""
+  s = tiny_sampler
+  n = 3
+  plain = s.generate([P1, P2], seed=4)
+  np.testing.assert_array_equal(plain, s.generate([P1, P2], seed=4, candidates=1))
+  every = [P1] * n + [P2] * n
+  copies = s.generate(every, seed=4)  # the very candidates of the call below, decoded
+  opts = s._options()
+  init = np.zeros((2 * n,) + tuple(s.model.grid), np.int32)
+  codes, _ = s._run(every, init, np.zeros(init.shape, bool), 4, opts, frames=False)
+  scores = np.asarray(
+    s._score_fn(opts["score_chunks"])(
+      s.params,
+      *map(jnp.asarray, s.text_encoder.encode(every)),
+      jnp.asarray(codes),
+      jnp.ones(codes.shape, bool),
+      jax.random.fold_in(jax.random.PRNGKey(4), 0x5C0E),
+    )
+  ).reshape(2, n)
+  assert np.ptp(scores, axis=1).min() > 0  # the candidates differ in likelihood
+  out = s.generate([P1, P2], seed=4, candidates=n)
+  assert out.shape == plain.shape
+  for i in range(2):
+    np.testing.assert_array_equal(out[i], copies[i * n + int(np.argmax(scores[i]))])
+  with pytest.raises(ValueError, match="candidates"):
+    s.generate(P1, candidates=0)
 
 
 def test_image_to_video(tiny_sampler):
