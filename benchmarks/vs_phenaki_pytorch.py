@@ -224,8 +224,6 @@ class Ours:
   once and blocks until done; `compile_s[op]` is its lowering + compilation (first call)."""
 
   def __init__(self, size: str, ops=OPS, seed: int = 0):
-    import functools  # pylint: disable=g-import-not-at-top
-
     import jax
     import numpy as np
     from phenaki_jax import config_io, losses, optim, sample, sharding, tokenizer
@@ -260,21 +258,9 @@ class Ours:
       model, disc, tx, disc_tx, init_fn = cv_trainer.build(config)
       assert isinstance(disc, discriminator.VideoDiscriminator)
       frozen = jax.device_put(losses.load_perceptual_params(config.losses), repl)
-      fn = functools.partial(
-        cv_trainer.train_step,
-        model=model,
-        disc=disc,
-        tx=tx,
-        disc_tx=disc_tx,
-        config=config,
-        adversarial=adversarial,
-      )
       state, shardings = sharding.create_sharded_state(init_fn, mesh, jax.random.PRNGKey(seed))
-      jitted = jax.jit(
-        fn,
-        in_shardings=(shardings, sharding.batch_sharding(mesh), repl, repl),
-        out_shardings=(shardings, repl),
-        donate_argnums=0,
+      jitted = cv_trainer.jit_train_step(
+        config, mesh, shardings, model, disc, tx, disc_tx, adversarial
       )
       self._cv[op] = dict(state=state, step=jitted, args=(cv_batch, step_rng, frozen))
 
@@ -304,15 +290,7 @@ class Ours:
     null_text = jax.device_put(
       (np.zeros((text_len, text_dim), np.float32), np.arange(text_len) < 2), repl
     )
-    fn = functools.partial(
-      mg_trainer.train_step, model=mg_model, tok_model=tok_model, tx=tx, config=mg_config
-    )
-    jitted = jax.jit(
-      fn,
-      in_shardings=(shardings, sharding.batch_sharding(mesh), repl, repl, repl),
-      out_shardings=(shardings, repl),
-      donate_argnums=0,
-    )
+    jitted = mg_trainer.jit_train_step(mg_config, mesh, shardings, mg_model, tok_model, tx)
     if "maskgit_step" in ops:
       self._cv["maskgit_step"] = dict(
         state=state, step=jitted, args=(mg_batch, null_text, self.cv_params, step_rng)

@@ -66,13 +66,14 @@ def run(*args, timeout=300):
 
 
 def test_quick_ours_only():
-  proc = run("--quick", "--ours_only", "--ops=sample,encode_decode")
+  proc = run("--quick", "--ours_only", "--ops=cvivit_recon,maskgit_step,sample,encode_decode")
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"config"')]
   summary = json.loads(proc.stdout[proc.stdout.index("{\n") :])
   assert summary["benchmark"] == "vs_phenaki_pytorch" and summary["reference"] is None
   assert summary["results"] == rows
-  assert [(r["config"], r["op"]) for r in rows] == [("small", "sample"), ("small", "encode_decode")]
+  ops = ["cvivit_recon", "maskgit_step", "sample", "encode_decode"]
+  assert [(r["config"], r["op"]) for r in rows] == [("small", op) for op in ops]
   for r in rows:
     assert r["runs"] == 2 and 0 < r["ours_ms_min"] <= r["ours_ms"]
     assert r["ours_compile_s"] > 0 and "theirs_ms" not in r and "ratio" not in r
