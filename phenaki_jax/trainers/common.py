@@ -433,6 +433,23 @@ def ema_update(ema_params, params, step, decay: float):
   return optax.incremental_update(params, ema_params, 1.0 - d)
 
 
+def open_checkpoints(config: ml_collections.ConfigDict, workdir: str, state: dict) -> tuple:
+  """(the run's Checkpointer in workdir/checkpoints, the state to start from): the latest
+  complete checkpoint restored like `state`, or `state` itself on a fresh run. Fails at once
+  when the disk cannot hold a checkpoint of `state`; SIGTERM handlers installed."""
+  ckpt = checkpoint.Checkpointer(
+    os.path.join(workdir, "checkpoints"),
+    every_steps=config.checkpoint_every,
+    keep=config.keep_checkpoints,
+  )
+  ckpt.check_room(state)
+  ckpt.install_signal_handlers()
+  if ckpt.latest_step() is not None:
+    state, meta = restore_state(ckpt, state)
+    logging.info("resumed from step %d (%s)", int(state["step"]), meta)
+  return ckpt, state
+
+
 def restore_state(ckpt, state: dict):
   """(state, meta) of the latest checkpoint, laid out like `state` (the freshly initialised,
   sharded train state). A run resumed with config.ema_decay > 0 whose checkpoints have no EMA

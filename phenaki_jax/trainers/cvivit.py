@@ -26,7 +26,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from phenaki_jax import checkpoint, config_io, losses, optim, sharding
+from phenaki_jax import config_io, losses, optim, sharding
 from phenaki_jax import metrics as metrics_lib
 from phenaki_jax.data import media, pipeline, tasks, video_io
 from phenaki_jax.data import shapes as shapes_lib
@@ -579,16 +579,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logging.info("C-ViViT %s: %.2fM parameters", config.model_size, n_params / 1e6)
 
   # ---- Load checkpoint ----
-  ckpt = checkpoint.Checkpointer(
-    os.path.join(workdir, "checkpoints"),
-    every_steps=config.checkpoint_every,
-    keep=config.keep_checkpoints,
-  )
-  ckpt.check_room(state)
-  ckpt.install_signal_handlers()
-  if ckpt.latest_step() is not None:
-    state, meta = common.restore_state(ckpt, state)
-    logging.info("resumed from step %d (%s)", int(state["step"]), meta)
+  ckpt, state = common.open_checkpoints(config, workdir, state)
 
   # ---- Update step ----
   use_adv = True in step_phases(config)

@@ -460,16 +460,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
   )
 
   # ---- Load checkpoint ----
-  ckpt = checkpoint.Checkpointer(
-    os.path.join(workdir, "checkpoints"),
-    every_steps=config.checkpoint_every,
-    keep=config.keep_checkpoints,
-  )
-  ckpt.check_room(state)
-  ckpt.install_signal_handlers()
-  if ckpt.latest_step() is not None:
-    state, meta = common.restore_state(ckpt, state)
-    logging.info("resumed from step %d (%s)", int(state["step"]), meta)
+  ckpt, state = common.open_checkpoints(config, workdir, state)
 
   # ---- Update step ----
   jitted_step = jit_train_step(config, mesh, state_shardings, model, tok.model, tx)
