@@ -223,3 +223,38 @@ def test_random_story_prompts_fit():
         assert all(t in shapes.train_triples(SPEC) for t in triples)
       story = shapes.story_example(SPEC, 0, index, prompts, 9)
       assert story["video"].shape[0] == 27
+
+
+@pytest.mark.parametrize("lengths", [[9, 6, 5], [9] + [2] * 19, [9] + [4] * 19])
+def test_turning_story_prompts_turn_and_fit(lengths):
+  """One object, a turn at every boundary, a path that fits (20 segments too, where whole random
+  stories never fit), seen directions only for a seen object, any for a held-out one."""
+  directions_used = set()
+  for split in ("train", "heldout"):
+    for index in range(6):
+      prompts = shapes.turning_story_prompts(SPEC, 3, index, len(lengths), lengths, split=split)
+      triples = [shapes.parse_caption(p) for p in prompts]
+      assert len(triples) == len(lengths) and len({t[:2] for t in triples}) == 1
+      assert triples[0] == shapes.split_triples(SPEC, split)[index]
+      assert all(a[2] != b[2] for a, b in zip(triples, triples[1:]))  # every boundary turns
+      if split == "train":
+        assert all(t in shapes.train_triples(SPEC) for t in triples)
+      directions_used |= {t[2] for t in triples[1:]}
+      assert shapes.story_fits(SPEC, prompts, lengths)
+      story = shapes.story_example(SPEC, 3, index, prompts, lengths)
+      assert story["video"].shape[0] == sum(lengths)
+      assert prompts == shapes.turning_story_prompts(SPEC, 3, index, len(lengths), lengths, split)
+  assert directions_used == set(shapes.DIRECTIONS)
+  other = shapes.turning_story_prompts(SPEC, 4, 0, len(lengths), lengths)
+  assert other != shapes.turning_story_prompts(SPEC, 3, 0, len(lengths), lengths)
+  with pytest.raises(ValueError, match="No turning story"):
+    shapes.turning_story_prompts(SPEC, 0, 0, 3, [9, 17, 17])  # 16 steps each way do not fit
+
+
+def test_story_prompt_helpers_leave_the_training_stream_alone():
+  """The evaluation's story helpers draw from a random stream of their own: the data's streams
+  keep their numbers, so every training example stays the same function of (seed, index)."""
+  streams = dict(shapes._STREAM)  # pylint: disable=protected-access
+  data = ("train", "eval", "heldout", "image_only", "image", "story", "story_prompts", "turn")
+  assert {k: streams[k] for k in data} == {k: i for i, k in enumerate(data)}
+  assert len(set(streams.values())) == len(streams)

@@ -22,7 +22,8 @@ Conventions:
     object continues from where it was (one step of motion across each boundary).
   * Story trajectories are never reflected: the start point is drawn uniformly from the starts
     whose whole trajectory stays inside the canvas; a story whose net motion cannot fit raises
-    ``ValueError``. ``random_story_prompts`` draws only stories that fit.
+    ``ValueError``. ``random_story_prompts`` and ``turning_story_prompts`` draw only stories that
+    fit.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ _STREAM = {
   "story": 5,
   "story_prompts": 6,
   "turn": 7,
+  "turning_story_prompts": 8,
 }
 
 # Extents of the shapes around their area centroid, in units of the object size s (the side of
@@ -618,5 +620,53 @@ def random_story_prompts(
       return [caption(*t) for t in story]
   raise ValueError(
     f"No story of {num_segments} segments x {frames_per_segment} frames fits the "
+    f"canvas after {max_tries} tries; use fewer frames per segment."
+  )
+
+
+def turning_story_prompts(
+  spec: ShapesSpec,
+  seed: int,
+  index: int,
+  num_segments: int,
+  frames_per_segment: Union[int, Sequence[int]],
+  split: str = "train",
+  max_tries: int = 100,
+) -> list:
+  """Prompts of a story of one object that turns at every boundary and fits the canvas (a pure
+  function of its arguments; evaluation stories, never training data).
+
+  The first prompt is triple ``index % n`` of ``split``; every later segment keeps its colour and
+  shape and moves in a direction other than the previous segment's, drawn uniformly among those
+  that leave the path so far inside the canvas from some start (for 'heldout' any direction, as
+  in ``random_story_prompts``; otherwise only directions whose triple is in ``split``). Drawn one
+  segment at a time, so long stories fit where whole random stories almost never do; a draw that
+  leaves no direction to turn to starts over.
+  """
+  triples = split_triples(spec, split)
+  first = triples[int(index) % len(triples)]
+  lengths = _segment_lengths(frames_per_segment, num_segments)
+  if split == "heldout":  # a held-out object may later move in any direction
+    allowed = DIRECTIONS
+  else:
+    allowed = tuple(d for d in DIRECTIONS if first[:2] + (d,) in triples)
+  rng = _rng(seed, "turning_story_prompts", index)
+  anywhere = np.random.default_rng(0)  # _fitting_start draws a start; only its existence counts
+  for _ in range(max_tries):
+    directions, path = [first[2]], [first[2]] * lengths[0]
+    for n in lengths[1:]:
+      options = [
+        d
+        for d in allowed
+        if d != directions[-1] and _fitting_start(spec, anywhere, path + [d] * n) is not None
+      ]
+      if not options:
+        break
+      directions.append(options[int(rng.integers(len(options)))])
+      path += [directions[-1]] * n
+    else:
+      return [caption(first[0], first[1], d) for d in directions]
+  raise ValueError(
+    f"No turning story of {num_segments} segments x {frames_per_segment} frames fits the "
     f"canvas after {max_tries} tries; use fewer frames per segment."
   )
