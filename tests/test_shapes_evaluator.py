@@ -125,6 +125,46 @@ def test_ground_truth_stories(split):
   assert result["jumps_over_limit"] == 0.0 and result["steps_over_limit"] == 0.0
 
 
+@pytest.mark.parametrize("split", ["train", "heldout"])
+def test_ground_truth_long_stories(split):
+  """20-segment turning stories (the evaluation's long stories: 2 new frames per segment; and 4)
+  fit the canvas and score 1.0, the object kept in every segment, every jump one step."""
+  scores = []
+  for index, lengths in enumerate([[9] + [2] * 19, [9] + [4] * 19]):
+    prompts = shapes.turning_story_prompts(SPEC, 7, index, 20, lengths, split=split)
+    story = shapes.story_example(SPEC, 7, index, prompts, lengths)
+    scores.append(evaluator.score_story(story["video"], prompts, lengths, spec=SPEC))
+  assert all(s["segment_color_shape_ok"] == [True] * 20 for s in scores)
+  result = evaluator.aggregate(scores, jump_limit=SPEC.resolution / 16)
+  assert result["num_segments"] == 40 and result["segment_accuracy"] == 1.0
+  assert result["color_shape_kept"] == 1.0 and result["feasible_fraction"] == 1.0
+  assert result["jumps_over_limit"] == 0.0 and abs(result["mean_jump"] - SPEC.speed_px) < 0.1
+  assert result["template_iou"] >= 0.97 and result["stray_frame_fraction"] == 0.0
+
+
+def test_color_shape_kept_drops_when_the_object_drifts():
+  """A story whose object turns blue (and, later, square) mid-way: those segments lose the
+  object whatever their motion; the motion alone is still read."""
+  lengths = [9] + [2] * 19
+  prompts = shapes.turning_story_prompts(SPEC, 7, 0, 20, lengths)  # a red circle
+  assert {shapes.parse_caption(p)[:2] for p in prompts} == {("red", "circle")}
+  drifted = [
+    p.replace("red", "blue") if k >= 10 else p for k, p in enumerate(prompts)
+  ]  # colour from segment 10 on
+  drifted = [p.replace("circle", "square") if k >= 15 else p for k, p in enumerate(drifted)]
+  video = shapes.story_example(SPEC, 7, 0, drifted, lengths)["video"]
+  result = evaluator.score_story(video, prompts, lengths, spec=SPEC)
+  assert result["segment_color_shape_ok"] == [True] * 10 + [False] * 10
+  assert result["color_shape_kept"] == 0.5 and result["segment_accuracy"] == 0.5
+  assert all(s["direction_ok"] for s in result["segments"])
+  assert [s["pred_color"] for s in result["segments"]][9:11] == ["red", "blue"]
+  truth = evaluator.score_story(
+    shapes.story_example(SPEC, 7, 0, prompts, lengths)["video"], prompts, lengths
+  )
+  pooled = evaluator.aggregate([truth, result])
+  assert pooled["color_shape_kept"] == 0.75 and pooled["segment_accuracy"] == 0.75
+
+
 def test_story_catches_wrong_segments_and_jumps():
   prompts = ["a red circle moves right", "a red circle moves down", "a red circle moves left"]
   story = shapes.story_example(SPEC, 0, 1, prompts, [9, 5, 5])

@@ -32,6 +32,8 @@ It therefore includes one frame of intended motion (``ShapesSpec.speed_px``, 1.2
 the ground truth); a missing object at a boundary counts as a jump of the canvas diagonal.
 For scale, the same distance between consecutive frames inside the segments (the steps) is
 reported too: a boundary can only be as smooth as the generator's own frame-to-frame motion.
+A segment whose colour and shape are both right keeps the object (``color_shape_kept``, the
+direction aside): over a long story of one object, its fall measures the drift of appearance.
 
 Story feasibility (diagnostic, when a ``ShapesSpec`` is given): the Shapes data never lets the
 object leave the canvas, so a later segment whose prompt asks for more motion than the canvas has
@@ -456,7 +458,9 @@ def score_story(
 
   Returns:
     dict(segments=list of score() dicts, segment_ok=list[bool] (all three attributes right),
-    segment_accuracy=float, jumps=list[float] (px, one per boundary), mean_jump=float,
+    segment_accuracy=float, segment_color_shape_ok=list[bool] (colour and shape right, direction
+    aside: the object is kept), color_shape_kept=float (their fraction), jumps=list[float] (px,
+    one per boundary), mean_jump=float,
     max_jump=float (0.0 for one segment), steps=list[float] (px, between consecutive frames
     inside a segment; a missing object counts as the canvas diagonal, as for jumps),
     num_segments=int, the fidelity measures over the whole story (template_iou and
@@ -481,10 +485,13 @@ def score_story(
   jumps = [moves[boundary - 1] for boundary in starts[1:]]
   steps = [m for t, m in enumerate(moves) if t + 1 not in starts]
   segment_ok = [s["all_ok"] for s in segments]
+  color_shape_ok = [s["color_ok"] and s["shape_ok"] for s in segments]
   out = dict(
     segments=segments,
     segment_ok=segment_ok,
     segment_accuracy=float(np.mean(segment_ok)),
+    segment_color_shape_ok=color_shape_ok,
+    color_shape_kept=float(np.mean(color_shape_ok)),
     jumps=jumps,
     mean_jump=float(np.mean(jumps)) if jumps else 0.0,
     max_jump=float(np.max(jumps)) if jumps else 0.0,
@@ -514,7 +521,8 @@ def aggregate(scores: Sequence[dict], jump_limit: Optional[float] = None) -> dic
   Returns (keys present when the inputs have them):
     clips: color_accuracy, shape_accuracy, direction_accuracy (over captions with a direction),
       all_accuracy, num_clips.
-    stories: segment_accuracy (over all segments), mean_jump (over all boundaries), max_jump,
+    stories: segment_accuracy (over all segments), color_shape_kept (the fraction of segments
+      whose colour and shape are right, direction aside), mean_jump (over all boundaries), max_jump,
       mean_step / max_step (frame-to-frame moves inside the segments), num_stories,
       num_segments; with ``jump_limit`` (px) also jumps_over_limit / steps_over_limit (the
       fraction of boundaries / of in-segment steps that move farther than it); with
@@ -538,6 +546,8 @@ def aggregate(scores: Sequence[dict], jump_limit: Optional[float] = None) -> dic
     segment_ok = [ok for s in stories for ok in s["segment_ok"]]
     jumps = [j for s in stories for j in s["jumps"]]
     out["segment_accuracy"] = float(np.mean(segment_ok))
+    object_kept = [ok for s in stories for ok in s["segment_color_shape_ok"]]
+    out["color_shape_kept"] = float(np.mean(object_kept))
     out["mean_jump"] = float(np.mean(jumps)) if jumps else 0.0
     out["max_jump"] = float(np.max(jumps)) if jumps else 0.0
     steps = [m for s in stories for m in s.get("steps", [])]
