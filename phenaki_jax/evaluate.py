@@ -24,21 +24,19 @@ resolution (or --num_frames/--resolution). Every score prints its protocol (`met
 `shapes`:
 
   python -m phenaki_jax.evaluate shapes --tokenizer_dir=workdirs/demo/cvivit \
-      --maskgit_dir=workdirs/demo/maskgit [--out=workdirs/demo/eval]
+      --maskgit_dir=workdirs/demo/maskgit [--split=test] [--num_seeds=2] [--out=DIR]
 
-  python -m phenaki_jax.evaluate shapes --tokenizer_dir=workdirs/demo/cvivit \
-      --maskgit_dir=workdirs/demo/maskgit [--out=workdirs/demo/eval]
-
-Samples a fixed prompt set and scores every video with the analytic Shapes evaluator, printing
+Samples fixed prompt sets and scores every video with the analytic Shapes evaluator, printing
 JSON with colour / shape / direction / all-three accuracy on
   seen        triples shown as training video,
   heldout     triples never shown as video (their colour, shape and direction were),
   image_only  videos in a colour that appeared only in images (orange),
-  story       3-prompt stories of one object (d1, a perpendicular d2, then back along −d1):
-              the fraction of segments that follow their own prompt, and the centroid jump at
-              each segment boundary (pixels; the canvas side is given for scale). The turn
-              and the way back are fixed before sampling, so some segments ask the object to
-              leave the canvas from where the model put it (the data never does that):
+  story       3-prompt stories of one object (d1, a perpendicular d2, then back along −d1;
+              5 context frames, 4 new frames per later segment: the training turn clips'
+              window): the fraction of segments that follow their own prompt, and the centroid
+              jump at each segment boundary (pixels; the canvas side is given for scale). The
+              turn and the way back are fixed before sampling, so some segments ask the object
+              to leave the canvas from where the model put it (the data never does that):
               feasible_fraction says how many segments were possible, and
               feasible_segment_accuracy and feasible_mean_jump / feasible_max_jump score
               those alone (diagnostics; the targets are on segment_accuracy and the jumps
@@ -46,15 +44,56 @@ JSON with colour / shape / direction / all-three accuracy on
               boundaries that jump farther than max_jump_limit (1/16 of the canvas side);
               mean_step, max_step and steps_over_limit give the same figures for the moves
               between consecutive frames inside the segments, the generator's own motion
-              noise that a boundary is measured against.
+              noise that a boundary is measured against. color_shape_kept is the fraction of
+              segments whose colour and shape are right (direction aside).
 Every set also reports the evaluator's fidelity measures (how cleanly the object is drawn):
 template_iou (soft IoU with the best-fitting template of its shape, mean over frames),
 stray_components (per frame) and stray_frame_fraction (frames with any), area_change (between
 consecutive frames, over the mean area); `real_clips` beside them holds the same figures for
 ground-truth Shapes clips of the same prompts (the ceiling; `real_clip_sets`).
+
+Validation and test (`--split`, default test). Sampling defaults and learning rates were once
+tuned on these very figures; now the evaluation has two disjoint halves. Every default that is
+chosen by looking at Shapes figures (learning rates, schedules, the sampling knobs: steps,
+top-k, guidance, candidates, ...) is chosen on `--split=val`; README.md and BENCHMARKS.md
+report `--split=test`. The halves share no clip prompt, story, seed or real clip:
+  prompts     the seen and image-only triples are split on a checkerboard: val holds the
+              triples whose colour, shape and direction indices (`shapes.COLORS`, `SHAPES`,
+              `DIRECTIONS`) sum to an even number, test the odd ones. Each half has every
+              colour, shape and direction, every (colour, shape) pair (with two of its
+              directions, {left, up} or {right, down}, where none is held out), every
+              (shape, direction) pair and every (colour, direction) pair but one whose
+              triples of that parity are all held out (40 seen triples in test, 38 in val; 6
+              image-only in each). The held-out triples, a short list chosen by hand, are halved so that
+              the two halves together cover the most colours, shapes and directions
+              (`covering_halves`; by default val: the first three, test: the last three, each
+              with all three shapes). Held-out and image-only triples are sampled
+              `samples_per_triple` times (default: enough for MIN_CLIPS = 24 clips: 8 and 4).
+              The stories start from the split's seen triples, so val and test draw different
+              stories (their later segments may use triples of the other half).
+  seeds       val samples from seed 0, test from 1_000_003 (SPLIT_SEEDS; `--seed` shifts
+              both); repeat j adds j·SEED_STRIDE, each clip batch its position (< 1000) and
+              story set k (k + 1)·1000, so the two ranges never meet (`seed_range`, up to
+              MAX_SEEDS repeats).
+  real clips  the ceiling's ground-truth clips and stories are drawn with the split's own data
+              seed (0 and 1_000_003): other start positions as well as other triples.
+
+Held-out stories (test only; stories unlike the training turn clips in their context length,
+segment lengths, turns and triples), reported as the sets
+  story_context3  3 context frames, later segments of 6 and 5 new frames (on the tiny models'
+                  9-frame window), 3 segments;
+  story_context7  7 context frames, 4 later segments of 2 new frames (all that fits);
+  story_long      20 segments, as story_context7, for drift over many continuations;
+each of `heldout_stories` stories (default 4) turning at every boundary (random turns,
+`shapes.turning_story_prompts`), half of them of a held-out object (its held-out triple first,
+then any direction), half of a seen object. Beside the story figures above: color_shape_kept
+(the object's colour and shape kept, segment by segment), and for story_long the same and the
+segment accuracy by quarter of the story (segments 1–5, 6–10, 11–15, 16–20).
 """
 
+import itertools
 import json
+import math
 import os
 import sys
 import time
@@ -69,31 +108,165 @@ from phenaki_jax.evaluators import shapes as shapes_eval
 PERPENDICULAR = {"left": "up", "right": "down", "up": "right", "down": "left"}
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
 
+SPLITS = ("val", "test")
+# Each split's base seed, of its sampling and of its real clips.
+SPLIT_SEEDS = {"val": 0, "test": 1_000_003}
+# Seed offset between the repeats of an evaluation with num_seeds > 1.
+SEED_STRIDE = 10_007
+# Within a repeat, clip batch i samples from its seed + the batch's first prompt's position
+# (< 1000) and story set k (0: `story`) from its seed + (k + 1)·1000 (+ the segment).
+STORY_SEED_OFFSET = 1_000
+MAX_SEEDS = 99  # the val seeds stay below the test seeds
+PROMPT_SETS = ("seen", "heldout", "image_only")
+MIN_CLIPS = 24  # clips per held-out / image-only set and seed, by default
+HELDOUT_STORIES = 4  # stories per held-out story set and seed, by default
+LONG_STORY_SEGMENTS = 20
+FIDELITY_KEYS = ("template_iou", "stray_components", "stray_frame_fraction", "area_change")
 
-def story_prompts(spec: shapes_lib.ShapesSpec, limit: int) -> list:
-  """Stories of one seen object: (d, perpendicular(d), opposite(d)), all three seen triples."""
+
+def _check_split(split: str) -> str:
+  if split not in SPLITS:
+    raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+  return split
+
+
+def _checkerboard(triple) -> int:
+  """0 or 1: the parity of the triple's colour + shape + direction indices."""
+  color, shape, direction = triple
+  return (
+    shapes_lib.COLORS.index(color)
+    + shapes_lib.SHAPES.index(shape)
+    + shapes_lib.DIRECTIONS.index(direction)
+  ) % 2
+
+
+def covering_halves(triples) -> tuple:
+  """(val, test): the halves of a short list of triples (val the smaller one when the count is
+  odd) that together cover the most values, the distinct colours, shapes and directions of val
+  plus those of test; the first such split in `itertools.combinations` order. Lists of more
+  than 16 triples are interleaved instead (val: even positions)."""
+  triples = tuple(triples)
+  n = len(triples)
+  if n > 16:
+    return triples[0::2], triples[1::2]
+
+  def coverage(half):
+    return sum(len({t[i] for t in half}) for i in range(3))
+
+  best = None
+  for chosen in itertools.combinations(range(n), n // 2):
+    val = tuple(triples[i] for i in chosen)
+    test = tuple(t for i, t in enumerate(triples) if i not in chosen)
+    score = coverage(val) + coverage(test)
+    if best is None or score > best[0]:
+      best = (score, val, test)
+  return best[1:]
+
+
+def split_triples(spec: shapes_lib.ShapesSpec, name: str, split: str) -> tuple:
+  """The triples of prompt set `name` ('seen', 'heldout', 'image_only') in `split` (module
+  docstring: the seen and image-only triples on a checkerboard, the held-out triples by
+  `covering_halves`)."""
+  _check_split(split)
+  if name == "heldout":
+    return covering_halves(spec.heldout_triples)[SPLITS.index(split)]
+  if name == "seen":
+    triples = shapes_lib.train_triples(spec)
+  elif name == "image_only":
+    triples = shapes_lib.image_only_triples(spec)
+  else:
+    raise ValueError(f"unknown prompt set {name!r}; expected one of {list(PROMPT_SETS)}")
+  return tuple(t for t in triples if _checkerboard(t) == SPLITS.index(split))
+
+
+def story_prompts(spec: shapes_lib.ShapesSpec, limit: int, split: str = "test") -> list:
+  """Stories of one seen object: (d, perpendicular(d), opposite(d)), all three seen triples,
+  starting from a seen triple of `split` (so val and test draw different stories); `limit` of
+  them, evenly spaced."""
   seen = set(shapes_lib.train_triples(spec))
   stories = []
-  for color, shape, d in shapes_lib.train_triples(spec):
+  for color, shape, d in split_triples(spec, "seen", split):
     story = [(color, shape, d), (color, shape, PERPENDICULAR[d]), (color, shape, OPPOSITE[d])]
     if all(t in seen for t in story):
       stories.append([shapes_lib.caption(*t) for t in story])
-  step = max(1, len(stories) // limit)
-  return stories[::step][:limit]
+  if len(stories) <= limit:
+    return stories
+  return [stories[i] for i in np.linspace(0, len(stories) - 1, limit).round().astype(int)]
 
 
-def prompt_sets(spec: shapes_lib.ShapesSpec, samples_per_triple: int) -> dict:
+def prompt_sets(spec: shapes_lib.ShapesSpec, split: str = "test", samples_per_triple=None) -> dict:
+  """{set name: captions}: every seen triple of `split` once, every held-out and image-only
+  triple `samples_per_triple` times (None: enough for MIN_CLIPS clips per set)."""
+
   def captions(triples, n):
     return [shapes_lib.caption(*t) for t in triples for _ in range(n)]
 
+  sets = {}
+  for name in PROMPT_SETS:
+    triples = split_triples(spec, name, split)
+    if not triples:
+      continue
+    n = samples_per_triple or math.ceil(MIN_CLIPS / len(triples))
+    sets[name] = captions(triples, 1 if name == "seen" else n)
+  return sets
+
+
+def heldout_story_windows(max_frames: int) -> dict:
+  """{set name: (context_frames, frames per segment)} of the held-out story sets, for a model
+  whose window holds `max_frames` frames (9 on the tiny models: after 3 context frames 6 new
+  frames fit, after 7 two)."""
+  if max_frames < 9:
+    raise ValueError(f"the held-out stories need a window of 9 frames or more, got {max_frames}")
+  after3, after7 = max_frames - 3, max_frames - 7
   return {
-    "seen": captions(shapes_lib.train_triples(spec), 1),
-    "heldout": captions(shapes_lib.split_triples(spec, "heldout"), samples_per_triple),
-    "image_only": captions(shapes_lib.image_only_triples(spec), samples_per_triple),
+    "story_context3": (3, [max_frames, after3, after3 - 1]),
+    "story_context7": (7, [max_frames] + [after7] * 4),
+    "story_long": (7, [max_frames] + [after7] * (LONG_STORY_SEGMENTS - 1)),
   }
 
 
-FIDELITY_KEYS = ("template_iou", "stray_components", "stray_frame_fraction", "area_change")
+# The m-th seen object of the held-out stories is seen triple 17·m + 6: the objects run through
+# the colours (17 is coprime with the 78 seen triples), none the m-th held-out object.
+_OBJECT_STEP, _OBJECT_OFFSET = 17, 6
+
+
+def heldout_stories(spec: shapes_lib.ShapesSpec, max_frames: int, num_stories: int) -> dict:
+  """{set name: (stories, frames per segment, context_frames)}: `num_stories` turning stories
+  per set (`shapes.turning_story_prompts`, drawn with the test split's data seed). Even stories
+  follow a held-out object (its held-out triple first; the sets run through the held-out
+  triples), odd ones a seen object."""
+  seed, out = SPLIT_SEEDS["test"], {}
+  per_kind = math.ceil(num_stories / 2)
+  for k, (name, (context, lengths)) in enumerate(heldout_story_windows(max_frames).items()):
+    stories = []
+    for j in range(num_stories):
+      m = k * per_kind + j // 2  # the m-th object of its kind
+      split, index = ("heldout", m) if j % 2 == 0 else ("train", _OBJECT_STEP * m + _OBJECT_OFFSET)
+      stories.append(
+        shapes_lib.turning_story_prompts(spec, seed, index, len(lengths), lengths, split)
+      )
+    out[name] = (stories, lengths, context)
+  return out
+
+
+def story_sets(
+  spec: shapes_lib.ShapesSpec,
+  split: str,
+  max_frames: int,
+  num_stories: int = 12,
+  num_heldout_stories: int = HELDOUT_STORIES,
+  context_frames: int = 5,
+) -> dict:
+  """{set name: (stories, frames per segment, context_frames)} of `split`: the in-distribution
+  `story` (the training turn clips' window: a full clip, then what fits after
+  `context_frames`), and on the test split the held-out story sets."""
+  new = max_frames - context_frames  # new frames after the context
+  sets = {
+    "story": (story_prompts(spec, num_stories, split), [max_frames, new, new], context_frames)
+  }
+  if split == "test" and num_heldout_stories > 0:
+    sets.update(heldout_stories(spec, max_frames, num_heldout_stories))
+  return sets
 
 
 def real_clips(spec: shapes_lib.ShapesSpec, prompts, split: str, seed: int = 0) -> list:
@@ -110,36 +283,62 @@ def real_clips(spec: shapes_lib.ShapesSpec, prompts, split: str, seed: int = 0) 
   return videos
 
 
-def real_clip_sets(spec: shapes_lib.ShapesSpec, samples_per_triple: int, stories, lengths, seed=0):
-  """Fidelity of ground-truth clips of every prompt set and of the stories (`story_example`)."""
-  split_of = {"seen": "eval", "heldout": "heldout", "image_only": "image_only"}
+def real_clip_sets(spec: shapes_lib.ShapesSpec, prompts: dict, stories: dict, seed: int) -> dict:
+  """Fidelity of ground-truth clips of every prompt set ({name: captions}; `real_clips`) and of
+  every story set ({name: (stories, frames per segment, ...)}; `shapes.story_example`), drawn
+  with data seed `seed`."""
+  data_split = {"seen": "eval", "heldout": "heldout", "image_only": "image_only"}
   results = {}
-  for name, prompts in prompt_sets(spec, samples_per_triple).items():
+  for name, captions in prompts.items():
+    videos = real_clips(spec, captions, data_split[name], seed)
+    results[name] = shapes_eval.aggregate(
+      [shapes_eval.score(v, p) for v, p in zip(videos, captions)]
+    )
+  for name, (prompt_lists, lengths, *_) in stories.items():
     scores = [
-      shapes_eval.score(v, p)
-      for v, p in zip(real_clips(spec, prompts, split_of[name], seed), prompts)
+      shapes_eval.score_story(
+        shapes_lib.story_example(spec, seed, i, p, lengths)["video"], p, lengths
+      )
+      for i, p in enumerate(prompt_lists)
     ]
     results[name] = shapes_eval.aggregate(scores)
-  story_scores = [
-    shapes_eval.score_story(
-      shapes_lib.story_example(spec, seed, i, p, lengths)["video"], p, lengths
-    )
-    for i, p in enumerate(stories)
-  ]
-  results["story"] = shapes_eval.aggregate(story_scores)
   return {name: {k: r[k] for k in FIDELITY_KEYS} for name, r in results.items()}
 
 
-# Seed offset between the repeats of an evaluation with num_seeds > 1.
-SEED_STRIDE = 10_007
+def sampling_seeds(split: str, num_seeds: int = 1, seed: int = 0) -> list:
+  """The seed of each repeat: SPLIT_SEEDS[split] + seed + j·SEED_STRIDE."""
+  _check_split(split)
+  if not 1 <= int(num_seeds) <= MAX_SEEDS:
+    raise ValueError(f"num_seeds must be in [1, {MAX_SEEDS}], got {num_seeds}")
+  return [SPLIT_SEEDS[split] + seed + j * SEED_STRIDE for j in range(int(num_seeds))]
+
+
+def seed_range(split: str, num_seeds: int = 1, seed: int = 0) -> tuple:
+  """(lowest, highest): bounds of every seed an evaluation of `split` samples from (in each
+  repeat: the clip batches below STORY_SEED_OFFSET, then four story sets of fewer than
+  STORY_SEED_OFFSET segments)."""
+  seeds = sampling_seeds(split, num_seeds, seed)
+  return seeds[0], seeds[-1] + 5 * STORY_SEED_OFFSET - 1
+
+
+def _quarters(scores: list, key: str) -> list:
+  """The mean of per-segment list `key` over the stories, by quarter of the story."""
+  num_segments = len(scores[0][key])
+  bounds = [round(q * num_segments / 4) for q in range(5)]
+  return [
+    float(np.mean([ok for s in scores for ok in s[key][lo:hi]]))
+    for lo, hi in zip(bounds, bounds[1:])
+  ]
 
 
 def evaluate_shapes(
   sampler,
   spec: shapes_lib.ShapesSpec,
   *,
-  samples_per_triple: int = 4,
+  split: str = "test",
+  samples_per_triple=None,
   num_stories: int = 12,
+  heldout_stories: int = HELDOUT_STORIES,
   context_frames: int = 5,
   batch_size: int = 32,
   seed: int = 0,
@@ -147,71 +346,99 @@ def evaluate_shapes(
   out_dir: str = "",
   **sample_kw,
 ) -> dict:
-  """Samples the prompt sets with `sampler` (a `phenaki_jax.sample.Sampler`) and scores them.
+  """Samples the prompt sets and story sets of `split` with `sampler` (a
+  `phenaki_jax.sample.Sampler`) and scores them (the module docstring says what each holds).
 
-  `num_seeds` > 1 samples every prompt set and story that many times (seeds `seed + j ·
-  SEED_STRIDE`) and pools the scores; each set also reports its per-seed `all_accuracy` (the
-  story its per-seed `segment_accuracy`), since one seed's figure moves by ±0.06 on Shapes.
+  All clips of all prompt sets are sampled in equal-size batches (one compile). `num_seeds` > 1
+  samples everything that many times (`sampling_seeds`) and pools the scores; each set also
+  reports its per-seed `all_accuracy` (a story set its per-seed `segment_accuracy`), since one
+  seed's figure moves by ±0.06 on Shapes. `heldout_stories` stories per held-out story set (test
+  split only; 0: none).
   """
   from phenaki_jax.data import video_io  # pylint: disable=g-import-not-at-top
 
-  if int(num_seeds) < 1:
-    raise ValueError(f"num_seeds must be >= 1, got {num_seeds}")
-  seeds = [seed + j * SEED_STRIDE for j in range(int(num_seeds))]
-  results, t0 = {}, time.time()
-  for name, prompts in prompt_sets(spec, samples_per_triple).items():
-    per_seed = []
-    for rep, rep_seed in enumerate(seeds):
-      videos = []
-      for i in range(0, len(prompts), batch_size):
-        chunk = prompts[i : i + batch_size]
-        # Every batch is padded to batch_size so that the decode compiles once for all of them.
-        padded = chunk + chunk[-1:] * (batch_size - len(chunk))
-        videos.append(sampler.generate(padded, seed=rep_seed + i, **sample_kw)[: len(chunk)])
-      videos = np.concatenate(videos)
-      per_seed.append([shapes_eval.score(v, p) for v, p in zip(videos, prompts)])
+  seeds = sampling_seeds(split, num_seeds, seed)
+  data_seed = SPLIT_SEEDS[split]
+  results, t0 = {"split": split}, time.time()
+  sets = prompt_sets(spec, split, samples_per_triple)
+  prompts = [p for captions in sets.values() for p in captions]
+  if len(prompts) > STORY_SEED_OFFSET:
+    raise ValueError(f"{len(prompts)} clips per seed: at most {STORY_SEED_OFFSET}")
+  per_seed = {name: [] for name in sets}
+  for rep, rep_seed in enumerate(seeds):
+    videos = []
+    for i in range(0, len(prompts), batch_size):
+      chunk = prompts[i : i + batch_size]
+      # Every batch is padded to batch_size so that the decode compiles once for all of them.
+      padded = chunk + chunk[-1:] * (batch_size - len(chunk))
+      videos.append(sampler.generate(padded, seed=rep_seed + i, **sample_kw)[: len(chunk)])
+    videos = np.concatenate(videos)
+    start = 0
+    for name, captions in sets.items():
+      set_videos = videos[start : start + len(captions)]
+      start += len(captions)
+      per_seed[name].append([shapes_eval.score(v, p) for v, p in zip(set_videos, captions)])
       if out_dir and rep == 0:
-        video_io.contact_sheet(videos[:16], os.path.join(out_dir, f"{name}.png"), scale=3)
-    results[name] = shapes_eval.aggregate([s for scores in per_seed for s in scores])
+        video_io.contact_sheet(set_videos[:16], os.path.join(out_dir, f"{name}.png"), scale=3)
+  for name, scores in per_seed.items():
+    results[name] = shapes_eval.aggregate([s for rep in scores for s in rep])
+    results[name]["num_triples"] = len(split_triples(spec, name, split))
     if num_seeds > 1:
       results[name]["per_seed_all_accuracy"] = [
-        shapes_eval.aggregate(scores)["all_accuracy"] for scores in per_seed
+        shapes_eval.aggregate(rep)["all_accuracy"] for rep in scores
       ]
-  stories = story_prompts(spec, num_stories)
-  frames_per_prompt = sampler.max_frames - context_frames  # new frames after the context
-  lengths = [sampler.max_frames] + [frames_per_prompt] * 2
-  per_seed = []
-  for rep, rep_seed in enumerate(seeds):
-    story_videos = sampler.story(stories, lengths, context_frames, seed=rep_seed, **sample_kw)
-    per_seed.append(
-      [shapes_eval.score_story(v, p, lengths, spec=spec) for v, p in zip(story_videos, stories)]
-    )
-    if rep == 0:
-      videos = story_videos
+
+  stories = story_sets(
+    spec, split, sampler.max_frames, num_stories, heldout_stories, context_frames
+  )
   jump_limit = spec.resolution / 16  # the target: 1/16 of the canvas side (2 px on 32 px)
-  results["story"] = shapes_eval.aggregate(
-    [s for scores in per_seed for s in scores], jump_limit=jump_limit
-  )
-  if num_seeds > 1:
-    results["story"]["per_seed_segment_accuracy"] = [
-      shapes_eval.aggregate(scores)["segment_accuracy"] for scores in per_seed
-    ]
-  results["story"].update(
-    frames_per_segment=lengths,
-    context_frames=context_frames,
-    canvas=spec.resolution,
-    max_jump_limit=jump_limit,
-  )
+  first_videos = {}
+  for k, (name, (prompt_lists, lengths, context)) in enumerate(stories.items()):
+    per_seed_scores = []
+    for rep, rep_seed in enumerate(seeds):
+      videos = sampler.story(
+        prompt_lists, lengths, context, seed=rep_seed + (k + 1) * STORY_SEED_OFFSET, **sample_kw
+      )
+      per_seed_scores.append(
+        [shapes_eval.score_story(v, p, lengths, spec=spec) for v, p in zip(videos, prompt_lists)]
+      )
+      if rep == 0:
+        first_videos[name] = videos
+    pooled = [s for rep in per_seed_scores for s in rep]
+    results[name] = shapes_eval.aggregate(pooled, jump_limit=jump_limit)
+    if num_seeds > 1:
+      results[name]["per_seed_segment_accuracy"] = [
+        shapes_eval.aggregate(rep)["segment_accuracy"] for rep in per_seed_scores
+      ]
+    if name == "story_long":
+      results[name]["color_shape_kept_by_quarter"] = _quarters(pooled, "segment_color_shape_ok")
+      results[name]["segment_accuracy_by_quarter"] = _quarters(pooled, "segment_ok")
+    results[name].update(
+      frames_per_segment=lengths,
+      context_frames=context,
+      canvas=spec.resolution,
+      max_jump_limit=jump_limit,
+    )
   results["num_seeds"] = int(num_seeds)
-  ceiling = real_clip_sets(spec, samples_per_triple, stories, lengths, seed)
+  results["sampling_seeds"] = seeds
+  results["data_seed"] = data_seed
+  ceiling = real_clip_sets(spec, sets, stories, data_seed)
   for name, figures in ceiling.items():
     results[name]["real_clips"] = figures
   if out_dir:
+    videos = first_videos["story"]
     video_io.contact_sheet(videos[:8], os.path.join(out_dir, "stories.png"), scale=3)
     video_io.write_gif(os.path.join(out_dir, "story.gif"), videos[0], fps=4, scale=4)
     video_io.write_mp4(os.path.join(out_dir, "story.mp4"), videos[0], fps=4, scale=4)
     with open(os.path.join(out_dir, "story.txt"), "w") as f:
-      f.write("\n".join(stories[0]) + "\n")
+      f.write("\n".join(stories["story"][0][0]) + "\n")
+    for name, videos in first_videos.items():
+      if name != "story":
+        video_io.contact_sheet(videos[:8], os.path.join(out_dir, f"{name}.png"), scale=2)
+    if "story_long" in first_videos:
+      video_io.write_gif(
+        os.path.join(out_dir, "story_long.gif"), first_videos["story_long"][0], fps=4, scale=4
+      )
   results["seconds"] = round(time.time() - t0, 1)
   results["sampling"] = {k: v for k, v in sampler._options(**sample_kw).items()}
   return results
@@ -337,8 +564,10 @@ def main(argv):
   results = evaluate_shapes(
     sampler,
     shapes_spec(f.tokenizer_dir),
+    split=f.split,
     samples_per_triple=f.samples_per_triple,
     num_stories=f.num_stories,
+    heldout_stories=f.heldout_stories,
     seed=f.seed,
     num_seeds=f.num_seeds,
     out_dir=f.out or "",
@@ -362,8 +591,23 @@ if __name__ == "__main__":
 
   sample_lib.define_flags(required=False)  # `shapes` checks them; the set metrics may not need them
   flags.DEFINE_string("out", None, "Where to write the JSON and contact sheets.")
-  flags.DEFINE_integer("samples_per_triple", 4, "Samples per held-out / image-only triple.")
+  flags.DEFINE_enum(
+    "split",
+    "test",
+    SPLITS,
+    "shapes: val (choose defaults on it) or test (report it; with the held-out stories).",
+  )
+  flags.DEFINE_integer(
+    "samples_per_triple",
+    None,
+    f"Samples per held-out / image-only triple (default: enough for {MIN_CLIPS} clips a set).",
+  )
   flags.DEFINE_integer("num_stories", 12, "3-prompt stories to sample.")
+  flags.DEFINE_integer(
+    "heldout_stories",
+    HELDOUT_STORIES,
+    "Stories per held-out story set (test split only; 0: none).",
+  )
   flags.DEFINE_integer(
     "num_seeds",
     1,
