@@ -7,7 +7,9 @@ r"""The end-to-end demo on the embedded default (Shapes data, tiny configs, Mini
 2. trains the tiny text-conditioned MaskGIT (stage 2) on 80% video / 20% image into
    WORKDIR/maskgit;
 3. samples a 3-prompt story video and a contact sheet of generated clips, and runs the Shapes
-   prompt-following evaluator (JSON) into WORKDIR/eval.
+   prompt-following evaluator on its test split, held-out stories included (JSON), into
+   WORKDIR/eval (docs/design.md, "The Shapes benchmark": defaults are chosen on the val split,
+   `python -m phenaki_jax.evaluate shapes --split=val`, never on these figures).
 Each stage trains for its config's steps (sized for a quiet 2-core CPU; --stage1_steps and
 --stage2_steps train longer) under a wall-clock cap, and is skipped when already done, so an
 interrupted demo resumes where it stopped (the trainers resume from their checkpoints).
@@ -48,7 +50,7 @@ _EVAL_SEEDS = flags.DEFINE_integer(
   "eval_seeds",
   2,
   "Seeds the Shapes evaluator samples every prompt set with (pooled): one "
-  "seed's figures move by about ±0.06, and each seed costs ~1 min on a 2-core CPU.",
+  "seed's figures move by about ±0.06, and each seed costs ~1.5 min on a 2-core CPU.",
   lower_bound=1,
 )
 _STORY = flags.DEFINE_multi_string(
@@ -145,7 +147,11 @@ def main(argv):
   }
   video_io.contact_sheet(story[None], os.path.join(eval_dir, "demo_story.png"), scale=4)
   results = evaluate.evaluate_shapes(
-    sampler, evaluate.shapes_spec(cvivit_dir), num_seeds=_EVAL_SEEDS.value, out_dir=eval_dir
+    sampler,
+    evaluate.shapes_spec(cvivit_dir),
+    split="test",
+    num_seeds=_EVAL_SEEDS.value,
+    out_dir=eval_dir,
   )
   with open(os.path.join(eval_dir, "shapes_eval.json"), "w") as f:
     json.dump(results, f, indent=2)
