@@ -54,7 +54,7 @@ def main(argv):
     workdir = tempfile.mkdtemp(prefix=f"mix_{rate}_")
     out = maskgit.main(config, workdir)
     sampler = sample.Sampler.from_workdirs(_TOK.value, workdir)
-    res = evaluate.evaluate_shapes(sampler, spec, num_stories=4)
+    res = evaluate.evaluate_shapes(sampler, spec, split="val", num_stories=4)
     rows.append(
       {
         "video_pct": round(100 * (1 - rate)),
