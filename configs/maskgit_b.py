@@ -134,7 +134,8 @@ def get_config(arg: str = "tiny"):
     # ("Decoding steps"), top-k 3 ("Top-k"), guidance 2 ("Guidance scale") and none in
     # continuations ("Guidance in continuations"), continuations decoded one time step after
     # another ("Stepwise continuations") and kept as the most typical of 4 candidates
-    # ("Continuation candidates").
+    # ("Continuation candidates"); a clip from text kept as the most likely of 4 ("Candidates
+    # from text").
     c.sample.update(
       dict(
         steps=24,
@@ -143,6 +144,7 @@ def get_config(arg: str = "tiny"):
         continue_cfg_scale=1.0,
         continue_stepwise=True,
         continue_candidates=4,
+        candidates=4,
       )
     )
   if variant == "tiny":

@@ -146,9 +146,10 @@ def tiny_maskgit_config(tokenizer_dir: str, total_steps: int = MASKGIT_STEPS):
   c.eval_every = total_steps
   c.log_every = 20
   c.sample.num_videos = 1
-  # One sample per continuation: the sampler tests compare continuations with single decodes
+  # One sample per clip and continuation: the sampler tests compare them with single decodes
   # (test_sample.py tests the tiny default's candidates on their own).
   c.sample.continue_candidates = 1
+  c.sample.candidates = 1
   c.code_support_clips = 128
   return c
 

@@ -175,7 +175,10 @@ BAD_OPTIONS = st.one_of(
     st.just("cfg_support"),
     st.one_of(st.floats(max_value=-1e-9), st.floats(min_value=1.0), st.just(NAN)),
   ),
-  st.tuples(st.just("continue_candidates"), st.one_of(st.integers(max_value=0), st.floats())),
+  st.tuples(
+    st.sampled_from(["continue_candidates", "candidates", "score_chunks"]),
+    st.one_of(st.integers(max_value=0), st.floats()),
+  ),
   st.tuples(
     st.sampled_from(["restrict_codes", "continue_stepwise"]),
     st.one_of(st.text(max_size=3), st.integers(), st.floats()),
