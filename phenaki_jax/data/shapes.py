@@ -611,16 +611,26 @@ def random_story_prompts(
       if vary_appearance:
         story.append(triples[rng.integers(len(triples))])
       else:
-        if split == "heldout":  # a held-out object may later move in any direction
-          candidates = [first[:2] + (d,) for d in DIRECTIONS]
-        else:
-          candidates = [t for t in triples if t[:2] == first[:2]]
+        candidates = [first[:2] + (d,) for d in _object_directions(first, triples, split)]
         story.append(candidates[rng.integers(len(candidates))])
     if story_fits(spec, story, frames_per_segment):
       return [caption(*t) for t in story]
-  raise ValueError(
-    f"No story of {num_segments} segments x {frames_per_segment} frames fits the "
-    f"canvas after {max_tries} tries; use fewer frames per segment."
+  raise _no_story("story", num_segments, frames_per_segment, max_tries)
+
+
+def _object_directions(first: tuple, triples: tuple, split: str) -> tuple:
+  """The directions a story's object (``first``'s colour and shape) may take in later segments:
+  any for 'heldout' (a held-out object may move every way), otherwise those of its triples in
+  ``triples``, in ``DIRECTIONS`` order."""
+  if split == "heldout":
+    return DIRECTIONS
+  return tuple(d for d in DIRECTIONS if first[:2] + (d,) in triples)
+
+
+def _no_story(kind: str, num_segments: int, frames_per_segment, tries: int) -> ValueError:
+  return ValueError(
+    f"No {kind} of {num_segments} segments x {frames_per_segment} frames fits the "
+    f"canvas after {tries} tries; use fewer frames per segment."
   )
 
 
@@ -646,10 +656,7 @@ def turning_story_prompts(
   triples = split_triples(spec, split)
   first = triples[int(index) % len(triples)]
   lengths = _segment_lengths(frames_per_segment, num_segments)
-  if split == "heldout":  # a held-out object may later move in any direction
-    allowed = DIRECTIONS
-  else:
-    allowed = tuple(d for d in DIRECTIONS if first[:2] + (d,) in triples)
+  allowed = _object_directions(first, triples, split)
   rng = _rng(seed, "turning_story_prompts", index)
   anywhere = np.random.default_rng(0)  # _fitting_start draws a start; only its existence counts
   for _ in range(max_tries):
@@ -666,7 +673,4 @@ def turning_story_prompts(
       path += [directions[-1]] * n
     else:
       return [caption(first[0], first[1], d) for d in directions]
-  raise ValueError(
-    f"No turning story of {num_segments} segments x {frames_per_segment} frames fits the "
-    f"canvas after {max_tries} tries; use fewer frames per segment."
-  )
+  raise _no_story("turning story", num_segments, frames_per_segment, max_tries)
