@@ -135,7 +135,8 @@ def maskgit_config(size: str) -> ml_collections.ConfigDict:
   c.data.video_rate, c.data.image_rate = 1.0, 0.0
   c.data.turn_rate, c.data.static_images = 0.0, False
   c.optim = _optim()
-  c.sample.update(dict(steps=12, cfg_scale=3.0, top_k=0, restrict_codes=False))
+  # One sample per clip, as the reference draws.
+  c.sample.update(dict(steps=12, cfg_scale=3.0, top_k=0, restrict_codes=False, candidates=1))
   return c
 
 
