@@ -475,9 +475,9 @@ class Sampler:
       self._fns[key] = jax.jit(score)
     return self._fns[key]
 
-  def _most_likely(self, prompts: Sequence[str], codes, scored, n: int, seed: int, opts: dict):
+  def _most_likely(self, prompts: Sequence[str], codes, n: int, seed: int, opts: dict):
     """codes [B·n, t, h, w] (n candidates of each of the B prompts, candidate-minor) → the most
-    likely candidate of each prompt, codes [B, t, h, w], by `_score_fn` over `scored`."""
+    likely candidate of each prompt, codes [B, t, h, w], by `_score_fn` over all its tokens."""
     text, text_mask = self.text_encoder.encode([p for p in prompts for _ in range(n)])
     rng = jax.random.fold_in(jax.random.PRNGKey(seed), 0x5C0E)
     scores = self._score_fn(int(opts["score_chunks"]))(
@@ -485,7 +485,7 @@ class Sampler:
       jnp.asarray(text),
       jnp.asarray(text_mask),
       jnp.asarray(codes, jnp.int32),
-      jnp.asarray(scored, bool),
+      jnp.ones(np.shape(codes), bool),
       rng,
     )
     best = np.argmax(np.asarray(scores).reshape(len(prompts), n), axis=1)
@@ -621,7 +621,7 @@ class Sampler:
     else:  # n candidates of each prompt in one batch; the most likely one is decoded
       every = [p for p in prompts for _ in range(n)]
       codes, _ = self._run(every, init, np.zeros_like(init, bool), seed, opts, frames=False)
-      best = self._most_likely(prompts, codes, np.ones_like(init, bool), n, seed, opts)
+      best = self._most_likely(prompts, codes, n, seed, opts)
       video = np.asarray(self.tokenizer.decode(best))
     video = video[:, :num_frames]
     return video[0] if single else video
