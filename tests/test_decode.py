@@ -179,6 +179,34 @@ def test_kth_largest_matches_lax_top_k():
     np.testing.assert_array_equal(decode.kth_largest(x, k), jax.lax.top_k(x, k)[0][..., -1:])
 
 
+def test_categorical_draws_from_the_softmax():
+  """Frequencies match the softmax (a chi-square bound), codes of logit -inf are never drawn,
+  also beside a rounded-up cumulative mass (u clamped), and rows draw independently."""
+  probs = np.array([[0.0, 0.1, 0.2, 0.0, 0.3, 0.4, 0.0], [0.7, 0.0, 0.0, 0.0, 0.0, 0.0, 0.3]])
+  logits = jnp.log(jnp.asarray(probs, jnp.float32))
+  n = 40_000
+  draws = np.asarray(
+    jax.jit(jax.vmap(lambda k: decode.categorical(k, logits)))(
+      jax.random.split(jax.random.PRNGKey(3), n)
+    )
+  )
+  assert draws.shape == (n, 2) and draws.dtype == np.int32
+  for row in range(2):
+    counts = np.bincount(draws[:, row], minlength=7)
+    assert (counts[probs[row] == 0] == 0).all()
+    live = probs[row] > 0
+    expected = n * probs[row][live]
+    chi2 = np.sum((counts[live] - expected) ** 2 / expected)
+    assert chi2 < 20.0, (row, counts, chi2)  # df ≤ 3: p < 0.001 past ~16
+  assert abs(np.corrcoef(draws[:, 0] == 5, draws[:, 1] == 0)[0, 1]) < 0.03
+  # A one-hot row always draws its code; large, shifted logits behave like small ones.
+  one_hot = jnp.full((1, 512), -jnp.inf).at[0, 511].set(0.0)
+  keys = jax.random.split(jax.random.PRNGKey(0), 500)
+  assert (jax.vmap(lambda k: decode.categorical(k, one_hot))(keys) == 511).all()
+  shifted = decode.categorical(jax.random.PRNGKey(5), logits + 1e4)
+  np.testing.assert_array_equal(shifted, decode.categorical(jax.random.PRNGKey(5), logits))
+
+
 def test_filter_logits():
   logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
   kept = lambda x: np.isfinite(np.asarray(x))[0].tolist()
