@@ -314,6 +314,18 @@ def test_ema_params_follow_the_warmed_up_average(step_env):
   assert common.ema_update(1.0, 0.0, 10**6, 0.5) == pytest.approx(0.5)  # capped at `decay`
 
 
+def test_norm_and_finite_flags_any_nan_or_infinity():
+  """The guard's test of new parameters: the global norm, and False for a NaN or an infinity
+  in any leaf, however small the leaf."""
+  tree = {"a": jnp.full((3, 4), 2.0), "b": {"c": jnp.array([3.0])}}
+  norm, ok = common.norm_and_finite(tree)
+  assert bool(ok) and float(norm) == pytest.approx(np.sqrt(12 * 4 + 9))
+  for bad in (jnp.nan, jnp.inf, -jnp.inf):
+    _, ok = jax.jit(common.norm_and_finite)({**tree, "b": {"c": jnp.array([bad])}})
+    assert not bool(ok), bad
+  assert not bool(common.norm_and_finite({"big": jnp.array([1e20], jnp.float32)})[1])
+
+
 def test_prefix_rate_leaves_first_time_steps_of_videos_unmasked(step_env):
   """prefix_rate=1: every video keeps its first 1..t-1 time steps given, so about half of the
   valid tokens can be masked (mask fraction ≈ 0.637 × 0.5 + the images' share) instead of the

@@ -490,9 +490,16 @@ def guard_update(ok, new_tree, old_tree):
   return jax.lax.cond(ok, lambda: new_tree, lambda: old_tree)
 
 
-def all_finite(tree) -> jax.Array:
-  """True iff every element of every leaf is finite (jittable; a scalar bool)."""
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+def norm_and_finite(tree) -> tuple:
+  """(global ℓ2 norm of `tree`, whether every element is finite): jittable scalars.
+
+  Read off the norm: a NaN or an infinity anywhere makes it NaN or infinite (so does a value
+  past ~1e19, whose square overflows: a run that far gone has diverged all the same). One
+  reduction per leaf, which the metrics need anyway; an is-finite test per leaf beside it
+  cost ~3 ms of a 25-ms C-ViViT step on a 2-core CPU (a kernel launch each).
+  """
+  norm = optax.global_norm(tree)
+  return norm, jnp.isfinite(norm)
 
 
 # What a step whose loss or update is not finite does to the run (config.nonfinite); the update

@@ -390,18 +390,17 @@ def train_step(
 
   # A finite loss can still give a non-finite update (overflowing gradients, a bad learning
   # rate): check the new parameters too, so that no checkpoint ever holds them.
-  ok = (
-    jnp.isfinite(loss)
-    & jnp.isfinite(metrics.get("d_loss", 0.0))
-    & common.all_finite((new_state["params"], new_state["disc_params"]))
-  )
+  param_norm, ok = common.norm_and_finite(new_state["params"])
+  ok &= jnp.isfinite(loss)
+  if adversarial:
+    ok &= jnp.isfinite(metrics["d_loss"]) & common.norm_and_finite(new_state["disc_params"])[1]
   new_state = common.finish_step(state, new_state, ok, step)
   metrics.update(common.health_metrics(ok, loss))
   metrics.update(
     loss=loss,
     psnr=10 * jnp.log10(4.0 / jnp.maximum(metrics["l2"], 1e-10)),
     grad_norm=optax.global_norm(grads),
-    param_norm=optax.global_norm(params),
+    param_norm=param_norm,
     lr=optim.make_schedule(config.optim)(step),
   )
   return new_state, metrics

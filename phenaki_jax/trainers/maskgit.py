@@ -296,7 +296,8 @@ def train_step(state, batch, null_text, tok_params, rng, *, model, tok_model, tx
   loss_video = layers.masked_mean(token_nll, mask_g & ~is_image)
   loss_image = layers.masked_mean(token_nll, mask_g & is_image)
 
-  ok = jnp.isfinite(loss) & common.all_finite(params)  # a finite loss can still overflow
+  param_norm, ok = common.norm_and_finite(params)  # a finite loss can still overflow
+  ok &= jnp.isfinite(loss)
   updated = dict(state, params=params, opt_state=opt_state)
   if config_io.uses_ema(config):
     updated["ema_params"] = common.ema_update(state["ema_params"], params, step, config.ema_decay)
@@ -311,7 +312,7 @@ def train_step(state, batch, null_text, tok_params, rng, *, model, tok_model, tx
     text_dropped=jnp.mean(drop.astype(jnp.float32)),
     mask_fraction=jnp.sum(mask) / jnp.maximum(jnp.sum(valid), 1),
     grad_norm=optax.global_norm(grads),
-    param_norm=optax.global_norm(params),
+    param_norm=param_norm,
     lr=optim.make_schedule(config.optim)(step),
     **health,
   )
