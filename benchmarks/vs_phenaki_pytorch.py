@@ -24,8 +24,9 @@ one batch of the config's shape:
 For each op both sides first warm up (ours: compile, reported as `compile_s`, plus `--warmup`
 runs; theirs: `--warmup` runs), then run alternately in `--blocks` blocks of `--runs`/`--blocks`
 runs each (ours, theirs, ours, theirs, ...), each run synchronised; the medians over all runs are
-reported with the ratio theirs/ours. Both sides get `--threads` CPU threads (torch:
-set_num_threads; XLA: its CPU thread pool, set through XLA_FLAGS before JAX starts). The
+reported with the ratio theirs/ours. Both sides get `--threads` CPUs: torch set_num_threads,
+and both processes pinned to the same first `--threads` CPUs (sched_setaffinity, before JAX
+starts: XLA sizes its CPU thread pool by the CPUs it may run on). The
 1-minute load average is recorded before and after each op: the figures mean little above ~1.5
 on a 2-core machine.
 
@@ -43,22 +44,25 @@ import time
 from absl import app, flags
 
 _THREADS_DEFAULT = 2
-_FLAGS_SET = "--xla_cpu_multi_thread_eigen=true"
 
 
-def _set_xla_threads(argv) -> int:
-  """XLA's CPU threads must be set before JAX starts: read --threads from argv by hand."""
+def _limit_cpus(argv) -> list:
+  """Pins this process (and so the reference's worker, its child) to the first --threads CPUs
+  it may use; read from argv by hand, as it must happen before JAX starts. Returns the CPUs."""
   threads = _THREADS_DEFAULT
   for a in argv:
     if a.startswith("--threads="):
       threads = int(a.split("=", 1)[1])
-  xla = os.environ.get("XLA_FLAGS", "")
-  if "intra_op_parallelism_threads" not in xla:
-    os.environ["XLA_FLAGS"] = f"{xla} {_FLAGS_SET} intra_op_parallelism_threads={threads}".strip()
-  return threads
+  cpus = sorted(os.sched_getaffinity(0))
+  if threads < 1:
+    raise ValueError(f"--threads must be >= 1, got {threads}")
+  if threads < len(cpus):
+    cpus = cpus[:threads]
+    os.sched_setaffinity(0, cpus)
+  return cpus
 
 
-_set_xla_threads(sys.argv)
+CPUS = _limit_cpus(sys.argv)
 
 sys.path.insert(0, os.path.dirname(__file__))
 import _common  # noqa: E402  pylint: disable=g-import-not-at-top
@@ -462,7 +466,7 @@ def main(argv):
         "runs": runs,
         "blocks": blocks,
         "warmup": warmup,
-        "threads": {"ours_xla_flags": os.environ.get("XLA_FLAGS", ""), "torch": threads},
+        "threads": {"cpus": CPUS, "xla_flags": os.environ.get("XLA_FLAGS", ""), "torch": threads},
         "jax_devices": [str(d) for d in jax.devices()],
         "results": results,
         "machine": _common.machine(),

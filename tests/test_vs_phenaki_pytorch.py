@@ -2,6 +2,7 @@
 and configs/race.py: the shapes both sides are timed at."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -78,8 +79,16 @@ def test_quick_ours_only():
     assert r["runs"] == 2 and 0 < r["ours_ms_min"] <= r["ours_ms"]
     assert r["ours_compile_s"] > 0 and "theirs_ms" not in r and "ratio" not in r
     assert r["load_before"] >= 0
-  assert "intra_op_parallelism_threads=2" in summary["threads"]["ours_xla_flags"]
+  assert len(summary["threads"]["cpus"]) == min(2, len(os.sched_getaffinity(0)))
   assert summary["machine"]["load_average_1min"] >= 0
+
+
+def test_threads_pin_the_cpus():
+  """--threads=1: the harness (and the reference's worker, its child) runs on one CPU."""
+  proc = run("--quick", "--ours_only", "--ops=encode_decode", "--threads=1")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  summary = json.loads(proc.stdout[proc.stdout.index("{\n") :])
+  assert len(summary["threads"]["cpus"]) == 1 and summary["threads"]["torch"] == 1
 
 
 def test_unknown_op_fails():
