@@ -53,6 +53,14 @@ _EVAL_SEEDS = flags.DEFINE_integer(
   "seed's figures move by about ±0.06, and each seed costs ~1.5 min on a 2-core CPU.",
   lower_bound=1,
 )
+_SEED = flags.DEFINE_integer(
+  "seed",
+  0,
+  "Retraining seed: both stages' initialisation and dropout (config.seed) and their Shapes "
+  "streams (config.data.seed, kept apart per stage) move with it; 0 is the published demo. "
+  "The evaluation's prompts and sampling seeds do not change.",
+  lower_bound=0,
+)
 _STORY = flags.DEFINE_multi_string(
   "story",
   ["a green circle moves right", "a green circle moves down", "a green circle moves left"],
@@ -69,25 +77,36 @@ def _mark_done(workdir: str, info: dict) -> None:
     json.dump(info, f, indent=2)
 
 
-def stage_config(name: str, workdir: str, steps: int, minutes: float, minutes_given: bool = True):
+def stage_config(
+  name: str, workdir: str, steps: int, minutes: float, minutes_given: bool = True, seed: int = 0
+):
   """The tiny config of one demo stage: `steps` training steps (0 = the config's), its cosine
   decaying over them, under a wall-clock cap of `minutes` (unless `minutes_given`, raised by
-  steps / the config's steps when that is over 1). A run already started in `workdir` must
-  have planned the same number of steps: resuming it with others would change its schedule
-  midway."""
+  steps / the config's steps when that is over 1), retrained with `seed` (added to the
+  config's seed, and twice to its data seed: the two stages' streams stay apart). A run
+  already started in `workdir` must have planned the same number of steps and the same seed:
+  resuming it with others would change it midway."""
   config = config_io.from_file(name, "tiny")
   total = steps or config.total_steps
+  seeds = (config.seed + seed, config.data.seed + 2 * seed)
   if not minutes_given:  # more steps than the config's: a longer cap; fewer: the same cap
     minutes *= max(1.0, total / config.total_steps)
   if os.path.exists(os.path.join(workdir, "config.json")):
-    planned = config_io.from_workdir(workdir).total_steps
-    if planned != total:
+    planned = config_io.from_workdir(workdir)
+    if planned.total_steps != total:
       flag = "stage1_steps" if name == "cvivit_b" else "stage2_steps"
       raise ValueError(
-        f"{workdir} holds a run of {planned} training steps, and this demo asks "
-        f"for {total}: pass --{flag}={planned} to use it, or another --workdir"
+        f"{workdir} holds a run of {planned.total_steps} training steps, and this demo asks "
+        f"for {total}: pass --{flag}={planned.total_steps} to use it, or another --workdir"
+      )
+    if (planned.seed, planned.data.seed) != seeds:
+      raise ValueError(
+        f"{workdir} holds a run trained with other seeds (config.seed={planned.seed}, "
+        f"data.seed={planned.data.seed}) than --seed={seed} gives {seeds}: pass the --seed "
+        f"it was started with, or use another --workdir"
       )
   with config.unlocked():
+    config.seed, config.data.seed = seeds
     config.total_steps = config.optim.decay_steps = total
     config.max_train_seconds = 60 * minutes
   return config
@@ -106,10 +125,20 @@ def main(argv):
 
   # Both stages' plans first, so that a workdir holding other runs fails before any training.
   config1 = stage_config(
-    "cvivit_b", cvivit_dir, _STAGE1_STEPS.value, _STAGE1_MIN.value, _STAGE1_MIN.present
+    "cvivit_b",
+    cvivit_dir,
+    _STAGE1_STEPS.value,
+    _STAGE1_MIN.value,
+    _STAGE1_MIN.present,
+    _SEED.value,
   )
   config2 = stage_config(
-    "maskgit_b", maskgit_dir, _STAGE2_STEPS.value, _STAGE2_MIN.value, _STAGE2_MIN.present
+    "maskgit_b",
+    maskgit_dir,
+    _STAGE2_STEPS.value,
+    _STAGE2_MIN.value,
+    _STAGE2_MIN.present,
+    _SEED.value,
   )
   with config2.unlocked():
     config2.tokenizer.workdir = cvivit_dir

@@ -38,3 +38,24 @@ def test_a_started_run_keeps_its_steps(tmp_path):
   common.setup_workdir(demo.stage_config("cvivit_b", workdir, 4500, 10.0), workdir)
   with pytest.raises(ValueError, match="--stage1_steps=4500"):
     demo.stage_config("cvivit_b", workdir, 0, 10.0)
+
+
+def test_seed_retrains_with_other_streams_and_a_started_run_keeps_its_seed(tmp_path):
+  base = [demo.stage_config(n, "/nonexistent", 0, 10.0) for n in ("cvivit_b", "maskgit_b")]
+  for seed in (1, 2):
+    moved = [
+      demo.stage_config(n, "/nonexistent", 0, 10.0, seed=seed) for n in ("cvivit_b", "maskgit_b")
+    ]
+    for b, m in zip(base, moved):
+      assert m.seed == b.seed + seed and m.data.seed == b.data.seed + 2 * seed
+  data_seeds = [
+    demo.stage_config(n, "/nonexistent", 0, 10.0, seed=s).data.seed
+    for s in range(3)
+    for n in ("cvivit_b", "maskgit_b")
+  ]
+  assert len(set(data_seeds)) == 6  # no two stages or retrainings share a stream
+  workdir = str(tmp_path / "cvivit")
+  common.setup_workdir(demo.stage_config("cvivit_b", workdir, 0, 10.0, seed=1), workdir)
+  assert demo.stage_config("cvivit_b", workdir, 0, 10.0, seed=1).seed == base[0].seed + 1
+  with pytest.raises(ValueError, match="--seed"):
+    demo.stage_config("cvivit_b", workdir, 0, 10.0)
