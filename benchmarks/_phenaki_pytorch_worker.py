@@ -4,6 +4,13 @@ Runs under that venv's Python (torch, no JAX) and answers JSON lines on stdin, o
 
   {"cmd": "setup", "size": {...}, "threads": 2}   builds the models and optimizers of a size
   {"cmd": "run", "op": "cvivit_recon", "runs": 3}  runs an op, returns each run's seconds
+  {"cmd": "shapes", "resolution": 32, "num_frames": 9, "data_seed": 0, "text": "x.npz"}
+                                                   trains on Shapes from here on (the quality
+                                                   race): our procedural clips, imported from
+                                                   the repository (numpy only), and the
+                                                   captions' MiniLM embeddings from `text`
+  {"cmd": "train", "stage": "cvivit", "seconds": 60}   trains for that long on Shapes
+  {"cmd": "sample", "prompts": [...], "seed": 0, "out": "x.npy"}   guided samples, uint8
   {"cmd": "quit"}
 
 Every answer is one JSON line on stdout ({"ok": true, ...} or {"ok": false, "error": ...}).
@@ -18,10 +25,13 @@ The reference's optional pieces are replaced as follows, so that nothing is down
 
 import json
 import math
+import os
 import statistics
 import sys
 import time
 import types
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def vgg16_standin():
@@ -172,12 +182,12 @@ class Reference:
     self.phenaki.encode_texts = lambda texts, output_device=None: self.text[: len(texts)]
 
   # ---- ops ----------------------------------------------------------------------------------
-  def cvivit_recon(self):
+  def cvivit_recon(self, video=None):
     """L2 + VQ of the reconstruction, AdamW: the reference's own encoder, quantizer and decoder
     (its forward returns L2 alone when the VGG and GAN are off, so the VQ loss is added here)."""
     torch, m = self.torch, self.cvivit
     m.train()
-    video = self.video
+    video = self.video if video is None else video
     first = m.to_patch_emb_first_frame(video[:, :, :1])
     rest = m.to_patch_emb(video[:, :, 1:])
     tokens = torch.cat((first, rest), dim=1)
@@ -211,12 +221,14 @@ class Reference:
     self.opt.zero_grad()  # the discriminator pass also reached the generator's grads
     return float(loss)
 
-  def maskgit_step(self):
+  def maskgit_step(self, video=None, text=None):
     """The reference's stage-2 loss (videos tokenised by the frozen C-ViViT in the step, text
     embeddings given, 25% dropped), clipped, AdamW."""
     torch = self.torch
     self.phenaki.maskgit.train()
-    loss = self.phenaki(videos=self.video, text_embeds=self.text)
+    video = self.video if video is None else video
+    text = self.text if text is None else text
+    loss = self.phenaki(videos=video, text_embeds=text)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(self.maskgit.parameters(), self.size["clip_norm"])
     self.maskgit_opt.step()
@@ -239,6 +251,94 @@ class Reference:
     return float(video.mean())
 
   OPS = ("cvivit_recon", "cvivit_full", "maskgit_step", "sample", "encode_decode")
+
+  # ---- the quality race: Shapes -------------------------------------------------------------
+  def use_shapes(self, resolution: int, num_frames: int, data_seed: int, text: str):
+    """Trains on our Shapes clips (split 'train', indices step·B + i of `data_seed`) from here
+    on, with the captions' embeddings in the npz `text` (captions, tokens [n, L, D], mask
+    [n, L]); padding tokens are zeroed, the reference's own text mask."""
+    import numpy as np  # pylint: disable=g-import-not-at-top
+
+    sys.path.insert(0, REPO)
+    from phenaki_jax.data import shapes  # pylint: disable=g-import-not-at-top
+
+    self.shapes = shapes
+    self.spec = shapes.ShapesSpec(resolution=resolution, num_frames=num_frames)
+    self.data_seed, self.data_index = int(data_seed), 0
+    with np.load(text) as f:
+      tokens = f["tokens"] * f["mask"][..., None]
+      self.embeddings = {
+        str(c): self.torch.from_numpy(t.astype(np.float32)) for c, t in zip(f["captions"], tokens)
+      }
+    self.phenaki.encode_texts = lambda texts, output_device=None: self.embed(texts)
+
+  def embed(self, captions):
+    return self.torch.stack([self.embeddings[c] for c in captions])
+
+  def shapes_batch(self):
+    """The next batch: video [B, 3, F, H, W] in [-1, 1] and its captions."""
+    import numpy as np  # pylint: disable=g-import-not-at-top
+
+    b = self.size["batch"]
+    examples = [
+      self.shapes.video_example(self.spec, self.data_seed, self.data_index + i, "train")
+      for i in range(b)
+    ]
+    self.data_index += b
+    video = np.stack([e["video"] for e in examples]).astype(np.float32) / 127.5 - 1.0
+    video = self.torch.from_numpy(video).permute(0, 4, 1, 2, 3).contiguous()
+    return video, [e["caption"] for e in examples]
+
+  def train(self, stage: str, seconds: float) -> dict:
+    """Trains one stage on Shapes for `seconds` of wall clock (data included, as ours)."""
+    from phenaki_pytorch import Phenaki  # pylint: disable=g-import-not-at-top
+
+    if stage == "maskgit":
+      # Phenaki keeps its own frozen copy of the C-ViViT, taken when it is built: rebuild it
+      # around the trained one.
+      s = self.size
+      encode = self.phenaki.encode_texts
+      self.phenaki = Phenaki(
+        maskgit=self.maskgit,
+        cvivit=self.cvivit,
+        steps=s["sample_steps"],
+        text_embed_dim=s["text_dim"],
+        cond_drop_prob=s["text_dropout"],
+      )
+      self.phenaki.encode_texts = encode
+    elif stage != "cvivit":
+      raise ValueError(f"unknown stage {stage!r}")
+    t0, steps, losses = time.perf_counter(), 0, []
+    while time.perf_counter() - t0 < seconds:
+      video, captions = self.shapes_batch()
+      if stage == "cvivit":
+        losses.append(self.cvivit_recon(video))
+      else:
+        losses.append(self.maskgit_step(video, self.embed(captions)))
+      steps += 1
+    tail = losses[-max(1, len(losses) // 10) :]
+    return dict(steps=steps, seconds=round(time.perf_counter() - t0, 1), loss=sum(tail) / len(tail))
+
+  def sample_prompts(self, prompts, seed: int, out: str) -> dict:
+    """Guided samples of `prompts` in batches of the race's batch, saved as uint8
+    [N, F, H, W, 3] to the .npy `out`."""
+    import numpy as np  # pylint: disable=g-import-not-at-top
+
+    torch, s = self.torch, self.size
+    torch.manual_seed(seed)
+    self.phenaki.eval()
+    clips = []
+    with torch.no_grad():
+      for i in range(0, len(prompts), s["batch"]):
+        video = self.phenaki.sample(
+          texts=list(prompts[i : i + s["batch"]]),
+          num_frames=s["num_frames"],
+          cond_scale=s["cfg_scale"],
+        )  # [B, 3, F, H, W], the training range [-1, 1]
+        video = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        clips.append(video.permute(0, 2, 3, 4, 1).numpy())
+    np.save(out, np.concatenate(clips))
+    return dict(clips=len(prompts))
 
 
 def main():
@@ -273,6 +373,13 @@ def main():
         if not math.isfinite(value):
           raise FloatingPointError(f"{msg['op']} gave {value}")
         out = dict(times=times, median=statistics.median(times))
+      elif msg["cmd"] == "shapes":
+        ref.use_shapes(msg["resolution"], msg["num_frames"], msg["data_seed"], msg["text"])
+        out = {}
+      elif msg["cmd"] == "train":
+        out = ref.train(msg["stage"], float(msg["seconds"]))
+      elif msg["cmd"] == "sample":
+        out = ref.sample_prompts(msg["prompts"], int(msg["seed"]), msg["out"])
       else:
         raise ValueError(f"unknown command {msg['cmd']!r}")
       print(json.dumps(dict(ok=True, **out)), flush=True)

@@ -23,7 +23,8 @@ one batch of the config's shape:
 
 For each op both sides first warm up (ours: compile, reported as `compile_s`, plus `--warmup`
 runs; theirs: `--warmup` runs), then run alternately in `--blocks` blocks of `--runs`/`--blocks`
-runs each (ours, theirs, ours, theirs, ...), each run synchronised; the medians over all runs are
+runs each (ours, theirs, ours, theirs, ...), each block after a `--settle_s` pause and one
+untimed run, each run synchronised; the medians over all runs are
 reported with the ratio theirs/ours. Both sides get `--threads` CPUs: torch set_num_threads,
 and both processes pinned to the same first `--threads` CPUs (sched_setaffinity, before JAX
 starts: XLA sizes its CPU thread pool by the CPUs it may run on). The
@@ -46,13 +47,10 @@ from absl import app, flags
 _THREADS_DEFAULT = 2
 
 
-def _limit_cpus(argv) -> list:
-  """Pins this process (and so the reference's worker, its child) to the first --threads CPUs
-  it may use; read from argv by hand, as it must happen before JAX starts. Returns the CPUs."""
-  threads = _THREADS_DEFAULT
-  for a in argv:
-    if a.startswith("--threads="):
-      threads = int(a.split("=", 1)[1])
+def limit_cpus(threads: int) -> list:
+  """Pins this process (and so the reference's worker, its child) to the first `threads` CPUs
+  it may use; call before JAX's backend starts (XLA sizes its thread pool then). Returns the
+  CPUs."""
   cpus = sorted(os.sched_getaffinity(0))
   if threads < 1:
     raise ValueError(f"--threads must be >= 1, got {threads}")
@@ -61,8 +59,6 @@ def _limit_cpus(argv) -> list:
     os.sched_setaffinity(0, cpus)
   return cpus
 
-
-CPUS = _limit_cpus(sys.argv)
 
 sys.path.insert(0, os.path.dirname(__file__))
 import _common  # noqa: E402  pylint: disable=g-import-not-at-top
@@ -79,8 +75,11 @@ _CONFIGS = flags.DEFINE_string("configs", "small,paper_like_small", "configs/rac
 _OPS = flags.DEFINE_string("ops", ",".join(OPS), "Comma-separated ops to time.")
 _RUNS = flags.DEFINE_integer("runs", 12, "Timed runs per side and op (median reported).")
 _BLOCKS = flags.DEFINE_integer("blocks", 3, "Alternating blocks the timed runs are split into.")
+_SETTLE_S = flags.DEFINE_float(
+  "settle_s", 0.5, "Pause before each block (then one untimed run): the other side winds down."
+)
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed runs per side and op after compiling.")
-flags.DEFINE_integer("threads", _THREADS_DEFAULT, "CPU threads of each side (read at start).")
+flags.DEFINE_integer("threads", _THREADS_DEFAULT, "CPUs (and torch threads) of each side.")
 _QUICK = flags.DEFINE_bool(
   "quick", False, "Smoke mode: SMALL only, 2 runs in 2 blocks, 1 warm-up; no venv, no setup."
 )
@@ -383,6 +382,15 @@ def wait_for_load(threshold: float, max_s: float) -> float:
   return round(time.perf_counter() - t, 1)
 
 
+def _block(timed_runs, n: int) -> list:
+  """One side's block of `n` timed runs, after a pause and one untimed run: the side that ran
+  before leaves its thread pool spinning for a while (OpenMP's and Eigen's idle wait), which
+  slows the other side's first runs; each side gets the same settling."""
+  time.sleep(_SETTLE_S.value)
+  timed_runs(1)
+  return timed_runs(n)
+
+
 def race_op(op: str, ours: Ours, theirs, runs: int, blocks: int, warmup: int) -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
 
@@ -402,9 +410,9 @@ def race_op(op: str, ours: Ours, theirs, runs: int, blocks: int, warmup: int) ->
   for n in per_block:
     if not n:
       continue
-    ours_t += ours.times(op, n)
+    ours_t += _block(lambda k: ours.times(op, k), n)
     if theirs is not None:
-      theirs_t += theirs.run(op, n)
+      theirs_t += _block(lambda k: theirs.run(op, k), n)
   row["ours_ms"] = round(1e3 * float(np.median(ours_t)), 2)
   row["ours_ms_min"] = round(1e3 * min(ours_t), 2)
   if theirs is not None:
@@ -420,9 +428,10 @@ def race_op(op: str, ours: Ours, theirs, runs: int, blocks: int, warmup: int) ->
 
 def main(argv):
   del argv
+  threads = flags.FLAGS.threads
+  cpus = limit_cpus(threads)
   import jax  # pylint: disable=g-import-not-at-top
 
-  threads = flags.FLAGS.threads
   quick = _QUICK.value
   sizes = ["small"] if quick else [s.strip() for s in _CONFIGS.value.split(",") if s.strip()]
   runs, blocks, warmup = (2, 2, 1) if quick else (_RUNS.value, _BLOCKS.value, _WARMUP.value)
@@ -466,7 +475,7 @@ def main(argv):
         "runs": runs,
         "blocks": blocks,
         "warmup": warmup,
-        "threads": {"cpus": CPUS, "xla_flags": os.environ.get("XLA_FLAGS", ""), "torch": threads},
+        "threads": {"cpus": cpus, "xla_flags": os.environ.get("XLA_FLAGS", ""), "torch": threads},
         "jax_devices": [str(d) for d in jax.devices()],
         "results": results,
         "machine": _common.machine(),

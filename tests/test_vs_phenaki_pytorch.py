@@ -94,3 +94,44 @@ def test_threads_pin_the_cpus():
 def test_unknown_op_fails():
   proc = run("--quick", "--ours_only", "--ops=nonsense", timeout=120)
   assert proc.returncode != 0 and "unknown" in proc.stderr
+
+
+QUALITY_CHECK = r"""
+import sys
+sys.path.insert(0, "benchmarks")
+import numpy as np
+import vs_phenaki_pytorch_quality as q
+from phenaki_jax import evaluate
+from phenaki_jax.data import shapes
+from phenaki_jax.trainers import cvivit as cv_trainer
+
+cv, mg = q.our_configs("small", (1.5, 2.5), 7, sys.argv[1])
+cv_trainer.validate_config(cv)  # (the MaskGIT's needs the trained C-ViViT's workdir)
+assert cv.losses.image_perceptual == cv.losses.adversarial == 0.0, cv.losses
+assert (cv.max_train_seconds, mg.max_train_seconds) == (90.0, 150.0)
+assert cv.data.seed == mg.data.seed == 7 and mg.tokenizer.workdir == sys.argv[1] + "/cvivit"
+assert cv.data.image_rate == mg.data.image_rate == 0.0 and mg.data.video_rate == 1.0
+spec = shapes.spec_from_config(cv)
+sets = evaluate.prompt_sets(spec, "test")
+prompts = sorted(set(sets["heldout"])) * 2  # its 3 triples, twice
+clips = np.stack(evaluate.real_clips(spec, prompts, "heldout"))
+right = q.score(clips, prompts)
+assert right["all_accuracy"] == 1.0 and right["template_iou"] > 0.95, right
+wrong = q.score(clips, prompts[1:] + prompts[:1])
+assert wrong["all_accuracy"] < 1.0, wrong
+print("OK")
+"""
+
+
+def test_quality_race_configs_and_judge(tmp_path):
+  """The quality race's side of ours: reconstruction losses, the wall clock per stage, the
+  shared data seed, videos only; its judge scores true clips right and mislabelled ones wrong.
+  (Run in a subprocess: the race modules define absl flags at import.)"""
+  proc = subprocess.run(
+    [sys.executable, "-c", QUALITY_CHECK, str(tmp_path)],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stderr[-3000:]
