@@ -118,7 +118,7 @@ class Reference:
   def __init__(self, size: dict, seed: int = 0):
     import torch  # pylint: disable=g-import-not-at-top
     from torch import nn
-    from phenaki_pytorch import CViViT, MaskGit, Phenaki
+    from phenaki_pytorch import CViViT, MaskGit
     from phenaki_pytorch.optimizer import get_optimizer
 
     torch.manual_seed(seed)
@@ -165,13 +165,7 @@ class Reference:
       depth=s["maskgit_depth"],
       dim_context=s["text_dim"],
     )
-    self.phenaki = Phenaki(
-      maskgit=self.maskgit,
-      cvivit=self.cvivit,
-      steps=s["sample_steps"],
-      text_embed_dim=s["text_dim"],
-      cond_drop_prob=s["text_dropout"],
-    )
+    self.phenaki = self._build_phenaki()
     self.maskgit_opt = get_optimizer(
       list(self.maskgit.parameters()), lr=s["lr"], wd=s["weight_decay"]
     )
@@ -180,6 +174,19 @@ class Reference:
     lengths = torch.randint(2, s["text_len"] + 1, (b,))
     self.text = text * (torch.arange(s["text_len"])[None] < lengths[:, None])[..., None]
     self.phenaki.encode_texts = lambda texts, output_device=None: self.text[: len(texts)]
+
+  def _build_phenaki(self):
+    """The reference's Phenaki around this MaskGIT and (a frozen copy of) this C-ViViT."""
+    from phenaki_pytorch import Phenaki  # pylint: disable=g-import-not-at-top
+
+    s = self.size
+    return Phenaki(
+      maskgit=self.maskgit,
+      cvivit=self.cvivit,
+      steps=s["sample_steps"],
+      text_embed_dim=s["text_dim"],
+      cond_drop_prob=s["text_dropout"],
+    )
 
   # ---- ops ----------------------------------------------------------------------------------
   def cvivit_recon(self, video=None):
@@ -291,20 +298,11 @@ class Reference:
 
   def train(self, stage: str, seconds: float) -> dict:
     """Trains one stage on Shapes for `seconds` of wall clock (data included, as ours)."""
-    from phenaki_pytorch import Phenaki  # pylint: disable=g-import-not-at-top
-
     if stage == "maskgit":
       # Phenaki keeps its own frozen copy of the C-ViViT, taken when it is built: rebuild it
       # around the trained one.
-      s = self.size
       encode = self.phenaki.encode_texts
-      self.phenaki = Phenaki(
-        maskgit=self.maskgit,
-        cvivit=self.cvivit,
-        steps=s["sample_steps"],
-        text_embed_dim=s["text_dim"],
-        cond_drop_prob=s["text_dropout"],
-      )
+      self.phenaki = self._build_phenaki()
       self.phenaki.encode_texts = encode
     elif stage != "cvivit":
       raise ValueError(f"unknown stage {stage!r}")
