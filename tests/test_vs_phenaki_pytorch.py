@@ -109,6 +109,7 @@ cv, mg = q.our_configs("small", (1.5, 2.5), 7, sys.argv[1])
 cv_trainer.validate_config(cv)  # (the MaskGIT's needs the trained C-ViViT's workdir)
 assert cv.losses.image_perceptual == cv.losses.adversarial == 0.0, cv.losses
 assert (cv.max_train_seconds, mg.max_train_seconds) == (90.0, 150.0)
+assert min(cv.eval_every, cv.checkpoint_every, mg.eval_every, mg.checkpoint_every) >= 10**7
 assert cv.data.seed == mg.data.seed == 7 and mg.tokenizer.workdir == sys.argv[1] + "/cvivit"
 assert cv.data.image_rate == mg.data.image_rate == 0.0 and mg.data.video_rate == 1.0
 spec = shapes.spec_from_config(cv)
