@@ -17,8 +17,9 @@ the other for the CPU; each side's steps are reported. Both read the same clips:
 Shapes (split 'train', which leaves out the held-out triples), from the same data seed.
 
 Then both sample the test split's seen and held-out prompts (`evaluate.prompt_sets`) with 12
-decoding steps and guidance 3 (ours: one candidate, no top-k; theirs: its own sampler), and
-our evaluator scores every clip: colour, shape, direction, their conjunction, and the fidelity
+decoding steps and guidance 3 (ours: one candidate, no top-k; theirs: its own sampler), ours
+once more with the tiny configs' sampling defaults (chosen on the validation split), and our
+evaluator scores every clip: colour, shape, direction, their conjunction, and the fidelity
 measures (template IoU, stray components, area change). The reference runs as in
 benchmarks/vs_phenaki_pytorch.py (its venv, its worker process).
 """
@@ -88,6 +89,24 @@ def caption_embeddings(mg, path: str) -> None:
   np.savez(path, captions=np.array(captions), tokens=np.asarray(tokens), mask=np.asarray(mask))
 
 
+# The sampling options of one clip (not of continuations).
+DRAW = ("steps", "cfg_scale", "top_k", "candidates", "score_chunks", "restrict_codes")
+
+
+def sample_ours(sampler, prompts, batch: int, seeds: int, **options):
+  """uint8 clips of `prompts` for each of `seeds` sampling seeds, in padded batches."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  clips = []
+  for rep in range(seeds):
+    for i in range(0, len(prompts), batch):
+      chunk = prompts[i : i + batch]
+      padded = chunk + chunk[-1:] * (batch - len(chunk))
+      seed = SAMPLING_SEED + 1000 * rep + i
+      clips.append(np.asarray(sampler.generate(padded, seed=seed, **options))[: len(chunk)])
+  return np.concatenate(clips)
+
+
 def score(clips, prompts) -> dict:
   from phenaki_jax.evaluators import shapes as shapes_eval  # pylint: disable=g-import-not-at-top
 
@@ -109,7 +128,7 @@ def main(argv):
   del argv
   cpus = race.limit_cpus(flags.FLAGS.threads)
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from phenaki_jax import evaluate, sample  # pylint: disable=g-import-not-at-top
+  from phenaki_jax import config_io, evaluate, sample  # pylint: disable=g-import-not-at-top
   from phenaki_jax.data import shapes as shapes_lib  # pylint: disable=g-import-not-at-top
 
   quick = flags.FLAGS.quick
@@ -133,15 +152,12 @@ def main(argv):
     os.path.join(workdir, "cvivit"), os.path.join(workdir, "maskgit")
   )
   batch = cv.data.batch_size
-  ours = []
-  for rep in range(seeds):
-    for i in range(0, len(flat), batch):
-      chunk = flat[i : i + batch]
-      padded = chunk + chunk[-1:] * (batch - len(chunk))
-      ours.append(
-        np.asarray(sampler.generate(padded, seed=SAMPLING_SEED + 1000 * rep + i))[: len(chunk)]
-      )
-  ours = np.concatenate(ours)
+  ours = sample_ours(sampler, flat, batch, seeds)
+  # Ours again with the sampling defaults chosen on the validation split for the tiny configs
+  # (more steps, top-k, candidates, code support): the same models, drawn as a user would.
+  tiny = {k: v for k, v in config_io.from_file("maskgit_b", "tiny").sample.items() if k in DRAW}
+  ours_tiny = sample_ours(sampler, flat, batch, seeds, **tiny)
+  report["ours_tiny_sampling_knobs"] = tiny
 
   # ---- Theirs ----
   theirs = None
@@ -174,7 +190,7 @@ def main(argv):
       worker.close()
 
   # ---- Judge ----
-  for side, clips in (("ours", ours), ("theirs", theirs)):
+  for side, clips in (("ours", ours), ("ours_tiny_sampling", ours_tiny), ("theirs", theirs)):
     if clips is None:
       continue
     per_rep = len(flat)
