@@ -383,9 +383,10 @@ def wait_for_load(threshold: float, max_s: float) -> float:
 
 
 def _block(timed_runs, n: int) -> list:
-  """One side's block of `n` timed runs, after a pause and one untimed run: the side that ran
-  before leaves its thread pool spinning for a while (OpenMP's and Eigen's idle wait), which
-  slows the other side's first runs; each side gets the same settling."""
+  """One side's block of `n` timed runs, after a pause and one untimed run, so that the side
+  that ran before has let its thread pool go idle (OpenMP and Eigen spin for a while before
+  they sleep); each side gets the same settling. Measured on the 2-core CPU, it moved neither
+  side's medians beyond run-to-run noise."""
   time.sleep(_SETTLE_S.value)
   timed_runs(1)
   return timed_runs(n)
