@@ -27,6 +27,10 @@ import pytest
 
 from conftest import REPO
 
+# Every test here on one xdist worker (`--dist loadgroup`): the module's fixture trains in
+# subprocesses for minutes, and each worker would otherwise run it again.
+pytestmark = pytest.mark.xdist_group("multiprocess")
+
 LAUNCH_TIMEOUT = 420  # seconds per launch of all processes: a hang fails, a slow CPU does not
 STEPS = 8  # steps of the uninterrupted C-ViViT runs
 HALF = STEPS // 2  # they also save here: the parameters' movement from here to STEPS
