@@ -30,7 +30,7 @@ demo: $(STAMP)
 	$(BIN)/python -m phenaki_jax.demo --workdir=$(WORKDIR) $(DEMO_FLAGS)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --timeout=900 tests
+	$(BIN)/python -m pytest -q -n 2 --timeout=900 tests
 
 # Every kill -9 and SIGTERM trial of tests/test_faults.py (`make test` runs a fixed subset);
 # each trial's kills and the SIGTERM latencies are appended to $(FAULTS_LOG) as JSON lines.

@@ -13,7 +13,9 @@ the steps dominates (the persistent compilation cache of conftest.py serves late
 """
 
 import os
+import pathlib
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -25,11 +27,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import REPO
-
-# Every test here on one xdist worker (`--dist loadgroup`): the module's fixture trains in
-# subprocesses for minutes, and each worker would otherwise run it again.
-pytestmark = pytest.mark.xdist_group("multiprocess")
+from conftest import REPO, _shared_run
 
 LAUNCH_TIMEOUT = 420  # seconds per launch of all processes: a hang fails, a slow CPU does not
 STEPS = 8  # steps of the uninterrupted C-ViViT runs
@@ -174,18 +172,26 @@ def cvivit_runs(tmp_path_factory):
   devices and by 1 process × 8 devices (launched together: the CPU is shared, not idle).
   Returns their work directories; the first is the reference of the SIGTERM test and the
   tokenizer of the MaskGIT runs."""
-  base = tmp_path_factory.mktemp("multiprocess")
-  args = [*CVIVIT, f"--config.total_steps={STEPS}", f"--config.checkpoint_every={HALF}"]
-  two = Launch(base / "cvivit_2x4", args)
-  one = Launch(base / "cvivit_1x8", args, processes=1, devices=8)
-  logs = two.finish() + one.finish()
-  for p, log in enumerate(logs[:2]):
-    assert f"process {p} of 2: 4 local of 8 devices" in log
-  for log in logs:
-    assert "mesh {'data': 8, 'fsdp': 1, 'model': 1}" in log
-  assert sorted(os.listdir(two.workdir / "checkpoints"), key=int) == [str(HALF), str(STEPS)]
-  assert len(list(two.workdir.glob("events.out.tfevents*"))) == 1  # process 0's summaries only
-  return two.workdir, one.workdir
+
+  def train(base):
+    base = pathlib.Path(base)
+    shutil.rmtree(base, ignore_errors=True)  # what a failed attempt of another worker left
+    base.mkdir()
+    args = [*CVIVIT, f"--config.total_steps={STEPS}", f"--config.checkpoint_every={HALF}"]
+    two = Launch(base / "cvivit_2x4", args)
+    one = Launch(base / "cvivit_1x8", args, processes=1, devices=8)
+    logs = two.finish() + one.finish()
+    for p, log in enumerate(logs[:2]):
+      assert f"process {p} of 2: 4 local of 8 devices" in log
+    for log in logs:
+      assert "mesh {'data': 8, 'fsdp': 1, 'model': 1}" in log
+
+  # Once per pytest run: the xdist workers share the runs.
+  base = pathlib.Path(_shared_run(tmp_path_factory, "multiprocess_cvivit", train))
+  two, one = base / "cvivit_2x4", base / "cvivit_1x8"
+  assert sorted(os.listdir(two / "checkpoints"), key=int) == [str(HALF), str(STEPS)]
+  assert len(list(two.glob("events.out.tfevents*"))) == 1  # process 0's summaries only
+  return two, one
 
 
 def test_two_processes_train_the_cvivit_like_one(cvivit_runs):

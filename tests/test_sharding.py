@@ -20,11 +20,7 @@ import pytest
 
 from phenaki_jax import sharding
 
-from conftest import REPO
-
-# Every test here on one xdist worker (`--dist loadgroup`): the module's fixture trains in
-# subprocesses for minutes, and each worker would otherwise run it again.
-pytestmark = pytest.mark.xdist_group("sharding")
+from conftest import REPO, _shared_run
 
 MESHES = ((1, 1, 1), (8, 1, 1), (2, 4, 1), (2, 2, 2))
 LR = 2e-3  # conftest.tiny_cvivit_config's peak learning rate
@@ -164,27 +160,34 @@ np.save(out, results, allow_pickle=True)
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory, tiny_cvivit_dir):
-  out = tmp_path_factory.mktemp("sharding") / "results.npy"
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-  proc = subprocess.run(
-    [
-      sys.executable,
-      "-c",
-      SCRIPT,
-      json.dumps([list(m) for m in MESHES]),
-      str(out),
-      str(LR),
-      str(DATA_SEED),
-      str(tiny_cvivit_dir),
-    ],
-    cwd=REPO,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
-  assert proc.returncode == 0, proc.stderr[-5000:]
-  return np.load(out, allow_pickle=True).item()
+  """Every mesh's steps, run once per pytest run (the xdist workers share it)."""
+
+  def run(workdir):
+    os.makedirs(workdir, exist_ok=True)
+    env = dict(
+      os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"
+    )
+    proc = subprocess.run(
+      [
+        sys.executable,
+        "-c",
+        SCRIPT,
+        json.dumps([list(m) for m in MESHES]),
+        os.path.join(workdir, "results.npy"),
+        str(LR),
+        str(DATA_SEED),
+        str(tiny_cvivit_dir),
+      ],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-5000:]
+
+  workdir = _shared_run(tmp_path_factory, "sharding_results", run)
+  return np.load(os.path.join(workdir, "results.npy"), allow_pickle=True).item()
 
 
 def _leaves(tree, prefix=""):
