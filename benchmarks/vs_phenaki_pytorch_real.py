@@ -72,6 +72,9 @@ class PoolSource:
       raise ValueError(f"the pool holds {video.shape[0]}-frame clips, {num_frames} asked")
     return dict(video=video, caption="", key=str(index))
 
+  def __repr__(self):
+    return f"PoolSource({len(self.clips)} clips of {'×'.join(map(str, self.clips.shape[1:]))})"
+
 
 def draw_pool(video_shards: list, clip, size: int, seed: int):
   """`size` training clips (uint8 [size, F, S, S, 3]) as the training pipeline draws them."""
