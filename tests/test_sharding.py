@@ -158,33 +158,33 @@ np.save(out, results, allow_pickle=True)
 """
 
 
+def run_on_devices(devices: int, script: str, *args, timeout: int = 600) -> str:
+  """`python -c script args...` in a process that sees `devices` fake CPU devices; its stdout
+  (fails with its stderr if it fails)."""
+  env = dict(
+    os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu"
+  )
+  proc = subprocess.run(
+    [sys.executable, "-c", script, *map(str, args)],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
+  assert proc.returncode == 0, proc.stderr[-5000:]
+  return proc.stdout
+
+
 @pytest.fixture(scope="module")
 def results(tmp_path_factory, tiny_cvivit_dir):
   """Every mesh's steps, run once per pytest run (the xdist workers share it)."""
 
   def run(workdir):
     os.makedirs(workdir, exist_ok=True)
-    env = dict(
-      os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"
-    )
-    proc = subprocess.run(
-      [
-        sys.executable,
-        "-c",
-        SCRIPT,
-        json.dumps([list(m) for m in MESHES]),
-        os.path.join(workdir, "results.npy"),
-        str(LR),
-        str(DATA_SEED),
-        str(tiny_cvivit_dir),
-      ],
-      cwd=REPO,
-      env=env,
-      capture_output=True,
-      text=True,
-      timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-5000:]
+    meshes = json.dumps([list(m) for m in MESHES])
+    out = os.path.join(workdir, "results.npy")
+    run_on_devices(8, SCRIPT, meshes, out, LR, DATA_SEED, tiny_cvivit_dir)
 
   workdir = _shared_run(tmp_path_factory, "sharding_results", run)
   return np.load(os.path.join(workdir, "results.npy"), allow_pickle=True).item()
@@ -324,18 +324,7 @@ for workdir, mesh, total, stop in json.loads(sys.argv[1]):
 def _train(devices: int, runs) -> None:
   """Trains each (workdir, mesh, total_steps, stop_after_steps) of `runs` in one process that
   sees `devices` fake CPU devices (one process: the runs share their compiled steps)."""
-  env = dict(
-    os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu"
-  )
-  proc = subprocess.run(
-    [sys.executable, "-c", RUN, json.dumps([[str(w), *r] for w, *r in runs]), str(DATA_SEED)],
-    cwd=REPO,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=400,
-  )
-  assert proc.returncode == 0, proc.stderr[-5000:]
+  run_on_devices(devices, RUN, json.dumps([[str(w), *r] for w, *r in runs]), DATA_SEED, timeout=400)
 
 
 def test_a_checkpoint_resumes_on_another_mesh(tmp_path):
@@ -405,13 +394,5 @@ def test_saving_replicated_arrays_on_cpu_devices_compiles_nothing(tmp_path):
   """On 8 CPU devices a save writes each replicated array from one replica: no sliced copy per
   replica (orbax's replica-parallel default compiles one per shape and device: ~16 s for a
   tiny model's first save), and the checkpoint restores exactly."""
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-  proc = subprocess.run(
-    [sys.executable, "-c", SAVE_CHECK, str(tmp_path / "checkpoints")],
-    cwd=REPO,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
-  assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stderr[-3000:]
+  out = run_on_devices(8, SAVE_CHECK, tmp_path / "checkpoints", timeout=300)
+  assert out.strip().endswith("OK"), out
