@@ -29,6 +29,11 @@ def windows(path: str, clip, stride: int) -> np.ndarray:
   return np.stack([whole[s : s + clip.num_frames] for s in starts])
 
 
+def round_trip(tok, clips: np.ndarray) -> np.ndarray:
+  """uint8 reconstructions of uint8 `clips` [N, F, H, W, 3] by a `Tokenizer`, one clip a call."""
+  return np.concatenate([np.asarray(tok.decode(tok.encode(c[None]))) for c in clips])
+
+
 def psnr_ssim(clips: np.ndarray, out: np.ndarray) -> tuple:
   """(PSNR dB per window, SSIM per window) of uint8 reconstructions `out` of uint8 `clips`."""
   from phenaki_jax.evaluators import recon  # pylint: disable=g-import-not-at-top

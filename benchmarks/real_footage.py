@@ -37,7 +37,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def score(tok, clips: np.ndarray) -> tuple:
   """(PSNR dB per window, SSIM per window, reconstructions)."""
-  out = np.concatenate([np.asarray(tok.decode(tok.encode(c[None]))) for c in clips])
+  out = _common.round_trip(tok, clips)
   return _common.psnr_ssim(clips, out) + (out,)
 
 

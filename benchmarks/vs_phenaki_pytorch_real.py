@@ -156,12 +156,9 @@ def main(argv):
     steps=int(result["state"]["step"]), seconds=round(time.perf_counter() - t, 1)
   )
   tok = Tokenizer.from_workdir(run_dir)
-  recon = {
-    name: np.concatenate([np.asarray(tok.decode(tok.encode(c[None]))) for c in clips])
-    for name, clips in judged.items()
-  }
   report["ours"] = {
-    name: _common.summary(*_common.psnr_ssim(judged[name], out)) for name, out in recon.items()
+    name: _common.summary(*_common.psnr_ssim(clips, _common.round_trip(tok, clips)))
+    for name, clips in judged.items()
   }
 
   # ---- Theirs ----

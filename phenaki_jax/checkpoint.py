@@ -37,20 +37,14 @@ from absl import logging
 from phenaki_jax import sharding
 
 
-_SINGLE_REPLICA = False  # whether this process registered the single-replica array handler
-
-
 def single_replica_writes() -> None:
   """On CPU, registers orbax's array handler with replica-parallel writes off (each array
   written whole by its first replica; restoring reads either kind). TPUs and GPUs keep orbax's
   defaults."""
-  global _SINGLE_REPLICA
-  if _SINGLE_REPLICA or jax.default_backend() != "cpu":
-    return
-  ocp.type_handlers.register_type_handler(
-    jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True
-  )
-  _SINGLE_REPLICA = True
+  if jax.default_backend() == "cpu":
+    ocp.type_handlers.register_type_handler(
+      jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True
+    )
 
 
 class Checkpointer:
