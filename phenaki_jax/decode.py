@@ -6,8 +6,10 @@
          tokens (e.g. the re-encoded context frames of a story continuation) and never change.
   step i = 0..S-1:
     1. logits = logits_fn(tokens)                                    # [B, N, K]
-    2. every masked position samples a code from softmax(logits / temperature), after optional
-       top-k / top-p filtering;
+    2. every masked position samples a code from softmax(logits / t_i), after optional
+       top-k / top-p filtering, where t_i = temperature · (1 − temperature_decay · (i+1)/S):
+       constant with decay 0, falling linearly to 0 (the most likely code) at the last step
+       with decay 1;
     3. confidence = log p(sampled code) under the raw logits (no temperature, no filtering)
                     + choice_temperature · (1 − (i+1)/S) · Gumbel noise   (annealed to 0);
        positions that were not masked get +inf;
@@ -120,6 +122,7 @@ def decode(
   mask_token_id: int,
   temperature: Union[float, Array] = 1.0,
   choice_temperature: Union[float, Array] = 4.5,
+  temperature_decay: Union[float, Array] = 0.0,
   top_k: int = 0,
   top_p: float = 1.0,
   valid: Optional[Array] = None,
@@ -137,6 +140,9 @@ def decode(
     mask_token_id: the [MASK] id (= K, the codebook size).
     temperature: sampling temperature (> 0; may be a traced scalar).
     choice_temperature: scale of the annealed Gumbel noise on the confidences (may be traced).
+    temperature_decay: in [0, 1]; the sampling temperature falls by this fraction of itself
+      over the steps (1: to 0 at the last step, whose samples are then the most likely codes;
+      may be traced).
     top_k: keep only the k most likely codes when sampling (0 = off; static).
     top_p: nucleus sampling mass (1.0 = off; static).
     valid: bool [B, N] or None (all valid). Invalid positions are neither generated nor
@@ -153,7 +159,9 @@ def decode(
   if valid is not None and valid.shape != init_tokens.shape:
     raise ValueError(f"valid must be {init_tokens.shape}, got {valid.shape}")
   ratios = jnp.asarray(mask_schedule(num_steps))  # [S]
-  noise_scale = jnp.asarray(1.0 - np.arange(1, num_steps + 1) / num_steps, jnp.float32)  # [S]
+  progress = jnp.asarray(np.arange(1, num_steps + 1) / num_steps, jnp.float32)  # [S]
+  noise_scale = 1.0 - progress
+  temperatures = temperature * (1.0 - temperature_decay * progress)  # [S]
   batch, num_tokens = init_tokens.shape
 
   generate = ~fixed.astype(bool)
@@ -169,7 +177,10 @@ def decode(
     logits = logits_fn(tokens).astype(jnp.float32)  # [B, N, K]
     if logits.shape[:2] != (batch, num_tokens):
       raise ValueError(f"logits_fn returned {logits.shape}, expected [{batch}, {num_tokens}, K]")
-    sampled = categorical(rng_sample, filter_logits(logits / temperature, top_k, top_p))  # [B, N]
+    # A temperature of 0 (the last step of a full decay) is held at 1e-6: softmax(logits / t)
+    # is then one-hot on the most likely code, which the top-k and top-p filters always keep.
+    scaled = logits / jnp.maximum(temperatures[i], 1e-6)
+    sampled = categorical(rng_sample, filter_logits(scaled, top_k, top_p))  # [B, N]
     sampled = jnp.where(masked, sampled.astype(jnp.int32), tokens)
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     confidence = jnp.take_along_axis(log_probs, sampled[..., None], axis=-1)[..., 0]  # [B, N]

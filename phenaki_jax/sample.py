@@ -52,6 +52,9 @@ def default_config(**overrides) -> ml_collections.ConfigDict:
     steps                parallel decoding steps (the paper's videos: 48)
     cfg_scale            classifier-free guidance scale (1 = the conditional model alone)
     temperature          temperature of the sampled codes
+    temperature_decay    the temperature falls linearly over the steps by this fraction of
+                         itself (0: constant; 1: to 0 at the last step, whose tokens are then
+                         the most likely codes, as MaskGIT samplers that anneal do)
     choice_temperature   the confidence noise that picks which sampled tokens each step keeps
     top_k, top_p         sample each token from its k most likely codes / its nucleus
                          (0 and 1 = all codes)
@@ -85,6 +88,7 @@ def default_config(**overrides) -> ml_collections.ConfigDict:
       steps=12,
       cfg_scale=3.0,
       temperature=1.0,
+      temperature_decay=0.0,
       choice_temperature=4.5,
       top_k=0,
       top_p=1.0,
@@ -353,6 +357,12 @@ class Sampler:
       raise ValueError(
         f"temperature must be > 0 (small values sample nearly greedily), got {out['temperature']}"
       )
+    out["temperature_decay"] = _real(opts["temperature_decay"], "temperature_decay")
+    if not 0.0 <= out["temperature_decay"] <= 1.0:
+      raise ValueError(
+        f"temperature_decay must be in [0, 1] (0: constant, 1: to 0 at the last step), "
+        f"got {out['temperature_decay']}"
+      )
     out["choice_temperature"] = _real(opts["choice_temperature"], "choice_temperature")
     if out["choice_temperature"] < 0:
       raise ValueError(f"choice_temperature must be ≥ 0, got {out['choice_temperature']}")
@@ -423,6 +433,7 @@ class Sampler:
         rng,
         cfg_scale,
         temperature,
+        temperature_decay,
         choice_temperature,
         cfg_support,
         allowed,
@@ -441,6 +452,7 @@ class Sampler:
           num_steps=steps,
           mask_token_id=model.mask_token_id,
           temperature=temperature,
+          temperature_decay=temperature_decay,
           choice_temperature=choice_temperature,
           top_k=top_k,
           top_p=top_p,
@@ -530,6 +542,7 @@ class Sampler:
       rng,
       jnp.float32(opts["cfg_scale"]),
       jnp.float32(opts["temperature"]),
+      jnp.float32(opts["temperature_decay"]),
       jnp.float32(opts["choice_temperature"]),
       jnp.float32(opts["cfg_support"]),
       jnp.asarray(self._allowed(np.shape(init_codes)[1], bool(opts["restrict_codes"]))),
@@ -848,6 +861,17 @@ def define_flags(required: bool = True) -> None:
     "most likely.",
   )
   flags.DEFINE_float("temperature", None, "Sampling temperature.")
+  flags.DEFINE_float(
+    "temperature_decay",
+    None,
+    "The sampling temperature falls linearly by this fraction of itself over the steps "
+    "(1: to 0 at the last step).",
+  )
+  flags.DEFINE_float(
+    "choice_temperature",
+    None,
+    "Scale of the annealed noise on the confidences that choose which tokens each step keeps.",
+  )
   flags.DEFINE_integer("top_k", None, "Sample each token from its k most likely codes (0 = all).")
   flags.DEFINE_float(
     "cfg_support",
@@ -878,6 +902,8 @@ def options_from_flags(f) -> dict:
     "steps",
     "cfg_scale",
     "temperature",
+    "temperature_decay",
+    "choice_temperature",
     "top_k",
     "cfg_support",
     "restrict_codes",

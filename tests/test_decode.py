@@ -125,6 +125,48 @@ def test_decode_follows_the_logits_and_commits_a_token_per_step():
   assert counts[-1] == 0 and (np.diff(np.concatenate([[5], counts]))[counts > 0] < 0).all()
 
 
+def test_temperature_decay():
+  """The sampling temperature of step i is temperature · (1 − decay · (i+1)/S): one step with
+  decay 0 samples at the given temperature, decay 0.5 at half of it, decay 1 at 0 (the most
+  likely code, every time); frequencies within 5 standard errors."""
+  probs = np.zeros(K)
+  probs[[3, 7]] = [0.6, 0.4]
+  logits_fn = lambda tokens: jnp.broadcast_to(
+    jnp.log(jnp.asarray(probs, jnp.float32)), tokens.shape + (K,)
+  )
+  init = jnp.zeros((BATCH, N), jnp.int32)
+  fixed = jnp.zeros((BATCH, N), bool)
+
+  def share_of_3(decay, temperature=1.0, seeds=64):
+    run = jax.jit(
+      jax.vmap(
+        lambda key: decode.decode(
+          logits_fn,
+          init,
+          fixed,
+          key,
+          num_steps=1,
+          mask_token_id=K,
+          temperature=temperature,
+          temperature_decay=decay,
+        )
+      )
+    )
+    out = np.asarray(run(jax.random.split(jax.random.PRNGKey(0), seeds)))
+    assert set(np.unique(out)) <= {3, 7}
+    return (out == 3).mean(), out.size
+
+  for decay, temperature, expected in [
+    (0.0, 1.0, 0.6),
+    (0.5, 1.0, 0.36 / 0.52),
+    (0.0, 0.5, 0.36 / 0.52),
+  ]:
+    share, n = share_of_3(decay, temperature)
+    assert abs(share - expected) < 5 * np.sqrt(expected * (1 - expected) / n), (decay, share)
+  assert share_of_3(1.0)[0] == 1.0
+  assert share_of_3(1.0, temperature=5.0)[0] == 1.0
+
+
 def test_pseudo_log_likelihood(tiny):
   """Every scored token is read once, with its own chunk masked and the rest given: with one
   chunk per scored token it is the leave-one-out log-probability; unscored positions are never

@@ -164,6 +164,15 @@ BAD_OPTIONS = st.one_of(
     st.one_of(st.floats(max_value=0.0), st.sampled_from([NAN, INF]), NOT_A_NUMBER),
   ),
   st.tuples(
+    st.just("temperature_decay"),
+    st.one_of(
+      st.floats(max_value=-1e-9),
+      st.floats(min_value=1.0, exclude_min=True),
+      st.sampled_from([NAN, INF]),
+      NOT_A_NUMBER,
+    ),
+  ),
+  st.tuples(
     st.just("top_k"),
     st.one_of(st.integers(max_value=-1), st.integers(min_value=K + 1), st.floats()),
   ),

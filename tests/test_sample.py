@@ -62,7 +62,7 @@ def test_same_seed_same_video_and_no_recompile(tiny_sampler):
   compiled = lambda: sum(f._cache_size() for f in tiny_sampler._fns.values())
   before = compiled()
   tiny_sampler.generate(
-    P2, seed=7, cfg_scale=2.0, temperature=0.5, cfg_support=0.05
+    P2, seed=7, cfg_scale=2.0, temperature=0.5, temperature_decay=1.0, cfg_support=0.05
   )  # traced options
   assert compiled() == before
 
