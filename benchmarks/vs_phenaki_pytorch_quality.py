@@ -3,6 +3,8 @@ same wall-clock minutes on the same CPU, both judged by our Shapes evaluator.
 
   python benchmarks/vs_phenaki_pytorch_quality.py                     # make demo's minutes
   python benchmarks/vs_phenaki_pytorch_quality.py --quick --ours_only # smoke, no torch
+  python benchmarks/vs_phenaki_pytorch_quality.py --reuse --ours_only --split=val
+                                      # our models of an earlier run, sampled again
 
 The flags --venv, --threads, --ours_only and --quick are the speed race's (imported from it);
 here --quick trains each stage for 0.25 minutes and samples 4 prompts per set with one seed.
@@ -16,12 +18,16 @@ on the 2-core CPU, BENCHMARKS.md), run one side after the other so that neither 
 the other for the CPU; each side's steps are reported. Both read the same clips: our procedural
 Shapes (split 'train', which leaves out the held-out triples), from the same data seed.
 
-Then both sample the test split's seen and held-out prompts (`evaluate.prompt_sets`) with 12
-decoding steps and guidance 3 (ours: one candidate, no top-k; theirs: its own sampler), ours
-once more with the tiny configs' sampling defaults (chosen on the validation split), and our
-evaluator scores every clip: colour, shape, direction, their conjunction, and the fidelity
-measures (template IoU, stray components, area change). The reference runs as in
-benchmarks/vs_phenaki_pytorch.py (its venv, its worker process).
+Then both sample the seen and held-out prompts of the test split (`--split`;
+`evaluate.prompt_sets`) with 12 decoding steps and one sample per prompt: theirs with its own
+sampler (guidance 3, temperature 0.9 falling to 0), ours three ways: as mirrored (guidance 3,
+temperature 1, no top-k), at that compute with the options chosen on the validation split of
+these race models (`EQUAL_COMPUTE`), and with the tiny configs' sampling defaults (chosen on the
+validation split for `make demo`'s models; more steps and candidates). Our evaluator scores
+every clip: colour, shape, direction, their conjunction, and the fidelity measures (template
+IoU, stray components, area change). The reference runs as in benchmarks/vs_phenaki_pytorch.py
+(its venv, its worker process). `--reuse` skips training and samples our models already in
+`--workdir` (with `--ours_only`: the reference keeps no trained model).
 """
 
 import json
@@ -44,8 +50,16 @@ _DATA_SEED = flags.DEFINE_integer("data_seed", 0, "The Shapes stream both sides 
 _WORKDIR = flags.DEFINE_string(
   "workdir", os.path.join(race.REPO, "workdirs", "race_quality"), "Our runs and the samples."
 )
+_SPLIT = flags.DEFINE_enum("split", "test", ["val", "test"], "The evaluation's prompts and seeds.")
+_REUSE = flags.DEFINE_boolean(
+  "reuse", False, "Sample our models already in --workdir instead of training (--ours_only)."
+)
 SETS = ("seen", "heldout")
-SAMPLING_SEED = 1_000_003  # the test split's first sampling seed (evaluate.sampling_seeds)
+
+# Ours at the reference's sampling compute (12 steps, one sample per prompt), with the options
+# chosen on the validation split of the SMALL race models of data seed 0 (the most prompts
+# right, then the fewest strays; docs/experiments.md, "Quality at equal minutes").
+EQUAL_COMPUTE = dict(cfg_scale=1.5, top_k=3, temperature_decay=1.0)
 
 
 def our_configs(size: str, minutes: tuple, data_seed: int, workdir: str) -> tuple:
@@ -93,6 +107,13 @@ def caption_embeddings(mg, path: str) -> None:
 DRAW = ("steps", "cfg_scale", "top_k", "candidates", "score_chunks", "restrict_codes")
 
 
+def evaluate_seed(rep: int) -> int:
+  """The sampling seed of repeat `rep` (+ the batch's first prompt on our side)."""
+  from phenaki_jax import evaluate  # pylint: disable=g-import-not-at-top
+
+  return evaluate.SPLIT_SEEDS[_SPLIT.value] + 1000 * rep
+
+
 def sample_ours(sampler, prompts, batch: int, seeds: int, **options):
   """uint8 clips of `prompts` for each of `seeds` sampling seeds, in padded batches."""
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -102,7 +123,7 @@ def sample_ours(sampler, prompts, batch: int, seeds: int, **options):
     for i in range(0, len(prompts), batch):
       chunk = prompts[i : i + batch]
       padded = chunk + chunk[-1:] * (batch - len(chunk))
-      seed = SAMPLING_SEED + 1000 * rep + i
+      seed = evaluate_seed(rep) + i
       clips.append(np.asarray(sampler.generate(padded, seed=seed, **options))[: len(chunk)])
   return np.concatenate(clips)
 
@@ -135,24 +156,37 @@ def main(argv):
   minutes = (0.25, 0.25) if quick else (_STAGE1_MIN.value, _STAGE2_MIN.value)
   seeds = 1 if quick else _SEEDS.value
   workdir = _WORKDIR.value
-  if os.path.exists(os.path.join(workdir, "cvivit")):
-    raise ValueError(f"{workdir} holds an earlier race: remove it or pass another --workdir")
+  trained = os.path.exists(os.path.join(workdir, "cvivit"))
+  if _REUSE.value and not (trained and flags.FLAGS.ours_only):
+    raise ValueError(
+      "--reuse samples our models of an earlier run: it needs --ours_only and a --workdir "
+      f"that holds one ({workdir} does {'' if trained else 'not'})"
+    )
+  if trained and not _REUSE.value:
+    raise ValueError(
+      f"{workdir} holds an earlier race: remove it, pass another --workdir, or sample its "
+      "models again with --reuse --ours_only"
+    )
   os.makedirs(workdir, exist_ok=True)
   size = _SIZE.value
   cv, mg = our_configs(size, minutes, _DATA_SEED.value, workdir)
   spec = shapes_lib.spec_from_config(cv)
-  sets = evaluate.prompt_sets(spec, "test")
+  sets = evaluate.prompt_sets(spec, _SPLIT.value)
   prompts = {k: list(sets[k][:4] if quick else sets[k]) for k in SETS}
   flat = [p for k in SETS for p in prompts[k]]
   report = dict(size=size, minutes=minutes, seeds=seeds, data_seed=_DATA_SEED.value, cpus=cpus)
+  report["split"] = _SPLIT.value
 
   # ---- Ours ----
-  report["ours_training"] = train_ours(cv, mg, workdir)
+  if not _REUSE.value:
+    report["ours_training"] = train_ours(cv, mg, workdir)
   sampler = sample.Sampler.from_workdirs(
     os.path.join(workdir, "cvivit"), os.path.join(workdir, "maskgit")
   )
   batch = cv.data.batch_size
   ours = sample_ours(sampler, flat, batch, seeds)
+  ours_equal = sample_ours(sampler, flat, batch, seeds, **EQUAL_COMPUTE)
+  report["ours_equal_compute_knobs"] = EQUAL_COMPUTE
   # Ours again with the sampling defaults chosen on the validation split for the tiny configs
   # (more steps, top-k, candidates, code support): the same models, drawn as a user would.
   tiny = {k: v for k, v in config_io.from_file("maskgit_b", "tiny").sample.items() if k in DRAW}
@@ -183,14 +217,20 @@ def main(argv):
       with tempfile.TemporaryDirectory(prefix="race_quality_") as tmp:
         for rep in range(seeds):
           out = os.path.join(tmp, f"{rep}.npy")
-          worker.ask(cmd="sample", prompts=flat, seed=SAMPLING_SEED + 1000 * rep, out=out)
+          worker.ask(cmd="sample", prompts=flat, seed=evaluate_seed(rep), out=out)
           clips.append(np.load(out))
       theirs = np.concatenate(clips)
     finally:
       worker.close()
 
   # ---- Judge ----
-  for side, clips in (("ours", ours), ("ours_tiny_sampling", ours_tiny), ("theirs", theirs)):
+  sides = (
+    ("ours", ours),
+    ("ours_equal_compute", ours_equal),
+    ("ours_tiny_sampling", ours_tiny),
+    ("theirs", theirs),
+  )
+  for side, clips in sides:
     if clips is None:
       continue
     per_rep = len(flat)

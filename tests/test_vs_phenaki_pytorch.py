@@ -112,6 +112,10 @@ assert (cv.max_train_seconds, mg.max_train_seconds) == (90.0, 150.0)
 assert min(cv.eval_every, cv.checkpoint_every, mg.eval_every, mg.checkpoint_every) >= 10**7
 assert cv.data.seed == mg.data.seed == 7 and mg.tokenizer.workdir == sys.argv[1] + "/cvivit"
 assert cv.data.image_rate == mg.data.image_rate == 0.0 and mg.data.video_rate == 1.0
+# The equal-compute row keeps the reference's steps and one sample per prompt.
+assert set(q.EQUAL_COMPUTE) <= set(mg.sample) and mg.sample.steps == 12, q.EQUAL_COMPUTE
+assert "steps" not in q.EQUAL_COMPUTE and "candidates" not in q.EQUAL_COMPUTE
+assert mg.sample.candidates == 1
 spec = shapes.spec_from_config(cv)
 sets = evaluate.prompt_sets(spec, "test")
 prompts = sorted(set(sets["heldout"])) * 2  # its 3 triples, twice
