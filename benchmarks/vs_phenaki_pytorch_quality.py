@@ -25,7 +25,9 @@ temperature 1, no top-k), at that compute with the options chosen on the validat
 these race models (`EQUAL_COMPUTE`), and with the tiny configs' sampling defaults (chosen on the
 validation split for `make demo`'s models; more steps and candidates). Our evaluator scores
 every clip: colour, shape, direction, their conjunction, and the fidelity measures (template
-IoU, stray components, area change). The reference runs as in benchmarks/vs_phenaki_pytorch.py
+IoU, stray components, area change). Both C-ViViTs also encode and decode ground-truth clips of
+the same prompts (`round_trip`): what each tokenizer alone keeps of the shapes, the ceiling of
+its samples. The reference runs as in benchmarks/vs_phenaki_pytorch.py
 (its venv, its worker process). `--reuse` skips training and samples our models already in
 `--workdir` (with `--ours_only`: the reference keeps no trained model).
 """
@@ -184,6 +186,18 @@ def main(argv):
     os.path.join(workdir, "cvivit"), os.path.join(workdir, "maskgit")
   )
   batch = cv.data.batch_size
+  # Ground-truth clips of the same prompts (the evaluation's data seed), through each C-ViViT.
+  data_split = {"seen": "eval", "heldout": "heldout"}
+  real = np.stack(
+    [
+      v
+      for k in SETS
+      for v in evaluate.real_clips(
+        spec, prompts[k], data_split[k], evaluate.SPLIT_SEEDS[_SPLIT.value]
+      )
+    ]
+  )
+  round_trips = {"real": real, "ours": _common.round_trip(sampler.tokenizer, real)}
   ours = sample_ours(sampler, flat, batch, seeds)
   ours_equal = sample_ours(sampler, flat, batch, seeds, **EQUAL_COMPUTE)
   report["ours_equal_compute_knobs"] = EQUAL_COMPUTE
@@ -215,6 +229,10 @@ def main(argv):
       }
       clips = []
       with tempfile.TemporaryDirectory(prefix="race_quality_") as tmp:
+        src, out = os.path.join(tmp, "real.npy"), os.path.join(tmp, "round_trip.npy")
+        np.save(src, real)
+        worker.ask(cmd="reconstruct", path=src, out=out)
+        round_trips["theirs"] = np.load(out)
         for rep in range(seeds):
           out = os.path.join(tmp, f"{rep}.npy")
           worker.ask(cmd="sample", prompts=flat, seed=evaluate_seed(rep), out=out)
@@ -242,6 +260,13 @@ def main(argv):
         [clips[r * per_rep + start : r * per_rep + start + n] for r in range(seeds)]
       )
       report[side][k] = score(chosen, prompts[k] * seeds)
+      start += n
+  report["round_trip"] = {}
+  for side, clips in round_trips.items():
+    start, report["round_trip"][side] = 0, {}
+    for k in SETS:
+      n = len(prompts[k])
+      report["round_trip"][side][k] = score(clips[start : start + n], prompts[k])
       start += n
   report["machine"] = _common.machine()
   print(json.dumps(report, indent=2))
