@@ -476,3 +476,20 @@ def test_cli_story_writes_videos(tiny_cvivit_dir, tiny_maskgit_dir, tmp_path):
     str(tmp_path / "e"),
   )
   assert proc.returncode != 0 and "ema_decay" in proc.stderr, proc.stderr[-3000:]
+  # A sampling option out of range fails naming it (here one the CLI passes through).
+  proc = conftest.run_module(
+    "phenaki_jax.sample",
+    "--tokenizer_dir",
+    tiny_cvivit_dir,
+    "--maskgit_dir",
+    tiny_maskgit_dir,
+    "--prompt",
+    P1,
+    "--temperature_decay",
+    "1.5",
+    "--out",
+    str(tmp_path / "t"),
+  )
+  assert proc.returncode != 0 and "temperature_decay must be in [0, 1]" in proc.stderr, proc.stderr[
+    -3000:
+  ]
