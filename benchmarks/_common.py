@@ -31,7 +31,7 @@ def windows(path: str, clip, stride: int) -> np.ndarray:
 
 def round_trip(tok, clips: np.ndarray) -> np.ndarray:
   """uint8 reconstructions of uint8 `clips` [N, F, H, W, 3] by a `Tokenizer`, one clip a call."""
-  return np.concatenate([np.asarray(tok.decode(tok.encode(c[None]))) for c in clips])
+  return np.concatenate([np.asarray(tok.reconstruct(c[None])) for c in clips])
 
 
 def psnr_ssim(clips: np.ndarray, out: np.ndarray) -> tuple:

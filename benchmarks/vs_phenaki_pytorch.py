@@ -355,7 +355,7 @@ class Ours:
       )
       return float(video.mean())
     if op == "encode_decode":
-      video = np.asarray(self.tok.decode(self.tok.encode(self.video_np)))
+      video = np.asarray(self.tok.reconstruct(self.video_np))
       return float(video.mean())
     raise ValueError(f"unknown op {op!r}")
 

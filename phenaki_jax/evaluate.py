@@ -488,7 +488,7 @@ def run_metric(command: str, f) -> dict:
     videos, _ = _set(f, f.videos or "shapes:eval", frames, resolution)
     tok = Tokenizer.from_workdir(f.tokenizer_dir)
     recon = np.concatenate(
-      [np.asarray(tok.decode(tok.encode(videos[i : i + 8]))) for i in range(0, len(videos), 8)]
+      [np.asarray(tok.reconstruct(videos[i : i + 8])) for i in range(0, len(videos), 8)]
     )
     return metrics.reconstruction(videos, recon, _lpips_params(f))
   if command == "clip":
