@@ -417,25 +417,23 @@ def test_argument_errors(tiny_sampler):
 
 
 def test_cli_story_writes_videos(tiny_cvivit_dir, tiny_maskgit_dir, tmp_path):
+  def sample_cli(out, *args):
+    return conftest.run_module(
+      "phenaki_jax.sample",
+      "--tokenizer_dir",
+      tiny_cvivit_dir,
+      "--maskgit_dir",
+      tiny_maskgit_dir,
+      *args,
+      "--out",
+      str(out),
+    )
+
   out = tmp_path / "story"
-  proc = conftest.run_module(
-    "phenaki_jax.sample",
-    "--tokenizer_dir",
-    tiny_cvivit_dir,
-    "--maskgit_dir",
-    tiny_maskgit_dir,
-    "--prompt",
-    P1,
-    "--prompt",
-    P2,
-    "--frames_per_prompt",
-    "5",
-    "--context_frames",
-    "3",
-    "--out",
-    str(out),
+  proc = sample_cli(
+    out, "--prompt", P1, "--prompt", P2, "--frames_per_prompt", "5", "--context_frames", "3",
     "--save_npy",
-  )
+  )  # fmt: skip
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "segment 1/2" in proc.stdout and "segment 2/2" in proc.stdout
   summary = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -449,50 +447,15 @@ def test_cli_story_writes_videos(tiny_cvivit_dir, tiny_maskgit_dir, tmp_path):
   assert video_io.read_video(str(out / "video.gif")).shape[0] == 10
   assert video_io.read_video(str(out / "video.mp4")).shape[0] == 10
   # --text_cache_only loads no text encoder: a prompt never encoded fails, naming the remedy.
-  proc = conftest.run_module(
-    "phenaki_jax.sample",
-    "--tokenizer_dir",
-    tiny_cvivit_dir,
-    "--maskgit_dir",
-    tiny_maskgit_dir,
-    "--prompt",
-    "a violet hexagon spins",
-    "--text_cache_only",
-    "--out",
-    str(tmp_path / "none"),
-  )
+  proc = sample_cli(tmp_path / "none", "--prompt", "a violet hexagon spins", "--text_cache_only")
   assert proc.returncode != 0 and "encode_text" in proc.stderr, proc.stderr[-3000:]
   # --ema asks for a moving average this run does not keep (its config.ema_decay is 0).
-  proc = conftest.run_module(
-    "phenaki_jax.sample",
-    "--tokenizer_dir",
-    tiny_cvivit_dir,
-    "--maskgit_dir",
-    tiny_maskgit_dir,
-    "--prompt",
-    P1,
-    "--ema",
-    "--out",
-    str(tmp_path / "e"),
-  )
+  proc = sample_cli(tmp_path / "e", "--prompt", P1, "--ema")
   assert proc.returncode != 0 and "ema_decay" in proc.stderr, proc.stderr[-3000:]
   # A sampling option out of range fails naming it (here one the CLI passes through).
-  proc = conftest.run_module(
-    "phenaki_jax.sample",
-    "--tokenizer_dir",
-    tiny_cvivit_dir,
-    "--maskgit_dir",
-    tiny_maskgit_dir,
-    "--prompt",
-    P1,
-    "--temperature_decay",
-    "1.5",
-    "--out",
-    str(tmp_path / "t"),
-  )
-  assert proc.returncode != 0 and "temperature_decay must be in [0, 1]" in proc.stderr, proc.stderr[
-    -3000:
-  ]
+  proc = sample_cli(tmp_path / "t", "--prompt", P1, "--temperature_decay", "1.5")
+  assert "temperature_decay must be in [0, 1]" in proc.stderr, proc.stderr[-3000:]
+  assert proc.returncode != 0
 
 
 def test_tokenizer_reconstruct_is_encode_then_decode(tiny_sampler):
