@@ -187,14 +187,12 @@ def main(argv):
   )
   batch = cv.data.batch_size
   # Ground-truth clips of the same prompts (the evaluation's data seed), through each C-ViViT.
-  data_split = {"seen": "eval", "heldout": "heldout"}
+  data_seed = evaluate.SPLIT_SEEDS[_SPLIT.value]
   real = np.stack(
     [
       v
       for k in SETS
-      for v in evaluate.real_clips(
-        spec, prompts[k], data_split[k], evaluate.SPLIT_SEEDS[_SPLIT.value]
-      )
+      for v in evaluate.real_clips(spec, prompts[k], evaluate.DATA_SPLITS[k], data_seed)
     ]
   )
   round_trips = {"real": real, "ours": _common.round_trip(sampler.tokenizer, real)}
@@ -248,26 +246,21 @@ def main(argv):
     ("ours_tiny_sampling", ours_tiny),
     ("theirs", theirs),
   )
+
+  def by_set(clips, reps: int) -> dict:
+    """Scores per prompt set of `clips`: `reps` repeats of `flat`, pooled per set."""
+    out, start = {}, 0
+    for k in SETS:
+      n = len(prompts[k])
+      chosen = [clips[r * len(flat) + start : r * len(flat) + start + n] for r in range(reps)]
+      out[k] = score(np.concatenate(chosen), prompts[k] * reps)
+      start += n
+    return out
+
   for side, clips in sides:
-    if clips is None:
-      continue
-    per_rep = len(flat)
-    report[side] = {}
-    start = 0
-    for k in SETS:
-      n = len(prompts[k])
-      chosen = np.concatenate(
-        [clips[r * per_rep + start : r * per_rep + start + n] for r in range(seeds)]
-      )
-      report[side][k] = score(chosen, prompts[k] * seeds)
-      start += n
-  report["round_trip"] = {}
-  for side, clips in round_trips.items():
-    start, report["round_trip"][side] = 0, {}
-    for k in SETS:
-      n = len(prompts[k])
-      report["round_trip"][side][k] = score(clips[start : start + n], prompts[k])
-      start += n
+    if clips is not None:
+      report[side] = by_set(clips, seeds)
+  report["round_trip"] = {side: by_set(clips, 1) for side, clips in round_trips.items()}
   report["machine"] = _common.machine()
   print(json.dumps(report, indent=2))
 

@@ -118,6 +118,8 @@ SEED_STRIDE = 10_007
 STORY_SEED_OFFSET = 1_000
 MAX_SEEDS = 99  # the val seeds stay below the test seeds
 PROMPT_SETS = ("seen", "heldout", "image_only")
+# The Shapes data split that renders the ground-truth clips of each prompt set (`real_clips`).
+DATA_SPLITS = {"seen": "eval", "heldout": "heldout", "image_only": "image_only"}
 MIN_CLIPS = 24  # clips per held-out / image-only set and seed, by default
 HELDOUT_STORIES = 4  # stories per held-out story set and seed, by default
 LONG_STORY_SEGMENTS = 20
@@ -287,10 +289,9 @@ def real_clip_sets(spec: shapes_lib.ShapesSpec, prompts: dict, stories: dict, se
   """Fidelity of ground-truth clips of every prompt set ({name: captions}; `real_clips`) and of
   every story set ({name: (stories, frames per segment, ...)}; `shapes.story_example`), drawn
   with data seed `seed`."""
-  data_split = {"seen": "eval", "heldout": "heldout", "image_only": "image_only"}
   results = {}
   for name, captions in prompts.items():
-    videos = real_clips(spec, captions, data_split[name], seed)
+    videos = real_clips(spec, captions, DATA_SPLITS[name], seed)
     results[name] = shapes_eval.aggregate(
       [shapes_eval.score(v, p) for v, p in zip(videos, captions)]
     )

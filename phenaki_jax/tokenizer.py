@@ -101,21 +101,19 @@ class Tokenizer:
     self.params = params
     self.clip_frames = model.max_frames if clip_frames is None else int(clip_frames)
     self._fitted = set()  # frame sizes fitted so far (each logged once)
-    self._encode = jax.jit(
-      lambda p, v: model.apply({"params": p}, cvivit.to_model_range(v), method=cvivit.CViViT.encode)
-    )
-    self._decode = jax.jit(
-      lambda p, c: cvivit.to_uint8(model.apply({"params": p}, c, method=cvivit.CViViT.decode))
-    )
+
+    def encode(p, v):
+      return model.apply({"params": p}, cvivit.to_model_range(v), method=cvivit.CViViT.encode)
+
+    def decode(p, c):
+      return cvivit.to_uint8(model.apply({"params": p}, c, method=cvivit.CViViT.decode))
+
+    self._encode = jax.jit(encode)
+    self._decode = jax.jit(decode)
+    self._reconstruct = jax.jit(lambda p, v: decode(p, encode(p, v)))
     self._decode_float = jax.jit(
       lambda p, c: model.apply({"params": p}, c, method=cvivit.CViViT.decode)
     )
-
-    def reconstruct(p, v):
-      codes = model.apply({"params": p}, cvivit.to_model_range(v), method=cvivit.CViViT.encode)
-      return cvivit.to_uint8(model.apply({"params": p}, codes, method=cvivit.CViViT.decode))
-
-    self._reconstruct = jax.jit(reconstruct)
 
   @classmethod
   def from_workdir(
@@ -203,15 +201,20 @@ class Tokenizer:
   def encode(self, video, fit: bool = True) -> jax.Array:
     """uint8 [B, 1+T, H, W, 3] → codes int32 [B, 1 + T/t_p, H/p, W/p]. With `fit`, frames of
     another size are first fitted to the model's (`fit`); without, they are an error."""
+    return self._encode(self.params, self._model_video(video, fit, "Tokenizer.encode's video"))
+
+  def _model_video(self, video, fit: bool, what: str):
+    """`video` checked as uint8 [B, 1+T, H, W, 3], fitted to the model's size with `fit`, and
+    of a shape the model takes; a uint8 device array of that size passes through untouched."""
     if isinstance(video, jax.Array) and video.dtype == jnp.uint8 and video.ndim == 5:
       if fit and video.shape[2:4] != (self.image_size, self.image_size):
         video = self.fit(video)
     else:
-      video = check_frames(video, "Tokenizer.encode's video", ranks=(5,))
+      video = check_frames(video, what, ranks=(5,))
       if fit:
         video = self.fit(video)
     self.model.check_video_shape(video.shape)
-    return self._encode(self.params, video)
+    return video
 
   def _check_codes(self, codes) -> jax.Array:
     """`codes` as int32 [B, t, h, w] with every code in [0, K): a code out of range would
@@ -247,10 +250,7 @@ class Tokenizer:
     """uint8 [B, 1+T, H, W, 3] → its uint8 reconstruction (encode then decode, one compiled
     program: no codes leave the device; ~12% faster than the two calls on a small CPU model).
     `fit` as in `encode`."""
-    video = check_frames(video, "Tokenizer.reconstruct's video", ranks=(5,))
-    if fit:
-      video = self.fit(video)
-    self.model.check_video_shape(video.shape)
+    video = self._model_video(video, fit, "Tokenizer.reconstruct's video")
     return self._reconstruct(self.params, video)
 
   def decode(self, codes) -> jax.Array:
