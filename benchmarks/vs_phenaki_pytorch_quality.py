@@ -10,9 +10,12 @@ The flags --venv, --threads, --ours_only and --quick are the speed race's (impor
 here --quick trains each stage for 0.25 minutes and samples 4 prompts per set with one seed.
 
 Both sides train the configs/race.py shapes (the same widths, depths, heads, codebook, batch,
-AdamW at a constant 3e-4, clip 0.5) on videos alone (the reference has no image path): stage 1
-the C-ViViT with L2 + VQ, stage 2 the MaskGIT over its frozen codes with MiniLM text (8 tokens;
-the reference gets our MiniLM embeddings of the same captions), 25% of captions dropped. Each
+weight decay, clip 0.5) on videos alone (the reference has no image path): stage 1 the C-ViViT
+with L2 + VQ, stage 2 the MaskGIT over its frozen codes with MiniLM text (8 tokens; the
+reference gets our MiniLM embeddings of the same captions), 25% of captions dropped. The
+reference trains as its trainer does (whole-frame encoder, AdamW at a constant 3e-4); ours with
+`--recipe=ours` (the default) as the tiny configs train (`OUR_RECIPE`: patch-local codes, Muon
+with a warm-up and a cosine), with `--recipe=mirrored` exactly as the reference. Each
 stage has the same wall clock on both sides (default: the minutes `make demo`'s two stages take
 on the 2-core CPU, BENCHMARKS.md), run one side after the other so that neither competes with
 the other for the CPU; each side's steps are reported. Both read the same clips: our procedural

@@ -112,6 +112,26 @@ assert (cv.max_train_seconds, mg.max_train_seconds) == (90.0, 150.0)
 assert min(cv.eval_every, cv.checkpoint_every, mg.eval_every, mg.checkpoint_every) >= 10**7
 assert cv.data.seed == mg.data.seed == 7 and mg.tokenizer.workdir == sys.argv[1] + "/cvivit"
 assert cv.data.image_rate == mg.data.image_rate == 0.0 and mg.data.video_rate == 1.0
+# The mirrored recipe: whole-frame encoder, flat AdamW; ours: patch-local codes, Muon + cosine,
+# at the same shapes, losses, data and minutes.
+assert cv.model.encoder_spatial_radius == -1 and cv.optim.name == mg.optim.name == "adamw"
+assert cv.optim.end_lr_fraction == mg.optim.end_lr_fraction == 1.0
+cv2, mg2 = q.our_configs("small", (1.5, 2.5), 7, sys.argv[1], "ours")
+cv_trainer.validate_config(cv2)
+assert cv2.model.encoder_spatial_radius == 0 and cv2.optim.name == mg2.optim.name == "muon"
+assert mg2.optim.muon_per_head and cv2.optim.decay_steps < cv2.total_steps
+for a, b in ((cv, cv2), (mg, mg2)):
+  assert a.optim.clip_norm == b.optim.clip_norm and a.optim.weight_decay == b.optim.weight_decay
+  rest = [c.to_dict() for c in (a, b)]
+  for r in rest:  # all else is equal: shapes, losses, data, minutes
+    del r["optim"]
+    r["model"].pop("encoder_spatial_radius", None)
+  assert rest[0] == rest[1]
+try:
+  q.our_configs("small", (1.5, 2.5), 7, sys.argv[1], "tuned")
+  raise AssertionError("an unknown recipe was accepted")
+except ValueError as e:
+  assert "recipe" in str(e), e
 # The equal-compute row keeps the reference's steps and one sample per prompt.
 assert set(q.EQUAL_COMPUTE) <= set(mg.sample) and mg.sample.steps == 12, q.EQUAL_COMPUTE
 assert "steps" not in q.EQUAL_COMPUTE and "candidates" not in q.EQUAL_COMPUTE
@@ -130,7 +150,8 @@ print("OK")
 
 def test_quality_race_configs_and_judge(tmp_path):
   """The quality race's side of ours: reconstruction losses, the wall clock per stage, the
-  shared data seed, videos only; its judge scores true clips right and mislabelled ones wrong.
+  shared data seed, videos only, both recipes at the same shapes; its judge scores true clips
+  right and mislabelled ones wrong.
   (Run in a subprocess: the race modules define absl flags at import.)"""
   proc = subprocess.run(
     [sys.executable, "-c", QUALITY_CHECK, str(tmp_path)],
