@@ -108,17 +108,13 @@ def apply_recipe(cv, mg, recipe: str) -> None:
     )
 
 
-def our_configs(
-  size: str, minutes: tuple, data_seed: int, workdir: str, recipe: str = "mirrored"
-) -> tuple:
+def our_configs(size: str, minutes: tuple, data_seed: int, workdir: str, recipe: str) -> tuple:
   from phenaki_jax import config_io  # pylint: disable=g-import-not-at-top
 
   cv = config_io.from_file("race", size).unlock()
   cv.losses.image_perceptual = cv.losses.adversarial = 0.0  # L2 + VQ, as the reference here
   mg = config_io.from_file("race", f"{size}.maskgit").unlock()
-  for c in (cv, mg):
-    c.optim.decay_steps = 10**7  # the mirrored schedule is flat
-  apply_recipe(cv, mg, recipe)
+  apply_recipe(cv, mg, recipe)  # configs/race.py's schedule is flat (end_lr_fraction 1)
   for c, m in ((cv, minutes[0]), (mg, minutes[1])):
     c.total_steps = 10**7  # the wall clock stops it
     c.max_train_seconds = 60 * m

@@ -105,7 +105,7 @@ from phenaki_jax import evaluate
 from phenaki_jax.data import shapes
 from phenaki_jax.trainers import cvivit as cv_trainer
 
-cv, mg = q.our_configs("small", (1.5, 2.5), 7, sys.argv[1])
+cv, mg = q.our_configs("small", (1.5, 2.5), 7, sys.argv[1], "mirrored")
 cv_trainer.validate_config(cv)  # (the MaskGIT's needs the trained C-ViViT's workdir)
 assert cv.losses.image_perceptual == cv.losses.adversarial == 0.0, cv.losses
 assert (cv.max_train_seconds, mg.max_train_seconds) == (90.0, 150.0)
