@@ -1,0 +1,75 @@
+"""benchmarks/decoder_polish.py: the decoder trains, the codes do not move, the result loads."""
+
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import REPO
+from phenaki_jax import config_io
+from phenaki_jax import tokenizer as tokenizer_lib
+from phenaki_jax.data import shapes
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import decoder_polish  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def test_translate_moves_content_by_the_shift():
+  rng = np.random.default_rng(0)
+  video = jnp.asarray(rng.uniform(size=(2, 3, 16, 16, 3)), jnp.float32)
+  out = np.asarray(decoder_polish.translate(video, jnp.array([[1.0, 0.0], [0.0, -2.0]])))
+  # Whole pixels: a plain shift (right by 1; up by 2), away from the borders.
+  np.testing.assert_allclose(out[0, :, :, 2:-2], np.asarray(video)[0, :, :, 1:-3], atol=1e-5)
+  np.testing.assert_allclose(out[1, :, 2:-4], np.asarray(video)[1, :, 4:-2], atol=1e-5)
+  # Half a pixel: the mean of the two neighbours.
+  half = np.asarray(decoder_polish.translate(video, jnp.array([[0.5, 0.0], [0.0, 0.0]])))
+  v = np.asarray(video)
+  np.testing.assert_allclose(
+    half[0, :, :, 3:-3], 0.5 * (v[0, :, :, 3:-3] + v[0, :, :, 2:-4]), atol=1e-5
+  )
+
+
+def test_polish_trains_the_decoder_and_keeps_the_codes(tiny_cvivit_dir, tmp_path):
+  out_dir = str(tmp_path / "polished")
+  lines = []
+  report = decoder_polish.polish(
+    tiny_cvivit_dir, out_dir, steps=6, batch=2, refine_channels=4, log=lines.append
+  )
+  assert lines and report["steps"] == 6
+  for key in ("round_trip", "mixed_30"):
+    assert np.isfinite(report["held_out_psnr_before"][key])
+    assert np.isfinite(report["held_out_psnr_after"][key])
+
+  source = tokenizer_lib.Tokenizer.from_workdir(tiny_cvivit_dir)
+  polished = tokenizer_lib.Tokenizer.from_workdir(out_dir)
+  assert config_io.from_workdir(out_dir).model.refine_channels == 4
+  for name, value in source.params.items():
+    same = jax.tree.all(
+      jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), value, polished.params[name])
+    )
+    assert same == (name not in decoder_polish.DECODER_PARAMS), name
+  assert "refine_in" in polished.params and "refine_out" in polished.params
+
+  spec = shapes.spec_from_config(config_io.from_workdir(tiny_cvivit_dir))
+  clip = np.stack([shapes.video_example(spec, 5, i, split="eval")["video"] for i in range(2)])
+  np.testing.assert_array_equal(np.asarray(source.encode(clip)), np.asarray(polished.encode(clip)))
+  assert not np.array_equal(
+    np.asarray(source.reconstruct(clip)), np.asarray(polished.reconstruct(clip))
+  )
+
+
+def test_polish_refuses_to_overwrite(tiny_cvivit_dir, tmp_path):
+  with pytest.raises(ValueError, match="new directory"):
+    decoder_polish.polish(tiny_cvivit_dir, tiny_cvivit_dir, steps=1)
+  busy = tmp_path / "busy"
+  busy.mkdir()
+  (busy / "x").write_text("keep me")
+  with pytest.raises(FileExistsError, match="not empty"):
+    decoder_polish.polish(tiny_cvivit_dir, str(busy), steps=1)
+  assert (busy / "x").read_text() == "keep me"
+  with pytest.raises(ValueError, match="mix_max"):
+    decoder_polish.polish(tiny_cvivit_dir, str(tmp_path / "new"), steps=1, mix_max=1.5)
+  assert not os.path.exists(tmp_path / "new")
