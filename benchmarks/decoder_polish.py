@@ -32,18 +32,6 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 import _common  # pylint: disable=g-import-not-at-top
 
-_TOKENIZER_DIR = flags.DEFINE_string("tokenizer_dir", None, "The trained C-ViViT's workdir.")
-_OUT_DIR = flags.DEFINE_string("out_dir", None, "Where the polished C-ViViT is written (new).")
-_STEPS = flags.DEFINE_integer("steps", 1000, "Decoder training steps.", lower_bound=1)
-_BATCH = flags.DEFINE_integer("batch", 8, "Clips per step.", lower_bound=1)
-_LR = flags.DEFINE_float("lr", 1e-3, "Peak learning rate (AdamW).")
-_REFINE = flags.DEFINE_integer(
-  "refine_channels", 32, "Channels of the refinement convolution (0: none).", lower_bound=0
-)
-_MIX_MAX = flags.DEFINE_float("mix_max", 0.5, "Largest share of tokens taken from the shift.")
-_SHIFT_PX = flags.DEFINE_float("shift_px", 1.5, "Largest translation on each axis, pixels.")
-_CLEAN = flags.DEFINE_float("clean_fraction", 0.25, "Share of clips decoded from true codes.")
-_SEED = flags.DEFINE_integer("seed", 123, "Data stream and mixing seed.")
 
 # The parameters `CViViT.decode` reads; everything else (the encoder, the codebook) stays frozen.
 DECODER_PARAMS = (
@@ -224,24 +212,40 @@ def polish(
   )
 
 
-def main(argv):
+def _define_flags() -> dict:
+  """The command's flags (defined only when run as a script: importing the module, as the tests
+  do, must not add flags that clash with other modules')."""
+  return dict(
+    tokenizer_dir=flags.DEFINE_string("tokenizer_dir", None, "The trained C-ViViT's workdir."),
+    out_dir=flags.DEFINE_string("out_dir", None, "Where the polished C-ViViT is written (new)."),
+    steps=flags.DEFINE_integer("steps", 1000, "Decoder training steps.", lower_bound=1),
+    batch=flags.DEFINE_integer("batch", 8, "Clips per step.", lower_bound=1),
+    lr=flags.DEFINE_float("lr", 1e-3, "Peak learning rate (AdamW)."),
+    refine_channels=flags.DEFINE_integer(
+      "refine_channels", 32, "Channels of the refinement convolution (0: none).", lower_bound=0
+    ),
+    mix_max=flags.DEFINE_float("mix_max", 0.5, "Largest share of tokens taken from the shift."),
+    shift_px=flags.DEFINE_float("shift_px", 1.5, "Largest translation on each axis, pixels."),
+    clean_fraction=flags.DEFINE_float(
+      "clean_fraction", 0.25, "Share of clips decoded from true codes."
+    ),
+    seed=flags.DEFINE_integer("seed", 123, "Data stream and mixing seed."),
+  )
+
+
+def main(argv, flag_values: dict):
   del argv
+  values = {name: flag.value for name, flag in flag_values.items()}
   report = polish(
-    _TOKENIZER_DIR.value,
-    _OUT_DIR.value,
-    steps=_STEPS.value,
-    batch=_BATCH.value,
-    lr=_LR.value,
-    refine_channels=_REFINE.value,
-    mix_max=_MIX_MAX.value,
-    shift_px=_SHIFT_PX.value,
-    clean_fraction=_CLEAN.value,
-    seed=_SEED.value,
+    values.pop("tokenizer_dir"),
+    values.pop("out_dir"),
+    **values,
     log=lambda s: print(s, file=sys.stderr, flush=True),
   )
   print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
+  _FLAGS = _define_flags()
   flags.mark_flags_as_required(["tokenizer_dir", "out_dir"])
-  app.run(main)
+  app.run(lambda argv: main(argv, _FLAGS))

@@ -1,7 +1,11 @@
 """benchmarks/decoder_polish.py: the decoder trains, the codes do not move, the result loads."""
 
+import json
 import os
+import subprocess
 import sys
+
+from absl import flags
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +17,7 @@ from phenaki_jax import config_io
 from phenaki_jax import tokenizer as tokenizer_lib
 from phenaki_jax.data import shapes
 
+SCRIPT = str(REPO / "benchmarks" / "decoder_polish.py")
 sys.path.insert(0, str(REPO / "benchmarks"))
 import decoder_polish  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -32,13 +37,32 @@ def test_translate_moves_content_by_the_shift():
   )
 
 
+def test_importing_defines_no_flags():
+  # The tests import the module beside others (phenaki_jax.demo has --seed too).
+  assert decoder_polish.__name__ not in flags.FLAGS.flags_by_module_dict()
+
+
 def test_polish_trains_the_decoder_and_keeps_the_codes(tiny_cvivit_dir, tmp_path):
   out_dir = str(tmp_path / "polished")
-  lines = []
-  report = decoder_polish.polish(
-    tiny_cvivit_dir, out_dir, steps=6, batch=2, refine_channels=4, log=lines.append
+  result = subprocess.run(
+    [
+      sys.executable,
+      SCRIPT,
+      f"--tokenizer_dir={tiny_cvivit_dir}",
+      f"--out_dir={out_dir}",
+      "--steps=6",
+      "--batch=2",
+      "--refine_channels=4",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
   )
-  assert lines and report["steps"] == 6
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(result.stdout)
+  assert report["steps"] == 6 and report["out_dir"] == out_dir
   for key in ("round_trip", "mixed_30"):
     assert np.isfinite(report["held_out_psnr_before"][key])
     assert np.isfinite(report["held_out_psnr_after"][key])
