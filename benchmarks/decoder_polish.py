@@ -93,6 +93,7 @@ def polish(
   from phenaki_jax import checkpoint, config_io  # pylint: disable=g-import-not-at-top
   from phenaki_jax import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
   from phenaki_jax.data import shapes  # pylint: disable=g-import-not-at-top
+  from phenaki_jax.evaluators import recon  # pylint: disable=g-import-not-at-top
   from phenaki_jax.models import cvivit  # pylint: disable=g-import-not-at-top
 
   if not 0.0 <= mix_max <= 1.0 or not 0.0 <= clean_fraction <= 1.0:
@@ -131,10 +132,12 @@ def polish(
   def decode(dec, codes):
     return model.apply({"params": {**frozen, **dec}}, codes, method=cvivit.CViViT.decode)
 
-  def mixed_codes(dec, rng, video, rate):
+  def mixed_codes(dec, rng, video, codes, rate):
+    """`codes` (the encoding of `video`) with a share `rate` [B] of each clip's tokens taken
+    from the encoding of the clip translated by a random sub-pixel offset."""
     shift_rng, pick_rng = jax.random.split(rng)
     shifts = jax.random.uniform(shift_rng, (video.shape[0], 2), minval=-shift_px, maxval=shift_px)
-    codes, shifted = encode(dec, video), encode(dec, translate(video, shifts))
+    shifted = encode(dec, translate(video, shifts))
     take = jax.random.uniform(pick_rng, codes.shape) < rate.reshape(-1, 1, 1, 1)
     return jnp.where(take, shifted, codes)
 
@@ -151,7 +154,7 @@ def polish(
     b = video.shape[0]
     rate = jax.random.uniform(rate_rng, (b,), maxval=mix_max)
     rate = jnp.where(jax.random.uniform(clean_rng, (b,)) < clean_fraction, 0.0, rate)
-    codes = mixed_codes(dec, mix_rng, video, rate)
+    codes = mixed_codes(dec, mix_rng, video, encode(dec, video), rate)
     loss, grads = jax.value_and_grad(lambda d: jnp.mean((decode(d, codes) - video) ** 2))(dec)
     updates, opt_state = tx.update(grads, opt_state, dec)
     return optax.apply_updates(dec, updates), opt_state, loss
@@ -160,14 +163,13 @@ def polish(
   def eval_psnr(dec, video_uint8):
     video = cvivit.to_model_range(video_uint8)
     rate = jnp.full((video.shape[0],), EVAL_MIX)
-    out = {}
-    for name, codes in (
-      ("round_trip", encode(dec, video)),
-      (f"mixed_{int(EVAL_MIX * 100)}", mixed_codes(dec, jax.random.PRNGKey(0), video, rate)),
-    ):
-      mse = jnp.mean((jnp.clip(decode(dec, codes), -1.0, 1.0) - video) ** 2)
-      out[name] = 10.0 * jnp.log10(4.0 / mse)
-    return out
+    codes = encode(dec, video)
+    mixed = mixed_codes(dec, jax.random.PRNGKey(0), video, codes, rate)
+    truth = (video + 1.0) / 2.0  # recon.psnr takes [0, 1]
+    return {
+      name: recon.psnr((jnp.clip(decode(dec, c), -1.0, 1.0) + 1.0) / 2.0, truth)
+      for name, c in (("round_trip", codes), (f"mixed_{int(EVAL_MIX * 100)}", mixed))
+    }
 
   held_out = clips("eval", 0, EVAL_CLIPS)
   before = {k: round(float(v), 3) for k, v in eval_psnr(decoder, held_out).items()}
@@ -180,9 +182,9 @@ def polish(
       decoder, opt_state, clips("train", step * batch, batch), step_rng
     )
     if step % 200 == 0 or step == steps - 1:
+      if not np.isfinite(float(loss)):  # stop at the first check, not after every step
+        raise FloatingPointError(f"the decoder's loss at step {step} is {loss}: lower --lr")
       log(f"step {step}: loss {float(loss):.5f} ({time.time() - t0:.0f} s)")
-  if not np.isfinite(float(loss)):
-    raise FloatingPointError(f"the decoder's loss is not finite ({loss}): lower --lr")
   seconds = time.time() - t0
   after = {k: round(float(v), 3) for k, v in eval_psnr(decoder, held_out).items()}
 
