@@ -1,4 +1,5 @@
-"""benchmarks/decoder_polish.py: the decoder trains, the codes do not move, the result loads."""
+"""The decoder polish: the decoder trains, the codes do not move, the result loads and samples;
+the demo's polish stage finishes atomically and keeps its plan."""
 
 import json
 import os
@@ -12,14 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO
-from phenaki_jax import config_io
+from phenaki_jax import config_io, demo, sample
 from phenaki_jax import tokenizer as tokenizer_lib
 from phenaki_jax.data import shapes
-
-SCRIPT = str(REPO / "benchmarks" / "decoder_polish.py")
-sys.path.insert(0, str(REPO / "benchmarks"))
-import decoder_polish  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+from phenaki_jax.trainers import decoder_polish
 
 
 def test_translate_moves_content_by_the_shift():
@@ -47,7 +44,8 @@ def test_polish_trains_the_decoder_and_keeps_the_codes(tiny_cvivit_dir, tmp_path
   result = subprocess.run(
     [
       sys.executable,
-      SCRIPT,
+      "-m",
+      "phenaki_jax.trainers.decoder_polish",
       f"--tokenizer_dir={tiny_cvivit_dir}",
       f"--out_dir={out_dir}",
       "--steps=6",
@@ -62,7 +60,7 @@ def test_polish_trains_the_decoder_and_keeps_the_codes(tiny_cvivit_dir, tmp_path
   )
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(result.stdout)
-  assert report["steps"] == 6 and report["out_dir"] == out_dir
+  assert report["steps"] == report["planned_steps"] == 6 and report["out_dir"] == out_dir
   for key in ("round_trip", "mixed_30"):
     assert np.isfinite(report["held_out_psnr_before"][key])
     assert np.isfinite(report["held_out_psnr_after"][key])
@@ -97,3 +95,48 @@ def test_polish_refuses_to_overwrite(tiny_cvivit_dir, tmp_path):
   with pytest.raises(ValueError, match="mix_max"):
     decoder_polish.polish(tiny_cvivit_dir, str(tmp_path / "new"), steps=1, mix_max=1.5)
   assert not os.path.exists(tmp_path / "new")
+
+
+def test_demo_polish_stage_is_atomic_keeps_its_plan_and_samples(
+  tiny_cvivit_dir, tiny_maskgit_dir, tmp_path
+):
+  polished = str(tmp_path / "cvivit_polished")
+  (tmp_path / "cvivit_polished.partial").mkdir()  # an interrupted polish's leftovers
+  (tmp_path / "cvivit_polished.partial" / "stale").write_text("")
+  report = demo.polish_stage(tiny_cvivit_dir, polished, steps=3, minutes=5.0)
+  assert report["steps"] == report["planned_steps"] == 3 and report["out_dir"] == polished
+  assert not os.path.exists(polished + ".partial")
+  assert os.path.exists(os.path.join(polished, "DONE"))
+  assert not os.path.exists(os.path.join(polished, "stale"))
+  assert demo.polish_stage(tiny_cvivit_dir, polished, steps=3, minutes=5.0) == report  # done
+  with pytest.raises(ValueError, match="--polish_steps=3"):
+    demo.polish_stage(tiny_cvivit_dir, polished, steps=1000, minutes=5.0)
+  foreign = tmp_path / "foreign"
+  foreign.mkdir()
+  with pytest.raises(FileExistsError, match="no finished polish"):
+    demo.polish_stage(tiny_cvivit_dir, str(foreign), steps=3, minutes=5.0)
+
+  # The MaskGIT trained on the source tokenizer samples through the polished one: the same
+  # codes (re-encoding the polished decoder's clip is close to them), drawn differently.
+  prompt = "a red circle moves left"
+  source = sample.Sampler.from_workdirs(tiny_cvivit_dir, tiny_maskgit_dir)
+  sampler = sample.Sampler.from_workdirs(polished, tiny_maskgit_dir)
+  a, b = np.asarray(source.generate(prompt, seed=0)), np.asarray(sampler.generate(prompt, seed=0))
+  assert a.shape == b.shape and b.dtype == np.uint8 and b.shape[0] == sampler.max_frames
+  assert not np.array_equal(a, b)
+  assert np.abs(a.astype(int) - b.astype(int)).mean() < 30  # 3 steps move little
+
+
+def test_polish_stops_at_its_time_cap(tiny_cvivit_dir, tmp_path):
+  report = decoder_polish.polish(
+    tiny_cvivit_dir,
+    str(tmp_path / "capped"),
+    steps=500,
+    batch=1,
+    max_seconds=1e-6,
+    refine_channels=2,
+    log=lambda s: None,
+  )
+  assert report["steps"] == 1 and report["planned_steps"] == 500
+  polished = tokenizer_lib.Tokenizer.from_workdir(str(tmp_path / "capped"))
+  assert "refine_in" in polished.params

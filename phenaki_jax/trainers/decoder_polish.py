@@ -1,13 +1,14 @@
-r"""Polish a trained C-ViViT's decoder on Shapes, its codes untouched. Prints JSON.
+r"""Decoder polish: fine-tune a trained C-ViViT's decoder on Shapes, its codes untouched.
 
-  python benchmarks/decoder_polish.py --tokenizer_dir=workdirs/demo/cvivit \
+  python -m phenaki_jax.trainers.decoder_polish --tokenizer_dir=workdirs/demo/cvivit \
       --out_dir=workdirs/demo/cvivit_polished [--steps=1000] [--refine_channels=32]
 
-The encoder and the codebook are frozen, so every clip encodes to the same codes as before and a
-MaskGIT trained on the source tokenizer samples through the polished one unchanged
-(`python -m phenaki_jax.evaluate shapes --tokenizer_dir=OUT --maskgit_dir=...`). Only the decoder
-trains, with two changes aimed at how generated objects are drawn (docs/experiments.md, "The
-decoder's share"):
+`make demo` runs it between its two training stages (`--polish_steps`). The encoder and the
+codebook are frozen, so every clip encodes to the same codes as before and a MaskGIT trained on
+the source tokenizer samples through the polished one unchanged
+(`python -m phenaki_jax.evaluate shapes --tokenizer_dir=OUT --maskgit_dir=...`). Only the
+decoder trains, with two changes aimed at how generated objects are drawn (docs/experiments.md,
+"The decoder's share"):
   * a per-frame convolutional refinement after the patch projections (`refine_channels`; the
     C-ViViT's `refine_channels` field, zero-initialised, so training starts from the source
     decoder exactly);
@@ -17,8 +18,8 @@ decoder's share"):
     the untranslated clip. A generated clip's edge tokens disagree by about that much; the
     decoder learns to draw one object from them.
 Training clips are the Shapes training stream at the tokenizer's frames and resolution (AdamW,
-warm-up and cosine, L2). The report holds held-out PSNR of the plain round trip and of codes
-with 30% mixed, before and after, on `eval`-split clips.
+warm-up and cosine, L2). The report (JSON) holds held-out PSNR of the plain round trip and of
+codes with 30% mixed, before and after, on `eval`-split clips.
 """
 
 import json
@@ -28,9 +29,6 @@ import time
 
 from absl import app, flags
 import numpy as np
-
-sys.path.insert(0, os.path.dirname(__file__))
-import _common  # pylint: disable=g-import-not-at-top
 
 
 # The parameters `CViViT.decode` reads; everything else (the encoder, the codebook) stays frozen.
@@ -45,6 +43,7 @@ DECODER_PARAMS = (
   "refine_in",
   "refine_out",
 )
+DEFAULT_SEED = 123
 EVAL_CLIPS = 32
 EVAL_MIX = 0.3
 
@@ -80,11 +79,13 @@ def polish(
   mix_max: float = 0.5,
   shift_px: float = 1.5,
   clean_fraction: float = 0.25,
-  seed: int = 123,
+  seed: int = DEFAULT_SEED,
+  max_seconds: float = 0.0,
   log=print,
 ) -> dict:
-  """Trains the decoder of the C-ViViT in `tokenizer_dir` (module docstring) and writes the
-  polished C-ViViT to `out_dir` (config.json and a checkpoint); returns the report."""
+  """Trains the decoder of the C-ViViT in `tokenizer_dir` (module docstring) for `steps` steps,
+  or fewer if `max_seconds` (> 0) of training pass first, and writes the polished C-ViViT to
+  `out_dir` (config.json and a checkpoint); returns the report."""
   import flax  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -175,16 +176,21 @@ def polish(
   before = {k: round(float(v), 3) for k, v in eval_psnr(decoder, held_out).items()}
   opt_state = tx.init(decoder)
   rng = jax.random.PRNGKey(seed)
-  t0, loss = time.time(), float("nan")
+  t0, loss, done = time.time(), float("nan"), 0
   for step in range(steps):
     rng, step_rng = jax.random.split(rng)
     decoder, opt_state, loss = train_step(
       decoder, opt_state, clips("train", step * batch, batch), step_rng
     )
-    if step % 200 == 0 or step == steps - 1:
+    done = step + 1
+    out_of_time = bool(max_seconds) and time.time() - t0 > max_seconds and done < steps
+    if step % 200 == 0 or done == steps or out_of_time:
       if not np.isfinite(float(loss)):  # stop at the first check, not after every step
         raise FloatingPointError(f"the decoder's loss at step {step} is {loss}: lower --lr")
       log(f"step {step}: loss {float(loss):.5f} ({time.time() - t0:.0f} s)")
+    if out_of_time:
+      log(f"stopped after {done} of {steps} steps: the {max_seconds:.0f} s cap was reached")
+      break
   seconds = time.time() - t0
   after = {k: round(float(v), 3) for k, v in eval_psnr(decoder, held_out).items()}
 
@@ -192,14 +198,14 @@ def polish(
   config_io.write_to_workdir(config, out_dir)
   ckpt = checkpoint.Checkpointer(os.path.join(out_dir, "checkpoints"), async_save=False)
   try:
-    ckpt.save(steps, {"params": {**frozen, **decoder}}, {"polished_from": tokenizer_dir})
+    ckpt.save(done, {"params": {**frozen, **decoder}}, {"polished_from": tokenizer_dir})
   finally:
     ckpt.close()
   return dict(
-    benchmark="decoder_polish",
     tokenizer_dir=tokenizer_dir,
     out_dir=out_dir,
-    steps=steps,
+    steps=done,
+    planned_steps=steps,
     batch=batch,
     lr=lr,
     refine_channels=refine_channels,
@@ -210,7 +216,6 @@ def polish(
     held_out_psnr_before=before,
     held_out_psnr_after=after,
     eval_clips=EVAL_CLIPS,
-    machine=_common.machine(),
   )
 
 
@@ -231,7 +236,10 @@ def _define_flags() -> dict:
     clean_fraction=flags.DEFINE_float(
       "clean_fraction", 0.25, "Share of clips decoded from true codes."
     ),
-    seed=flags.DEFINE_integer("seed", 123, "Data stream and mixing seed."),
+    seed=flags.DEFINE_integer("seed", DEFAULT_SEED, "Data stream and mixing seed."),
+    max_seconds=flags.DEFINE_float(
+      "max_seconds", 0.0, "Wall-clock cap on training, seconds (0: none).", lower_bound=0.0
+    ),
   )
 
 
