@@ -508,8 +508,12 @@ def run_metric(command: str, f) -> dict:
     return metrics.clip_score(videos, captions, model, params, tokenizer)
   # fvd / fid: a reference set (or its cached statistics) and a set.
   real, captions = (None, None)
-  if f.real and not (f.real_stats and os.path.exists(f.real_stats)):
-    real, captions = _set(f, f.real, frames, resolution)
+  cached = bool(f.real_stats and os.path.exists(f.real_stats))
+  if f.real and not (cached and (f.fake or f.prompts)):
+    # The reference set's videos, unless its statistics are cached; its captions either way
+    # when they are the model's prompts.
+    loaded, captions = _set(f, f.real, frames, resolution)
+    real = None if cached else loaded
   elif not f.real_stats:
     raise SystemExit(f"{command} needs --real (and/or --real_stats)")
   fake = _set(f, f.fake, frames, resolution)[0] if f.fake else _generated(f, captions)[0]
