@@ -52,12 +52,12 @@ _STAGE2_MIN, _STAGE2_STEPS = _stage_flags(2, "MaskGIT", 18.0, 5600, "~17.5 min")
 _POLISH_STEPS = flags.DEFINE_integer(
   "polish_steps",
   1000,
-  "Decoder polish steps after stage 1 (~3.2 min on a quiet 2-core CPU; the MaskGIT does not "
+  "Decoder polish steps after stage 1 (~3 min on a quiet 2-core CPU; the MaskGIT does not "
   "depend on it); 0 = none: samples are decoded by stage 1's C-ViViT.",
   lower_bound=0,
 )
 _POLISH_MIN = flags.DEFINE_float(
-  "polish_minutes", 6.0, "Wall-clock cap on the decoder polish.", lower_bound=0.0
+  "polish_minutes", 6.0, "Wall-clock cap on the decoder polish (0: none).", lower_bound=0.0
 )
 _EVAL_SEEDS = flags.DEFINE_integer(
   "eval_seeds",
@@ -129,8 +129,9 @@ def polish_stage(
   cvivit_dir: str, polished_dir: str, steps: int, minutes: float, seed: int = 0
 ) -> dict:
   """Polishes the decoder of the C-ViViT in `cvivit_dir` into `polished_dir` (unless done) and
-  returns the polish's report (its data and mixing seed moves with the retraining `seed`). The polish writes into `polished_dir`.partial, renamed when
-  complete, so an interrupted polish starts again rather than leaving half a tokenizer."""
+  returns the polish's report; its data and mixing seed moves with the retraining `seed`. The
+  polish writes into `polished_dir`.partial, renamed when complete, so an interrupted polish
+  starts again rather than leaving half a tokenizer."""
   from phenaki_jax.trainers import decoder_polish  # pylint: disable=g-import-not-at-top
 
   if _done(polished_dir):
