@@ -3,8 +3,6 @@ the demo's polish stage finishes atomically and keeps its plan."""
 
 import json
 import os
-import subprocess
-import sys
 
 from absl import flags
 
@@ -13,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import conftest
 from phenaki_jax import config_io, demo, sample
 from phenaki_jax import tokenizer as tokenizer_lib
 from phenaki_jax.data import shapes
@@ -41,22 +40,13 @@ def test_importing_defines_no_flags():
 
 def test_polish_trains_the_decoder_and_keeps_the_codes(tiny_cvivit_dir, tmp_path):
   out_dir = str(tmp_path / "polished")
-  result = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "phenaki_jax.trainers.decoder_polish",
-      f"--tokenizer_dir={tiny_cvivit_dir}",
-      f"--out_dir={out_dir}",
-      "--steps=6",
-      "--batch=2",
-      "--refine_channels=4",
-    ],
-    capture_output=True,
-    text=True,
-    timeout=600,
-    check=False,
-    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  result = conftest.run_module(
+    "phenaki_jax.trainers.decoder_polish",
+    f"--tokenizer_dir={tiny_cvivit_dir}",
+    f"--out_dir={out_dir}",
+    "--steps=6",
+    "--batch=2",
+    "--refine_channels=4",
   )
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(result.stdout)
@@ -117,7 +107,7 @@ def test_demo_polish_stage_is_atomic_keeps_its_plan_and_samples(
     demo.polish_stage(tiny_cvivit_dir, str(foreign), steps=3, minutes=5.0)
 
   # The MaskGIT trained on the source tokenizer samples through the polished one: the same
-  # codes (re-encoding the polished decoder's clip is close to them), drawn differently.
+  # prompt and seed, drawn by another decoder.
   prompt = "a red circle moves left"
   source = sample.Sampler.from_workdirs(tiny_cvivit_dir, tiny_maskgit_dir)
   sampler = sample.Sampler.from_workdirs(polished, tiny_maskgit_dir)
