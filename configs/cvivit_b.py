@@ -57,6 +57,11 @@ def get_config(arg: str = "B"):
       adversarial=0.1,
       adversarial_start_step=20_000,
       r1_gamma=10.0,
+      # Frames of each clip the discriminator and LPIPS read: 0 = every frame (the paper's
+      # video discriminator); k = k frames drawn at random per clip and step, which the
+      # discriminator scores one by one as images (losses.pick_frames): ~F/k times cheaper.
+      adversarial_frames=0,
+      image_perceptual_frames=0,
       image_perceptual=0.1,
       image_perceptual_network="vgg16",
       image_perceptual_checkpoint="",

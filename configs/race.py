@@ -13,7 +13,9 @@ Two sizes, each as a C-ViViT run and as a MaskGIT run over that C-ViViT's codes:
 
 Both sides use the same: MLP 4× the width, codes the width wide (the reference's cosine-
 similarity VQ has no code projection), AdamW (lr 3e-4, weight decay 0.01, global-norm clip
-0.5), float32, no grouping of tokens, videos only, 25% of captions dropped for guidance.
+0.5), float32, no grouping of tokens, videos only, 25% of captions dropped for guidance, and the
+C-ViViT's perceptual and adversarial terms on one random frame of each clip (the reference's
+design; ours reads every frame unless told otherwise).
 
   python -m phenaki_jax.train --config=configs/race.py:small --workdir=workdirs/race_small
   python -m phenaki_jax.train --config=configs/race.py:small.maskgit \
@@ -100,7 +102,8 @@ def cvivit_config(size: str) -> ml_collections.ConfigDict:
     s["batch"],
   )
   c.data.image_rate, c.data.static_images = 0.0, False
-  # The reference's generator: L2 + VQ + VGG16 perceptual + adversarial (no I3D term); its
+  # The reference's generator: L2 + VQ + VGG16 perceptual + adversarial (no I3D term), both
+  # on one random frame of each clip, with an image discriminator on that frame; its
   # discriminator starts at once.
   c.losses.update(
     dict(
@@ -108,6 +111,8 @@ def cvivit_config(size: str) -> ml_collections.ConfigDict:
       video_perceptual=0.0,
       adversarial=0.1,
       adversarial_start_step=0,
+      image_perceptual_frames=1,
+      adversarial_frames=1,
     )
   )
   c.disc.lr = LR

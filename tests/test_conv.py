@@ -68,3 +68,20 @@ def test_models_keep_their_parameter_trees():
   for name in vgg.CONV_NAMES:
     for leaf in ("kernel", "bias"):
       assert p[name][leaf].shape == expected[("features", name, leaf)]
+
+
+@pytest.mark.parametrize(
+  "shape,kernel,taps",
+  [((3, 1, 4, 4, 8), (3, 1, 1), 1), ((3, 1, 1, 8), (3, 3), 1), ((3, 2, 2, 8), (3, 3), 9)],
+)
+def test_taps_wholly_in_the_padding_are_left_out(shape, kernel, taps):
+  """Over a 1-wide axis a 3-tap kernel adds zeros at its outer taps: the matrix multiply reads
+  only the taps whose window meets the map (a 2-wide map meets all three)."""
+  x = jax.random.normal(jax.random.PRNGKey(0), shape)
+  model = conv.Conv(6, kernel)
+  params = model.init(jax.random.PRNGKey(1), x)
+  jaxpr = jax.make_jaxpr(model.apply)(params, x)
+  dots = [e for e in jaxpr.eqns if e.primitive.name == "dot_general"]
+  assert len(dots) == 1 and dots[0].invars[0].aval.shape[-1] == taps * shape[-1]
+  kernel_grad = jax.grad(lambda p: jnp.sum(model.apply(p, x) ** 2))(params)["params"]["kernel"]
+  assert int(np.sum(np.any(kernel_grad != 0, axis=(-2, -1)))) == taps  # unused taps: no gradient

@@ -248,6 +248,38 @@ def test_one_frame_images_train_as_one_frame_videos(uninterrupted):
   assert all(np.isfinite(float(m_adv[k])) for k in ("d_loss", "g_adversarial", "r1"))
 
 
+def test_discriminator_on_frames_drawn_per_clip(uninterrupted):
+  """losses.adversarial_frames=1: the discriminator scores one random frame of each clip, as an
+  image. The step trains it and the generator, costs a fraction of the whole-clip step's FLOPs,
+  and differs from it; the draw moves with the step's key."""
+  config = tiny_cvivit_config()
+  config.losses.adversarial = 0.1
+  drawn = config.copy_and_resolve_references()
+  drawn.losses.adversarial_frames = 1
+  trainer.validate_config(drawn)
+  state = uninterrupted[1]["state"]
+  clips = trainer.eval_clips(config)  # [4, 9, 32, 32, 3] uint8
+  batch = {"video": clips, "is_image": np.zeros(len(clips), bool)}
+  rng = jax.random.PRNGKey(3)
+  steps = {name: jitted_train_step(c, True) for name, c in (("every", config), ("drawn", drawn))}
+  flops = {
+    name: step.lower(state, batch, rng).cost_analysis()["flops"] for name, step in steps.items()
+  }
+  assert flops["drawn"] < 0.5 * flops["every"], flops
+  new, m = steps["drawn"](state, batch, rng)
+  assert all(np.isfinite(float(m[k])) for k in ("d_loss", "g_adversarial", "r1", "loss"))
+  for key in ("disc_params", "params"):
+    moved = [
+      not np.array_equal(np.asarray(a), np.asarray(b))
+      for a, b in zip(jax.tree.leaves(state[key]), jax.tree.leaves(new[key]))
+    ]
+    assert all(moved) if key == "disc_params" else any(moved), key
+  other = [steps["drawn"](state, batch, jax.random.PRNGKey(k))[1] for k in (4, 5, 6)]
+  assert len({round(float(o["d_loss"]), 6) for o in other}) > 1  # other keys, other frames
+  _, m_every = steps["every"](state, batch, rng)
+  assert float(m_every["d_loss"]) != float(m["d_loss"])
+
+
 def test_gradient_accumulation_equals_the_whole_batch(uninterrupted):
   """config.grad_accum_steps=2: two passes of 4 clips give the update of one pass of 8 — the
   generator, the dead-code restarts (they draw from the whole batch's encoder outputs) and the
@@ -436,6 +468,8 @@ def test_misspelt_config_key_fails_with_its_name(tmp_path):
     ("data.image_rate", 1.5, r"config\.data\.image_rate=1\.5"),
     ("data.turn_rate", 1.0, r"config\.data\.turn_rate=1\.0"),
     ("losses.temporal_l2", -1.0, r"config\.losses\.temporal_l2=-1\.0"),
+    ("losses.adversarial_frames", 10, r"config\.losses\.adversarial_frames=10 .*\[1, 9\]"),
+    ("losses.image_perceptual_frames", -1, r"config\.losses\.image_perceptual_frames=-1"),
     ("ema_decay", 1.0, r"config\.ema_decay=1\.0"),
   ],
 )

@@ -2,7 +2,9 @@
 
 Known logits give known non-saturating GAN losses; R1 matches its closed form for linear and
 quadratic discriminators; a positive perceptual weight without weights fails naming the key;
-the discriminator scores 1- and 9-frame videos; PSNR and SSIM match hand computations.
+the discriminator scores 1- and 9-frame videos; R1 from one forward pass equals the two-pass
+form; frames drawn per clip are data frames, and LPIPS on them reads them alone; PSNR and SSIM
+match hand computations.
 """
 
 import flax.linen as nn
@@ -65,6 +67,74 @@ def test_r1_penalty_closed_forms():
   np.testing.assert_allclose(losses.r1_penalty(quadratic, real), expected, rtol=1e-5)
 
 
+def test_r1_from_one_forward_pass_equals_the_two_pass_form():
+  """logits_and_r1_penalty (one forward pass, its pullback for the input gradient) gives the
+  discriminator step the same loss and parameter gradient as scoring the real clips and then
+  differentiating a second pass for R1."""
+  disc = discriminator.VideoDiscriminator(channels=(4, 8))
+  rng = np.random.default_rng(0)
+  real = jnp.asarray(rng.uniform(-1, 1, (4, 2, 8, 8, 3)), jnp.float32)
+  fake = jnp.asarray(rng.uniform(-1, 1, (4, 2, 8, 8, 3)), jnp.float32)
+  params = disc.init(jax.random.key(0), real)["params"]
+
+  def one_pass(p):
+    apply = lambda x: disc.apply({"params": p}, x)
+    logits, r1 = losses.logits_and_r1_penalty(apply, real)
+    return losses.discriminator_loss(logits, apply(fake)) + 5.0 * r1
+
+  def two_passes(p):
+    apply = lambda x: disc.apply({"params": p}, x)
+    grads = jax.grad(lambda x: jnp.sum(apply(x)))(real)
+    r1 = jnp.mean(jnp.sum(grads.reshape(4, -1) ** 2, axis=-1))
+    return losses.discriminator_loss(apply(real), apply(fake)) + 5.0 * r1
+
+  v1, g1 = jax.jit(jax.value_and_grad(one_pass))(params)
+  v2, g2 = jax.jit(jax.value_and_grad(two_passes))(params)
+  np.testing.assert_allclose(v1, v2, rtol=1e-5)
+  assert float(v1) > 0
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+# ---- Frames drawn per clip -----------------------------------------------------------------------
+def test_pick_frames_draws_data_frames_without_repeats():
+  frames = jnp.asarray([[True] * 5, [True] + [False] * 4])  # a video, a 1-frame image
+  keys = jax.random.split(jax.random.key(0), 400)
+  index, is_data = jax.vmap(lambda k: losses.pick_frames(k, frames, 1))(keys)  # [400, 2, 1]
+  assert index.shape == is_data.shape == (400, 2, 1) and bool(is_data.all())
+  assert (np.asarray(index[:, 1]) == 0).all()  # the image's one data frame, every time
+  counts = np.bincount(np.asarray(index[:, 0, 0]), minlength=5)
+  assert counts.min() > 50, counts  # every frame of the video (~80 of 400 each)
+  index, is_data = losses.pick_frames(jax.random.key(1), frames, 3)
+  assert all(len(set(row)) == 3 for row in np.asarray(index).tolist())  # no repeats
+  assert int(index[1, 0]) == 0
+  assert np.asarray(is_data).tolist() == [[True] * 3, [True, False, False]]
+  with pytest.raises(ValueError, match=r"k=6 frames per clip must be in \[1, 5\]"):
+    losses.pick_frames(jax.random.key(0), frames, 6)
+
+
+def test_take_frames_and_frames_as_clips():
+  video = jnp.arange(2 * 5 * 2 * 2 * 3).reshape(2, 5, 2, 2, 3)
+  index = jnp.asarray([[4, 1], [0, 2]])
+  taken = losses.take_frames(video, index)
+  np.testing.assert_array_equal(taken, np.stack([video[0, [4, 1]], video[1, [0, 2]]]))
+  clips = losses.frames_as_clips(taken)
+  assert clips.shape == (4, 1, 2, 2, 3)
+  np.testing.assert_array_equal(clips[1, 0], video[0, 1])
+  np.testing.assert_array_equal(clips[2, 0], video[1, 0])
+
+
+def test_check_frames_per_clip_names_the_key():
+  config = load_config("cvivit_b", "B").losses
+  losses.check_frames_per_clip(config, 11)
+  config.adversarial_frames = 12
+  with pytest.raises(ValueError, match=r"config\.losses\.adversarial_frames=12 .*\[1, 11\]"):
+    losses.check_frames_per_clip(config, 11)
+  config.adversarial_frames, config.image_perceptual_frames = 1, -1
+  with pytest.raises(ValueError, match=r"config\.losses\.image_perceptual_frames=-1 must"):
+    losses.check_frames_per_clip(config, 11)
+
+
 def test_l2_loss():
   a = jnp.zeros((2, 3, 4, 4, 3))
   np.testing.assert_allclose(losses.l2_loss(a + 0.5, a), 0.25, rtol=1e-6)
@@ -116,6 +186,16 @@ def test_perceptual_terms_in_the_loss():
   assert abs(float(masked["video_perceptual"])) < 1e-5
   unmasked = losses.perceptual_terms(frozen, real, fake)
   assert float(unmasked["image_perceptual"]) > 0.01 and float(unmasked["video_perceptual"]) > 0
+  # image_frames: LPIPS of the drawn frames alone. Only frame 3 of the video differs: drawn,
+  # it is one of 2 frames scored against one of the 6 data frames when all are; not drawn, 0.
+  image = {"image": frozen["image"]}
+  fake = real.at[0, 3].set(0.0)
+  every = losses.perceptual_terms(image, real, fake, frames)["image_perceptual"]
+  drawn = losses.perceptual_terms(image, real, fake, frames, jnp.asarray([[3], [0]]))
+  missed = losses.perceptual_terms(image, real, fake, frames, jnp.asarray([[2], [0]]))
+  assert "video_perceptual" not in drawn and float(every) > 0.002
+  np.testing.assert_allclose(drawn["image_perceptual"], 3 * every, rtol=1e-4)
+  assert abs(float(missed["image_perceptual"])) < 1e-6
 
 
 def test_perceptual_bad_network_or_missing_file_names_the_key(paper_losses, tmp_path):

@@ -35,13 +35,21 @@ def patches_matmul(x: Array, kernel: Array, precision=None) -> Array:
   x [B, *spatial, C_in], kernel [*k, C_in, C_out] → [B, *spatial, C_out]."""
   ks = kernel.shape[:-2]
   spatial = x.shape[1:-1]
+  # Kernel offsets whose window lies wholly in the padding add only zeros: left out (a 3-tap
+  # kernel over a 1-wide axis keeps its middle tap alone).
+  offsets = [
+    offset
+    for offset in itertools.product(*(range(k) for k in ks))
+    if all(k // 2 - s < o < k // 2 + s for o, k, s in zip(offset, ks, spatial))
+  ]  # in the kernel's row-major order
   xp = jnp.pad(x, [(0, 0)] + [(k // 2, k // 2) for k in ks] + [(0, 0)])
   cols = [
     xp[(slice(None),) + tuple(slice(o, o + s) for o, s in zip(offset, spatial))]
-    for offset in itertools.product(*(range(k) for k in ks))
-  ]  # in the kernel's row-major order of offsets, each [B, *spatial, C_in]
-  patches = jnp.concatenate(cols, axis=-1)  # [B, *spatial, prod(k)·C_in]
-  return jnp.dot(patches, kernel.reshape(-1, kernel.shape[-1]), precision=precision)
+    for offset in offsets
+  ]  # each [B, *spatial, C_in]
+  patches = jnp.concatenate(cols, axis=-1)  # [B, *spatial, len(offsets)·C_in]
+  taps = jnp.stack([kernel[offset] for offset in offsets])  # [len(offsets), C_in, C_out]
+  return jnp.dot(patches, taps.reshape(-1, kernel.shape[-1]), precision=precision)
 
 
 def _same_padding(padding, kernel_size) -> bool:

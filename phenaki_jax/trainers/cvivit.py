@@ -79,6 +79,7 @@ def validate_config(config: ml_collections.ConfigDict) -> cvivit.CViViT:
       " (whole-frame attention) or a radius >= 0 in patches"
     )
   losses.check_perceptual_config(config.losses)
+  losses.check_frames_per_clip(config.losses, config.data.num_frames)
   common.check_ema_decay(config)
   common.check_choice(config, "nonfinite", common.NONFINITE_POLICIES)
   return model
@@ -212,6 +213,16 @@ class DataMask(NamedTuple):
     return jnp.where(self.frames[:, :, None, None, None], recon, video)
 
 
+# Folded into a step's dropout key for the generator's draw of frames, and into its step key
+# for the discriminator's (`losses.pick_frames`); the other keys stay as they were.
+_PICK_FOLD = 0x5EED
+
+
+def _data_frames(data: Optional[DataMask], video):
+  """bool [B, F]: the data's frames (every frame without 1-frame images)."""
+  return data.frames if data is not None else jnp.ones(video.shape[:2], bool)
+
+
 def generator_loss(
   params,
   state,
@@ -248,13 +259,23 @@ def generator_loss(
     )  # pairs of data frames
     loss = loss + w.temporal_l2 * tl2
     metrics["temporal_l2"] = tl2
+  # LPIPS and the discriminator read every frame, or k frames per clip drawn at random (one
+  # draw for both, as phenaki-pytorch's one frame serves its VGG and discriminator).
+  pick_rng = jax.random.fold_in(dropout_rng, _PICK_FOLD)
   if frozen:  # LPIPS over the data's frames, I3D features over the videos
     frames = data.frames if data is not None else None
-    for name, term in losses.perceptual_terms(frozen, video, recon, frames).items():
+    k = w.get("image_perceptual_frames", 0)
+    image_frames = losses.pick_frames(pick_rng, _data_frames(data, video), k)[0] if k else None
+    terms = losses.perceptual_terms(frozen, video, recon, frames, image_frames)
+    for name, term in terms.items():
       loss = loss + w[name] * term
       metrics[name] = term
   if adversarial:
     fake = data.disc_input(recon, video) if data is not None else recon
+    k = w.get("adversarial_frames", 0)
+    if k:
+      index, _ = losses.pick_frames(pick_rng, _data_frames(data, video), k)
+      fake = losses.frames_as_clips(losses.take_frames(fake, index))
     g_adv = losses.generator_adversarial_loss(disc.apply({"params": state["disc_params"]}, fake))
     loss = loss + w.adversarial * g_adv
     metrics["g_adversarial"] = g_adv
@@ -294,8 +315,8 @@ def discriminator_update(state, video, fake, *, disc, disc_tx, r1_gamma: float, 
     del i
     real, made = chunk
     apply = lambda x: disc.apply({"params": disc_params}, x)
-    d = losses.discriminator_loss(apply(real), apply(made))
-    r1 = losses.r1_penalty(apply, real)
+    real_logits, r1 = losses.logits_and_r1_penalty(apply, real)
+    d = losses.discriminator_loss(real_logits, apply(made))
     return d + 0.5 * r1_gamma * r1, ({"d_loss": d, "r1": r1}, ())
 
   if accum == 1:
@@ -382,8 +403,16 @@ def train_step(
 
   if adversarial:
     fake = jax.lax.stop_gradient(data.disc_input(recon, video) if data is not None else recon)
+    real = video
+    if config.losses.get("adversarial_frames", 0):  # the same k frames of real and fake
+      index, _ = losses.pick_frames(
+        jax.random.fold_in(rng, _PICK_FOLD),
+        _data_frames(data, video),
+        config.losses.adversarial_frames,
+      )
+      real, fake = (losses.frames_as_clips(losses.take_frames(x, index)) for x in (video, fake))
     disc_params, disc_opt_state, disc_metrics = discriminator_update(
-      state, video, fake, disc=disc, disc_tx=disc_tx, r1_gamma=config.losses.r1_gamma, accum=k
+      state, real, fake, disc=disc, disc_tx=disc_tx, r1_gamma=config.losses.r1_gamma, accum=k
     )
     new_state.update(disc_params=disc_params, disc_opt_state=disc_opt_state)
     metrics.update(disc_metrics)
