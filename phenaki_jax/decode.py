@@ -31,7 +31,9 @@ likely (on Shapes, guidance otherwise put the later-frame background code into t
 
 `pseudo_log_likelihood` scores finished tokens under a model (each scored token masked once, in
 one of a few chunks, and read from the logits given the rest): the sampler's choice among
-several candidates of one prompt (option `candidates`).
+several candidates of one prompt (option `candidates`). `token_log_likelihoods` gives the same
+reads per token, and `lowest` picks the least likely of them: the tokens the sampler re-masks
+and decodes again after a clip is sampled (option `refine_fraction`).
 """
 
 from typing import Callable, Optional, Union
@@ -225,23 +227,57 @@ def pseudo_log_likelihood(
     num_chunks: model calls (static); more chunks give each token more context.
     mask_token_id: the [MASK] id.
   """
+  scored = scored.astype(bool)
+  total = jnp.zeros(tokens.shape[0], jnp.float32)
+  for hidden, read in _chunk_reads(logits_fn, tokens, scored, rng, num_chunks, mask_token_id):
+    total = total + jnp.where(hidden, read, 0.0).sum(-1)
+  return total / jnp.maximum(scored.sum(-1), 1).astype(jnp.float32)
+
+
+def token_log_likelihoods(
+  logits_fn: LogitsFn,
+  tokens: Array,
+  scored: Array,
+  rng: Array,
+  *,
+  num_chunks: int,
+  mask_token_id: int,
+) -> Array:
+  """The log-probability of each `scored` token, read with its chunk masked (as in
+  `pseudo_log_likelihood`, whose mean per row these are): f32 [B, N], 0 where not scored."""
+  scored = scored.astype(bool)
+  out = jnp.zeros(tokens.shape, jnp.float32)
+  for hidden, read in _chunk_reads(logits_fn, tokens, scored, rng, num_chunks, mask_token_id):
+    out = jnp.where(hidden, read, out)
+  return out
+
+
+def _chunk_reads(logits_fn, tokens, scored, rng, num_chunks: int, mask_token_id: int):
+  """For each of `num_chunks` random chunks of the scored positions: (the chunk bool [B, N],
+  every token's log-probability [B, N] with the chunk's positions [MASK])."""
   if num_chunks < 1:
     raise ValueError(f"num_chunks must be >= 1, got {num_chunks}")
   if scored.shape != tokens.shape:
     raise ValueError(f"scored must be {tokens.shape}, got {scored.shape}")
-  scored = scored.astype(bool)
   count = scored.sum(-1)  # [B]
   # Scored positions first, in random order; chunk c holds ranks [c·n/C, (c+1)·n/C).
   keys = jnp.where(scored, jax.random.uniform(rng, tokens.shape), 2.0)
   chunk = (_rank(keys) * num_chunks) // jnp.maximum(count, 1)[:, None]  # [B, N]
-  total = jnp.zeros(tokens.shape[0], jnp.float32)
   for c in range(num_chunks):
     hidden = scored & (chunk == c)
     logits = logits_fn(jnp.where(hidden, mask_token_id, tokens)).astype(jnp.float32)
     log_probs = jax.nn.log_softmax(logits, axis=-1)
-    read = jnp.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]  # [B, N]
-    total = total + jnp.where(hidden, read, 0.0).sum(-1)
-  return total / jnp.maximum(count, 1).astype(jnp.float32)
+    yield hidden, jnp.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]
+
+
+def lowest(scores: Array, eligible: Array, fraction: float) -> Array:
+  """bool [B, N]: in each row, the round(`fraction` × its eligible count) eligible positions of
+  lowest `scores` [B, N] (the first position on ties)."""
+  if isinstance(fraction, (int, float)) and not 0.0 <= fraction <= 1.0:  # (traced: unchecked)
+    raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+  eligible = eligible.astype(bool)
+  k = jnp.round(fraction * eligible.sum(-1)).astype(jnp.int32)  # [B]
+  return (_rank(jnp.where(eligible, scores, jnp.inf)) < k[:, None]) & eligible
 
 
 def guided_logits_fn(

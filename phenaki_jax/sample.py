@@ -80,6 +80,12 @@ def default_config(**overrides) -> ml_collections.ConfigDict:
                          candidate); 1 = one sample.
     score_chunks         the chunks that pseudo-log-likelihood masks in turn (one model call
                          each, on every candidate)
+    refine_fraction      after text-to-video sampling (and the choice among candidates), this
+                         fraction of the clip's tokens, those the conditional MaskGIT finds
+                         least likely (each read with its chunk masked, `score_chunks` calls:
+                         `decode.token_log_likelihoods`), is re-masked and decoded again, the
+                         rest given, each taking its most likely code; 0 = off
+    refine_steps         decoding steps of that second decode
 
   What each did on Shapes: docs/experiments.md, "Sampling".
   """
@@ -99,6 +105,8 @@ def default_config(**overrides) -> ml_collections.ConfigDict:
       continue_candidates=1,
       candidates=1,
       score_chunks=4,
+      refine_fraction=0.0,
+      refine_steps=2,
     )
   )
   config.update(overrides)
@@ -380,6 +388,10 @@ class Sampler:
     out["continue_candidates"] = _int(opts["continue_candidates"], "continue_candidates", minimum=1)
     out["candidates"] = _int(opts["candidates"], "candidates", minimum=1)
     out["score_chunks"] = _int(opts["score_chunks"], "score_chunks", minimum=1)
+    out["refine_fraction"] = _real(opts["refine_fraction"], "refine_fraction")
+    if not 0.0 <= out["refine_fraction"] < 1.0:
+      raise ValueError(f"refine_fraction must be in [0, 1) (0: off), got {out['refine_fraction']}")
+    out["refine_steps"] = _int(opts["refine_steps"], "refine_steps", minimum=1)
     return out
 
   def _bytes_per_video(self, time_steps: int, guided: bool) -> int:
@@ -486,6 +498,55 @@ class Sampler:
 
       self._fns[key] = jax.jit(score)
     return self._fns[key]
+
+  def _least_likely_fn(self, num_chunks: int):
+    """Jitted (params, text, text_mask, codes [B, t, h, w], rng, fraction) -> bool [B, t, h, w]:
+    the `fraction` of each clip's tokens least likely under the conditional model
+    (`decode.token_log_likelihoods`, `decode.lowest`)."""
+    key = ("least_likely", num_chunks)
+    if key not in self._fns:
+      model = self.model
+
+      def least_likely(params, text, text_mask, codes, rng, fraction):
+        tokens = codes.reshape(codes.shape[0], -1)
+        every = jnp.ones(tokens.shape, bool)
+
+        def logits_fn(t):
+          return model.apply({"params": params}, t, text, text_mask)
+
+        scores = decode_lib.token_log_likelihoods(
+          logits_fn,
+          tokens,
+          every,
+          rng,
+          num_chunks=num_chunks,
+          mask_token_id=model.mask_token_id,
+        )
+        return decode_lib.lowest(scores, every, fraction).reshape(codes.shape)
+
+      self._fns[key] = jax.jit(least_likely)
+    return self._fns[key]
+
+  def _refine(self, prompts: Sequence[str], codes, seed: int, opts: dict):
+    """codes [B, t, h, w] → (codes, frames) with the option `refine_fraction` of each clip's
+    least likely tokens re-masked and decoded again (most likely codes, `refine_steps` steps)."""
+    text, text_mask = self.text_encoder.encode(list(prompts))
+    rng = jax.random.fold_in(jax.random.PRNGKey(seed), 0x2EF1)
+    remask = np.asarray(
+      self._least_likely_fn(int(opts["score_chunks"]))(
+        self.params,
+        jnp.asarray(text),
+        jnp.asarray(text_mask),
+        jnp.asarray(codes, jnp.int32),
+        rng,
+        jnp.float32(opts["refine_fraction"]),
+      )
+    )
+    free = int(remask.reshape(len(prompts), -1).sum(1).min())
+    if free == 0:  # too few tokens for the fraction to pick one
+      return codes, np.asarray(self.tokenizer.decode(codes))
+    refine = dict(opts, steps=min(int(opts["refine_steps"]), free), top_k=1)
+    return self._run(prompts, codes, ~remask, seed, refine, stream=0x2EF1)
 
   def _most_likely(self, prompts: Sequence[str], codes, n: int, seed: int, opts: dict):
     """codes [B·n, t, h, w] (n candidates of each of the B prompts, candidate-minor) → the most
@@ -618,7 +679,8 @@ class Sampler:
     """Text → video. A str gives uint8 [T, H, W, 3]; a list of prompts one batch [B, T, ...].
 
     With the option `candidates` N > 1, each prompt's clip is the most likely (to the
-    conditional MaskGIT, `decode.pseudo_log_likelihood`) of N sampled in one batch."""
+    conditional MaskGIT, `decode.pseudo_log_likelihood`) of N sampled in one batch; with
+    `refine_fraction` > 0 its least likely tokens are then decoded again (`_refine`)."""
     prompts, single = check_prompts(prompt)
     num_frames = self.max_frames if num_frames is None else _int(num_frames, "num_frames", 1)
     t = self._steps_for(num_frames)
@@ -629,13 +691,18 @@ class Sampler:
     self._check_batch(len(prompts) * n, t, opts, "generate")
     h = w = self.tokenizer.grid_size
     init = np.zeros((len(prompts) * n, t, h, w), np.int32)
+    refine = opts["refine_fraction"] > 0
     if n == 1:
-      _, video = self._run(prompts, init, np.zeros_like(init, bool), seed, opts)
+      codes, video = self._run(
+        prompts, init, np.zeros_like(init, bool), seed, opts, frames=not refine
+      )
     else:  # n candidates of each prompt in one batch; the most likely one is decoded
       every = [p for p in prompts for _ in range(n)]
       codes, _ = self._run(every, init, np.zeros_like(init, bool), seed, opts, frames=False)
-      best = self._most_likely(prompts, codes, n, seed, opts)
-      video = np.asarray(self.tokenizer.decode(best))
+      codes = self._most_likely(prompts, codes, n, seed, opts)
+      video = None if refine else np.asarray(self.tokenizer.decode(codes))
+    if refine:
+      _, video = self._refine(prompts, codes, seed, opts)
     video = video[:, :num_frames]
     return video[0] if single else video
 
@@ -860,6 +927,13 @@ def define_flags(required: bool = True) -> None:
     "Sample this many candidates of every text-to-video clip and keep the one the model finds "
     "most likely.",
   )
+  flags.DEFINE_float(
+    "refine_fraction",
+    None,
+    "Re-mask this fraction of a text-to-video clip's least likely tokens and decode them again "
+    "(0 = off).",
+  )
+  flags.DEFINE_integer("refine_steps", None, "Decoding steps of that second decode.")
   flags.DEFINE_float("temperature", None, "Sampling temperature.")
   flags.DEFINE_float(
     "temperature_decay",
@@ -911,6 +985,8 @@ def options_from_flags(f) -> dict:
     "continue_stepwise",
     "continue_candidates",
     "candidates",
+    "refine_fraction",
+    "refine_steps",
   )
   return {k: getattr(f, k) for k in names if getattr(f, k) is not None}
 

@@ -204,6 +204,46 @@ def test_pseudo_log_likelihood(tiny):
     np.testing.assert_allclose(out, exact, rtol=1e-6)
 
 
+def test_token_log_likelihoods_and_lowest(tiny):
+  """token_log_likelihoods: per token the reads whose mean per row is pseudo_log_likelihood
+  (the same chunks), 0 where not scored; with one chunk per token, leave-one-out. `lowest`
+  picks the round(fraction × eligible) least likely eligible tokens of each row."""
+  model, params, text, text_mask = tiny
+  logits_fn = functools.partial(model.apply, {"params": params}, text=text, text_mask=text_mask)
+  rng = np.random.default_rng(1)
+  tokens = jnp.asarray(rng.integers(0, K, (BATCH, N)), jnp.int32)
+  scored = np.ones((BATCH, N), bool)
+  scored[0, 7:] = False
+  kw = dict(num_chunks=3, mask_token_id=K)
+  per_token = np.asarray(
+    decode.token_log_likelihoods(logits_fn, tokens, jnp.asarray(scored), jax.random.key(2), **kw)
+  )
+  pll = decode.pseudo_log_likelihood(
+    logits_fn, tokens, jnp.asarray(scored), jax.random.key(2), **kw
+  )
+  np.testing.assert_allclose(per_token.sum(1) / scored.sum(1), pll, rtol=1e-5)
+  assert (per_token[~scored] == 0).all() and (per_token[scored] < 0).all()
+  one_each = decode.token_log_likelihoods(
+    logits_fn, tokens, jnp.ones((BATCH, N), bool), jax.random.key(0), num_chunks=N, mask_token_id=K
+  )
+  hidden = tokens.at[:, 5].set(K)
+  log_probs = jax.nn.log_softmax(logits_fn(hidden), axis=-1)
+  np.testing.assert_allclose(
+    one_each[:, 5], log_probs[jnp.arange(BATCH), 5, tokens[:, 5]], rtol=1e-5
+  )
+
+  scores = jnp.asarray([[0.5, -3.0, 1.0, -3.0, -1.0, 2.0], [4.0, 3.0, 2.0, 1.0, 0.0, -1.0]])
+  eligible = jnp.asarray([[True] * 6, [True] * 4 + [False] * 2])
+  got = np.asarray(decode.lowest(scores, eligible, 0.5))
+  assert got.tolist() == [
+    [False, True, False, True, True, False],  # the 3 lowest of 6
+    [False, False, True, True, False, False],  # the 2 lowest of the 4 eligible
+  ]
+  assert not np.asarray(decode.lowest(scores, eligible, 0.0)).any()
+  with pytest.raises(ValueError, match="fraction"):
+    decode.lowest(scores, eligible, 1.5)
+
+
 def test_restricted_logits_fn():
   logits = jnp.arange(12.0).reshape(1, 3, 4)
   allowed = jnp.array([[True, False, True, False], [False] * 3 + [True], [True] * 4])

@@ -347,6 +347,40 @@ def test_continuation_candidates_keep_the_typical_one(tiny_sampler):
   )
 
 
+def test_refine_decodes_the_least_likely_tokens_again(tiny_sampler):
+  """refine_fraction=f: the sampled clip's f least likely tokens (under the conditional model)
+  are re-masked and decoded again by their most likely codes, every other token kept; 0 is
+  plain sampling."""
+  s = tiny_sampler
+  plain = s.generate([P1, P2], seed=4)
+  np.testing.assert_array_equal(plain, s.generate([P1, P2], seed=4, refine_fraction=0.0))
+  opts = s._options(refine_fraction=0.25)
+  init = np.zeros((2,) + tuple(s.model.grid), np.int32)
+  codes, _ = s._run([P1, P2], init, np.zeros(init.shape, bool), 4, opts, frames=False)
+  remask = np.asarray(
+    s._least_likely_fn(opts["score_chunks"])(
+      s.params,
+      *map(jnp.asarray, s.text_encoder.encode([P1, P2])),
+      jnp.asarray(codes),
+      jax.random.fold_in(jax.random.PRNGKey(4), 0x2EF1),
+      jnp.float32(0.25),
+    )
+  )
+  assert (remask.reshape(2, -1).sum(1) == round(0.25 * remask[0].size)).all()
+  refined, video = s._refine([P1, P2], codes, 4, opts)
+  np.testing.assert_array_equal(refined[~remask], codes[~remask])  # the rest is kept
+  assert (refined[remask] != codes[remask]).any()
+  np.testing.assert_array_equal(s.generate([P1, P2], seed=4, refine_fraction=0.25), video)
+  # Most likely codes: in one step the temperature cannot change them.
+  one_step = [
+    s._refine([P1, P2], codes, 4, dict(opts, refine_steps=1, temperature=t))[0] for t in (0.2, 5.0)
+  ]
+  np.testing.assert_array_equal(*one_step)
+  for bad in (dict(refine_fraction=1.0), dict(refine_fraction=-0.1), dict(refine_steps=0)):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+      s.generate(P1, **bad)
+
+
 def test_candidates_keep_the_most_likely_one(tiny_sampler):
   """candidates=N: the clip is the one of the N that the same call samples as one batch (the
   same as generating N copies of the prompt) with the highest pseudo-log-likelihood under the
