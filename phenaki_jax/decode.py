@@ -201,15 +201,7 @@ def decode(
   return (tokens, trace) if return_trace else tokens
 
 
-def pseudo_log_likelihood(
-  logits_fn: LogitsFn,
-  tokens: Array,
-  scored: Array,
-  rng: Array,
-  *,
-  num_chunks: int,
-  mask_token_id: int,
-) -> Array:
+def pseudo_log_likelihood(logits_fn: LogitsFn, tokens: Array, scored: Array, rng: Array, **kw):
   """Mean log-probability of the `scored` tokens, each read with its own chunk masked: f32 [B].
 
   The scored positions of each row are split at random into `num_chunks` chunks of (nearly)
@@ -217,21 +209,10 @@ def pseudo_log_likelihood(
   other token as given, and the chunk's tokens are read from its log-softmax. The sum over all
   scored tokens, over their number, is the row's pseudo-log-likelihood per token (a masked
   model's stand-in for the likelihood it cannot compute). Unscored positions (fixed context,
-  padding) are never masked.
-
-  Args:
-    logits_fn: tokens int32 [B, N] -> logits [B, N, K] (e.g. the conditional model).
-    tokens: int32 [B, N] without [MASK].
-    scored: bool [B, N], the positions to score (at least one per row).
-    rng: PRNG key of the random chunks.
-    num_chunks: model calls (static); more chunks give each token more context.
-    mask_token_id: the [MASK] id.
+  padding) are never masked. Arguments: those of `token_log_likelihoods`.
   """
-  scored = scored.astype(bool)
-  total = jnp.zeros(tokens.shape[0], jnp.float32)
-  for hidden, read in _chunk_reads(logits_fn, tokens, scored, rng, num_chunks, mask_token_id):
-    total = total + jnp.where(hidden, read, 0.0).sum(-1)
-  return total / jnp.maximum(scored.sum(-1), 1).astype(jnp.float32)
+  reads = token_log_likelihoods(logits_fn, tokens, scored, rng, **kw)
+  return reads.sum(-1) / jnp.maximum(scored.astype(bool).sum(-1), 1).astype(jnp.float32)
 
 
 def token_log_likelihoods(
@@ -243,31 +224,34 @@ def token_log_likelihoods(
   num_chunks: int,
   mask_token_id: int,
 ) -> Array:
-  """The log-probability of each `scored` token, read with its chunk masked (as in
-  `pseudo_log_likelihood`, whose mean per row these are): f32 [B, N], 0 where not scored."""
-  scored = scored.astype(bool)
-  out = jnp.zeros(tokens.shape, jnp.float32)
-  for hidden, read in _chunk_reads(logits_fn, tokens, scored, rng, num_chunks, mask_token_id):
-    out = jnp.where(hidden, read, out)
-  return out
+  """The log-probability of each `scored` token, read with its chunk masked (as described in
+  `pseudo_log_likelihood`, whose mean per row these are): f32 [B, N], 0 where not scored.
 
-
-def _chunk_reads(logits_fn, tokens, scored, rng, num_chunks: int, mask_token_id: int):
-  """For each of `num_chunks` random chunks of the scored positions: (the chunk bool [B, N],
-  every token's log-probability [B, N] with the chunk's positions [MASK])."""
+  Args:
+    logits_fn: tokens int32 [B, N] -> logits [B, N, K] (e.g. the conditional model).
+    tokens: int32 [B, N] without [MASK].
+    scored: bool [B, N], the positions to score (at least one per row).
+    rng: PRNG key of the random chunks.
+    num_chunks: model calls (static); more chunks give each token more context.
+    mask_token_id: the [MASK] id.
+  """
   if num_chunks < 1:
     raise ValueError(f"num_chunks must be >= 1, got {num_chunks}")
   if scored.shape != tokens.shape:
     raise ValueError(f"scored must be {tokens.shape}, got {scored.shape}")
+  scored = scored.astype(bool)
   count = scored.sum(-1)  # [B]
   # Scored positions first, in random order; chunk c holds ranks [c·n/C, (c+1)·n/C).
   keys = jnp.where(scored, jax.random.uniform(rng, tokens.shape), 2.0)
   chunk = (_rank(keys) * num_chunks) // jnp.maximum(count, 1)[:, None]  # [B, N]
+  out = jnp.zeros(tokens.shape, jnp.float32)
   for c in range(num_chunks):
     hidden = scored & (chunk == c)
     logits = logits_fn(jnp.where(hidden, mask_token_id, tokens)).astype(jnp.float32)
     log_probs = jax.nn.log_softmax(logits, axis=-1)
-    yield hidden, jnp.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]
+    read = jnp.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]  # [B, N]
+    out = jnp.where(hidden, read, out)
+  return out
 
 
 def lowest(scores: Array, eligible: Array, fraction: float) -> Array:
