@@ -135,7 +135,8 @@ def get_config(arg: str = "tiny"):
     # continuations ("Guidance in continuations"), continuations decoded one time step after
     # another ("Stepwise continuations") and kept as the most typical of 4 candidates
     # ("Continuation candidates"); a clip from text kept as the most likely of 4 ("Candidates
-    # from text").
+    # from text"), then its least likely 10% of tokens decoded again ("Refinement after
+    # decoding").
     c.sample.update(
       dict(
         steps=24,
@@ -145,6 +146,7 @@ def get_config(arg: str = "tiny"):
         continue_stepwise=True,
         continue_candidates=4,
         candidates=4,
+        refine_fraction=0.1,
       )
     )
   if variant == "tiny":
