@@ -475,7 +475,9 @@ def _generated(f, captions) -> tuple:
     raise SystemExit("the model needs prompts: --prompts=FILE (one per line)")
   if not (f.tokenizer_dir and f.maskgit_dir):
     raise SystemExit("give --fake (or --videos), or --tokenizer_dir and --maskgit_dir to sample")
-  return metrics.generate_videos(f.tokenizer_dir, f.maskgit_dir, prompts, f.seed), prompts
+  options = sample_lib.options_from_flags(f)  # the sampling flags given, as in `shapes`
+  videos = metrics.generate_videos(f.tokenizer_dir, f.maskgit_dir, prompts, f.seed, **options)
+  return videos, prompts
 
 
 def run_metric(command: str, f) -> dict:

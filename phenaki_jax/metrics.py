@@ -104,14 +104,18 @@ def load_videos(
   return np.stack(videos), captions
 
 
-def generate_videos(tokenizer_dir: str, maskgit_dir: str, prompts: Sequence[str], seed: int = 0):
-  """uint8 videos [N, T, H, W, 3] the trained models generate for `prompts` (batches of 8)."""
+def generate_videos(
+  tokenizer_dir: str, maskgit_dir: str, prompts: Sequence[str], seed: int = 0, **sample_kw
+):
+  """uint8 videos [N, T, H, W, 3] the trained models generate for `prompts` (batches of 8),
+  with the sampling options `sample_kw` (the others: the MaskGIT run's defaults)."""
   from phenaki_jax import sample  # pylint: disable=g-import-not-at-top
 
   sampler = sample.Sampler.from_workdirs(tokenizer_dir, maskgit_dir)
   out = []
   for start in range(0, len(prompts), 8):
-    out.append(np.asarray(sampler.generate(list(prompts[start : start + 8]), seed=seed + start)))
+    batch = list(prompts[start : start + 8])
+    out.append(np.asarray(sampler.generate(batch, seed=seed + start, **sample_kw)))
   return np.concatenate(out)
 
 

@@ -72,10 +72,11 @@ def test_reconstruction_metrics():
 
 def test_fvd_and_recon_from_the_cli(tiny_cvivit_dir, tiny_maskgit_dir, tmp_path):
   """The model's samples for the real set's captions against the real Shapes clips (again with
-  the reference statistics cached: the captions still come from the real set), and the
-  tokenizer's reconstructions of held-out clips."""
+  the reference statistics cached: the captions still come from the real set; and with a
+  sampling flag, which the samples follow), and the tokenizer's reconstructions of held-out
+  clips."""
   results = []
-  for _ in range(2):
+  for extra in ([], [], ["--steps=2"]):
     proc = run_module(
       "phenaki_jax.evaluate",
       "fvd",
@@ -85,13 +86,15 @@ def test_fvd_and_recon_from_the_cli(tiny_cvivit_dir, tiny_maskgit_dir, tmp_path)
       f"--maskgit_dir={tiny_maskgit_dir}",
       f"--real_stats={tmp_path / 'real.npz'}",
       f"--out={tmp_path}",
+      *extra,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results.append(json.loads(proc.stdout[proc.stdout.index("{") :]))
-  result, cached = results
+  result, cached, two_steps = results
   assert result["command"] == "fvd" and np.isfinite(result["fvd"]) and result["fvd"] > 0
   assert result["num_fake"] == result["num_real"] == 4
   assert cached["fvd"] == pytest.approx(result["fvd"], rel=1e-6)  # same prompts and seed
+  assert np.isfinite(two_steps["fvd"]) and abs(two_steps["fvd"] - result["fvd"]) > 1e-3
   assert os.path.exists(tmp_path / "fvd.json") and os.path.exists(tmp_path / "real.npz")
   proc = run_module(
     "phenaki_jax.evaluate", "recon", f"--tokenizer_dir={tiny_cvivit_dir}", "--num_videos=4"
