@@ -223,6 +223,13 @@ def _data_frames(data: Optional[DataMask], video):
   return data.frames if data is not None else jnp.ones(video.shape[:2], bool)
 
 
+def _drawn_clips(rng, data: Optional[DataMask], video, k: int, *clips) -> tuple:
+  """The same `k` frames of each clip, drawn among the data's (`losses.pick_frames`), taken
+  from each of `clips` [B, F, H, W, 3], each frame a 1-frame clip [B·k, 1, H, W, 3]."""
+  index, _ = losses.pick_frames(rng, _data_frames(data, video), k)
+  return tuple(losses.frames_as_clips(losses.take_frames(x, index)) for x in clips)
+
+
 def generator_loss(
   params,
   state,
@@ -274,8 +281,7 @@ def generator_loss(
     fake = data.disc_input(recon, video) if data is not None else recon
     k = w.get("adversarial_frames", 0)
     if k:
-      index, _ = losses.pick_frames(pick_rng, _data_frames(data, video), k)
-      fake = losses.frames_as_clips(losses.take_frames(fake, index))
+      (fake,) = _drawn_clips(pick_rng, data, video, k, fake)
     g_adv = losses.generator_adversarial_loss(disc.apply({"params": state["disc_params"]}, fake))
     loss = loss + w.adversarial * g_adv
     metrics["g_adversarial"] = g_adv
@@ -404,13 +410,10 @@ def train_step(
   if adversarial:
     fake = jax.lax.stop_gradient(data.disc_input(recon, video) if data is not None else recon)
     real = video
-    if config.losses.get("adversarial_frames", 0):  # the same k frames of real and fake
-      index, _ = losses.pick_frames(
-        jax.random.fold_in(rng, _PICK_FOLD),
-        _data_frames(data, video),
-        config.losses.adversarial_frames,
-      )
-      real, fake = (losses.frames_as_clips(losses.take_frames(x, index)) for x in (video, fake))
+    k_frames = config.losses.get("adversarial_frames", 0)
+    if k_frames:  # the same k frames of real and fake
+      pick_rng = jax.random.fold_in(rng, _PICK_FOLD)
+      real, fake = _drawn_clips(pick_rng, data, video, k_frames, video, fake)
     disc_params, disc_opt_state, disc_metrics = discriminator_update(
       state, real, fake, disc=disc, disc_tx=disc_tx, r1_gamma=config.losses.r1_gamma, accum=k
     )
