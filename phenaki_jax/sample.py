@@ -85,7 +85,9 @@ def default_config(**overrides) -> ml_collections.ConfigDict:
                          least likely (each read with its chunk masked, `score_chunks` calls:
                          `decode.token_log_likelihoods`), is re-masked and decoded again, the
                          rest given, each taking its most likely code; 0 = off
-    refine_steps         decoding steps of that second decode
+    continue_refine_fraction  the same for a continuation: this fraction of each candidate's
+                         new tokens (the context given and never re-masked); 0 = off
+    refine_steps         decoding steps of that second decode (both refinements)
 
   What each did on Shapes: docs/experiments.md, "Sampling".
   """
@@ -106,6 +108,7 @@ def default_config(**overrides) -> ml_collections.ConfigDict:
       candidates=1,
       score_chunks=4,
       refine_fraction=0.0,
+      continue_refine_fraction=0.0,
       refine_steps=2,
     )
   )
@@ -388,9 +391,10 @@ class Sampler:
     out["continue_candidates"] = _int(opts["continue_candidates"], "continue_candidates", minimum=1)
     out["candidates"] = _int(opts["candidates"], "candidates", minimum=1)
     out["score_chunks"] = _int(opts["score_chunks"], "score_chunks", minimum=1)
-    out["refine_fraction"] = _real(opts["refine_fraction"], "refine_fraction")
-    if not 0.0 <= out["refine_fraction"] < 1.0:
-      raise ValueError(f"refine_fraction must be in [0, 1) (0: off), got {out['refine_fraction']}")
+    for name in ("refine_fraction", "continue_refine_fraction"):
+      out[name] = _real(opts[name], name)
+      if not 0.0 <= out[name] < 1.0:
+        raise ValueError(f"{name} must be in [0, 1) (0: off), got {out[name]}")
     out["refine_steps"] = _int(opts["refine_steps"], "refine_steps", minimum=1)
     return out
 
@@ -474,20 +478,21 @@ class Sampler:
       self._fns[key] = jax.jit(generate)
     return self._fns[key]
 
-  def _score_fn(self, num_chunks: int):
-    """Jitted (params, text, text_mask, codes [B, t, h, w], scored, rng) -> pseudo-log-likelihood
-    per token [B] under the conditional model (`decode.pseudo_log_likelihood`)."""
-    key = ("score", num_chunks)
+  def _token_scores_fn(self, num_chunks: int):
+    """Jitted (params, text, text_mask, codes [B, t, h, w], scored, rng) -> f32 [B, t·h·w]: the
+    log-probability of each `scored` token under the conditional model, read with its chunk
+    masked (`decode.token_log_likelihoods`; 0 where not scored)."""
+    key = ("token_scores", num_chunks)
     if key not in self._fns:
       model = self.model
 
-      def score(params, text, text_mask, codes, scored, rng):
+      def token_scores(params, text, text_mask, codes, scored, rng):
         b = codes.shape[0]
 
         def logits_fn(tokens):
           return model.apply({"params": params}, tokens, text, text_mask)
 
-        return decode_lib.pseudo_log_likelihood(
+        return decode_lib.token_log_likelihoods(
           logits_fn,
           codes.reshape(b, -1),
           scored.reshape(b, -1),
@@ -496,53 +501,44 @@ class Sampler:
           mask_token_id=model.mask_token_id,
         )
 
-      self._fns[key] = jax.jit(score)
+      self._fns[key] = jax.jit(token_scores)
     return self._fns[key]
 
-  def _least_likely_fn(self, num_chunks: int):
-    """Jitted (params, text, text_mask, codes [B, t, h, w], rng, fraction) -> bool [B, t, h, w]:
-    the `fraction` of each clip's tokens least likely under the conditional model
-    (`decode.token_log_likelihoods`, `decode.lowest`)."""
-    key = ("least_likely", num_chunks)
-    if key not in self._fns:
-      model = self.model
-
-      def least_likely(params, text, text_mask, codes, rng, fraction):
-        tokens = codes.reshape(codes.shape[0], -1)
-        every = jnp.ones(tokens.shape, bool)
-
-        def logits_fn(t):
-          return model.apply({"params": params}, t, text, text_mask)
-
-        scores = decode_lib.token_log_likelihoods(
-          logits_fn,
-          tokens,
-          every,
-          rng,
-          num_chunks=num_chunks,
-          mask_token_id=model.mask_token_id,
-        )
-        return decode_lib.lowest(scores, every, fraction).reshape(codes.shape)
-
-      self._fns[key] = jax.jit(least_likely)
-    return self._fns[key]
-
-  def _refine(self, prompts: Sequence[str], codes, seed: int, opts: dict):
-    """codes [B, t, h, w] → (codes, frames) with the option `refine_fraction` of each clip's
-    least likely tokens re-masked and decoded again (most likely codes, `refine_steps` steps)."""
+  def _token_scores(self, prompts: Sequence[str], codes, scored, rng, opts: dict) -> np.ndarray:
+    """f32 [B, t·h·w]: `_token_scores_fn` of `codes` [B, t, h, w] under their `prompts`."""
     text, text_mask = self.text_encoder.encode(list(prompts))
-    rng = jax.random.fold_in(jax.random.PRNGKey(seed), 0x2EF1)
-    remask = np.asarray(
-      self._least_likely_fn(int(opts["score_chunks"]))(
+    return np.asarray(
+      self._token_scores_fn(int(opts["score_chunks"]))(
         self.params,
         jnp.asarray(text),
         jnp.asarray(text_mask),
         jnp.asarray(codes, jnp.int32),
+        jnp.asarray(scored, bool),
         rng,
-        jnp.float32(opts["refine_fraction"]),
       )
     )
-    free = int(remask.reshape(len(prompts), -1).sum(1).min())
+
+  def _refine(
+    self,
+    prompts: Sequence[str],
+    codes,
+    seed: int,
+    opts: dict,
+    eligible=None,
+    fraction: Optional[float] = None,
+  ):
+    """codes [B, t, h, w] → (codes, frames) with a `fraction` (default: the option
+    `refine_fraction`) of each clip's `eligible` tokens (default: all), those least likely, re-masked
+    and decoded again (most likely codes, `refine_steps` steps), every other token given."""
+    eligible = np.ones(np.shape(codes), bool) if eligible is None else np.asarray(eligible, bool)
+    fraction = opts["refine_fraction"] if fraction is None else fraction
+    rng = jax.random.fold_in(jax.random.PRNGKey(seed), 0x2EF1)
+    b = len(prompts)
+    reads = self._token_scores(prompts, codes, eligible, rng, opts)
+    remask = np.asarray(
+      decode_lib.lowest(jnp.asarray(reads), jnp.asarray(eligible.reshape(b, -1)), fraction)
+    ).reshape(np.shape(codes))
+    free = int(remask.reshape(b, -1).sum(1).min())
     if free == 0:  # too few tokens for the fraction to pick one
       return codes, np.asarray(self.tokenizer.decode(codes))
     refine = dict(opts, steps=min(int(opts["refine_steps"]), free), top_k=1)
@@ -550,18 +546,12 @@ class Sampler:
 
   def _most_likely(self, prompts: Sequence[str], codes, n: int, seed: int, opts: dict):
     """codes [B·n, t, h, w] (n candidates of each of the B prompts, candidate-minor) → the most
-    likely candidate of each prompt, codes [B, t, h, w], by `_score_fn` over all its tokens."""
-    text, text_mask = self.text_encoder.encode([p for p in prompts for _ in range(n)])
+    likely candidate of each prompt, codes [B, t, h, w]: the highest pseudo-log-likelihood per
+    token (the mean of `_token_scores` over all its tokens, `decode.pseudo_log_likelihood`)."""
+    every = [p for p in prompts for _ in range(n)]
     rng = jax.random.fold_in(jax.random.PRNGKey(seed), 0x5C0E)
-    scores = self._score_fn(int(opts["score_chunks"]))(
-      self.params,
-      jnp.asarray(text),
-      jnp.asarray(text_mask),
-      jnp.asarray(codes, jnp.int32),
-      jnp.ones(np.shape(codes), bool),
-      rng,
-    )
-    best = np.argmax(np.asarray(scores).reshape(len(prompts), n), axis=1)
+    reads = self._token_scores(every, codes, np.ones(np.shape(codes), bool), rng, opts)
+    best = np.argmax(reads.mean(-1).reshape(len(prompts), n), axis=1)
     return np.asarray(codes).reshape((len(prompts), n) + codes.shape[1:])[
       np.arange(len(prompts)), best
     ]
@@ -611,22 +601,26 @@ class Sampler:
     video = np.asarray(self.tokenizer.decode(codes)) if frames else None
     return np.asarray(codes), video
 
-  def _continue_window(self, prompts: Sequence[str], init_codes, t_c: int, seed: int, opts: dict):
+  def _continue_window(
+    self, prompts: Sequence[str], init_codes, t_c: int, seed: int, opts: dict, frames: bool = True
+  ):
     """Generates time steps t_c.. of `init_codes` [B, t, h, w] after its fixed first t_c (the
     context): in one decode, or with the option `continue_stepwise` one time step at a time in
-    temporal order (decode j: time step t_c + j free, the later ones held at [MASK])."""
+    temporal order (decode j: time step t_c + j free, the later ones held at [MASK]).
+    `frames=False`: (codes, None), the C-ViViT decoder skipped."""
     t = init_codes.shape[1]
     if not opts["continue_stepwise"] or t - t_c < 2:
       fixed = np.zeros(init_codes.shape, bool)
       fixed[:, :t_c] = True
-      return self._run(prompts, init_codes, fixed, seed, opts)
+      return self._run(prompts, init_codes, fixed, seed, opts, frames=frames)
     codes = np.array(init_codes, np.int32)
     codes[:, t_c:] = self.model.mask_token_id
     for j in range(t - t_c):
       fixed = np.ones(codes.shape, bool)
       fixed[:, t_c + j] = False
       # Only the last decode's codes are complete: the C-ViViT decodes those alone.
-      codes, video = self._run(prompts, codes, fixed, seed, opts, stream=j, frames=j == t - t_c - 1)
+      last = j == t - t_c - 1
+      codes, video = self._run(prompts, codes, fixed, seed, opts, stream=j, frames=frames and last)
     return codes, video
 
   def _allowed(self, time_steps: int, restrict: bool) -> np.ndarray:
@@ -725,8 +719,9 @@ class Sampler:
     when it is set (not None), else `cfg_scale`; a single frame (image-to-video) carries no
     motion and uses `cfg_scale`. With the option `continue_stepwise` the new time steps are
     decoded one after another, and with `continue_candidates` N > 1 (and more than one context
-    frame) the new frames are the minimum-Bayes-risk choice among N sampled ones (see
-    `default_config`)."""
+    frame) the new frames are the minimum-Bayes-risk choice among N sampled ones; with
+    `continue_refine_fraction` > 0 each candidate's least likely new tokens are first decoded
+    again (`_refine`; see `default_config`)."""
     video = tokenizer_lib.check_frames(video, "video", ranks=(4, 5))
     video = self.tokenizer.fit(video)  # frames of another size: fitted as training's were
     single = video.ndim == 4
@@ -762,7 +757,13 @@ class Sampler:
     init[:, :t_c] = np.repeat(ctx_codes, n, axis=0)
     if context_frames > 1 and opts["continue_cfg_scale"] is not None:
       opts["cfg_scale"] = opts["continue_cfg_scale"]
-    _, window = self._continue_window([p for p in prompts for _ in range(n)], init, t_c, seed, opts)
+    every = [p for p in prompts for _ in range(n)]
+    refine = opts["continue_refine_fraction"]
+    codes, window = self._continue_window(every, init, t_c, seed, opts, frames=not refine)
+    if refine:  # the candidates' least likely new tokens, decoded again
+      new_steps = np.zeros(codes.shape, bool)
+      new_steps[:, t_c:] = True
+      _, window = self._refine(every, codes, seed, opts, eligible=new_steps, fraction=refine)
     new = window[:, context_frames : context_frames + num_new_frames]
     if n > 1:
       new = new.reshape((b, n) + new.shape[1:])
@@ -933,7 +934,13 @@ def define_flags(required: bool = True) -> None:
     "Re-mask this fraction of a text-to-video clip's least likely tokens and decode them again "
     "(0 = off).",
   )
-  flags.DEFINE_integer("refine_steps", None, "Decoding steps of that second decode.")
+  flags.DEFINE_float(
+    "continue_refine_fraction",
+    None,
+    "Re-mask this fraction of a continuation's least likely new tokens and decode them again "
+    "(0 = off).",
+  )
+  flags.DEFINE_integer("refine_steps", None, "Decoding steps of those second decodes.")
   flags.DEFINE_float("temperature", None, "Sampling temperature.")
   flags.DEFINE_float(
     "temperature_decay",
@@ -986,6 +993,7 @@ def options_from_flags(f) -> dict:
     "continue_candidates",
     "candidates",
     "refine_fraction",
+    "continue_refine_fraction",
     "refine_steps",
   )
   return {k: getattr(f, k) for k in names if getattr(f, k) is not None}

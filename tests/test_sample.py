@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from phenaki_jax import decode as decode_lib
 from phenaki_jax import sample as sample_lib
 from phenaki_jax.data import shapes as shapes_lib
 
@@ -357,15 +358,14 @@ def test_refine_decodes_the_least_likely_tokens_again(tiny_sampler):
   opts = s._options(refine_fraction=0.25)
   init = np.zeros((2,) + tuple(s.model.grid), np.int32)
   codes, _ = s._run([P1, P2], init, np.zeros(init.shape, bool), 4, opts, frames=False)
-  remask = np.asarray(
-    s._least_likely_fn(opts["score_chunks"])(
-      s.params,
-      *map(jnp.asarray, s.text_encoder.encode([P1, P2])),
-      jnp.asarray(codes),
-      jax.random.fold_in(jax.random.PRNGKey(4), 0x2EF1),
-      jnp.float32(0.25),
-    )
+  every = np.ones(codes.shape, bool)
+  reads = s._token_scores(
+    [P1, P2], codes, every, jax.random.fold_in(jax.random.PRNGKey(4), 0x2EF1), opts
   )
+  k = round(0.25 * codes[0].size)
+  remask = np.zeros(reads.shape, bool)
+  remask[np.arange(2)[:, None], np.argsort(reads, axis=1, kind="stable")[:, :k]] = True
+  remask = remask.reshape(codes.shape)
   assert (remask.reshape(2, -1).sum(1) == round(0.25 * remask[0].size)).all()
   refined, video = s._refine([P1, P2], codes, 4, opts)
   np.testing.assert_array_equal(refined[~remask], codes[~remask])  # the rest is kept
@@ -381,6 +381,36 @@ def test_refine_decodes_the_least_likely_tokens_again(tiny_sampler):
       s.generate(P1, **bad)
 
 
+def test_continue_refine_decodes_new_tokens_again(tiny_sampler):
+  """continue_refine_fraction=f: each continuation candidate's f least likely new tokens are
+  re-masked and decoded again by their most likely codes; the context is neither scored nor
+  changed, and 0 is plain continuation."""
+  s = tiny_sampler
+  video = s.generate([P1, P2], seed=0)
+  plain = s.continue_video(video, P2, 4, context_frames=5, seed=3)
+  np.testing.assert_array_equal(
+    plain, s.continue_video(video, P2, 4, context_frames=5, seed=3, continue_refine_fraction=0.0)
+  )
+  opts = s._options(continue_refine_fraction=0.3)
+  ctx = np.asarray(s.tokenizer.encode(video[:, -5:]))  # [2, 3, h, w]
+  t_c = ctx.shape[1]
+  init = np.zeros((2,) + tuple(s.model.grid), np.int32)
+  init[:, :t_c] = ctx
+  codes, _ = s._continue_window([P2, P2], init, t_c, 3, opts, frames=False)
+  new_steps = np.zeros(codes.shape, bool)
+  new_steps[:, t_c:] = True
+  refined, window = s._refine([P2, P2], codes, 3, opts, eligible=new_steps, fraction=0.3)
+  changed = refined != codes
+  assert changed.any() and not changed[:, :t_c].any()  # only new tokens move
+  assert (changed.reshape(2, -1).sum(1) <= round(0.3 * new_steps[0].sum())).all()
+  out = s.continue_video(video, P2, 4, context_frames=5, seed=3, continue_refine_fraction=0.3)
+  np.testing.assert_array_equal(out[:, :FRAMES], video)
+  np.testing.assert_array_equal(out[:, FRAMES:], window[:, 5:9])
+  assert not np.array_equal(out, plain)
+  with pytest.raises(ValueError, match="continue_refine_fraction"):
+    s.continue_video(video, P2, 4, continue_refine_fraction=1.0)
+
+
 def test_candidates_keep_the_most_likely_one(tiny_sampler):
   """candidates=N: the clip is the one of the N that the same call samples as one batch (the
   same as generating N copies of the prompt) with the highest pseudo-log-likelihood under the
@@ -394,15 +424,17 @@ def test_candidates_keep_the_most_likely_one(tiny_sampler):
   opts = s._options()
   init = np.zeros((2 * n,) + tuple(s.model.grid), np.int32)
   codes, _ = s._run(every, init, np.zeros(init.shape, bool), 4, opts, frames=False)
-  scores = np.asarray(
-    s._score_fn(opts["score_chunks"])(
-      s.params,
-      *map(jnp.asarray, s.text_encoder.encode(every)),
-      jnp.asarray(codes),
-      jnp.ones(codes.shape, bool),
-      jax.random.fold_in(jax.random.PRNGKey(4), 0x5C0E),
-    )
-  ).reshape(2, n)
+  scores = decode_lib.pseudo_log_likelihood(
+    lambda t: s.model.apply(
+      {"params": s.params}, t, *map(jnp.asarray, s.text_encoder.encode(every))
+    ),
+    jnp.asarray(codes).reshape(2 * n, -1),
+    jnp.ones((2 * n, codes[0].size), bool),
+    jax.random.fold_in(jax.random.PRNGKey(4), 0x5C0E),
+    num_chunks=opts["score_chunks"],
+    mask_token_id=s.model.mask_token_id,
+  )
+  scores = np.asarray(scores).reshape(2, n)
   assert np.ptp(scores, axis=1).min() > 0  # the candidates differ in likelihood
   out = s.generate([P1, P2], seed=4, candidates=n)
   assert out.shape == plain.shape
