@@ -16,8 +16,9 @@ def test_default_plans_are_the_configs():
 
 
 def test_more_steps_stretch_the_schedule_and_the_cap():
-  c = demo.stage_config("maskgit_b", "/nonexistent/maskgit", 16800, 18.0, minutes_given=False)
-  assert c.total_steps == c.optim.decay_steps == 16800
+  steps = 3 * config_io.from_file("maskgit_b", "tiny").total_steps
+  c = demo.stage_config("maskgit_b", "/nonexistent/maskgit", steps, 18.0, minutes_given=False)
+  assert c.total_steps == c.optim.decay_steps == steps
   assert c.max_train_seconds == pytest.approx(3 * 18 * 60)  # 3× the steps, 3× the cap
   c = demo.stage_config("maskgit_b", "/nonexistent/maskgit", 30, 18.0, minutes_given=False)
   assert c.total_steps == c.optim.decay_steps == 30
@@ -33,7 +34,7 @@ def test_a_started_run_keeps_its_steps(tmp_path):
   steps = config_io.from_file("maskgit_b", "tiny").total_steps
   assert demo.stage_config("maskgit_b", workdir, 0, 18.0).total_steps == steps  # resumes
   with pytest.raises(ValueError, match=f"--stage2_steps={steps}"):
-    demo.stage_config("maskgit_b", workdir, 16800, 18.0)
+    demo.stage_config("maskgit_b", workdir, 3 * steps, 18.0)
   workdir = str(tmp_path / "cvivit")
   common.setup_workdir(demo.stage_config("cvivit_b", workdir, 4500, 10.0), workdir)
   with pytest.raises(ValueError, match="--stage1_steps=4500"):
