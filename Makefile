@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 WORKDIR ?= workdirs/demo
-# Extra flags for the demo, e.g. DEMO_FLAGS="--stage2_steps=6000 --stage2_minutes=23".
+# Extra flags for the demo, e.g. DEMO_FLAGS="--stage2_steps=12000 --stage2_minutes=34".
 DEMO_FLAGS ?=
 
 .PHONY: demo test test-faults install format clean

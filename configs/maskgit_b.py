@@ -117,7 +117,7 @@ def get_config(arg: str = "tiny"):
     c.data.batch_size = 8  # twice the updates of batch 16; "Batch size and training length"
     c.data.turn_rate = 0.2  # stories follow and jump less; "Turn clips"
     # Muon, per-head orthogonalisation, peak lr 4e-3 ("Optimizer and learning rate (stage 2)");
-    # 8400 steps ≈ 14 min on a quiet 2-core CPU ("Batch size and training length").
+    # 8400 steps ≈ 15 min on a quiet 2-core CPU ("Batch size and training length").
     c.total_steps = 8400
     c.optim = optim.default_config(
       name="muon",
