@@ -88,6 +88,9 @@ def default_config(**overrides) -> ml_collections.ConfigDict:
     continue_refine_fraction  the same for a continuation: this fraction of each candidate's
                          new tokens (the context given and never re-masked); 0 = off
     refine_steps         decoding steps of that second decode (both refinements)
+    refine_cfg_scale     guidance of that second decode; None = the first decode's (cfg_scale,
+                         or a continuation's continue_cfg_scale). At 1 the re-masked tokens take
+                         the conditional model's most likely codes, not guidance's.
 
   What each did on Shapes: docs/experiments.md, "Sampling".
   """
@@ -110,6 +113,7 @@ def default_config(**overrides) -> ml_collections.ConfigDict:
       refine_fraction=0.0,
       continue_refine_fraction=0.0,
       refine_steps=2,
+      refine_cfg_scale=ml_collections.config_dict.placeholder(float),
     )
   )
   config.update(overrides)
@@ -355,8 +359,8 @@ class Sampler:
     k = self.model.codebook_size
     out = dict(opts)
     out["steps"] = _int(opts["steps"], "steps", minimum=1)
-    for name in ("cfg_scale", "continue_cfg_scale"):
-      if name == "continue_cfg_scale" and opts[name] is None:
+    for name in ("cfg_scale", "continue_cfg_scale", "refine_cfg_scale"):
+      if name != "cfg_scale" and opts[name] is None:
         continue
       out[name] = _real(opts[name], name)
       if out[name] < 0:
@@ -529,7 +533,8 @@ class Sampler:
   ):
     """codes [B, t, h, w] → (codes, frames) with a `fraction` (default: the option
     `refine_fraction`) of each clip's `eligible` tokens (default: all), those least likely, re-masked
-    and decoded again (most likely codes, `refine_steps` steps), every other token given."""
+    and decoded again (most likely codes, `refine_steps` steps, guidance `refine_cfg_scale` when
+    set), every other token given."""
     eligible = np.ones(np.shape(codes), bool) if eligible is None else np.asarray(eligible, bool)
     fraction = opts["refine_fraction"] if fraction is None else fraction
     rng = jax.random.fold_in(jax.random.PRNGKey(seed), 0x2EF1)
@@ -542,6 +547,8 @@ class Sampler:
     if free == 0:  # too few tokens for the fraction to pick one
       return codes, np.asarray(self.tokenizer.decode(codes))
     refine = dict(opts, steps=min(int(opts["refine_steps"]), free), top_k=1)
+    if opts["refine_cfg_scale"] is not None:
+      refine["cfg_scale"] = opts["refine_cfg_scale"]
     return self._run(prompts, codes, ~remask, seed, refine, stream=0x2EF1)
 
   def _most_likely(self, prompts: Sequence[str], codes, n: int, seed: int, opts: dict):
@@ -941,6 +948,11 @@ def define_flags(required: bool = True) -> None:
     "(0 = off).",
   )
   flags.DEFINE_integer("refine_steps", None, "Decoding steps of those second decodes.")
+  flags.DEFINE_float(
+    "refine_cfg_scale",
+    None,
+    "Guidance scale of those second decodes (not given: the first decode's).",
+  )
   flags.DEFINE_float("temperature", None, "Sampling temperature.")
   flags.DEFINE_float(
     "temperature_decay",
@@ -995,6 +1007,7 @@ def options_from_flags(f) -> dict:
     "refine_fraction",
     "continue_refine_fraction",
     "refine_steps",
+    "refine_cfg_scale",
   )
   return {k: getattr(f, k) for k in names if getattr(f, k) is not None}
 

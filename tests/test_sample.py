@@ -381,6 +381,37 @@ def test_refine_decodes_the_least_likely_tokens_again(tiny_sampler):
       s.generate(P1, **bad)
 
 
+def test_refine_cfg_scale_guides_the_second_decode_alone(tiny_sampler, monkeypatch):
+  """refine_cfg_scale=g: the refinement's second decode runs at guidance g, the first decode at
+  cfg_scale; not given, the second decode keeps the first's guidance. (The tiny model's codes
+  barely depend on its text, so the decodes' guidance is read where they are run.)"""
+  s = tiny_sampler
+  run, scales = s._run, []
+
+  def spy(prompts, init_codes, fixed, seed, opts, **kw):
+    scales.append(opts["cfg_scale"])
+    return run(prompts, init_codes, fixed, seed, opts, **kw)
+
+  monkeypatch.setattr(s, "_run", spy)
+  kw = dict(seed=4, refine_fraction=0.25, cfg_scale=3.0)
+  video = s.generate([P1, P2], refine_cfg_scale=1.0, **kw)
+  assert scales == [3.0, 1.0]  # the decode, then the refinement
+  # Not given (the library's default; the tiny config sets 1): the first decode's guidance.
+  plain = sample_lib.Sampler(s.tokenizer, s.model, s.params, s.text_encoder, None, s.code_support)
+  assert plain.defaults["refine_cfg_scale"] is None
+  monkeypatch.setattr(plain, "_run", spy)
+  scales.clear()
+  plain.generate([P1, P2], **kw)
+  assert scales == [3.0, 3.0]
+  opts = s._options(refine_fraction=0.25, cfg_scale=3.0)
+  init = np.zeros((2,) + tuple(s.model.grid), np.int32)
+  codes, _ = run([P1, P2], init, np.zeros(init.shape, bool), 4, opts, frames=False)
+  _, by_hand = s._refine([P1, P2], codes, 4, dict(opts, cfg_scale=1.0))
+  np.testing.assert_array_equal(video, by_hand)
+  with pytest.raises(ValueError, match="refine_cfg_scale"):
+    s.generate(P1, refine_fraction=0.25, refine_cfg_scale=-1.0)
+
+
 def test_continue_refine_decodes_new_tokens_again(tiny_sampler):
   """continue_refine_fraction=f: each continuation candidate's f least likely new tokens are
   re-masked and decoded again by their most likely codes; the context is neither scored nor
