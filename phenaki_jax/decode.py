@@ -36,6 +36,7 @@ reads per token, and `lowest` picks the least likely of them: the tokens the sam
 and decodes again after a clip is sampled (option `refine_fraction`).
 """
 
+import math
 from typing import Callable, Optional, Union
 
 import jax
@@ -72,23 +73,48 @@ def kth_largest(x: Array, k: int) -> Array:
   return jnp.max(x, axis=-1, keepdims=True)
 
 
+def _block_size(num_codes: int) -> int:
+  """The largest divisor of `num_codes` up to its square root (1 when it is prime)."""
+  return max(d for d in range(1, math.isqrt(num_codes) + 1) if num_codes % d == 0)
+
+
+def _draw_index(cdf: Array, u: Array) -> Array:
+  """The first index whose cumulative mass `cdf` [..., n] exceeds `u` [..., 1], with `u` clamped
+  into [0, cdf[-1]) first: a rounded-up or rounded-down `u` can neither run past the last code
+  of positive mass nor stop before the first."""
+  total = cdf[..., -1:]
+  u = jnp.clip(u, 0.0, jnp.nextafter(total, jnp.zeros_like(total)))
+  return jnp.sum(cdf <= u, axis=-1)
+
+
 def categorical(rng: Array, logits: Array) -> Array:
   """One draw per row of `logits` [..., K] from softmax(logits): int32 [...].
 
   The same distribution as `jax.random.categorical`, drawn by inverting the cumulative
   distribution with one uniform number per row rather than by Gumbel noise on every logit
   and an argmax: on a CPU the threefry bits for [B, N, K] noise and the index-carrying argmax
-  cost ~4× the softmax, cumulative sum and count here (a [4, 80, 512] decode step: ~2.3 ms
-  against ~0.6 ms). Codes of zero probability (logits of -inf) are never drawn.
+  cost ~4× the inversion here. The inversion runs in two levels, K = blocks × b with b the
+  largest divisor of K up to √K: a cumulative sum over the blocks' masses picks the block, one
+  over the b codes of that block picks the code. A cumulative sum over all K codes cost more
+  than the rest of the draw on a CPU ([4, 80, 512]: 0.30 against 0.77 ms; [128, 80, 512]: 8.5
+  against 45 ms). Codes of zero probability (logits of -inf) are never drawn.
   """
+  k = logits.shape[-1]
   probs = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
-  cdf = jnp.cumsum(probs, axis=-1)  # [..., K], non-decreasing
-  total = cdf[..., -1:]
-  # u in [0, total): the drawn code is the first whose cumulative mass exceeds u. Clamping u
-  # below the total keeps a rounded-up product from running past the last likely code.
-  u = jax.random.uniform(rng, total.shape) * total
-  u = jnp.minimum(u, jnp.nextafter(total, jnp.zeros_like(total)))
-  return jnp.sum(cdf <= u, axis=-1).astype(jnp.int32)
+  b = _block_size(k)
+  if b == 1:  # K prime: one level
+    cdf = jnp.cumsum(probs, axis=-1)
+    u = jax.random.uniform(rng, cdf.shape[:-1] + (1,)) * cdf[..., -1:]
+    return _draw_index(cdf, u).astype(jnp.int32)
+  blocks = probs.reshape(probs.shape[:-1] + (k // b, b))  # [..., K/b, b]
+  mass = jnp.sum(blocks, axis=-1)  # [..., K/b]
+  block_cdf = jnp.cumsum(mass, axis=-1)
+  u = jax.random.uniform(rng, block_cdf.shape[:-1] + (1,)) * block_cdf[..., -1:]
+  j = _draw_index(block_cdf, u)  # [...]: a block of positive mass
+  before = jnp.take_along_axis(block_cdf - mass, j[..., None], axis=-1)  # mass of blocks < j
+  inner = jnp.take_along_axis(blocks, j[..., None, None], axis=-2)[..., 0, :]  # [..., b]
+  i = _draw_index(jnp.cumsum(inner, axis=-1), u - before)
+  return (j * b + i).astype(jnp.int32)
 
 
 def filter_logits(logits: Array, top_k: int = 0, top_p: float = 1.0) -> Array:

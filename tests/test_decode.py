@@ -289,6 +289,38 @@ def test_categorical_draws_from_the_softmax():
   np.testing.assert_array_equal(shifted, decode.categorical(jax.random.PRNGKey(5), logits))
 
 
+def test_categorical_in_blocks_draws_from_the_softmax():
+  """K = 12 is drawn in two levels (4 blocks of 3 codes): a block of zero mass, blocks with
+  zero-mass codes at either end, and one-hot rows at block edges keep their frequencies and
+  never draw a code of logit -inf; a prime K (7, above) takes one level."""
+  assert decode._block_size(12) == 3 and decode._block_size(512) == 16
+  assert decode._block_size(7) == 1
+  probs = np.array(
+    [
+      [0.0, 0.0, 0.0, 0.1, 0.2, 0.0, 0.0, 0.3, 0.0, 0.0, 0.0, 0.4],
+      [0.0, 0.0, 0.5, 0.0, 0.0, 0.0, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0],
+    ]
+  )
+  logits = jnp.log(jnp.asarray(probs, jnp.float32))
+  n = 40_000
+  draws = np.asarray(
+    jax.jit(jax.vmap(lambda k: decode.categorical(k, logits)))(
+      jax.random.split(jax.random.PRNGKey(7), n)
+    )
+  )
+  for row in range(2):
+    counts = np.bincount(draws[:, row], minlength=12)
+    assert (counts[probs[row] == 0] == 0).all(), (row, counts)
+    live = probs[row] > 0
+    expected = n * probs[row][live]
+    chi2 = np.sum((counts[live] - expected) ** 2 / expected)
+    assert chi2 < 20.0, (row, counts, chi2)
+  keys = jax.random.split(jax.random.PRNGKey(1), 300)
+  for code in (0, 15, 16, 255, 496):
+    one_hot = jnp.full((2, 512), -jnp.inf).at[:, code].set(0.0)
+    assert (jax.vmap(lambda k, h=one_hot: decode.categorical(k, h))(keys) == code).all()
+
+
 def test_filter_logits():
   logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
   kept = lambda x: np.isfinite(np.asarray(x))[0].tolist()
