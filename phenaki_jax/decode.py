@@ -101,11 +101,7 @@ def categorical(rng: Array, logits: Array) -> Array:
   """
   k = logits.shape[-1]
   probs = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
-  b = _block_size(k)
-  if b == 1:  # K prime: one level
-    cdf = jnp.cumsum(probs, axis=-1)
-    u = jax.random.uniform(rng, cdf.shape[:-1] + (1,)) * cdf[..., -1:]
-    return _draw_index(cdf, u).astype(jnp.int32)
+  b = _block_size(k)  # 1 for a prime K: every code its own block, the inner draw trivial
   blocks = probs.reshape(probs.shape[:-1] + (k // b, b))  # [..., K/b, b]
   mass = jnp.sum(blocks, axis=-1)  # [..., K/b]
   block_cdf = jnp.cumsum(mass, axis=-1)
