@@ -47,8 +47,8 @@ def _stage_flags(stage: int, model: str, minutes: float, steps: int, takes: str)
   return minutes_flag, steps_flag
 
 
-_STAGE1_MIN, _STAGE1_STEPS = _stage_flags(1, "C-ViViT", 10.0, 1500, "~5 min")
-_STAGE2_MIN, _STAGE2_STEPS = _stage_flags(2, "MaskGIT", 24.0, 8400, "~15 min")
+_STAGE1_MIN, _STAGE1_STEPS = _stage_flags(1, "C-ViViT", 12.0, 3000, "~8 min")
+_STAGE2_MIN, _STAGE2_STEPS = _stage_flags(2, "MaskGIT", 24.0, 8400, "~14 min")
 _POLISH_STEPS = flags.DEFINE_integer(
   "polish_steps",
   1000,

@@ -87,7 +87,7 @@ def tiny_cvivit_config():
   c.eval.batch_size = 4
   c.eval.num_videos = 2
   c.losses.adversarial = 0.0
-  # The tiny default's peak lr (8e-3) is tuned for its 1500 steps; the trainer and sampler tests
+  # The tiny default's peak lr (8e-3) is tuned for its 3000 steps; the trainer and sampler tests
   # were sized on this 30-step tokenizer at 2e-3 (its codes' spread, which they rely on).
   c.optim.lr = 2e-3
   c.total_steps = 30
