@@ -138,8 +138,8 @@ def get_config(arg: str = "tiny"):
     # continuations ("Guidance in continuations"), continuations decoded one time step after
     # another ("Stepwise continuations") and kept as the most typical of 4 candidates
     # ("Continuation candidates"); a clip from text kept as the most likely of 4 ("Candidates
-    # from text"), then its least likely 10% of tokens decoded again, unguided ("Refinement
-    # after decoding").
+    # from text"), then its least likely 10% of tokens decoded again, unguided, and two sweeps
+    # of every token by its most likely code ("Refinement after decoding").
     c.sample.update(
       dict(
         steps=24,
@@ -151,6 +151,7 @@ def get_config(arg: str = "tiny"):
         candidates=4,
         refine_fraction=0.1,
         refine_cfg_scale=1.0,
+        refine_sweeps=2,
       )
     )
   if variant == "tiny":

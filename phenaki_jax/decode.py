@@ -33,7 +33,10 @@ likely (on Shapes, guidance otherwise put the later-frame background code into t
 one of a few chunks, and read from the logits given the rest): the sampler's choice among
 several candidates of one prompt (option `candidates`). `token_log_likelihoods` gives the same
 reads per token, and `lowest` picks the least likely of them: the tokens the sampler re-masks
-and decodes again after a clip is sampled (option `refine_fraction`).
+and decodes again after a clip is sampled (option `refine_fraction`). `lattice_phases` splits
+a clip's token grid into the four phases of a 2×2 lattice, so that no two tokens of a phase
+touch in space: the sampler's sweeps (option `refine_sweeps`) decode one phase at a time again,
+each token by its most likely code given all its neighbours (iterated conditional modes).
 """
 
 import math
@@ -284,6 +287,17 @@ def lowest(scores: Array, eligible: Array, fraction: float) -> Array:
   eligible = eligible.astype(bool)
   k = jnp.round(fraction * eligible.sum(-1)).astype(jnp.int32)  # [B]
   return (_rank(jnp.where(eligible, scores, jnp.inf)) < k[:, None]) & eligible
+
+
+def lattice_phases(grid: tuple) -> np.ndarray:
+  """bool [4, t, h, w] for a token grid (t, h, w): phase 2·(y mod 2) + (x mod 2) of every time
+  step. Each position is in exactly one phase, and no two positions of a phase are neighbours in
+  the spatial grid (not even diagonally), so each phase can be decoded again with the whole of
+  every masked token's spatial neighbourhood given."""
+  t, h, w = (int(n) for n in grid)
+  y, x = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+  phase = 2 * (y % 2) + x % 2  # [h, w]
+  return np.stack([np.broadcast_to(phase == k, (t, h, w)) for k in range(4)])
 
 
 def guided_logits_fn(

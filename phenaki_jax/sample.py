@@ -91,6 +91,12 @@ def default_config(**overrides) -> ml_collections.ConfigDict:
     refine_cfg_scale     guidance of that second decode; None = the first decode's (cfg_scale,
                          or a continuation's continue_cfg_scale). At 1 the re-masked tokens take
                          the conditional model's most likely codes, not guidance's.
+    refine_sweeps        after text-to-video sampling (and the refinement, if on), this many
+                         sweeps of iterated conditional modes over the clip: the tokens of each
+                         phase of a 2×2 lattice over every time step's grid
+                         (`decode.lattice_phases`) re-masked in turn and decoded in one step,
+                         each taking its most likely code given all its neighbours, at guidance
+                         refine_cfg_scale (None: cfg_scale); four model calls per sweep; 0 = off
 
   What each did on Shapes: docs/experiments.md, "Sampling".
   """
@@ -114,6 +120,7 @@ def default_config(**overrides) -> ml_collections.ConfigDict:
       continue_refine_fraction=0.0,
       refine_steps=2,
       refine_cfg_scale=ml_collections.config_dict.placeholder(float),
+      refine_sweeps=0,
     )
   )
   config.update(overrides)
@@ -400,6 +407,7 @@ class Sampler:
       if not 0.0 <= out[name] < 1.0:
         raise ValueError(f"{name} must be in [0, 1) (0: off), got {out[name]}")
     out["refine_steps"] = _int(opts["refine_steps"], "refine_steps", minimum=1)
+    out["refine_sweeps"] = _int(opts["refine_sweeps"], "refine_sweeps", minimum=0)
     return out
 
   def _bytes_per_video(self, time_steps: int, guided: bool) -> int:
@@ -551,6 +559,23 @@ class Sampler:
       refine["cfg_scale"] = opts["refine_cfg_scale"]
     return self._run(prompts, codes, ~remask, seed, refine, stream=0x2EF1)
 
+  def _sweep(self, prompts: Sequence[str], codes, seed: int, opts: dict):
+    """codes [B, t, h, w] → codes after `refine_sweeps` sweeps of iterated conditional modes:
+    in each sweep the four phases of `decode.lattice_phases` are re-masked one after another
+    and decoded in one step by their most likely codes (guidance `refine_cfg_scale` when set),
+    every other token given."""
+    sweep = dict(opts, steps=1, top_k=1)
+    if opts["refine_cfg_scale"] is not None:
+      sweep["cfg_scale"] = opts["refine_cfg_scale"]
+    phases = [p for p in decode_lib.lattice_phases(np.shape(codes)[1:]) if p.any()]
+    for i in range(int(opts["refine_sweeps"])):
+      for k, phase in enumerate(phases):
+        fixed = np.broadcast_to(~phase, np.shape(codes))
+        codes, _ = self._run(
+          prompts, codes, fixed, seed, sweep, stream=0x5EE0 + 4 * i + k, frames=False
+        )
+    return codes
+
   def _most_likely(self, prompts: Sequence[str], codes, n: int, seed: int, opts: dict):
     """codes [B·n, t, h, w] (n candidates of each of the B prompts, candidate-minor) → the most
     likely candidate of each prompt, codes [B, t, h, w]: the highest pseudo-log-likelihood per
@@ -681,7 +706,8 @@ class Sampler:
 
     With the option `candidates` N > 1, each prompt's clip is the most likely (to the
     conditional MaskGIT, `decode.pseudo_log_likelihood`) of N sampled in one batch; with
-    `refine_fraction` > 0 its least likely tokens are then decoded again (`_refine`)."""
+    `refine_fraction` > 0 its least likely tokens are then decoded again (`_refine`), and with
+    `refine_sweeps` > 0 every token, one lattice phase at a time (`_sweep`)."""
     prompts, single = check_prompts(prompt)
     num_frames = self.max_frames if num_frames is None else _int(num_frames, "num_frames", 1)
     t = self._steps_for(num_frames)
@@ -692,7 +718,7 @@ class Sampler:
     self._check_batch(len(prompts) * n, t, opts, "generate")
     h = w = self.tokenizer.grid_size
     init = np.zeros((len(prompts) * n, t, h, w), np.int32)
-    refine = opts["refine_fraction"] > 0
+    refine = opts["refine_fraction"] > 0 or opts["refine_sweeps"] > 0
     if n == 1:
       codes, video = self._run(
         prompts, init, np.zeros_like(init, bool), seed, opts, frames=not refine
@@ -702,8 +728,10 @@ class Sampler:
       codes, _ = self._run(every, init, np.zeros_like(init, bool), seed, opts, frames=False)
       codes = self._most_likely(prompts, codes, n, seed, opts)
       video = None if refine else np.asarray(self.tokenizer.decode(codes))
-    if refine:
-      _, video = self._refine(prompts, codes, seed, opts)
+    if opts["refine_fraction"] > 0:
+      codes, video = self._refine(prompts, codes, seed, opts)
+    if opts["refine_sweeps"] > 0:
+      video = np.asarray(self.tokenizer.decode(self._sweep(prompts, codes, seed, opts)))
     video = video[:, :num_frames]
     return video[0] if single else video
 
@@ -953,6 +981,12 @@ def define_flags(required: bool = True) -> None:
     None,
     "Guidance scale of those second decodes (not given: the first decode's).",
   )
+  flags.DEFINE_integer(
+    "refine_sweeps",
+    None,
+    "Then decode every token of a text-to-video clip again by its most likely code, one 2x2 "
+    "lattice phase at a time, this many times (0 = off).",
+  )
   flags.DEFINE_float("temperature", None, "Sampling temperature.")
   flags.DEFINE_float(
     "temperature_decay",
@@ -1008,6 +1042,7 @@ def options_from_flags(f) -> dict:
     "continue_refine_fraction",
     "refine_steps",
     "refine_cfg_scale",
+    "refine_sweeps",
   )
   return {k: getattr(f, k) for k in names if getattr(f, k) is not None}
 

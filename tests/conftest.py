@@ -147,11 +147,12 @@ def tiny_maskgit_config(tokenizer_dir: str, total_steps: int = MASKGIT_STEPS):
   c.log_every = 20
   c.sample.num_videos = 1
   # One sample per clip and continuation, not refined: the sampler tests compare them with
-  # single decodes (test_sample.py tests the tiny default's candidates and refinement on their
-  # own).
+  # single decodes (test_sample.py tests the tiny default's candidates, refinement and sweeps
+  # on their own).
   c.sample.continue_candidates = 1
   c.sample.candidates = 1
   c.sample.refine_fraction = 0.0
+  c.sample.refine_sweeps = 0
   c.code_support_clips = 128
   return c
 

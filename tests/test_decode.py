@@ -244,6 +244,22 @@ def test_token_log_likelihoods_and_lowest(tiny):
     decode.lowest(scores, eligible, 1.5)
 
 
+def test_lattice_phases_partition_the_grid_without_neighbours():
+  """lattice_phases: four phases, every position in exactly one, and no two positions of a
+  phase touching in space (diagonals included); every time step has the same pattern."""
+  phases = decode.lattice_phases((3, 4, 5))
+  assert phases.shape == (4, 3, 4, 5) and phases.dtype == bool
+  np.testing.assert_array_equal(phases.sum(0), 1)
+  for phase in phases:
+    np.testing.assert_array_equal(phase, np.broadcast_to(phase[0], phase.shape))
+    ys, xs = np.nonzero(phase[0])
+    for y, x in zip(ys, xs):
+      near = phase[0, max(y - 1, 0) : y + 2, max(x - 1, 0) : x + 2]
+      assert near.sum() == 1, (y, x)  # itself alone among its 8 neighbours
+  assert [int(p[0].sum()) for p in phases] == [6, 4, 6, 4]
+  assert [int(p.sum()) for p in decode.lattice_phases((1, 1, 3))] == [2, 1, 0, 0]
+
+
 def test_restricted_logits_fn():
   logits = jnp.arange(12.0).reshape(1, 3, 4)
   allowed = jnp.array([[True, False, True, False], [False] * 3 + [True], [True] * 4])

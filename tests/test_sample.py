@@ -412,6 +412,35 @@ def test_refine_cfg_scale_guides_the_second_decode_alone(tiny_sampler, monkeypat
     s.generate(P1, refine_fraction=0.25, refine_cfg_scale=-1.0)
 
 
+def test_refine_sweeps_decode_each_lattice_phase_by_its_most_likely_codes(tiny_sampler):
+  """refine_sweeps=n: after sampling, n sweeps over the four lattice phases; each phase is
+  re-masked and every one of its tokens takes its most likely code given all the others (at
+  refine_cfg_scale), the other phases unchanged; 0 is plain sampling."""
+  s = tiny_sampler
+  plain = s.generate([P1, P2], seed=4)
+  np.testing.assert_array_equal(plain, s.generate([P1, P2], seed=4, refine_sweeps=0))
+  opts = s._options(refine_sweeps=1, refine_cfg_scale=1.0, restrict_codes=False)
+  init = np.zeros((2,) + tuple(s.model.grid), np.int32)
+  codes, _ = s._run([P1, P2], init, np.zeros(init.shape, bool), 4, opts, frames=False)
+  text, text_mask = s.text_encoder.encode([P1, P2])
+  by_hand = codes.reshape(2, -1)
+  for phase in decode_lib.lattice_phases(codes.shape[1:]):
+    hidden = np.broadcast_to(phase.reshape(-1), by_hand.shape)
+    logits = s.model.apply(
+      {"params": s.params}, jnp.where(hidden, s.model.mask_token_id, by_hand), text, text_mask
+    )
+    by_hand = np.where(hidden, np.asarray(logits).argmax(-1), by_hand)
+  swept = s._sweep([P1, P2], codes, 4, opts)
+  np.testing.assert_array_equal(swept.reshape(2, -1), by_hand)
+  assert (swept != codes).any()
+  np.testing.assert_array_equal(
+    s.generate([P1, P2], seed=4, refine_sweeps=1, refine_cfg_scale=1.0, restrict_codes=False),
+    np.asarray(s.tokenizer.decode(swept)),
+  )
+  with pytest.raises(ValueError, match="refine_sweeps"):
+    s.generate(P1, refine_sweeps=-1)
+
+
 def test_continue_refine_decodes_new_tokens_again(tiny_sampler):
   """continue_refine_fraction=f: each continuation candidate's f least likely new tokens are
   re-masked and decoded again by their most likely codes; the context is neither scored nor
