@@ -538,11 +538,12 @@ class Sampler:
     opts: dict,
     eligible=None,
     fraction: Optional[float] = None,
+    frames: bool = True,
   ):
     """codes [B, t, h, w] → (codes, frames) with a `fraction` (default: the option
     `refine_fraction`) of each clip's `eligible` tokens (default: all), those least likely, re-masked
-    and decoded again (most likely codes, `refine_steps` steps, guidance `refine_cfg_scale` when
-    set), every other token given."""
+    and decoded again (`_second_decode` options, `refine_steps` steps), every other token given.
+    `frames=False`: (codes, None), the C-ViViT decoder skipped."""
     eligible = np.ones(np.shape(codes), bool) if eligible is None else np.asarray(eligible, bool)
     fraction = opts["refine_fraction"] if fraction is None else fraction
     rng = jax.random.fold_in(jax.random.PRNGKey(seed), 0x2EF1)
@@ -553,20 +554,24 @@ class Sampler:
     ).reshape(np.shape(codes))
     free = int(remask.reshape(b, -1).sum(1).min())
     if free == 0:  # too few tokens for the fraction to pick one
-      return codes, np.asarray(self.tokenizer.decode(codes))
-    refine = dict(opts, steps=min(int(opts["refine_steps"]), free), top_k=1)
+      return codes, np.asarray(self.tokenizer.decode(codes)) if frames else None
+    refine = self._second_decode(opts, min(int(opts["refine_steps"]), free))
+    return self._run(prompts, codes, ~remask, seed, refine, stream=0x2EF1, frames=frames)
+
+  @staticmethod
+  def _second_decode(opts: dict, steps: int) -> dict:
+    """The options of a decode after sampling (`_refine`, `_sweep`): `steps` steps, each token
+    its most likely code, at guidance `refine_cfg_scale` when set."""
+    out = dict(opts, steps=steps, top_k=1)
     if opts["refine_cfg_scale"] is not None:
-      refine["cfg_scale"] = opts["refine_cfg_scale"]
-    return self._run(prompts, codes, ~remask, seed, refine, stream=0x2EF1)
+      out["cfg_scale"] = opts["refine_cfg_scale"]
+    return out
 
   def _sweep(self, prompts: Sequence[str], codes, seed: int, opts: dict):
     """codes [B, t, h, w] → codes after `refine_sweeps` sweeps of iterated conditional modes:
     in each sweep the four phases of `decode.lattice_phases` are re-masked one after another
-    and decoded in one step by their most likely codes (guidance `refine_cfg_scale` when set),
-    every other token given."""
-    sweep = dict(opts, steps=1, top_k=1)
-    if opts["refine_cfg_scale"] is not None:
-      sweep["cfg_scale"] = opts["refine_cfg_scale"]
+    and decoded in one step (`_second_decode` options), every other token given."""
+    sweep = self._second_decode(opts, 1)
     phases = [p for p in decode_lib.lattice_phases(np.shape(codes)[1:]) if p.any()]
     for i in range(int(opts["refine_sweeps"])):
       for k, phase in enumerate(phases):
@@ -728,9 +733,10 @@ class Sampler:
       codes, _ = self._run(every, init, np.zeros_like(init, bool), seed, opts, frames=False)
       codes = self._most_likely(prompts, codes, n, seed, opts)
       video = None if refine else np.asarray(self.tokenizer.decode(codes))
+    sweeps = opts["refine_sweeps"] > 0
     if opts["refine_fraction"] > 0:
-      codes, video = self._refine(prompts, codes, seed, opts)
-    if opts["refine_sweeps"] > 0:
+      codes, video = self._refine(prompts, codes, seed, opts, frames=not sweeps)
+    if sweeps:
       video = np.asarray(self.tokenizer.decode(self._sweep(prompts, codes, seed, opts)))
     video = video[:, :num_frames]
     return video[0] if single else video
