@@ -140,8 +140,18 @@ def maskgit_config(size: str) -> ml_collections.ConfigDict:
   c.data.video_rate, c.data.image_rate = 1.0, 0.0
   c.data.turn_rate, c.data.static_images = 0.0, False
   c.optim = _optim()
-  # One sample per clip, as the reference draws.
-  c.sample.update(dict(steps=12, cfg_scale=3.0, top_k=0, restrict_codes=False, candidates=1))
+  # One sample per clip, as the reference draws: one decode, no second pass over its tokens.
+  c.sample.update(
+    dict(
+      steps=12,
+      cfg_scale=3.0,
+      top_k=0,
+      restrict_codes=False,
+      candidates=1,
+      refine_fraction=0.0,
+      refine_sweeps=0,
+    )
+  )
   return c
 
 

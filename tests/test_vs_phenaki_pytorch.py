@@ -53,6 +53,8 @@ def test_race_configs_mirror_the_table(size, tmp_path):
   assert net.codebook_size == codebook and mg.data.batch_size == batch
   assert mg.text_encoder.name == "minilm" and mg.text_encoder.max_length == 8
   assert mg.sample.steps == 12 and mg.sample.cfg_scale > 1 and mg.sample.candidates == 1
+  # Nothing after the one decode: the reference draws once per clip.
+  assert mg.sample.refine_fraction == 0 and mg.sample.refine_sweeps == 0
 
 
 def test_unknown_variant_is_refused():
