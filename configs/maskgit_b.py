@@ -139,7 +139,8 @@ def get_config(arg: str = "tiny"):
     # another ("Stepwise continuations") and kept as the most typical of 4 candidates
     # ("Continuation candidates"); a clip from text kept as the most likely of 4 ("Candidates
     # from text"), then its least likely 10% of tokens decoded again, unguided, and two sweeps
-    # of every token by its most likely code ("Refinement after decoding").
+    # of every token by its most likely code where that is over 4 times as likely as its own
+    # ("Refinement after decoding").
     c.sample.update(
       dict(
         steps=24,
@@ -152,6 +153,7 @@ def get_config(arg: str = "tiny"):
         refine_fraction=0.1,
         refine_cfg_scale=1.0,
         refine_sweeps=2,
+        sweep_switch_odds=4.0,
       )
     )
   if variant == "tiny":

@@ -360,6 +360,28 @@ def guided_logits_fn(
   return logits_fn
 
 
+def sticky_logits_fn(
+  logits_fn: LogitsFn, current: Array, log_odds: Union[float, Array]
+) -> LogitsFn:
+  """`logits_fn` under which a position keeps its `current` code (int32 [B, N]) unless the
+  most likely code is more than exp(`log_odds`) times as likely as it: there the logits become
+  one-hot on the current code (0 on it, the lowest float elsewhere). At log_odds 0 a code is
+  kept only where it is already the most likely, i.e. argmax decoding is unchanged; larger
+  values leave codes the model finds nearly as likely as its favourite alone."""
+
+  def sticky(tokens: Array) -> Array:
+    logits = logits_fn(tokens)
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    held = jnp.take_along_axis(log_probs, current[..., None], axis=-1)  # [B, N, 1]
+    keep = held >= jnp.max(log_probs, axis=-1, keepdims=True) - log_odds
+    iota = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+    low = jnp.finfo(logits.dtype).min
+    one_hot = jnp.where(iota == current[..., None], jnp.zeros((), logits.dtype), low)
+    return jnp.where(keep, one_hot, logits)
+
+  return sticky
+
+
 def restricted_logits_fn(logits_fn: LogitsFn, allowed: Array) -> LogitsFn:
   """`logits_fn` with the codes that `allowed` (bool [N, K], or broadcastable to the logits
   [B, N, K]) forbids at a position set to the lowest float, so they are never sampled."""

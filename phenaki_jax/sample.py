@@ -97,6 +97,9 @@ def default_config(**overrides) -> ml_collections.ConfigDict:
                          (`decode.lattice_phases`) re-masked in turn and decoded in one step,
                          each taking its most likely code given all its neighbours, at guidance
                          refine_cfg_scale (None: cfg_scale); four model calls per sweep; 0 = off
+    sweep_switch_odds    a sweep changes a token's code only where the most likely code is more
+                         than this many times as likely as it (`decode.sticky_logits_fn`);
+                         1 = wherever another code is likelier (plain iterated conditional modes)
 
   What each did on Shapes: docs/experiments.md, "Sampling".
   """
@@ -121,6 +124,7 @@ def default_config(**overrides) -> ml_collections.ConfigDict:
       refine_steps=2,
       refine_cfg_scale=ml_collections.config_dict.placeholder(float),
       refine_sweeps=0,
+      sweep_switch_odds=1.0,
     )
   )
   config.update(overrides)
@@ -408,6 +412,12 @@ class Sampler:
         raise ValueError(f"{name} must be in [0, 1) (0: off), got {out[name]}")
     out["refine_steps"] = _int(opts["refine_steps"], "refine_steps", minimum=1)
     out["refine_sweeps"] = _int(opts["refine_sweeps"], "refine_sweeps", minimum=0)
+    out["sweep_switch_odds"] = _real(opts["sweep_switch_odds"], "sweep_switch_odds")
+    if not out["sweep_switch_odds"] >= 1.0:
+      raise ValueError(
+        f"sweep_switch_odds must be ≥ 1 (1: take the most likely code wherever it differs), "
+        f"got {out['sweep_switch_odds']}"
+      )
     return out
 
   def _bytes_per_video(self, time_steps: int, guided: bool) -> int:
@@ -444,9 +454,11 @@ class Sampler:
       )
 
   # ---- the jitted core --------------------------------------------------------------------
-  def _generate_fn(self, steps: int, top_k: int, top_p: float, guided: bool):
-    """guided=False: cfg_scale is 1 (conditional model only), one model call per step."""
-    key = (steps, top_k, top_p, guided)
+  def _generate_fn(self, steps: int, top_k: int, top_p: float, guided: bool, sticky: bool = False):
+    """guided=False: cfg_scale is 1 (conditional model only), one model call per step.
+    sticky=True: the free tokens keep their codes in `init_codes` unless another code is more
+    than exp(switch_log_odds) times as likely (`decode.sticky_logits_fn`)."""
+    key = (steps, top_k, top_p, guided, sticky)
     if key not in self._fns:
       model = self.model
 
@@ -465,6 +477,7 @@ class Sampler:
         choice_temperature,
         cfg_support,
         allowed,
+        switch_log_odds,
       ):
         b, t, h, w = init_codes.shape
         apply_fn = functools.partial(model.apply, {"params": params})
@@ -472,6 +485,10 @@ class Sampler:
           apply_fn, text, text_mask, null_text, null_mask, cfg_scale if guided else 1.0, cfg_support
         )
         logits_fn = decode_lib.restricted_logits_fn(logits_fn, allowed[None])
+        if sticky:
+          logits_fn = decode_lib.sticky_logits_fn(
+            logits_fn, init_codes.reshape(b, -1), switch_log_odds
+          )
         tokens = decode_lib.decode(
           logits_fn,
           init_codes.reshape(b, -1),
@@ -570,14 +587,22 @@ class Sampler:
   def _sweep(self, prompts: Sequence[str], codes, seed: int, opts: dict):
     """codes [B, t, h, w] → codes after `refine_sweeps` sweeps of iterated conditional modes:
     in each sweep the four phases of `decode.lattice_phases` are re-masked one after another
-    and decoded in one step (`_second_decode` options), every other token given."""
+    and decoded in one step (`_second_decode` options), every other token given; a token
+    changes only where the new code is more than `sweep_switch_odds` times as likely."""
     sweep = self._second_decode(opts, 1)
     phases = [p for p in decode_lib.lattice_phases(np.shape(codes)[1:]) if p.any()]
     for i in range(int(opts["refine_sweeps"])):
       for k, phase in enumerate(phases):
         fixed = np.broadcast_to(~phase, np.shape(codes))
         codes, _ = self._run(
-          prompts, codes, fixed, seed, sweep, stream=0x5EE0 + 4 * i + k, frames=False
+          prompts,
+          codes,
+          fixed,
+          seed,
+          sweep,
+          stream=0x5EE0 + 4 * i + k,
+          frames=False,
+          switch_odds=opts["sweep_switch_odds"],
         )
     return codes
 
@@ -602,17 +627,23 @@ class Sampler:
     opts: dict,
     stream: Optional[int] = None,
     frames: bool = True,
+    switch_odds: float = 1.0,
   ):
     """Generates codes [B, t, h, w] (fixed positions kept) and frames [B, F, H, W, 3].
 
     `stream` (optional): draw from random stream `stream` of `seed` (one per decode of a
     stepwise continuation) instead of `seed`'s own key. `frames=False` skips the C-ViViT
-    decoder and returns (codes, None)."""
+    decoder and returns (codes, None). `switch_odds` > 1: a free token keeps its code in
+    `init_codes` unless another is more than that many times as likely (a sweep's rule)."""
     b = len(prompts)
     self._check_steps(opts["steps"], int((~np.asarray(fixed, bool)).reshape(b, -1).sum(1).max()))
     text, text_mask = self.text_encoder.encode(list(prompts))
     fn = self._generate_fn(
-      int(opts["steps"]), int(opts["top_k"]), float(opts["top_p"]), float(opts["cfg_scale"]) != 1.0
+      int(opts["steps"]),
+      int(opts["top_k"]),
+      float(opts["top_p"]),
+      float(opts["cfg_scale"]) != 1.0,
+      sticky=switch_odds > 1.0,
     )
     null_text = jnp.broadcast_to(self._null[0], (b,) + self._null[0].shape[1:])
     null_mask = jnp.broadcast_to(self._null[1], (b,) + self._null[1].shape[1:])
@@ -634,6 +665,7 @@ class Sampler:
       jnp.float32(opts["choice_temperature"]),
       jnp.float32(opts["cfg_support"]),
       jnp.asarray(self._allowed(np.shape(init_codes)[1], bool(opts["restrict_codes"]))),
+      jnp.float32(math.log(switch_odds)),
     )
     video = np.asarray(self.tokenizer.decode(codes)) if frames else None
     return np.asarray(codes), video
@@ -993,6 +1025,12 @@ def define_flags(required: bool = True) -> None:
     "Then decode every token of a text-to-video clip again by its most likely code, one 2x2 "
     "lattice phase at a time, this many times (0 = off).",
   )
+  flags.DEFINE_float(
+    "sweep_switch_odds",
+    None,
+    "A sweep changes a token only where the most likely code is more than this many times "
+    "as likely as its own (1 = wherever another is likelier).",
+  )
   flags.DEFINE_float("temperature", None, "Sampling temperature.")
   flags.DEFINE_float(
     "temperature_decay",
@@ -1049,6 +1087,7 @@ def options_from_flags(f) -> dict:
     "refine_steps",
     "refine_cfg_scale",
     "refine_sweeps",
+    "sweep_switch_odds",
   )
   return {k: getattr(f, k) for k in names if getattr(f, k) is not None}
 

@@ -269,6 +269,25 @@ def test_restricted_logits_fn():
   assert (out[0, 1, :3] == low).all() and out[0, 1, 3] == 7.0
 
 
+def test_sticky_logits_fn_keeps_codes_nearly_as_likely_as_the_best():
+  """A position keeps its current code (one-hot logits) unless the best code is more than
+  exp(log_odds) times as likely; otherwise the logits pass through. log_odds 0 leaves argmax
+  decoding as it was."""
+  # Probabilities per position: [0.5, 0.3, 0.2], [0.7, 0.2, 0.1], [0.4, 0.4, 0.2].
+  probs = jnp.array([[[0.5, 0.3, 0.2], [0.7, 0.2, 0.1], [0.4, 0.4, 0.2]]])
+  logits = jnp.log(probs) + 3.0  # unnormalised: the rule reads the softmax
+  current = jnp.array([[1, 1, 1]])
+  low = jnp.finfo(jnp.float32).min
+  out = decode.sticky_logits_fn(lambda t: logits, current, np.log(2.0))(jnp.zeros((1, 3)))
+  # 0.5 / 0.3 < 2: kept; 0.7 / 0.2 > 2: free; 0.4 / 0.4: kept.
+  np.testing.assert_array_equal(out[0, 0], jnp.array([low, 0.0, low]))
+  np.testing.assert_array_equal(out[0, 1], logits[0, 1])
+  np.testing.assert_array_equal(out[0, 2], jnp.array([low, 0.0, low]))
+  plain = decode.sticky_logits_fn(lambda t: logits, current, 0.0)(jnp.zeros((1, 3)))
+  assert [int(i) for i in plain.argmax(-1)[0]] == [0, 0, 1]  # argmax, ties kept as they are
+  np.testing.assert_array_equal(plain[0, :2], logits[0, :2])
+
+
 def test_kth_largest_matches_lax_top_k():
   """The argmax passes give lax.top_k's k-th value, ties counted (k ≤ 16) and beyond."""
   x = jnp.round(jax.random.normal(jax.random.PRNGKey(0), (3, 7, 40)) * 2)  # many ties

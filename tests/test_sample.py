@@ -441,6 +441,40 @@ def test_refine_sweeps_decode_each_lattice_phase_by_its_most_likely_codes(tiny_s
     s.generate(P1, refine_sweeps=-1)
 
 
+def test_sweep_switch_odds_keep_codes_the_model_nearly_prefers(tiny_sampler):
+  """sweep_switch_odds=r: a sweep changes a token only where the most likely code is more than
+  r times as likely as the token's own code (read with its phase masked); 1 is plain argmax.
+  Checked phase by phase against the model's probabilities; a huge r changes nothing."""
+  s = tiny_sampler
+  odds = 4.0
+  opts = s._options(
+    refine_sweeps=1, refine_cfg_scale=1.0, restrict_codes=False, sweep_switch_odds=odds
+  )
+  init = np.zeros((2,) + tuple(s.model.grid), np.int32)
+  codes, _ = s._run([P1, P2], init, np.zeros(init.shape, bool), 4, opts, frames=False)
+  text, text_mask = s.text_encoder.encode([P1, P2])
+  by_hand = codes.reshape(2, -1)
+  kept = changed = 0
+  for phase in decode_lib.lattice_phases(codes.shape[1:]):
+    hidden = np.broadcast_to(phase.reshape(-1), by_hand.shape)
+    logits = s.model.apply(
+      {"params": s.params}, jnp.where(hidden, s.model.mask_token_id, by_hand), text, text_mask
+    )
+    log_probs = np.asarray(jax.nn.log_softmax(logits, -1))
+    own = np.take_along_axis(log_probs, by_hand[..., None], -1)[..., 0]
+    switch = hidden & (log_probs.max(-1) - own > np.log(odds))
+    kept += int((hidden & ~switch & (log_probs.argmax(-1) != by_hand)).sum())
+    changed += int(switch.sum())
+    by_hand = np.where(switch, log_probs.argmax(-1), by_hand)
+  swept = s._sweep([P1, P2], codes, 4, opts)
+  np.testing.assert_array_equal(swept.reshape(2, -1), by_hand)
+  assert kept > 0 and changed > 0, (kept, changed)  # the rule both held and let go
+  never = s._sweep([P1, P2], codes, 4, dict(opts, sweep_switch_odds=1e30))
+  np.testing.assert_array_equal(never, codes)
+  with pytest.raises(ValueError, match="sweep_switch_odds"):
+    s.generate(P1, refine_sweeps=1, sweep_switch_odds=0.5)
+
+
 def test_continue_refine_decodes_new_tokens_again(tiny_sampler):
   """continue_refine_fraction=f: each continuation candidate's f least likely new tokens are
   re-masked and decoded again by their most likely codes; the context is neither scored nor
