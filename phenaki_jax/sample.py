@@ -454,11 +454,13 @@ class Sampler:
       )
 
   # ---- the jitted core --------------------------------------------------------------------
-  def _generate_fn(self, steps: int, top_k: int, top_p: float, guided: bool, sticky: bool = False):
+  def _generate_fn(
+    self, steps: int, top_k: int, top_p: float, guided: bool, switch_odds: float = 1.0
+  ):
     """guided=False: cfg_scale is 1 (conditional model only), one model call per step.
-    sticky=True: the free tokens keep their codes in `init_codes` unless another code is more
-    than exp(switch_log_odds) times as likely (`decode.sticky_logits_fn`)."""
-    key = (steps, top_k, top_p, guided, sticky)
+    switch_odds > 1: the free tokens keep their codes in `init_codes` unless another code is
+    more than that many times as likely (`decode.sticky_logits_fn`)."""
+    key = (steps, top_k, top_p, guided, switch_odds)
     if key not in self._fns:
       model = self.model
 
@@ -477,7 +479,6 @@ class Sampler:
         choice_temperature,
         cfg_support,
         allowed,
-        switch_log_odds,
       ):
         b, t, h, w = init_codes.shape
         apply_fn = functools.partial(model.apply, {"params": params})
@@ -485,9 +486,9 @@ class Sampler:
           apply_fn, text, text_mask, null_text, null_mask, cfg_scale if guided else 1.0, cfg_support
         )
         logits_fn = decode_lib.restricted_logits_fn(logits_fn, allowed[None])
-        if sticky:
+        if switch_odds > 1.0:
           logits_fn = decode_lib.sticky_logits_fn(
-            logits_fn, init_codes.reshape(b, -1), switch_log_odds
+            logits_fn, init_codes.reshape(b, -1), math.log(switch_odds)
           )
         tokens = decode_lib.decode(
           logits_fn,
@@ -643,7 +644,7 @@ class Sampler:
       int(opts["top_k"]),
       float(opts["top_p"]),
       float(opts["cfg_scale"]) != 1.0,
-      sticky=switch_odds > 1.0,
+      switch_odds=float(switch_odds),
     )
     null_text = jnp.broadcast_to(self._null[0], (b,) + self._null[0].shape[1:])
     null_mask = jnp.broadcast_to(self._null[1], (b,) + self._null[1].shape[1:])
@@ -665,7 +666,6 @@ class Sampler:
       jnp.float32(opts["choice_temperature"]),
       jnp.float32(opts["cfg_support"]),
       jnp.asarray(self._allowed(np.shape(init_codes)[1], bool(opts["restrict_codes"]))),
-      jnp.float32(math.log(switch_odds)),
     )
     video = np.asarray(self.tokenizer.decode(codes)) if frames else None
     return np.asarray(codes), video

@@ -412,6 +412,53 @@ def test_refine_cfg_scale_guides_the_second_decode_alone(tiny_sampler, monkeypat
     s.generate(P1, refine_fraction=0.25, refine_cfg_scale=-1.0)
 
 
+def _checked_sweep(s, prompts, codes, opts, monkeypatch, switch_odds=1.0):
+  """`s._sweep` run with its decodes (`_run`) recorded; each phase's decode is then checked
+  against the model's log-probabilities read by hand with that phase masked: the other phases
+  are given, a token keeps its code unless the best code is more than `switch_odds` times as
+  likely, and then takes a best code. Float rounding may order near-ties either way, so
+  margins allow 1e-4. Returns the swept codes and the counts of tokens (kept though another
+  code was likelier, changed)."""
+  calls = []
+  run = s._run
+
+  def recorded(*args, **kwargs):
+    out = run(*args, **kwargs)
+    calls.append((args[1], np.asarray(args[2], bool), out[0]))
+    return out
+
+  monkeypatch.setattr(s, "_run", recorded)
+  swept = s._sweep(list(prompts), codes, 4, opts)
+  monkeypatch.undo()
+  phases = [p for p in decode_lib.lattice_phases(codes.shape[1:]) if p.any()]
+  assert len(calls) == len(phases) * opts["refine_sweeps"]
+  text, text_mask = s.text_encoder.encode(list(prompts))
+  b, tol, log_odds = len(prompts), 1e-4, np.log(switch_odds)
+  kept = changed = 0
+  for (before, fixed, after), phase in zip(calls, phases * opts["refine_sweeps"]):
+    np.testing.assert_array_equal(fixed, np.broadcast_to(~phase, codes.shape))
+    old, new = np.asarray(before).reshape(b, -1), after.reshape(b, -1)
+    hidden = ~fixed.reshape(b, -1)
+    logits = s.model.apply(
+      {"params": s.params}, jnp.where(hidden, s.model.mask_token_id, old), text, text_mask
+    )
+    log_probs = np.asarray(jax.nn.log_softmax(logits, -1))
+    best = log_probs.max(-1)
+    own = np.take_along_axis(log_probs, old[..., None], -1)[..., 0]
+    took = np.take_along_axis(log_probs, new[..., None], -1)[..., 0]
+    np.testing.assert_array_equal(new[~hidden], old[~hidden])  # the other phases are given
+    moved = hidden & (new != old)
+    assert (took[moved] >= best[moved] - tol).all()  # a change takes a most likely code
+    assert (own[moved] <= best[moved] - log_odds + tol).all()  # ... only past the odds
+    stay = hidden & (new == old)
+    assert (own[stay] >= best[stay] - log_odds - tol).all()  # kept codes are within them
+    kept += int((stay & (own < best - tol)).sum())
+    changed += int(moved.sum())
+  np.testing.assert_array_equal(swept, calls[-1][2])
+  np.testing.assert_array_equal(calls[0][0], codes)
+  return swept, kept, changed
+
+
 def test_refine_sweeps_decode_each_lattice_phase_by_its_most_likely_codes(tiny_sampler):
   """refine_sweeps=n: after sampling, n sweeps over the four lattice phases; each phase is
   re-masked and every one of its tokens takes its most likely code given all the others (at
@@ -419,7 +466,9 @@ def test_refine_sweeps_decode_each_lattice_phase_by_its_most_likely_codes(tiny_s
   s = tiny_sampler
   plain = s.generate([P1, P2], seed=4)
   np.testing.assert_array_equal(plain, s.generate([P1, P2], seed=4, refine_sweeps=0))
-  opts = s._options(refine_sweeps=1, refine_cfg_scale=1.0, restrict_codes=False)
+  opts = s._options(
+    refine_sweeps=1, refine_cfg_scale=1.0, restrict_codes=False, sweep_switch_odds=1.0
+  )
   init = np.zeros((2,) + tuple(s.model.grid), np.int32)
   codes, _ = s._run([P1, P2], init, np.zeros(init.shape, bool), 4, opts, frames=False)
   text, text_mask = s.text_encoder.encode([P1, P2])
@@ -434,14 +483,21 @@ def test_refine_sweeps_decode_each_lattice_phase_by_its_most_likely_codes(tiny_s
   np.testing.assert_array_equal(swept.reshape(2, -1), by_hand)
   assert (swept != codes).any()
   np.testing.assert_array_equal(
-    s.generate([P1, P2], seed=4, refine_sweeps=1, refine_cfg_scale=1.0, restrict_codes=False),
+    s.generate(
+      [P1, P2],
+      seed=4,
+      refine_sweeps=1,
+      refine_cfg_scale=1.0,
+      restrict_codes=False,
+      sweep_switch_odds=1.0,
+    ),
     np.asarray(s.tokenizer.decode(swept)),
   )
   with pytest.raises(ValueError, match="refine_sweeps"):
     s.generate(P1, refine_sweeps=-1)
 
 
-def test_sweep_switch_odds_keep_codes_the_model_nearly_prefers(tiny_sampler):
+def test_sweep_switch_odds_keep_codes_the_model_nearly_prefers(tiny_sampler, monkeypatch):
   """sweep_switch_odds=r: a sweep changes a token only where the most likely code is more than
   r times as likely as the token's own code (read with its phase masked); 1 is plain argmax.
   Checked phase by phase against the model's probabilities; a huge r changes nothing."""
@@ -452,22 +508,7 @@ def test_sweep_switch_odds_keep_codes_the_model_nearly_prefers(tiny_sampler):
   )
   init = np.zeros((2,) + tuple(s.model.grid), np.int32)
   codes, _ = s._run([P1, P2], init, np.zeros(init.shape, bool), 4, opts, frames=False)
-  text, text_mask = s.text_encoder.encode([P1, P2])
-  by_hand = codes.reshape(2, -1)
-  kept = changed = 0
-  for phase in decode_lib.lattice_phases(codes.shape[1:]):
-    hidden = np.broadcast_to(phase.reshape(-1), by_hand.shape)
-    logits = s.model.apply(
-      {"params": s.params}, jnp.where(hidden, s.model.mask_token_id, by_hand), text, text_mask
-    )
-    log_probs = np.asarray(jax.nn.log_softmax(logits, -1))
-    own = np.take_along_axis(log_probs, by_hand[..., None], -1)[..., 0]
-    switch = hidden & (log_probs.max(-1) - own > np.log(odds))
-    kept += int((hidden & ~switch & (log_probs.argmax(-1) != by_hand)).sum())
-    changed += int(switch.sum())
-    by_hand = np.where(switch, log_probs.argmax(-1), by_hand)
-  swept = s._sweep([P1, P2], codes, 4, opts)
-  np.testing.assert_array_equal(swept.reshape(2, -1), by_hand)
+  _, kept, changed = _checked_sweep(s, [P1, P2], codes, opts, monkeypatch, switch_odds=odds)
   assert kept > 0 and changed > 0, (kept, changed)  # the rule both held and let go
   never = s._sweep([P1, P2], codes, 4, dict(opts, sweep_switch_odds=1e30))
   np.testing.assert_array_equal(never, codes)
