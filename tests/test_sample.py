@@ -412,13 +412,13 @@ def test_refine_cfg_scale_guides_the_second_decode_alone(tiny_sampler, monkeypat
     s.generate(P1, refine_fraction=0.25, refine_cfg_scale=-1.0)
 
 
-def _checked_sweep(s, prompts, codes, opts, monkeypatch, switch_odds=1.0):
+def _checked_sweep(s, prompts, codes, opts, monkeypatch):
   """`s._sweep` run with its decodes (`_run`) recorded; each phase's decode is then checked
   against the model's log-probabilities read by hand with that phase masked: the other phases
-  are given, a token keeps its code unless the best code is more than `switch_odds` times as
-  likely, and then takes a best code. Float rounding may order near-ties either way, so
-  margins allow 1e-4. Returns the swept codes and the counts of tokens (kept though another
-  code was likelier, changed)."""
+  are given, a token keeps its code unless the best code is more than the option
+  `sweep_switch_odds` times as likely, and then takes a best code. Float rounding may order
+  near-ties either way, so margins allow 1e-4. Returns the swept codes and the counts of tokens
+  (kept though another code was likelier, changed)."""
   calls = []
   run = s._run
 
@@ -433,7 +433,7 @@ def _checked_sweep(s, prompts, codes, opts, monkeypatch, switch_odds=1.0):
   phases = [p for p in decode_lib.lattice_phases(codes.shape[1:]) if p.any()]
   assert len(calls) == len(phases) * opts["refine_sweeps"]
   text, text_mask = s.text_encoder.encode(list(prompts))
-  b, tol, log_odds = len(prompts), 1e-4, np.log(switch_odds)
+  b, tol, log_odds = len(prompts), 1e-4, np.log(opts["sweep_switch_odds"])
   kept = changed = 0
   for (before, fixed, after), phase in zip(calls, phases * opts["refine_sweeps"]):
     np.testing.assert_array_equal(fixed, np.broadcast_to(~phase, codes.shape))
@@ -508,7 +508,7 @@ def test_sweep_switch_odds_keep_codes_the_model_nearly_prefers(tiny_sampler, mon
   )
   init = np.zeros((2,) + tuple(s.model.grid), np.int32)
   codes, _ = s._run([P1, P2], init, np.zeros(init.shape, bool), 4, opts, frames=False)
-  _, kept, changed = _checked_sweep(s, [P1, P2], codes, opts, monkeypatch, switch_odds=odds)
+  _, kept, changed = _checked_sweep(s, [P1, P2], codes, opts, monkeypatch)
   assert kept > 0 and changed > 0, (kept, changed)  # the rule both held and let go
   never = s._sweep([P1, P2], codes, 4, dict(opts, sweep_switch_odds=1e30))
   np.testing.assert_array_equal(never, codes)
