@@ -73,6 +73,9 @@ def default_config(**overrides) -> ml_collections.ConfigDict:
                          candidates in one batch and keeps the minimum-Bayes-risk one (the
                          candidate nearest their pixel mean: `mbr_choice`); 1 = one sample.
                          Image-to-video samples once.
+    continue_choice      how a continuation's candidates are chosen among: 'mbr' (above) or
+                         'steady', the one whose frame-to-frame change, from the last context
+                         frame on, stays nearest the context's own (`steady_choice`)
     candidates           text-to-video (`generate`, a story's first segment) samples this many
                          candidates of each prompt in one batch and keeps the one the
                          conditional MaskGIT finds most likely (pseudo-log-likelihood per
@@ -117,6 +120,7 @@ def default_config(**overrides) -> ml_collections.ConfigDict:
       continue_cfg_scale=ml_collections.config_dict.placeholder(float),
       continue_stepwise=False,
       continue_candidates=1,
+      continue_choice="mbr",
       candidates=1,
       score_chunks=4,
       refine_fraction=0.0,
@@ -255,6 +259,36 @@ def mbr_choice(candidates) -> np.ndarray:
   x = np.asarray(candidates, np.float64)
   flat = x.reshape(x.shape[0], x.shape[1], -1)
   return np.argmin(((flat - flat.mean(axis=1, keepdims=True)) ** 2).sum(axis=-1), axis=-1)
+
+
+def steady_choice(context, candidates) -> np.ndarray:
+  """int [B]: for each row, the index of the candidate whose motion continues its context's
+  most steadily. `context` [B, C, H, W, 3] (C >= 2) holds the frames a continuation was given,
+  `candidates` [B, N, F, H, W, 3] the N continuations' new frames. A frame-to-frame change is
+  the mean absolute pixel difference; the context's typical change m is the median of its
+  consecutive changes, and a candidate scores the summed |change − m| over its new frames, the
+  step from the last context frame first. A jump at the boundary, or a stall, scores high;
+  a turn at an unchanged speed does not (the change does not depend on the direction). The
+  first on ties."""
+  ctx = np.asarray(context, np.float64)
+  cand = np.asarray(candidates, np.float64)
+  if ctx.ndim != cand.ndim - 1 or ctx.shape[1] < 2:
+    raise ValueError(
+      f"steady_choice needs [B, C >= 2, ...] context frames and [B, N, F, ...] candidates, "
+      f"got {ctx.shape} and {cand.shape}"
+    )
+
+  def change(a, b):
+    return np.abs(a - b).mean(axis=(-3, -2, -1))
+
+  typical = np.median(change(ctx[:, 1:], ctx[:, :-1]), axis=1)  # [B]
+  last = np.broadcast_to(ctx[:, None, -1:], cand.shape[:2] + (1,) + cand.shape[3:])
+  seq = np.concatenate([last, cand], axis=2)  # [B, N, 1 + F, ...]
+  score = np.abs(change(seq[:, :, 1:], seq[:, :, :-1]) - typical[:, None, None]).sum(-1)
+  return np.argmin(score, axis=-1)
+
+
+CONTINUE_CHOICES = ("mbr", "steady")
 
 
 class Sampler:
@@ -404,6 +438,11 @@ class Sampler:
     out["restrict_codes"] = _flag(opts["restrict_codes"], "restrict_codes")
     out["continue_stepwise"] = _flag(opts["continue_stepwise"], "continue_stepwise")
     out["continue_candidates"] = _int(opts["continue_candidates"], "continue_candidates", minimum=1)
+    out["continue_choice"] = str(opts["continue_choice"])
+    if out["continue_choice"] not in CONTINUE_CHOICES:
+      raise ValueError(
+        f"continue_choice must be one of {CONTINUE_CHOICES}, got {opts['continue_choice']!r}"
+      )
     out["candidates"] = _int(opts["candidates"], "candidates", minimum=1)
     out["score_chunks"] = _int(opts["score_chunks"], "score_chunks", minimum=1)
     for name in ("refine_fraction", "continue_refine_fraction"):
@@ -792,7 +831,8 @@ class Sampler:
     when it is set (not None), else `cfg_scale`; a single frame (image-to-video) carries no
     motion and uses `cfg_scale`. With the option `continue_stepwise` the new time steps are
     decoded one after another, and with `continue_candidates` N > 1 (and more than one context
-    frame) the new frames are the minimum-Bayes-risk choice among N sampled ones; with
+    frame) the new frames are the choice of the option `continue_choice` among N sampled ones
+    (the minimum-Bayes-risk one, or the steadiest after the context); with
     `continue_refine_fraction` > 0 each candidate's least likely new tokens are first decoded
     again (`_refine`; see `default_config`)."""
     video = tokenizer_lib.check_frames(video, "video", ranks=(4, 5))
@@ -840,7 +880,11 @@ class Sampler:
     new = window[:, context_frames : context_frames + num_new_frames]
     if n > 1:
       new = new.reshape((b, n) + new.shape[1:])
-      new = new[np.arange(b), mbr_choice(new)]
+      if opts["continue_choice"] == "steady":
+        pick = steady_choice(videos[:, -context_frames:], new)
+      else:
+        pick = mbr_choice(new)
+      new = new[np.arange(b), pick]
     out = np.concatenate([videos, new], axis=1)
     return out[0] if single else out
 
@@ -995,6 +1039,13 @@ def define_flags(required: bool = True) -> None:
     None,
     "Sample this many candidates of every story segment after the first and keep the most typical.",
   )
+  flags.DEFINE_enum(
+    "continue_choice",
+    None,
+    list(CONTINUE_CHOICES),
+    "How a story segment's candidates are chosen among: the most typical (mbr) or the one "
+    "whose motion continues the context's most steadily (steady).",
+  )
   flags.DEFINE_integer(
     "candidates",
     None,
@@ -1081,6 +1132,7 @@ def options_from_flags(f) -> dict:
     "continue_cfg_scale",
     "continue_stepwise",
     "continue_candidates",
+    "continue_choice",
     "candidates",
     "refine_fraction",
     "continue_refine_fraction",

@@ -323,6 +323,66 @@ def test_mbr_choice_picks_the_typical_candidate():
   np.testing.assert_array_equal(sample_lib.mbr_choice(x), plain)
 
 
+def _square_clip(positions, size=16, side=4):
+  """uint8 [T, size, size, 3]: a white side×side square whose top-left corner is at each
+  (x, y) of `positions` (whole pixels)."""
+  clip = np.zeros((len(positions), size, size, 3), np.uint8)
+  for t, (x, y) in enumerate(positions):
+    clip[t, y : y + side, x : x + side] = 255
+  return clip
+
+
+def test_steady_choice_picks_the_continuation_at_the_context_speed():
+  """A square moving right 1 px a frame: of a continuation that jumps 3 px and then moves on,
+  one that stalls, and one that turns down at 1 px a frame, the turn is chosen (the change
+  does not depend on the direction); without the turn, the least uneven of the others."""
+  context = _square_clip([(1, 6), (2, 6), (3, 6), (4, 6), (5, 6)])
+  jump = _square_clip([(8, 6), (9, 6)])
+  stall = _square_clip([(5, 6), (5, 6)])
+  turn = _square_clip([(5, 7), (5, 8)])
+  candidates = np.stack([jump, stall, turn])[None]
+  np.testing.assert_array_equal(sample_lib.steady_choice(context[None], candidates), [2])
+  # Two rows at once; a 1-px jump then steady beats a 3-px one and a stall.
+  small_jump = _square_clip([(7, 6), (8, 6)])
+  rows = np.stack([np.stack([jump, stall, turn]), np.stack([jump, small_jump, stall])])
+  np.testing.assert_array_equal(
+    sample_lib.steady_choice(np.stack([context, context]), rows), [2, 1]
+  )
+  # Against the plain definition on random frames.
+  rng = np.random.default_rng(0)
+  ctx = rng.integers(0, 256, (2, 3, 4, 4, 3))
+  cand = rng.integers(0, 256, (2, 5, 2, 4, 4, 3))
+  for b in range(2):
+    change = lambda u, v: np.abs(u.astype(float) - v).mean()
+    m = np.median([change(ctx[b, i], ctx[b, i - 1]) for i in (1, 2)])
+    scores = [
+      abs(change(cand[b, n, 0], ctx[b, -1]) - m) + abs(change(cand[b, n, 1], cand[b, n, 0]) - m)
+      for n in range(5)
+    ]
+    assert sample_lib.steady_choice(ctx, cand)[b] == int(np.argmin(scores))
+  with pytest.raises(ValueError, match="C >= 2"):
+    sample_lib.steady_choice(context[None, :1], candidates)
+
+
+def test_continuation_candidates_steady_choice(tiny_sampler):
+  """continue_choice='steady': the new frames are the steady_choice among the same N
+  continuations the 'mbr' choice picks from, measured from the given context frames."""
+  s = tiny_sampler
+  video = s.generate(P1, seed=0)
+  copies = s.continue_video(
+    np.stack([video] * 4), P2, 4, context_frames=5, seed=3, continue_candidates=1
+  )
+  new = copies[:, FRAMES:]  # [4, 4, H, W, 3]
+  out = s.continue_video(
+    video, P2, 4, context_frames=5, seed=3, continue_candidates=4, continue_choice="steady"
+  )
+  np.testing.assert_array_equal(out[:FRAMES], video)
+  pick = sample_lib.steady_choice(video[None, FRAMES - 5 :], new[None])[0]
+  np.testing.assert_array_equal(out[FRAMES:], new[pick])
+  with pytest.raises(ValueError, match="continue_choice"):
+    s.continue_video(video, P2, 4, context_frames=5, continue_choice="likeliest")
+
+
 def test_continuation_candidates_keep_the_typical_one(tiny_sampler):
   """continue_candidates=N: the new frames are the mbr_choice among the N continuations that
   the same call samples as one batch (the same as continuing N copies of the video); not for
