@@ -322,7 +322,8 @@ def guided_logits_fn(
       the unconditional half (one call of batch B); otherwise one call of batch 2B.
     cfg_support: in [0, 1). Guided logits of tokens whose conditional probability is below
       `cfg_support` × the conditional's highest probability (at that position) are set to the
-      lowest float, so they are never sampled. 0 keeps every token (plain guidance).
+      lowest float, so they are never sampled. 0 keeps every token (plain guidance; a Python 0
+      skips the test).
     **apply_kwargs: passed to `apply_fn`; array values are per-example [B, ...] and are
       duplicated along the batch for the doubled call (e.g. `token_valid`), others passed as is.
   """
@@ -352,6 +353,8 @@ def guided_logits_fn(
     )  # [2B, N, K]
     cond, uncond = logits[:batch], logits[batch:]
     guided = uncond + cfg_scale * (cond - uncond)
+    if isinstance(cfg_support, (int, float)) and cfg_support == 0.0:
+      return guided  # plain guidance, without a pass over the conditional's maxima
     # log p_cond(k) - max_k' log p_cond(k') = cond_k - max cond (the normaliser cancels).
     relative = cond - jnp.max(cond, axis=-1, keepdims=True)
     keep = relative >= jnp.log(cfg_support)  # log 0 = -inf: every token at cfg_support 0

@@ -494,12 +494,21 @@ class Sampler:
 
   # ---- the jitted core --------------------------------------------------------------------
   def _generate_fn(
-    self, steps: int, top_k: int, top_p: float, guided: bool, switch_odds: float = 1.0
+    self,
+    steps: int,
+    top_k: int,
+    top_p: float,
+    guided: bool,
+    switch_odds: float = 1.0,
+    support: bool = True,
+    restrict: bool = True,
   ):
     """guided=False: cfg_scale is 1 (conditional model only), one model call per step.
     switch_odds > 1: the free tokens keep their codes in `init_codes` unless another code is
-    more than that many times as likely (`decode.sticky_logits_fn`)."""
-    key = (steps, top_k, top_p, guided, switch_odds)
+    more than that many times as likely (`decode.sticky_logits_fn`). support=False: cfg_support
+    is 0 and its test is left out of the program; restrict=False: every code is allowed and
+    `allowed` is not read (each spares a pass over the [B, N, K] logits per step)."""
+    key = (steps, top_k, top_p, guided, switch_odds, support, restrict)
     if key not in self._fns:
       model = self.model
 
@@ -522,9 +531,16 @@ class Sampler:
         b, t, h, w = init_codes.shape
         apply_fn = functools.partial(model.apply, {"params": params})
         logits_fn = decode_lib.guided_logits_fn(
-          apply_fn, text, text_mask, null_text, null_mask, cfg_scale if guided else 1.0, cfg_support
+          apply_fn,
+          text,
+          text_mask,
+          null_text,
+          null_mask,
+          cfg_scale if guided else 1.0,
+          cfg_support if support else 0.0,
         )
-        logits_fn = decode_lib.restricted_logits_fn(logits_fn, allowed[None])
+        if restrict:
+          logits_fn = decode_lib.restricted_logits_fn(logits_fn, allowed[None])
         if switch_odds > 1.0:
           logits_fn = decode_lib.sticky_logits_fn(
             logits_fn, init_codes.reshape(b, -1), math.log(switch_odds)
@@ -684,6 +700,8 @@ class Sampler:
       float(opts["top_p"]),
       float(opts["cfg_scale"]) != 1.0,
       switch_odds=float(switch_odds),
+      support=float(opts["cfg_support"]) > 0.0,
+      restrict=bool(opts["restrict_codes"]) and self.code_support is not None,
     )
     null_text = jnp.broadcast_to(self._null[0], (b,) + self._null[0].shape[1:])
     null_mask = jnp.broadcast_to(self._null[1], (b,) + self._null[1].shape[1:])

@@ -413,6 +413,10 @@ def test_classifier_free_guidance(tiny):
 
   plain = uncond + 3.0 * (cond - uncond)
   np.testing.assert_allclose(supported(tokens, 0.0), plain, atol=1e-4)
+  unsupported = decode.guided_logits_fn(
+    apply_fn, text, text_mask, null_text, null_mask, 3.0, 0.0, token_valid=valid
+  )  # a Python 0: no support test in the program
+  np.testing.assert_allclose(jax.jit(unsupported)(tokens), supported(tokens, 0.0), atol=1e-6)
   out = np.asarray(supported(tokens, 0.2))
   relative = cond - cond.max(axis=-1, keepdims=True)  # log p / p_max
   keep = relative >= np.log(0.2)

@@ -61,6 +61,8 @@ def test_same_seed_same_video_and_no_recompile(tiny_sampler):
   np.testing.assert_array_equal(a, b)
   assert not np.array_equal(a, c)
   compiled = lambda: sum(f._cache_size() for f in tiny_sampler._fns.values())
+  # cfg_support 0 leaves its test out of the program (a second program for any value > 0).
+  tiny_sampler.generate(P2, seed=7, cfg_scale=2.0, cfg_support=0.01)
   before = compiled()
   tiny_sampler.generate(
     P2, seed=7, cfg_scale=2.0, temperature=0.5, temperature_decay=1.0, cfg_support=0.05
@@ -81,6 +83,22 @@ def test_text_cache_only_sampler_matches_and_names_missing_prompts(
   )
   with pytest.raises(ValueError, match="'a violet hexagon spins'.*encode_text"):
     cached.generate("a violet hexagon spins")
+
+
+def test_options_left_out_of_the_program_leave_the_samples_unchanged(tiny_sampler, monkeypatch):
+  """cfg_support 0 and codes not restricted are left out of the jitted decode; the program
+  that keeps both (a support of 0 keeps every code, every code allowed) samples the same."""
+  kw = dict(seed=4, cfg_scale=2.0, cfg_support=0.0, restrict_codes=False)
+  lean = tiny_sampler.generate([P1, P2], **kw)
+  full = tiny_sampler._generate_fn
+  monkeypatch.setattr(
+    tiny_sampler,
+    "_generate_fn",
+    lambda *a, **k: full(*a, **{**k, "support": True, "restrict": True}),
+  )
+  keys = set(tiny_sampler._fns)
+  np.testing.assert_array_equal(tiny_sampler.generate([P1, P2], **kw), lean)
+  assert any(k[-2:] == (True, True) for k in set(tiny_sampler._fns) - keys)  # the other program
 
 
 def test_cfg_support_must_be_a_fraction(tiny_sampler):
