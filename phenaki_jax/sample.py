@@ -694,6 +694,7 @@ class Sampler:
     b = len(prompts)
     self._check_steps(opts["steps"], int((~np.asarray(fixed, bool)).reshape(b, -1).sum(1).max()))
     text, text_mask = self.text_encoder.encode(list(prompts))
+    restrict = bool(opts["restrict_codes"]) and self.code_support is not None
     fn = self._generate_fn(
       int(opts["steps"]),
       int(opts["top_k"]),
@@ -701,7 +702,7 @@ class Sampler:
       float(opts["cfg_scale"]) != 1.0,
       switch_odds=float(switch_odds),
       support=float(opts["cfg_support"]) > 0.0,
-      restrict=bool(opts["restrict_codes"]) and self.code_support is not None,
+      restrict=restrict,
     )
     null_text = jnp.broadcast_to(self._null[0], (b,) + self._null[0].shape[1:])
     null_mask = jnp.broadcast_to(self._null[1], (b,) + self._null[1].shape[1:])
@@ -722,7 +723,7 @@ class Sampler:
       jnp.float32(opts["temperature_decay"]),
       jnp.float32(opts["choice_temperature"]),
       jnp.float32(opts["cfg_support"]),
-      jnp.asarray(self._allowed(np.shape(init_codes)[1], bool(opts["restrict_codes"]))),
+      jnp.asarray(self._allowed(np.shape(init_codes)[1], restrict)),
     )
     video = np.asarray(self.tokenizer.decode(codes)) if frames else None
     return np.asarray(codes), video
