@@ -138,8 +138,11 @@ def fvd(real, fake, i3d_params, *, real_stats: str = "", batch_size: int = 8) ->
 
   a = _cached(real_stats, lambda: frechet.video_statistics(i3d_params, real, batch_size))
   b = frechet.video_statistics(i3d_params, fake, batch_size)
-  if a.meta != b.meta:
-    raise ValueError(f"the reference statistics were made otherwise: {a.meta} vs {b.meta}")
+  keys = frechet.protocol_mismatch(a, b)
+  if keys:
+    raise ValueError(
+      f"the reference statistics were made otherwise (they differ in {keys}): {a.meta} vs {b.meta}"
+    )
   return {
     "fvd": frechet.frechet_distance_from_stats(a, b),
     "num_real": a.count,
@@ -169,8 +172,11 @@ def fid(real, fake, inception_params, *, real_stats: str = "", batch_size: int =
 
   a = _cached(real_stats, lambda: frame_statistics(inception_params, real, batch_size))
   b = frame_statistics(inception_params, fake, batch_size)
-  if a.meta != b.meta:
-    raise ValueError(f"the reference statistics were made otherwise: {a.meta} vs {b.meta}")
+  keys = frechet.protocol_mismatch(a, b)
+  if keys:
+    raise ValueError(
+      f"the reference statistics were made otherwise (they differ in {keys}): {a.meta} vs {b.meta}"
+    )
   return {
     "fid": frechet.frechet_distance_from_stats(a, b),
     "num_real_frames": a.count,

@@ -78,12 +78,36 @@ def test_near_singular_covariances():
   assert frechet.frechet_distance(np.ones(8), zero, np.zeros(8), zero) == pytest.approx(8.0)
 
 
-def test_large_imaginary_part_is_an_error():
-  # Not covariances: C1 C2 = [[-1, 0], [0, -1]] has no real square root.
-  with pytest.raises(ValueError, match="imaginary component"):
+def test_not_a_covariance_is_an_error():
+  # C1 C2 = -I has no real square root: -I is not a covariance.
+  with pytest.raises(ValueError, match=r"cov1 has the negative eigenvalue -1: not positive"):
     frechet.frechet_distance(np.zeros(2), -np.eye(2), np.zeros(2), np.eye(2))
+  with pytest.raises(ValueError, match=r"cov2 has the negative eigenvalue"):
+    frechet.frechet_distance(np.zeros(2), np.eye(2), np.zeros(2), np.diag([1.0, -0.5]))
+  with pytest.raises(ValueError, match="cov1 is not symmetric"):
+    frechet.frechet_distance(np.zeros(2), [[1.0, 0.5], [0.0, 1.0]], np.zeros(2), np.eye(2))
+  with pytest.raises(ValueError, match="cov2 has non-finite entries"):
+    frechet.frechet_distance(np.zeros(2), np.eye(2), np.zeros(2), np.diag([1.0, np.nan]))
   with pytest.raises(ValueError, match="do not match"):
     frechet.frechet_distance(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3))
+
+
+def test_equals_the_trace_of_scipys_matrix_square_root():
+  """The eigenvalue form against the common code's `scipy.linalg.sqrtm(C1 C2)` trace: equal to
+  rounding at full rank, and within sqrtm's own rounding for singular covariances (fewer
+  samples than features)."""
+  from scipy import linalg  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(7)
+  for samples, rtol in ((400, 1e-12), (10, 1e-6)):
+    x = rng.normal(size=(samples, 48)) * rng.uniform(0.1, 3.0, 48)
+    y = rng.normal(size=(samples, 48)) @ rng.normal(size=(48, 48)) / 7 + 0.3
+    c1, c2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+    root = np.trace(linalg.sqrtm(c1 @ c2)).real
+    diff = x.mean(0) - y.mean(0)
+    want = diff @ diff + np.trace(c1) + np.trace(c2) - 2 * root
+    got = frechet.frechet_distance(x.mean(0), c1, y.mean(0), c2)
+    assert got == pytest.approx(want, rel=rtol), samples
 
 
 def test_streaming_statistics_equal_batch_statistics(tmp_path):
