@@ -232,10 +232,14 @@ def test_one_frame_images_train_as_one_frame_videos(uninterrupted):
   for a, b in zip(jax.tree.leaves(new_a["params"]), jax.tree.leaves(new_b["params"])):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
 
-  def plain_loss(video):
+  @jax.jit  # eagerly: ~10 s of op-by-op compiles
+  def plain_terms(params, video):
     x = cvivit.to_model_range(video)
-    recon, q = model.apply({"params": state["params"]}, x)
-    return float(losses.l2_loss(recon, x)), float(q.loss)
+    recon, q = model.apply({"params": params}, x)
+    return losses.l2_loss(recon, x), q.loss
+
+  def plain_loss(video):
+    return tuple(map(float, plain_terms(state["params"], video)))
 
   l2, vq = plain_loss(clips[:, :1])  # the images as 1-frame videos
   np.testing.assert_allclose([m_a["l2"], m_a["vq_loss"]], [l2, vq], rtol=2e-5)
@@ -282,9 +286,8 @@ def test_gradient_accumulation_equals_the_whole_batch(uninterrupted):
   """config.grad_accum_steps=2: two passes of 4 clips give the update of one pass of 8 — the
   generator, the dead-code restarts (they draw from the whole batch's encoder outputs) and the
   discriminator with its R1 penalty (its minibatch-stddev groups of 4 rows fall inside each
-  micro-batch) — from a fresh state (step 0: the codebook restarts) and a trained one; 1-frame
+  micro-batch) — from a fresh start (step 0: the codebook restarts) and a trained state; 1-frame
   images in the batch included. A count that does not divide the batch fails naming the key."""
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
 
   config = tiny_cvivit_config()
   config.data.image_rate, config.data.static_images = 0.5, False
@@ -299,9 +302,21 @@ def test_gradient_accumulation_equals_the_whole_batch(uninterrupted):
   is_image = np.array([True, True, False, False] * 2)
   video[is_image, 1:] = 0
   batch = {"video": video, "is_image": is_image}
-  fresh = nn.unbox(trainer.build(config)[-1](jax.random.PRNGKey(0)))
+  trained = uninterrupted[1]["state"]
+  # A fresh start from the trained parameters: step 0 (the codebook restarts), no code usage
+  # yet, new optimizer states: what `init_fn` gives, but for the parameters (initialising
+  # eagerly would cost ~20 s of op-by-op compiles).
+  _, _, tx, disc_tx, _ = trainer.build(config)
+  fresh = dict(
+    trained,
+    step=jnp.zeros_like(trained["step"]),
+    code_usage=jnp.zeros_like(trained["code_usage"]),
+    opt_state=tx.init(trained["params"]),
+    disc_opt_state=disc_tx.init(trained["disc_params"]),
+  )
+  assert jax.tree.structure(fresh) == jax.tree.structure(trained)
   restarted = []
-  for state in (fresh, uninterrupted[1]["state"]):
+  for state in (fresh, trained):
     new_one, m_one = one(state, batch, jax.random.PRNGKey(3))
     restarted.append(float(m_one["codes_restarted"]))
     new_two, m_two = two(state, batch, jax.random.PRNGKey(3))
@@ -342,7 +357,7 @@ def test_temporal_l2_term(uninterrupted):
   videos = np.zeros(len(clips), bool)
   _, m = train_step(state, {"video": clips, "is_image": videos}, jax.random.PRNGKey(1))
   x = cvivit.to_model_range(clips)
-  recon, q = model.apply({"params": state["params"]}, x)
+  recon, q = jax.jit(model.apply)({"params": state["params"]}, x)  # eagerly: ~10 s of op compiles
   want = float(np.mean((np.diff(np.asarray(recon), axis=1) - np.diff(np.asarray(x), axis=1)) ** 2))
   assert want > 0
   np.testing.assert_allclose(m["temporal_l2"], want, rtol=2e-5)

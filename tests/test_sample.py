@@ -512,13 +512,14 @@ def _checked_sweep(s, prompts, codes, opts, monkeypatch):
   phases = [p for p in decode_lib.lattice_phases(codes.shape[1:]) if p.any()]
   assert len(calls) == len(phases) * opts["refine_sweeps"]
   text, text_mask = s.text_encoder.encode(list(prompts))
+  apply = jax.jit(s.model.apply)  # eagerly, each call is op by op
   b, tol, log_odds = len(prompts), 1e-4, np.log(opts["sweep_switch_odds"])
   kept = changed = 0
   for (before, fixed, after), phase in zip(calls, phases * opts["refine_sweeps"]):
     np.testing.assert_array_equal(fixed, np.broadcast_to(~phase, codes.shape))
     old, new = np.asarray(before).reshape(b, -1), after.reshape(b, -1)
     hidden = ~fixed.reshape(b, -1)
-    logits = s.model.apply(
+    logits = apply(
       {"params": s.params}, jnp.where(hidden, s.model.mask_token_id, old), text, text_mask
     )
     log_probs = np.asarray(jax.nn.log_softmax(logits, -1))
@@ -551,10 +552,11 @@ def test_refine_sweeps_decode_each_lattice_phase_by_its_most_likely_codes(tiny_s
   init = np.zeros((2,) + tuple(s.model.grid), np.int32)
   codes, _ = s._run([P1, P2], init, np.zeros(init.shape, bool), 4, opts, frames=False)
   text, text_mask = s.text_encoder.encode([P1, P2])
+  apply = jax.jit(s.model.apply)  # eagerly, each call is op by op
   by_hand = codes.reshape(2, -1)
   for phase in decode_lib.lattice_phases(codes.shape[1:]):
     hidden = np.broadcast_to(phase.reshape(-1), by_hand.shape)
-    logits = s.model.apply(
+    logits = apply(
       {"params": s.params}, jnp.where(hidden, s.model.mask_token_id, by_hand), text, text_mask
     )
     by_hand = np.where(hidden, np.asarray(logits).argmax(-1), by_hand)
