@@ -115,8 +115,13 @@ def polish(
   params = dict(source.params)
   if refine_channels:
     video = jnp.zeros((1, model.max_frames, model.image_size, model.image_size, 3))
-    fresh = flax.core.meta.unbox(model.init(jax.random.PRNGKey(seed), video)["params"])
-    params.update({k: fresh[k] for k in ("refine_in", "refine_out")})
+
+    @jax.jit  # one program whose other parameters and forward pass XLA leaves out
+    def init_refinement(rng):
+      fresh = flax.core.meta.unbox(model.init(rng, video)["params"])
+      return {k: fresh[k] for k in ("refine_in", "refine_out")}
+
+    params.update(init_refinement(jax.random.PRNGKey(seed)))
   else:
     params = {k: v for k, v in params.items() if not k.startswith("refine_")}
   decoder = {k: v for k, v in params.items() if k in DECODER_PARAMS}
