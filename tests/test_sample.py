@@ -640,16 +640,18 @@ def test_candidates_keep_the_most_likely_one(tiny_sampler):
   opts = s._options()
   init = np.zeros((2 * n,) + tuple(s.model.grid), np.int32)
   codes, _ = s._run(every, init, np.zeros(init.shape, bool), 4, opts, frames=False)
-  scores = decode_lib.pseudo_log_likelihood(
-    lambda t: s.model.apply(
-      {"params": s.params}, t, *map(jnp.asarray, s.text_encoder.encode(every))
-    ),
-    jnp.asarray(codes).reshape(2 * n, -1),
-    jnp.ones((2 * n, codes[0].size), bool),
-    jax.random.fold_in(jax.random.PRNGKey(4), 0x5C0E),
-    num_chunks=opts["score_chunks"],
-    mask_token_id=s.model.mask_token_id,
+  text = tuple(map(jnp.asarray, s.text_encoder.encode(every)))
+  score = jax.jit(  # eagerly, each model pass is op by op
+    lambda params, tokens: decode_lib.pseudo_log_likelihood(
+      lambda t: s.model.apply({"params": params}, t, *text),
+      tokens,
+      jnp.ones(tokens.shape, bool),
+      jax.random.fold_in(jax.random.PRNGKey(4), 0x5C0E),
+      num_chunks=opts["score_chunks"],
+      mask_token_id=s.model.mask_token_id,
+    )
   )
+  scores = score(s.params, jnp.asarray(codes).reshape(2 * n, -1))
   scores = np.asarray(scores).reshape(2, n)
   assert np.ptp(scores, axis=1).min() > 0  # the candidates differ in likelihood
   out = s.generate([P1, P2], seed=4, candidates=n)
