@@ -132,11 +132,11 @@ def _checked_eigvalsh(matrix: np.ndarray, name: str, vectors: bool = False):
   matrix, its rounding's small negative eigenvalues set to 0.
 
   Raises:
-    ValueError: the matrix is not symmetric or has a clearly negative eigenvalue.
+    ValueError: the matrix is not finite, not symmetric or has a clearly negative eigenvalue.
   """
-  scale = max(np.abs(matrix).max(), np.finfo(np.float64).tiny)
   if not np.isfinite(matrix).all():
     raise ValueError(f"{name} has non-finite entries")
+  scale = max(np.abs(matrix).max(), np.finfo(np.float64).tiny)
   if np.abs(matrix - matrix.T).max() > NEGATIVE_RTOL * scale:
     raise ValueError(f"{name} is not symmetric: not a covariance")
   matrix = 0.5 * (matrix + matrix.T)
