@@ -75,7 +75,7 @@ def test_r1_from_one_forward_pass_equals_the_two_pass_form():
   rng = np.random.default_rng(0)
   real = jnp.asarray(rng.uniform(-1, 1, (4, 2, 8, 8, 3)), jnp.float32)
   fake = jnp.asarray(rng.uniform(-1, 1, (4, 2, 8, 8, 3)), jnp.float32)
-  params = disc.init(jax.random.key(0), real)["params"]
+  params = jax.jit(disc.init)(jax.random.key(0), real)["params"]  # eagerly: op by op
 
   def one_pass(p):
     apply = lambda x: disc.apply({"params": p}, x)
