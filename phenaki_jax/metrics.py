@@ -132,17 +132,24 @@ def _cached(path: Optional[str], compute):
   return stats
 
 
+def _check_reference(a, b) -> None:
+  """Raises when the reference statistics `a` (perhaps a cache) were made otherwise than `b`."""
+  from phenaki_jax.evaluators import frechet  # pylint: disable=g-import-not-at-top
+
+  keys = frechet.protocol_mismatch(a, b)
+  if keys:
+    raise ValueError(
+      f"the reference statistics were made otherwise (they differ in {keys}): {a.meta} vs {b.meta}"
+    )
+
+
 def fvd(real, fake, i3d_params, *, real_stats: str = "", batch_size: int = 8) -> dict:
   """FVD between uint8 video sets (``real`` may be None when ``real_stats`` holds its cache)."""
   from phenaki_jax.evaluators import frechet  # pylint: disable=g-import-not-at-top
 
   a = _cached(real_stats, lambda: frechet.video_statistics(i3d_params, real, batch_size))
   b = frechet.video_statistics(i3d_params, fake, batch_size)
-  keys = frechet.protocol_mismatch(a, b)
-  if keys:
-    raise ValueError(
-      f"the reference statistics were made otherwise (they differ in {keys}): {a.meta} vs {b.meta}"
-    )
+  _check_reference(a, b)
   return {
     "fvd": frechet.frechet_distance_from_stats(a, b),
     "num_real": a.count,
@@ -172,11 +179,7 @@ def fid(real, fake, inception_params, *, real_stats: str = "", batch_size: int =
 
   a = _cached(real_stats, lambda: frame_statistics(inception_params, real, batch_size))
   b = frame_statistics(inception_params, fake, batch_size)
-  keys = frechet.protocol_mismatch(a, b)
-  if keys:
-    raise ValueError(
-      f"the reference statistics were made otherwise (they differ in {keys}): {a.meta} vs {b.meta}"
-    )
+  _check_reference(a, b)
   return {
     "fid": frechet.frechet_distance_from_stats(a, b),
     "num_real_frames": a.count,
